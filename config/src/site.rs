@@ -1,0 +1,77 @@
+//! `[[sites]]`: the peer sites this node's site backs up to.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Problems, check_name};
+
+/// A peer site and how to reach it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    /// The peer site's name, as its nodes have it in `node.site`.
+    pub name: String,
+    /// gRPC addresses (or DNS names with port) of the peer site's nodes.
+    pub endpoints: Vec<String>,
+    /// When the peer is taken offline.
+    #[serde(default)]
+    pub take_offline: TakeOfflineConfig,
+    /// Bring the peer back online (with a resync) as soon as it answers again.
+    #[serde(default)]
+    pub auto_bring_online: bool,
+}
+
+/// When a peer site is taken offline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TakeOfflineConfig {
+    /// Consecutive failed heartbeats or backups before the peer is taken offline.
+    #[serde(default = "default_after_failures")]
+    pub after_failures: u32,
+    /// And at least this long since the first of those failures.
+    #[serde(default = "default_min_wait", with = "humantime_serde")]
+    pub min_wait: Duration,
+}
+
+fn default_after_failures() -> u32 {
+    3
+}
+fn default_min_wait() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for TakeOfflineConfig {
+    fn default() -> Self {
+        TakeOfflineConfig {
+            after_failures: default_after_failures(),
+            min_wait: default_min_wait(),
+        }
+    }
+}
+
+pub(crate) fn validate_sites(sites: &[SiteConfig], local_site: &str, problems: &mut Problems) {
+    let mut seen = BTreeSet::new();
+    for (index, site) in sites.iter().enumerate() {
+        let field = format!("sites[{index}]");
+        check_name(&format!("{field}.name"), &site.name, problems);
+        if site.name == local_site {
+            problems.push(
+                format!("{field}.name"),
+                format!("{:?} is this node's own site", site.name),
+            );
+        } else if !seen.insert(site.name.as_str()) {
+            problems.push(
+                format!("{field}.name"),
+                format!("{:?} appears twice", site.name),
+            );
+        }
+        if site.endpoints.is_empty() {
+            problems.push(format!("{field}.endpoints"), "must not be empty");
+        }
+        if site.take_offline.after_failures == 0 {
+            problems.push(format!("{field}.take_offline.after_failures"), "must be > 0");
+        }
+    }
+}

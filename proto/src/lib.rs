@@ -1,0 +1,23 @@
+//! sitegrid's gRPC contract.
+//!
+//! - [`v1`]: the code generated from `proto/sitegrid/v1/*.proto` (package `sitegrid.v1`).
+//! - [`ErrorCode`]: the closed set of failure kinds every sitegrid service answers with,
+//!   and its one mapping to and from gRPC status codes.
+//! - [`Backoff`]: the one retry policy, shared by the client library and the server's own
+//!   internal retries.
+
+mod error;
+mod retry;
+
+pub use error::{ErrorCode, ServiceError, status_from_error};
+pub use retry::Backoff;
+
+/// Code generated from `sitegrid/v1/sitegrid.proto`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod v1 {
+    tonic::include_proto!("sitegrid.v1");
+}
+
+/// Encoded `FileDescriptorSet` of every sitegrid proto file, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/sitegrid_descriptor.bin"));
