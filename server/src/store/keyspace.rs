@@ -1,0 +1,614 @@
+//! One cache's contents in memory, with the indexes that keep every operation cheap.
+//!
+//! The keyspace is the authority for reads: persistent caches are loaded into it at start
+//! and written through to storage. It holds, besides the key -> slot map:
+//! - a version index (version, key) of every slot, live or tombstone, so listeners can
+//!   replay what changed after a version;
+//! - an expiry index (deadline, key) of live entries that can expire, so the reaper
+//!   finds them without scanning;
+//! - a tag index, so `RemoveByTag` and tag-filtered iteration don't scan;
+//! - the tombstones in the order they were made, so they are purged without scanning.
+//!
+//! [`Keyspace::apply`] holds the one replication rule. Callers wrap the keyspace in a
+//! lock and never hold that lock across I/O.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::store::entry::{Entry, Slot};
+use crate::store::mutation::{ApplyOutcome, Mutation};
+use crate::store::time::UnixMillis;
+use crate::store::version::Version;
+
+/// One cache's contents.
+#[derive(Debug, Default)]
+pub struct Keyspace {
+    slots: BTreeMap<Bytes, Slot>,
+    by_version: BTreeSet<(Version, Bytes)>,
+    by_deadline: BTreeSet<(UnixMillis, Bytes)>,
+    /// Where each live entry sits in `by_deadline`; only this keyspace writes it.
+    indexed_deadlines: HashMap<Bytes, UnixMillis>,
+    by_tag: HashMap<Arc<str>, BTreeSet<Bytes>>,
+    tombstones: VecDeque<(UnixMillis, Bytes, Version)>,
+    live: usize,
+    /// Every key not in `slots` stands at this version: the last clear. A change whose
+    /// `prev` is older is refused, so a replayed write from before a clear can't revive
+    /// a key.
+    floor: Version,
+    /// Newest version whose tombstone was purged or cleared: a listener resuming from an
+    /// older version may have missed a removal.
+    forgotten: Version,
+}
+
+/// A batch of live entries returned by iteration, and where to continue.
+#[derive(Debug)]
+pub struct Page {
+    /// The entries, in key order.
+    pub entries: Vec<(Bytes, Arc<Entry>)>,
+    /// The key to continue after, or `None` at the end.
+    pub next_after: Option<Bytes>,
+}
+
+impl Keyspace {
+    /// The slot of a key, live or not.
+    pub fn slot(&self, key: &[u8]) -> Option<&Slot> {
+        self.slots.get(key)
+    }
+
+    /// The state version the next change to `key` replaces (see
+    /// [`Slot::state_version`]).
+    pub fn state_version(&self, key: &[u8]) -> Version {
+        self.slots.get(key).map_or(self.floor, Slot::state_version)
+    }
+
+    /// The live entry of a key at `now_ms`, refreshing its last-used time.
+    pub fn get(&self, key: &[u8], now_ms: UnixMillis) -> Option<Arc<Entry>> {
+        let entry = self.slots.get(key)?.live_at(now_ms)?;
+        entry.touch(now_ms);
+        Some(entry.clone())
+    }
+
+    /// Applies a change if the key's state is `prev` or older, the one replication rule:
+    ///
+    /// - the key already holds this exact change: [`ApplyOutcome::AlreadyApplied`];
+    /// - its state version is `prev`, or older (it missed something; this newer change
+    ///   supersedes it): applied;
+    /// - it is newer than `prev`: [`ApplyOutcome::Conflict`], nothing changes.
+    ///
+    /// Callers on the write path hold the key's lock, so for them the change always
+    /// applies; replicas, resync and backups from other sites go through the same rule.
+    pub fn apply(&mut self, mutation: &Mutation) -> ApplyOutcome {
+        let current = self.slots.get(&mutation.key);
+        let (current_version, current_state) = current.map_or((self.floor, self.floor), |slot| {
+            (slot.version(), slot.state_version())
+        });
+        if current.is_some() && current_version == mutation.next() {
+            return ApplyOutcome::AlreadyApplied;
+        }
+        if current_state > mutation.prev {
+            return ApplyOutcome::Conflict {
+                current: current.cloned(),
+            };
+        }
+        let replaced = self.replace(mutation.key.clone(), mutation.slot());
+        ApplyOutcome::Applied { replaced }
+    }
+
+    /// Puts a slot read back from this node's own storage at start, without the
+    /// replication rule (there is nothing to compare it with yet).
+    pub fn restore(&mut self, key: Bytes, slot: Slot) {
+        self.replace(key, slot);
+    }
+
+    /// Sets the clear floor read back from storage at start.
+    pub fn restore_floor(&mut self, floor: Version) {
+        self.floor = self.floor.max(floor);
+        self.forgotten = self.forgotten.max(floor);
+    }
+
+    /// Puts `slot` in place of whatever `key` held, keeping every index in step.
+    fn replace(&mut self, key: Bytes, slot: Slot) -> Option<Slot> {
+        let old = self.slots.insert(key.clone(), slot.clone());
+        if let Some(old) = &old {
+            self.by_version.remove(&(old.version(), key.clone()));
+            if let Slot::Live(entry) = old {
+                self.live -= 1;
+                self.unindex_live(&key, entry);
+            }
+        }
+        self.by_version.insert((slot.version(), key.clone()));
+        match &slot {
+            Slot::Live(entry) => {
+                self.live += 1;
+                self.index_live(key, entry);
+            }
+            Slot::Tombstone(tombstone) => {
+                self.tombstones
+                    .push_back((tombstone.removed_ms, key, tombstone.version));
+            }
+        }
+        old
+    }
+
+    fn index_live(&mut self, key: Bytes, entry: &Arc<Entry>) {
+        for tag in entry.tags.iter() {
+            self.by_tag
+                .entry(tag.clone())
+                .or_default()
+                .insert(key.clone());
+        }
+        if let Some(deadline) = entry.deadline_ms() {
+            self.by_deadline.insert((deadline, key.clone()));
+            self.indexed_deadlines.insert(key, deadline);
+        }
+    }
+
+    fn unindex_live(&mut self, key: &Bytes, entry: &Arc<Entry>) {
+        for tag in entry.tags.iter() {
+            if let Some(keys) = self.by_tag.get_mut(tag) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    self.by_tag.remove(tag);
+                }
+            }
+        }
+        if let Some(deadline) = self.indexed_deadlines.remove(key) {
+            self.by_deadline.remove(&(deadline, key.clone()));
+        }
+    }
+
+    /// Number of live entries at `now_ms` (expired ones not yet reaped don't count).
+    pub fn len(&self, now_ms: UnixMillis) -> usize {
+        let expired = self
+            .by_deadline
+            .iter()
+            .take_while(|(deadline, _)| *deadline <= now_ms)
+            .filter(|(_, key)| {
+                matches!(self.slots.get(key), Some(Slot::Live(e)) if e.is_expired(now_ms))
+            })
+            .count();
+        self.live - expired
+    }
+
+    /// Live entries in key order after `after` (all from the start if `None`), at most
+    /// `limit`, optionally only those with `tag`.
+    pub fn page(
+        &self,
+        after: Option<&Bytes>,
+        limit: usize,
+        tag: Option<&str>,
+        now_ms: UnixMillis,
+    ) -> Page {
+        let start = match after {
+            Some(key) => Bound::Excluded(key.clone()),
+            None => Bound::Unbounded,
+        };
+        let candidates: Box<dyn Iterator<Item = (&Bytes, Option<&Slot>)>> = match tag {
+            None => Box::new(
+                self.slots
+                    .range((start, Bound::Unbounded))
+                    .map(|(key, slot)| (key, Some(slot))),
+            ),
+            Some(tag) => match self.by_tag.get(tag) {
+                Some(keys) => Box::new(
+                    keys.range((start, Bound::Unbounded))
+                        .map(|key| (key, self.slots.get(key))),
+                ),
+                None => Box::new(std::iter::empty()),
+            },
+        };
+        let mut entries = Vec::with_capacity(limit.min(1024));
+        let mut last = None;
+        for (key, slot) in candidates {
+            if entries.len() == limit {
+                break;
+            }
+            last = Some(key.clone());
+            if let Some(entry) = slot.and_then(|s| s.live_at(now_ms)) {
+                entries.push((key.clone(), entry.clone()));
+            }
+        }
+        let next_after = if entries.len() == limit { last } else { None };
+        Page {
+            entries,
+            next_after,
+        }
+    }
+
+    /// Keys of live entries carrying `tag`.
+    pub fn keys_with_tag(&self, tag: &str) -> Vec<Bytes> {
+        self.by_tag
+            .get(tag)
+            .map(|keys| keys.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Keys of every live entry.
+    pub fn live_keys(&self) -> Vec<Bytes> {
+        self.slots
+            .iter()
+            .filter(|(_, slot)| matches!(slot, Slot::Live(_)))
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
+    /// Live entries whose deadline has passed at `now_ms`, at most `limit`. Entries whose
+    /// indexed deadline passed but that were read since (max idle) are re-indexed under
+    /// their new deadline instead.
+    pub fn due_for_expiry(&mut self, now_ms: UnixMillis, limit: usize) -> Vec<(Bytes, Arc<Entry>)> {
+        let mut due = Vec::new();
+        let mut moved = Vec::new();
+        for (deadline, key) in self.by_deadline.iter() {
+            if *deadline > now_ms || due.len() == limit {
+                break;
+            }
+            if let Some(Slot::Live(entry)) = self.slots.get(key) {
+                match entry.deadline_ms() {
+                    Some(actual) if actual > now_ms => moved.push((*deadline, actual, key.clone())),
+                    _ => due.push((key.clone(), entry.clone())),
+                }
+            }
+        }
+        for (old, new, key) in moved {
+            self.by_deadline.remove(&(old, key.clone()));
+            self.by_deadline.insert((new, key.clone()));
+            self.indexed_deadlines.insert(key, new);
+        }
+        due
+    }
+
+    /// Takes the tombstones made at or before `cutoff_ms` off the purge queue; returns
+    /// those still in place as (key, version). The caller locks each key and then
+    /// [`forget`](Keyspace::forget_tombstone)s or [`requeue`](Keyspace::requeue_tombstone)s it.
+    pub fn tombstones_due(&mut self, cutoff_ms: UnixMillis) -> Vec<(Bytes, Version)> {
+        let mut due = Vec::new();
+        while let Some((removed_ms, _, _)) = self.tombstones.front() {
+            if *removed_ms > cutoff_ms {
+                break;
+            }
+            let (_, key, version) = self.tombstones.pop_front().expect("front exists");
+            // The key may have been written again since: only this very tombstone counts.
+            if matches!(self.slots.get(&key), Some(Slot::Tombstone(t)) if t.version == version) {
+                due.push((key, version));
+            }
+        }
+        due
+    }
+
+    /// Drops the tombstone `version` of `key` if the key still holds it.
+    pub fn forget_tombstone(&mut self, key: &Bytes, version: Version) -> bool {
+        if !matches!(self.slots.get(key), Some(Slot::Tombstone(t)) if t.version == version) {
+            return false;
+        }
+        self.slots.remove(key);
+        self.by_version.remove(&(version, key.clone()));
+        self.forgotten = self.forgotten.max(version);
+        true
+    }
+
+    /// Puts a due tombstone back on the purge queue (its key was busy).
+    pub fn requeue_tombstone(&mut self, key: Bytes, version: Version, removed_ms: UnixMillis) {
+        self.tombstones.push_back((removed_ms, key, version));
+    }
+
+    /// Removes everything, live entries and tombstones; from now on every key stands at
+    /// `version`. Returns the number of live entries removed.
+    pub fn clear(&mut self, version: Version) -> usize {
+        let removed = self.live;
+        let floor = self.floor.max(version);
+        let forgotten = self.forgotten.max(floor);
+        *self = Keyspace {
+            floor,
+            forgotten,
+            ..Keyspace::default()
+        };
+        removed
+    }
+
+    /// The version every absent key stands at (the last clear), 0 if never cleared.
+    pub fn floor(&self) -> Version {
+        self.floor
+    }
+
+    /// Newest version whose record was forgotten (purged tombstone or clear).
+    pub fn forgotten(&self) -> Version {
+        self.forgotten
+    }
+
+    /// Slots changed after `version`, in version order, at most `limit`.
+    pub fn changed_after(&self, version: Version, limit: usize) -> Vec<(Bytes, Slot)> {
+        self.by_version
+            .range((version.saturating_add(1), Bytes::new())..)
+            .take(limit)
+            .filter_map(|(_, key)| self.slots.get(key).map(|slot| (key.clone(), slot.clone())))
+            .collect()
+    }
+
+    /// Number of slots, tombstones included (for memory accounting and tests).
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Newest version held, live or tombstone, or the floor.
+    pub fn newest_version(&self) -> Version {
+        self.by_version
+            .last()
+            .map_or(self.floor, |(version, _)| (*version).max(self.floor))
+    }
+}
+
+/// Counts of the keyspace's indexes, for tests that check they stay in step.
+#[cfg(test)]
+impl Keyspace {
+    fn check_invariants(&self) {
+        assert_eq!(self.by_version.len(), self.slots.len());
+        let live = self
+            .slots
+            .values()
+            .filter(|s| matches!(s, Slot::Live(_)))
+            .count();
+        assert_eq!(self.live, live);
+        assert_eq!(self.by_deadline.len(), self.indexed_deadlines.len());
+        for (key, slot) in &self.slots {
+            assert!(self.by_version.contains(&(slot.version(), key.clone())));
+            if let Slot::Live(entry) = slot {
+                for tag in entry.tags.iter() {
+                    assert!(self.by_tag[tag].contains(key));
+                }
+            }
+        }
+        let tagged: usize = self.by_tag.values().map(BTreeSet::len).sum();
+        let expected: usize = self
+            .slots
+            .values()
+            .filter_map(|s| match s {
+                Slot::Live(e) => Some(e.tags.len()),
+                Slot::Tombstone(_) => None,
+            })
+            .sum();
+        assert_eq!(tagged, expected);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::entry::{Tombstone, TombstoneCause};
+    use crate::store::mutation::Change;
+
+    fn site() -> Arc<str> {
+        Arc::from("site1")
+    }
+
+    fn write(key: &str, prev: Version, next: Version, tags: &[&str]) -> Mutation {
+        write_expiring(key, prev, next, tags, 0, 0)
+    }
+
+    fn write_expiring(
+        key: &str,
+        prev: Version,
+        next: Version,
+        tags: &[&str],
+        lifespan_ms: u64,
+        max_idle_ms: u64,
+    ) -> Mutation {
+        Mutation {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            prev,
+            change: Change::Write(Arc::new(Entry::new(
+                Bytes::from(format!("value@{next}")),
+                next,
+                site(),
+                1_000,
+                lifespan_ms,
+                max_idle_ms,
+                tags.iter().map(|t| Arc::from(*t)).collect(),
+            ))),
+        }
+    }
+
+    fn remove(key: &str, prev: Version, next: Version, removed_ms: UnixMillis) -> Mutation {
+        Mutation {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            prev,
+            change: Change::Remove(Arc::new(Tombstone {
+                version: next,
+                origin_site: site(),
+                removed_ms,
+                cause: TombstoneCause::Removed,
+            })),
+        }
+    }
+
+    fn applied(outcome: ApplyOutcome) -> Option<Slot> {
+        match outcome {
+            ApplyOutcome::Applied { replaced } => replaced,
+            other => panic!("expected applied, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_change_from_the_current_version_applies() {
+        let mut keys = Keyspace::default();
+        assert!(applied(keys.apply(&write("a", 0, 10, &[]))).is_none());
+        let replaced = applied(keys.apply(&write("a", 10, 20, &[]))).unwrap();
+        assert_eq!(replaced.version(), 10);
+        assert_eq!(keys.get(b"a", 0).unwrap().version, 20);
+        keys.check_invariants();
+    }
+
+    #[test]
+    fn a_replica_that_missed_a_change_takes_the_newer_one() {
+        let mut keys = Keyspace::default();
+        keys.apply(&write("a", 0, 10, &[]));
+        // The change from 20 to 30 arrives, but this replica never saw 20.
+        applied(keys.apply(&write("a", 20, 30, &[])));
+        assert_eq!(keys.get(b"a", 0).unwrap().version, 30);
+    }
+
+    #[test]
+    fn a_change_from_an_older_version_is_refused() {
+        let mut keys = Keyspace::default();
+        keys.apply(&write("a", 0, 10, &[]));
+        keys.apply(&write("a", 10, 20, &[]));
+        match keys.apply(&write("a", 10, 15, &[])) {
+            ApplyOutcome::Conflict { current } => assert_eq!(current.unwrap().version(), 20),
+            other => panic!("expected conflict, got {other:?}"),
+        }
+        assert_eq!(keys.get(b"a", 0).unwrap().version, 20);
+    }
+
+    #[test]
+    fn a_replayed_change_is_recognised_and_not_applied_twice() {
+        let mut keys = Keyspace::default();
+        let change = write("a", 0, 10, &["user=u1"]);
+        keys.apply(&change);
+        assert!(matches!(keys.apply(&change), ApplyOutcome::AlreadyApplied));
+        keys.check_invariants();
+    }
+
+    #[test]
+    fn a_tombstone_stops_an_older_write_from_reviving_the_key() {
+        let mut keys = Keyspace::default();
+        keys.apply(&write("a", 0, 10, &[]));
+        keys.apply(&remove("a", 10, 20, 0));
+        assert!(keys.get(b"a", 0).is_none());
+        // A late replay of the first write (from "never existed") is refused.
+        assert!(matches!(
+            keys.apply(&write("a", 0, 10, &[])),
+            ApplyOutcome::Conflict { .. }
+        ));
+        assert!(matches!(
+            keys.apply(&write("a", 0, 15, &[])),
+            ApplyOutcome::Conflict { .. }
+        ));
+        assert!(keys.get(b"a", 0).is_none());
+        assert_eq!(keys.len(0), 0);
+        keys.check_invariants();
+    }
+
+    #[test]
+    fn a_clear_stops_writes_from_before_it() {
+        let mut keys = Keyspace::default();
+        keys.apply(&write("a", 0, 10, &[]));
+        assert_eq!(keys.clear(50), 1);
+        assert!(matches!(
+            keys.apply(&write("b", 0, 40, &[])),
+            ApplyOutcome::Conflict { .. }
+        ));
+        assert_eq!(keys.state_version(b"b"), 50);
+        applied(keys.apply(&write("b", 50, 60, &[])));
+        assert_eq!(keys.forgotten(), 50);
+        keys.check_invariants();
+    }
+
+    #[test]
+    fn the_tag_index_follows_rewrites_and_removals() {
+        let mut keys = Keyspace::default();
+        keys.apply(&write("s1", 0, 10, &["user=u1", "realm=r1"]));
+        keys.apply(&write("s2", 0, 11, &["user=u1"]));
+        keys.apply(&write("s3", 0, 12, &["user=u2"]));
+        assert_eq!(keys.keys_with_tag("user=u1").len(), 2);
+        keys.apply(&write("s2", 11, 13, &["user=u2"]));
+        assert_eq!(keys.keys_with_tag("user=u1"), vec![Bytes::from("s1")]);
+        keys.apply(&remove("s1", 10, 14, 0));
+        assert!(keys.keys_with_tag("user=u1").is_empty());
+        assert!(keys.keys_with_tag("realm=r1").is_empty());
+        keys.check_invariants();
+    }
+
+    #[test]
+    fn expired_entries_read_as_absent_and_leave_the_size_at_once() {
+        let mut keys = Keyspace::default();
+        keys.apply(&write_expiring("a", 0, 10, &[], 500, 0));
+        keys.apply(&write("b", 0, 11, &[]));
+        assert_eq!(keys.len(1_499), 2);
+        assert!(keys.get(b"a", 1_499).is_some());
+        assert!(keys.get(b"a", 1_500).is_none());
+        assert_eq!(keys.len(1_500), 1);
+        let page = keys.page(None, 10, None, 1_500);
+        assert_eq!(page.entries.len(), 1);
+    }
+
+    #[test]
+    fn due_for_expiry_follows_reads_that_push_max_idle_back() {
+        let mut keys = Keyspace::default();
+        keys.apply(&write_expiring("idle", 0, 10, &[], 0, 100));
+        keys.apply(&write_expiring("old", 0, 11, &[], 50, 0));
+        assert!(keys.get(b"idle", 1_080).is_some()); // read: deadline moves to 1_180
+        let due = keys.due_for_expiry(1_120, 100);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].1.version, 11);
+        assert!(
+            keys.due_for_expiry(1_179, 100)
+                .iter()
+                .all(|(_, e)| e.version != 10)
+        );
+        assert_eq!(keys.due_for_expiry(1_180, 100).len(), 2);
+        keys.check_invariants();
+    }
+
+    #[test]
+    fn tombstones_are_purged_after_their_time_unless_rewritten() {
+        let mut keys = Keyspace::default();
+        keys.apply(&write("a", 0, 10, &[]));
+        keys.apply(&write("b", 0, 11, &[]));
+        keys.apply(&remove("a", 10, 20, 1_000));
+        keys.apply(&remove("b", 11, 21, 2_000));
+        keys.apply(&write("b", 21, 22, &[]));
+        assert!(keys.tombstones_due(999).is_empty());
+        let due = keys.tombstones_due(5_000);
+        assert_eq!(due, vec![(Bytes::from("a"), 20)]);
+        assert!(keys.forget_tombstone(&due[0].0, due[0].1));
+        assert!(!keys.forget_tombstone(&due[0].0, due[0].1));
+        assert_eq!(keys.slot_count(), 1);
+        assert_eq!(keys.forgotten(), 20);
+        keys.check_invariants();
+    }
+
+    #[test]
+    fn pages_walk_the_keys_in_order_without_repeats() {
+        let mut keys = Keyspace::default();
+        for i in 0..25u64 {
+            let tag = if i % 2 == 0 { "even=1" } else { "odd=1" };
+            keys.apply(&write(&format!("k{i:02}"), 0, 100 + i, &[tag]));
+        }
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = keys.page(after.as_ref(), 10, None, 0);
+            seen.extend(page.entries.iter().map(|(k, _)| k.clone()));
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), 25);
+        assert!(seen.windows(2).all(|w| w[0] < w[1]));
+        let even = keys.page(None, 100, Some("even=1"), 0);
+        assert_eq!(even.entries.len(), 13);
+        assert!(even.next_after.is_none());
+    }
+
+    #[test]
+    fn changed_after_lists_writes_and_removals_in_version_order() {
+        let mut keys = Keyspace::default();
+        keys.apply(&write("a", 0, 10, &[]));
+        keys.apply(&write("b", 0, 11, &[]));
+        keys.apply(&write("c", 0, 12, &[]));
+        keys.apply(&remove("a", 10, 13, 0));
+        let changed: Vec<_> = keys
+            .changed_after(11, 100)
+            .into_iter()
+            .map(|(k, s)| (k, s.version()))
+            .collect();
+        assert_eq!(
+            changed,
+            vec![(Bytes::from("c"), 12), (Bytes::from("a"), 13)]
+        );
+        assert_eq!(keys.newest_version(), 13);
+    }
+}

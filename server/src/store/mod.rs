@@ -1,0 +1,348 @@
+//! The storage engine: every cache of a node, in memory, written through to disk for
+//! persistent caches.
+//!
+//! [`Store`] is a cheap-to-clone handle. It owns the caches ([`cache::CacheStore`]), the
+//! version clock, the storage thread (group commit), the idempotency table and the event
+//! hub. Submodules, bottom up:
+//! - [`time`], [`version`]: the clock and the versions it assigns;
+//! - [`entry`], [`mutation`], [`keyspace`]: what a key holds, how it changes, and the one
+//!   replication rule;
+//! - [`storage`], [`record`], [`durability`]: persistence and group commit;
+//! - [`locks`], [`idempotency`], [`cache`]: the write path;
+//! - [`load`], [`reaper`]: start-up and background upkeep.
+
+pub mod cache;
+pub mod durability;
+pub mod entry;
+pub mod idempotency;
+pub mod keyspace;
+mod load;
+pub mod locks;
+pub mod mutation;
+pub mod reaper;
+pub mod record;
+pub mod storage;
+pub mod time;
+pub mod version;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, stream};
+use parking_lot::Mutex;
+use sitegrid_config::Config;
+use tracing::info;
+
+use crate::error::{Error, Result};
+use crate::events::Hub;
+use cache::{CacheStore, Condition, NewValue, WriteOp, WriteRequest, WriteResult};
+use durability::Durability;
+use entry::{Entry, SiteName};
+use idempotency::Idempotency;
+use keyspace::Page;
+use storage::Storage;
+use time::TimeSource;
+use version::{Version, VersionClock};
+
+/// How many keys `PutAll` and `RemoveByTag` write at once.
+const BATCH_CONCURRENCY: usize = 32;
+
+/// What every cache of a node shares.
+#[derive(Debug)]
+pub(crate) struct Services {
+    pub(crate) clock: VersionClock,
+    pub(crate) time: Arc<dyn TimeSource>,
+    /// This node's site: the origin of every write it accepts.
+    pub(crate) site: SiteName,
+    durability: Option<Durability>,
+    pub(crate) hub: Hub,
+    /// Site names seen in entries, shared so each is stored once.
+    site_names: Mutex<HashSet<SiteName>>,
+}
+
+impl Services {
+    pub(crate) fn durability(&self) -> Result<&Durability> {
+        self.durability
+            .as_ref()
+            .ok_or(Error::Internal("persistent cache without storage"))
+    }
+
+    /// The shared copy of a site name.
+    pub(crate) fn intern_site(&self, name: &str) -> SiteName {
+        let mut names = self.site_names.lock();
+        if let Some(existing) = names.get(name) {
+            return existing.clone();
+        }
+        let shared: SiteName = Arc::from(name);
+        names.insert(shared.clone());
+        shared
+    }
+}
+
+/// Settings of the store taken from the node's config.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) tombstone_ttl_ms: u64,
+    pub(crate) reaper_interval: std::time::Duration,
+}
+
+/// Handle to a node's caches.
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    caches: BTreeMap<String, Arc<CacheStore>>,
+    services: Arc<Services>,
+    idempotency: Idempotency<Arc<WriteResult>>,
+    settings: Settings,
+    /// The clock's high-water mark as last stored (see `reaper`).
+    stored_high_water: Mutex<Version>,
+}
+
+impl Store {
+    /// Opens the store: loads persistent caches from `storage` (required if any cache is
+    /// persistent), restores the clock above every version handed out before, and starts
+    /// the storage thread.
+    pub fn open(
+        config: &Config,
+        time: Arc<dyn TimeSource>,
+        storage: Option<Arc<dyn Storage>>,
+        hub: Hub,
+    ) -> Result<Store> {
+        let any_persistent = config.caches.values().any(|c| c.persistent);
+        if any_persistent && storage.is_none() {
+            return Err(Error::Internal("persistent caches need a storage engine"));
+        }
+        let durability = storage
+            .clone()
+            .map(Durability::start)
+            .transpose()
+            .map_err(|source| Error::Io {
+                context: "cannot start the storage thread".into(),
+                source,
+            })?;
+        let services = Arc::new(Services {
+            clock: VersionClock::new(config.node.site_byte(), time.clone(), 0),
+            time: time.clone(),
+            site: Arc::from(config.node.site.as_str()),
+            durability,
+            hub,
+            site_names: Mutex::new(HashSet::new()),
+        });
+        let caches = config
+            .caches
+            .iter()
+            .map(|(name, cache)| {
+                (
+                    name.clone(),
+                    Arc::new(CacheStore::new(name, cache.clone(), services.clone())),
+                )
+            })
+            .collect::<BTreeMap<_, _>>();
+        let store = Store {
+            inner: Arc::new(Inner {
+                caches,
+                services,
+                idempotency: Idempotency::new(
+                    u64::try_from(config.store.idempotency_window.as_millis()).unwrap_or(u64::MAX),
+                    config.store.idempotency_max_entries,
+                    time,
+                ),
+                settings: Settings {
+                    tombstone_ttl_ms: u64::try_from(config.store.tombstone_ttl.as_millis())
+                        .unwrap_or(u64::MAX),
+                    reaper_interval: config.store.reaper_interval,
+                },
+                stored_high_water: Mutex::new(0),
+            }),
+        };
+        if let Some(storage) = storage {
+            let floor = load::load_all(&store, &*storage)?;
+            store.inner.services.clock.observe(floor);
+            info!(
+                version = store.inner.services.clock.current(),
+                "clock restored"
+            );
+        }
+        Ok(store)
+    }
+
+    /// Stores the clock's high-water mark and waits until it is durable; called once at
+    /// start, before any version is handed out.
+    pub async fn persist_high_water(&self) -> Result<()> {
+        reaper::store_high_water(self, true).await
+    }
+
+    /// The cache named `name`.
+    pub fn cache(&self, name: &str) -> Result<&Arc<CacheStore>> {
+        self.inner
+            .caches
+            .get(name)
+            .ok_or_else(|| Error::UnknownCache(name.to_string()))
+    }
+
+    /// Every cache, by name.
+    pub fn caches(&self) -> impl Iterator<Item = &Arc<CacheStore>> {
+        self.inner.caches.values()
+    }
+
+    /// The event hub.
+    pub fn hub(&self) -> &Hub {
+        &self.inner.services.hub
+    }
+
+    /// The version clock.
+    pub fn clock(&self) -> &VersionClock {
+        &self.inner.services.clock
+    }
+
+    pub(crate) fn services(&self) -> &Arc<Services> {
+        &self.inner.services
+    }
+
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    pub(crate) fn stored_high_water(&self) -> &Mutex<Version> {
+        &self.inner.stored_high_water
+    }
+
+    /// Reads one key.
+    pub fn get(&self, cache: &str, key: &[u8]) -> Result<Option<Arc<Entry>>> {
+        Ok(self.cache(cache)?.get(key))
+    }
+
+    /// Reads several keys; absent ones are left out.
+    pub fn get_all(&self, cache: &str, keys: &[Bytes]) -> Result<Vec<(Bytes, Arc<Entry>)>> {
+        let cache = self.cache(cache)?;
+        Ok(keys
+            .iter()
+            .filter_map(|key| cache.get(key).map(|entry| (key.clone(), entry)))
+            .collect())
+    }
+
+    /// Writes one key; with a request id, a retry returns the first answer.
+    ///
+    /// The write runs in its own task, so a client that goes away mid-write can't leave
+    /// it half done (durable but not applied).
+    pub async fn write(
+        &self,
+        cache: &str,
+        request: WriteRequest,
+        request_id: Option<&str>,
+    ) -> Result<Arc<WriteResult>> {
+        let cache = self.cache(cache)?.clone();
+        let store = self.clone();
+        let request_id = request_id.map(str::to_string);
+        tokio::spawn(async move {
+            let name = cache.name().clone();
+            store
+                .inner
+                .idempotency
+                .run(&name, request_id.as_deref(), || async move {
+                    cache.write(request).await.map(Arc::new)
+                })
+                .await
+        })
+        .await
+        .map_err(Error::TaskFailed)?
+    }
+
+    /// Writes several keys unconditionally, each on its own; with a request id, each
+    /// key's write is idempotent under `{id}/{index}`.
+    pub async fn put_all(
+        &self,
+        cache: &str,
+        entries: Vec<(Bytes, NewValue)>,
+        request_id: Option<&str>,
+    ) -> Result<Vec<Version>> {
+        self.cache(cache)?;
+        let writes = entries
+            .into_iter()
+            .enumerate()
+            .map(|(index, (key, value))| {
+                let id = request_id
+                    .filter(|id| !id.is_empty())
+                    .map(|id| format!("{id}/{index}"));
+                async move {
+                    let request = WriteRequest {
+                        key,
+                        op: WriteOp::Put(value),
+                        condition: Condition::Always,
+                    };
+                    self.write(cache, request, id.as_deref())
+                        .await
+                        .map(|result| result.version)
+                }
+            });
+        stream::iter(writes)
+            .buffered(BATCH_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    /// Removes every live entry carrying `tag`; returns how many were removed.
+    pub async fn remove_by_tag(&self, cache: &str, tag: &str) -> Result<u64> {
+        let keys = self.cache(cache)?.keys_with_tag(tag);
+        let removals = keys.into_iter().map(|key| async move {
+            let request = WriteRequest {
+                key,
+                op: WriteOp::Remove,
+                condition: Condition::Present,
+            };
+            self.write(cache, request, None).await
+        });
+        let mut removed = 0;
+        let mut results = stream::iter(removals).buffer_unordered(BATCH_CONCURRENCY);
+        while let Some(result) = results.next().await {
+            if result?.applied {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes every entry of a cache.
+    pub async fn clear(&self, cache: &str) -> Result<u64> {
+        let cache = self.cache(cache)?.clone();
+        tokio::spawn(async move { cache.clear().await })
+            .await
+            .map_err(Error::TaskFailed)?
+    }
+
+    /// Live entries after `after` in key order.
+    pub fn page(
+        &self,
+        cache: &str,
+        after: Option<&Bytes>,
+        limit: usize,
+        tag: Option<&str>,
+    ) -> Result<Page> {
+        Ok(self.cache(cache)?.page(after, limit, tag))
+    }
+
+    /// Number of live entries.
+    pub fn size(&self, cache: &str) -> Result<u64> {
+        Ok(self.cache(cache)?.len() as u64)
+    }
+
+    /// Finishes pending storage writes and stops the storage thread.
+    pub fn shutdown(self) {
+        match Arc::try_unwrap(self.inner) {
+            Ok(inner) => drop(inner),
+            Err(_) => tracing::warn!(
+                "store still in use at shutdown; storage thread stops with the last handle"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

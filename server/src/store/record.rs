@@ -1,0 +1,231 @@
+//! How a slot is written to storage.
+//!
+//! A record is one format byte followed by a protobuf message. Protobuf because fields
+//! can be added without breaking older data (nodes are upgraded one at a time and must
+//! read what the previous version wrote), and because its decoder is bounds-checked:
+//! damaged bytes give an error, never a panic.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use prost::Message;
+
+use crate::store::entry::{Entry, SiteName, Slot, Tombstone, TombstoneCause};
+
+/// The only record format so far.
+const FORMAT_V1: u8 = 1;
+
+const KIND_LIVE: u32 = 0;
+const KIND_REMOVED: u32 = 1;
+const KIND_EXPIRED: u32 = 2;
+
+#[derive(Clone, PartialEq, Message)]
+struct StoredRecord {
+    #[prost(uint32, tag = "1")]
+    kind: u32,
+    #[prost(uint64, tag = "2")]
+    version: u64,
+    #[prost(string, tag = "3")]
+    origin_site: String,
+    #[prost(bytes = "bytes", tag = "4")]
+    value: Bytes,
+    #[prost(uint64, tag = "5")]
+    created_ms: u64,
+    #[prost(uint64, tag = "6")]
+    last_used_ms: u64,
+    #[prost(uint64, tag = "7")]
+    lifespan_ms: u64,
+    #[prost(uint64, tag = "8")]
+    max_idle_ms: u64,
+    #[prost(string, repeated, tag = "9")]
+    tags: Vec<String>,
+    /// Tombstones: when removed. Expired tombstones: also the expired entry's version.
+    #[prost(uint64, tag = "10")]
+    removed_ms: u64,
+    #[prost(uint64, tag = "11")]
+    base_version: u64,
+}
+
+/// Why stored bytes could not be read back as a slot.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RecordError {
+    /// No bytes at all.
+    #[error("empty record")]
+    Empty,
+    /// Written by a newer sitegrid, or damaged.
+    #[error("unknown record format {0}")]
+    UnknownFormat(u8),
+    /// The protobuf part does not decode.
+    #[error("damaged record: {0}")]
+    Damaged(String),
+    /// It decodes but is not a valid slot.
+    #[error("invalid record: {0}")]
+    Invalid(&'static str),
+}
+
+/// Encodes a slot for storage.
+pub fn encode(slot: &Slot) -> Vec<u8> {
+    let record = match slot {
+        Slot::Live(entry) => StoredRecord {
+            kind: KIND_LIVE,
+            version: entry.version,
+            origin_site: entry.origin_site.to_string(),
+            value: entry.value.clone(),
+            created_ms: entry.created_ms,
+            last_used_ms: entry.last_used_ms(),
+            lifespan_ms: entry.lifespan_ms,
+            max_idle_ms: entry.max_idle_ms,
+            tags: entry.tags.iter().map(|t| t.to_string()).collect(),
+            removed_ms: 0,
+            base_version: 0,
+        },
+        Slot::Tombstone(tombstone) => {
+            let (kind, base_version) = match tombstone.cause {
+                TombstoneCause::Removed => (KIND_REMOVED, 0),
+                TombstoneCause::Expired { base } => (KIND_EXPIRED, base),
+            };
+            StoredRecord {
+                kind,
+                version: tombstone.version,
+                origin_site: tombstone.origin_site.to_string(),
+                removed_ms: tombstone.removed_ms,
+                base_version,
+                ..StoredRecord::default()
+            }
+        }
+    };
+    let mut bytes = Vec::with_capacity(1 + record.encoded_len());
+    bytes.push(FORMAT_V1);
+    record
+        .encode(&mut bytes)
+        .expect("a Vec grows to fit any message");
+    bytes
+}
+
+/// Decodes stored bytes; `intern` turns a site name into the shared name entries use.
+pub fn decode(bytes: &[u8], intern: &dyn Fn(&str) -> SiteName) -> Result<Slot, RecordError> {
+    let (&format, body) = bytes.split_first().ok_or(RecordError::Empty)?;
+    if format != FORMAT_V1 {
+        return Err(RecordError::UnknownFormat(format));
+    }
+    let record =
+        StoredRecord::decode(body).map_err(|error| RecordError::Damaged(error.to_string()))?;
+    if record.version == 0 {
+        return Err(RecordError::Invalid("version 0"));
+    }
+    let origin_site = intern(&record.origin_site);
+    let tombstone = |cause| {
+        Slot::Tombstone(Arc::new(Tombstone {
+            version: record.version,
+            origin_site: origin_site.clone(),
+            removed_ms: record.removed_ms,
+            cause,
+        }))
+    };
+    match record.kind {
+        KIND_LIVE => Ok(Slot::Live(Arc::new(Entry::restore(
+            // Copied so the entry doesn't keep the whole read buffer alive.
+            Bytes::copy_from_slice(&record.value),
+            record.version,
+            origin_site.clone(),
+            record.created_ms,
+            record.last_used_ms,
+            record.lifespan_ms,
+            record.max_idle_ms,
+            record.tags.iter().map(|t| Arc::from(t.as_str())).collect(),
+        )))),
+        KIND_REMOVED => Ok(tombstone(TombstoneCause::Removed)),
+        KIND_EXPIRED => Ok(tombstone(TombstoneCause::Expired {
+            base: record.base_version,
+        })),
+        _ => Err(RecordError::Invalid("unknown slot kind")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn intern(name: &str) -> SiteName {
+        Arc::from(name)
+    }
+
+    #[test]
+    fn a_live_entry_round_trips_with_all_its_metadata() {
+        let entry = Entry::restore(
+            Bytes::from_static(b"\x00\xffvalue"),
+            42,
+            Arc::from("site2"),
+            1_000,
+            1_500,
+            60_000,
+            30_000,
+            vec![Arc::from("user=u1"), Arc::from("realm=r1")].into_boxed_slice(),
+        );
+        let decoded = decode(&encode(&Slot::Live(Arc::new(entry))), &intern).unwrap();
+        let Slot::Live(back) = decoded else {
+            panic!("expected a live entry")
+        };
+        assert_eq!(&back.value[..], b"\x00\xffvalue");
+        assert_eq!(back.version, 42);
+        assert_eq!(&*back.origin_site, "site2");
+        assert_eq!(back.created_ms, 1_000);
+        assert_eq!(back.last_used_ms(), 1_500);
+        assert_eq!(back.lifespan_ms, 60_000);
+        assert_eq!(back.max_idle_ms, 30_000);
+        assert_eq!(back.tags.len(), 2);
+    }
+
+    #[test]
+    fn tombstones_round_trip_with_their_cause() {
+        for cause in [TombstoneCause::Removed, TombstoneCause::Expired { base: 7 }] {
+            let tombstone = Tombstone {
+                version: 9,
+                origin_site: Arc::from("site1"),
+                removed_ms: 123,
+                cause,
+            };
+            let decoded = decode(
+                &encode(&Slot::Tombstone(Arc::new(tombstone.clone()))),
+                &intern,
+            );
+            let Ok(Slot::Tombstone(back)) = decoded else {
+                panic!("expected a tombstone")
+            };
+            assert_eq!(*back, tombstone);
+        }
+    }
+
+    #[test]
+    fn damaged_records_are_errors_not_panics() {
+        assert_eq!(decode(&[], &intern).unwrap_err(), RecordError::Empty);
+        assert_eq!(
+            decode(&[9, 1, 2], &intern).unwrap_err(),
+            RecordError::UnknownFormat(9)
+        );
+        assert!(matches!(
+            decode(&[FORMAT_V1, 0xff, 0xff, 0xff], &intern),
+            Err(RecordError::Damaged(_))
+        ));
+        assert_eq!(
+            decode(&[FORMAT_V1], &intern).unwrap_err(),
+            RecordError::Invalid("version 0")
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_decode_to_a_slot_or_an_error(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode(&bytes, &intern);
+        }
+
+        #[test]
+        fn truncating_a_valid_record_never_panics(cut in 0usize..64) {
+            let entry = Entry::new(Bytes::from_static(b"some value"), 5, Arc::from("s"), 1, 2, 3,
+                vec![Arc::from("a=b")].into_boxed_slice());
+            let bytes = encode(&Slot::Live(Arc::new(entry)));
+            let _ = decode(&bytes[..cut.min(bytes.len())], &intern);
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Versions: the hybrid logical clock that numbers every write.
+//!
+//! A version is a `u64` laid out as `[ timestamp : 55 bits | site id : 8 bits ]`, top bit
+//! always 0 so it is also a positive `i64` for clients in languages without unsigned
+//! integers. The timestamp is `(milliseconds since 2020-01-01 << 12) | counter`: each
+//! node takes `max(now, last + 1)`, so versions are close to wall-clock order, strictly
+//! increasing on a node even if its clock steps back, and two sites never assign the
+//! same version because their site ids differ. A node that applies a version assigned
+//! elsewhere [`observe`](VersionClock::observe)s it, so whatever it assigns next is
+//! newer than everything it has seen (the "hybrid" part).
+//!
+//! Comparing versions is comparing the integers: `a > b` means "a is newer". There is no
+//! other version comparison in sitegrid.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::store::time::{TimeSource, UnixMillis};
+
+/// A version: see the module documentation for its layout.
+pub type Version = u64;
+
+/// Unix time of 2020-01-01T00:00:00Z in milliseconds, the origin of version timestamps;
+/// 43 bits of milliseconds from there last until the year 2298.
+const EPOCH_MS: UnixMillis = 1_577_836_800_000;
+/// Bits of the per-millisecond counter: 4096 versions per millisecond per site before
+/// the timestamp runs ahead of the wall clock.
+const COUNTER_BITS: u32 = 12;
+/// Bits of the site id.
+const SITE_BITS: u32 = 8;
+/// Largest timestamp that keeps the top bit of a version clear.
+const MAX_TIMESTAMP: u64 = (1 << (63 - SITE_BITS)) - 1;
+
+/// The site id byte of a version.
+pub fn site_of(version: Version) -> u8 {
+    (version & 0xff) as u8
+}
+
+/// The wall-clock millisecond a version was assigned in (approximately: a timestamp that
+/// ran ahead of the wall clock reads as later).
+pub fn millis_of(version: Version) -> UnixMillis {
+    (version >> (SITE_BITS + COUNTER_BITS)) + EPOCH_MS
+}
+
+/// The smallest version a site could assign at wall-clock time `ms`; used to turn
+/// durations into version distances.
+pub fn first_version_at(ms: UnixMillis) -> Version {
+    timestamp_at(ms) << SITE_BITS
+}
+
+fn timestamp_at(ms: UnixMillis) -> u64 {
+    (ms.saturating_sub(EPOCH_MS) << COUNTER_BITS).min(MAX_TIMESTAMP)
+}
+
+/// Assigns versions for one node.
+#[derive(Debug)]
+pub struct VersionClock {
+    site_id: u8,
+    /// The last timestamp handed out or observed (versions without the site byte).
+    last: AtomicU64,
+    time: Arc<dyn TimeSource>,
+}
+
+impl VersionClock {
+    /// A clock for site `site_id` that never goes below `floor` (a version restored from
+    /// disk: the high-water mark or the newest stored entry).
+    pub fn new(site_id: u8, time: Arc<dyn TimeSource>, floor: Version) -> VersionClock {
+        VersionClock {
+            site_id,
+            last: AtomicU64::new(floor >> SITE_BITS),
+            time,
+        }
+    }
+
+    /// A new version, newer than every version this clock assigned or observed.
+    pub fn next(&self) -> Version {
+        let now = timestamp_at(self.time.now_ms());
+        let mut last = self.last.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(last + 1);
+            match self
+                .last
+                .compare_exchange_weak(last, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return (next << SITE_BITS) | u64::from(self.site_id),
+                Err(current) => last = current,
+            }
+        }
+    }
+
+    /// Records a version assigned elsewhere, so later versions from this clock are newer.
+    pub fn observe(&self, version: Version) {
+        self.last.fetch_max(version >> SITE_BITS, Ordering::AcqRel);
+    }
+
+    /// The newest version this clock has assigned or observed (with this site's id).
+    pub fn current(&self) -> Version {
+        (self.last.load(Ordering::Acquire) << SITE_BITS) | u64::from(self.site_id)
+    }
+
+    /// The time source versions are read from.
+    pub fn time(&self) -> &Arc<dyn TimeSource> {
+        &self.time
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::time::ManualTimeSource;
+
+    const NOW: UnixMillis = 1_800_000_000_000;
+
+    #[test]
+    fn versions_strictly_increase_even_within_one_millisecond() {
+        let time = ManualTimeSource::starting_at(NOW);
+        let clock = VersionClock::new(3, time, 0);
+        let mut previous = 0;
+        for _ in 0..10_000 {
+            let version = clock.next();
+            assert!(version > previous);
+            assert_eq!(site_of(version), 3);
+            previous = version;
+        }
+    }
+
+    #[test]
+    fn versions_follow_the_wall_clock() {
+        let time = ManualTimeSource::starting_at(NOW);
+        let clock = VersionClock::new(1, time.clone(), 0);
+        let first = clock.next();
+        assert_eq!(millis_of(first), NOW);
+        time.advance_ms(1500);
+        assert_eq!(millis_of(clock.next()), NOW + 1500);
+    }
+
+    #[test]
+    fn a_clock_stepping_back_does_not_make_versions_go_back() {
+        let time = ManualTimeSource::starting_at(NOW);
+        let ahead = VersionClock::new(1, time.clone(), 0);
+        time.advance_ms(60_000);
+        let before_restart = ahead.next();
+        // A restart with the clock one minute behind, floored at the persisted version.
+        let behind = VersionClock::new(1, ManualTimeSource::starting_at(NOW), before_restart);
+        assert!(behind.next() > before_restart);
+    }
+
+    #[test]
+    fn observed_versions_from_other_sites_are_overtaken() {
+        let time = ManualTimeSource::starting_at(NOW);
+        let site1 = VersionClock::new(1, time.clone(), 0);
+        let site2 = VersionClock::new(2, ManualTimeSource::starting_at(NOW + 5_000), 0);
+        let remote = site2.next();
+        assert!(site1.next() < remote, "site 2's clock is ahead");
+        site1.observe(remote);
+        assert!(site1.next() > remote);
+    }
+
+    #[test]
+    fn two_sites_never_assign_the_same_version() {
+        let time = ManualTimeSource::starting_at(NOW);
+        let site1 = VersionClock::new(1, time.clone(), 0);
+        let site2 = VersionClock::new(2, time, 0);
+        for _ in 0..1000 {
+            assert_ne!(site1.next(), site2.next());
+        }
+    }
+
+    #[test]
+    fn versions_fit_in_a_positive_i64_for_centuries() {
+        let far = NOW + 200 * 365 * 24 * 3600 * 1000;
+        let clock = VersionClock::new(255, ManualTimeSource::starting_at(far), 0);
+        let version = clock.next();
+        assert!(i64::try_from(version).is_ok());
+        assert_eq!(millis_of(version), far);
+    }
+
+    #[test]
+    fn concurrent_callers_get_distinct_versions() {
+        let clock = Arc::new(VersionClock::new(1, ManualTimeSource::starting_at(NOW), 0));
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let clock = clock.clone();
+                std::thread::spawn(move || (0..5000).map(|_| clock.next()).collect::<Vec<_>>())
+            })
+            .collect();
+        let mut all: Vec<_> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        let count = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), count);
+    }
+}
