@@ -27,10 +27,18 @@ pub struct CacheConfig {
     #[serde(default)]
     pub persistent: bool,
     /// Lifespan of entries written with `lifespan_ms = 0`; unset = never.
-    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub lifespan: Option<Duration>,
     /// Max idle time of entries written with `max_idle_ms = 0`; unset = never.
-    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_idle: Option<Duration>,
     /// The cache is never backed up to peer sites.
     #[serde(default)]

@@ -154,7 +154,10 @@ mod tests {
         let mut config = Config::default();
         let env = Environment::from_pairs([("SITEGRID_SITE_ID", "two")]);
         let error = config.apply_env(&env).unwrap_err().to_string();
-        assert!(error.starts_with("environment variable SITEGRID_SITE_ID"), "{error}");
+        assert!(
+            error.starts_with("environment variable SITEGRID_SITE_ID"),
+            "{error}"
+        );
     }
 
     #[test]

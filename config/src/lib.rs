@@ -48,7 +48,10 @@ pub struct Config {
     pub events: EventsConfig,
     /// Caches by name. The five default caches are always present; a `[caches.NAME]`
     /// section changes one of them or adds a new one.
-    #[serde(default = "default_caches", deserialize_with = "cache::deserialize_caches")]
+    #[serde(
+        default = "default_caches",
+        deserialize_with = "cache::deserialize_caches"
+    )]
     pub caches: BTreeMap<String, CacheConfig>,
     /// Peer sites and how to reach them.
     #[serde(default)]
@@ -397,7 +400,10 @@ mod tests {
         assert_eq!(backup.strategy, Strategy::Sync);
         assert_eq!(backup.failure_policy, FailurePolicy::Fail);
         assert_eq!(backup.timeout, Duration::from_millis(4500));
-        assert_eq!(config.sites[0].take_offline.min_wait, Duration::from_secs(10));
+        assert_eq!(
+            config.sites[0].take_offline.min_wait,
+            Duration::from_secs(10)
+        );
         // The other default caches are still there.
         assert!(config.caches["sessions"].persistent);
     }

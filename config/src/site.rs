@@ -71,7 +71,10 @@ pub(crate) fn validate_sites(sites: &[SiteConfig], local_site: &str, problems: &
             problems.push(format!("{field}.endpoints"), "must not be empty");
         }
         if site.take_offline.after_failures == 0 {
-            problems.push(format!("{field}.take_offline.after_failures"), "must be > 0");
+            problems.push(
+                format!("{field}.take_offline.after_failures"),
+                "must be > 0",
+            );
         }
     }
 }

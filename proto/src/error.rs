@@ -151,6 +151,9 @@ mod tests {
     fn status_message_keeps_the_causes() {
         let status = status_from_error(&Outer(std::io::Error::other("disk full")));
         assert_eq!(status.code(), Code::Internal);
-        assert_eq!(status.message(), "cache sessions: storage failed: disk full");
+        assert_eq!(
+            status.message(),
+            "cache sessions: storage failed: disk full"
+        );
     }
 }

@@ -1,11 +1,11 @@
 //! sitegrid's node: the storage engine ([`store`]), change events ([`events`]), the gRPC
-//! services ([`api`]), the HTTP endpoints ([`http`]) and the wiring that runs them all
-//! ([`node`]). The `sitegrid` binary is a thin `main` over [`node::run`].
+//! services ([`api`]), the HTTP endpoints ([`metrics`]) and the wiring that runs them
+//! all ([`node`]). The `sitegrid` binary is a thin `main` over [`node::run`].
 
 pub mod api;
 pub mod error;
 pub mod events;
-pub mod http;
+pub mod metrics;
 pub mod node;
 pub mod store;
 

@@ -1,0 +1,47 @@
+//! The `Admin` gRPC service: what operators ask a node about.
+
+use sitegrid_proto::v1::{self, admin_server::Admin};
+use tonic::{Request, Response, Status};
+
+use crate::node::NodeState;
+use crate::store::Store;
+
+/// The `Admin` service of one node.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    store: Store,
+    state: NodeState,
+}
+
+impl AdminService {
+    pub(crate) fn new(store: Store, state: NodeState) -> AdminService {
+        AdminService { store, state }
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn cluster_status(
+        &self,
+        _: Request<v1::ClusterStatusRequest>,
+    ) -> Result<Response<v1::ClusterStatusResponse>, Status> {
+        let identity = self.state.identity();
+        Ok(Response::new(v1::ClusterStatusResponse {
+            node: identity.name.clone(),
+            site: identity.site.clone(),
+            site_id: u32::from(identity.site_id),
+            ready: self.state.is_ready(),
+            caches: self
+                .store
+                .caches()
+                .map(|cache| v1::CacheStatus {
+                    name: cache.name().to_string(),
+                    size: cache.len() as u64,
+                    persistent: cache.is_persistent(),
+                })
+                .collect(),
+            address: identity.address.clone(),
+            server_version: env!("CARGO_PKG_VERSION").to_string(),
+        }))
+    }
+}

@@ -1,0 +1,366 @@
+//! The `Cache` gRPC service: validates each request, runs it on the store, and shapes
+//! the answer. Conditions that don't hold are answers, not errors.
+
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures::Stream;
+use sitegrid_proto::v1::{self, cache_server::Cache};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::api::convert::{keyed, metadata, versioned};
+use crate::api::observe::observed;
+use crate::api::validate::Validator;
+use crate::node::NodeState;
+use crate::store::Store;
+use crate::store::cache::{Condition, WriteOp, WriteRequest, WriteResult};
+
+/// Entries per batch of an `Entries` stream when the request leaves it to the server.
+const DEFAULT_BATCH_SIZE: usize = 1000;
+/// Largest batch an `Entries` stream sends.
+const MAX_BATCH_SIZE: usize = 10_000;
+
+/// The `Cache` service of one node.
+#[derive(Debug, Clone)]
+pub struct CacheService {
+    store: Store,
+    validator: Validator,
+    state: NodeState,
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<v1::CacheEvent, Status>> + Send>>;
+type EntriesStream = Pin<Box<dyn Stream<Item = Result<v1::EntriesResponse, Status>> + Send>>;
+
+impl CacheService {
+    pub(crate) fn new(store: Store, validator: Validator, state: NodeState) -> CacheService {
+        CacheService {
+            store,
+            validator,
+            state,
+        }
+    }
+
+    fn request_id(id: &str) -> Option<&str> {
+        (!id.is_empty()).then_some(id)
+    }
+
+    async fn write(
+        &self,
+        cache: &str,
+        request: WriteRequest,
+        request_id: &str,
+    ) -> crate::Result<std::sync::Arc<WriteResult>> {
+        self.state.check_ready()?;
+        self.store
+            .write(cache, request, Self::request_id(request_id))
+            .await
+    }
+
+    /// A put-like request (Put, PutIfAbsent, Replace) as a store write.
+    fn put_request(
+        &self,
+        key: &Bytes,
+        value: &Bytes,
+        lifespan_ms: i64,
+        max_idle_ms: i64,
+        tags: &[String],
+        condition: Condition,
+    ) -> crate::Result<WriteRequest> {
+        Ok(WriteRequest {
+            key: self.validator.key(key)?,
+            op: WriteOp::Put(
+                self.validator
+                    .new_value(value, lifespan_ms, max_idle_ms, tags)?,
+            ),
+            condition,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Cache for CacheService {
+    async fn ping(&self, _: Request<v1::PingRequest>) -> Result<Response<v1::PingResponse>, Status> {
+        Ok(Response::new(v1::PingResponse {}))
+    }
+
+    async fn get(&self, request: Request<v1::GetRequest>) -> Result<Response<v1::GetResponse>, Status> {
+        let r = request.into_inner();
+        observed(&self.store, "get", &r.cache, async {
+            self.state.check_ready()?;
+            let key = self.validator.key(&r.key)?;
+            Ok(match self.store.get(&r.cache, &key)? {
+                Some(entry) => v1::GetResponse {
+                    found: true,
+                    value: entry.value.clone(),
+                    metadata: Some(metadata(&entry)),
+                },
+                None => v1::GetResponse::default(),
+            })
+        })
+        .await
+    }
+
+    async fn put(&self, request: Request<v1::PutRequest>) -> Result<Response<v1::PutResponse>, Status> {
+        let r = request.into_inner();
+        observed(&self.store, "put", &r.cache, async {
+            let write = self.put_request(&r.key, &r.value, r.lifespan_ms, r.max_idle_ms, &r.tags, Condition::Always)?;
+            let result = self.write(&r.cache, write, &r.request_id).await?;
+            Ok(v1::PutResponse {
+                version: result.version,
+                previous: result
+                    .previous
+                    .as_deref()
+                    .filter(|_| r.return_previous)
+                    .map(versioned),
+            })
+        })
+        .await
+    }
+
+    async fn put_if_absent(
+        &self,
+        request: Request<v1::PutIfAbsentRequest>,
+    ) -> Result<Response<v1::PutIfAbsentResponse>, Status> {
+        let r = request.into_inner();
+        observed(&self.store, "put_if_absent", &r.cache, async {
+            let write = self.put_request(&r.key, &r.value, r.lifespan_ms, r.max_idle_ms, &r.tags, Condition::Absent)?;
+            let result = self.write(&r.cache, write, &r.request_id).await?;
+            Ok(v1::PutIfAbsentResponse {
+                stored: result.applied,
+                version: result.version,
+                existing: if result.applied {
+                    None
+                } else {
+                    result.previous.as_deref().map(versioned)
+                },
+            })
+        })
+        .await
+    }
+
+    async fn replace(
+        &self,
+        request: Request<v1::ReplaceRequest>,
+    ) -> Result<Response<v1::ReplaceResponse>, Status> {
+        let r = request.into_inner();
+        observed(&self.store, "replace", &r.cache, async {
+            let write = self.put_request(&r.key, &r.value, r.lifespan_ms, r.max_idle_ms, &r.tags, Condition::Present)?;
+            let result = self.write(&r.cache, write, &r.request_id).await?;
+            Ok(v1::ReplaceResponse {
+                replaced: result.applied,
+                version: result.version,
+                previous: result
+                    .previous
+                    .as_deref()
+                    .filter(|_| result.applied && r.return_previous)
+                    .map(versioned),
+            })
+        })
+        .await
+    }
+
+    async fn replace_with_version(
+        &self,
+        request: Request<v1::ReplaceWithVersionRequest>,
+    ) -> Result<Response<v1::ReplaceWithVersionResponse>, Status> {
+        let r = request.into_inner();
+        observed(&self.store, "replace_with_version", &r.cache, async {
+            let write = self.put_request(
+                &r.key,
+                &r.value,
+                r.lifespan_ms,
+                r.max_idle_ms,
+                &r.tags,
+                Condition::VersionIs(r.expected_version),
+            )?;
+            let result = self.write(&r.cache, write, &r.request_id).await?;
+            Ok(v1::ReplaceWithVersionResponse {
+                replaced: result.applied,
+                version: result.version,
+                current: if result.applied {
+                    None
+                } else {
+                    result.previous.as_deref().map(versioned)
+                },
+            })
+        })
+        .await
+    }
+
+    async fn remove(&self, request: Request<v1::RemoveRequest>) -> Result<Response<v1::RemoveResponse>, Status> {
+        let r = request.into_inner();
+        observed(&self.store, "remove", &r.cache, async {
+            let write = WriteRequest {
+                key: self.validator.key(&r.key)?,
+                op: WriteOp::Remove,
+                condition: Condition::Present,
+            };
+            let result = self.write(&r.cache, write, &r.request_id).await?;
+            Ok(v1::RemoveResponse {
+                removed: result.applied,
+                previous: result.previous.as_deref().map(versioned),
+                version: result.version,
+            })
+        })
+        .await
+    }
+
+    async fn remove_with_version(
+        &self,
+        request: Request<v1::RemoveWithVersionRequest>,
+    ) -> Result<Response<v1::RemoveWithVersionResponse>, Status> {
+        let r = request.into_inner();
+        observed(&self.store, "remove_with_version", &r.cache, async {
+            let write = WriteRequest {
+                key: self.validator.key(&r.key)?,
+                op: WriteOp::Remove,
+                condition: Condition::VersionIs(r.expected_version),
+            };
+            let result = self.write(&r.cache, write, &r.request_id).await?;
+            Ok(v1::RemoveWithVersionResponse {
+                removed: result.applied,
+                current: if result.applied {
+                    None
+                } else {
+                    result.previous.as_deref().map(versioned)
+                },
+                version: result.version,
+            })
+        })
+        .await
+    }
+
+    async fn get_all(&self, request: Request<v1::GetAllRequest>) -> Result<Response<v1::GetAllResponse>, Status> {
+        let r = request.into_inner();
+        observed(&self.store, "get_all", &r.cache, async {
+            self.state.check_ready()?;
+            self.validator.batch(r.keys.len())?;
+            for key in &r.keys {
+                self.validator.key(key)?;
+            }
+            let found = self.store.get_all(&r.cache, &r.keys)?;
+            Ok(v1::GetAllResponse {
+                entries: found
+                    .into_iter()
+                    .map(|(key, entry)| keyed(key, &entry, true))
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn put_all(&self, request: Request<v1::PutAllRequest>) -> Result<Response<v1::PutAllResponse>, Status> {
+        let r = request.into_inner();
+        observed(&self.store, "put_all", &r.cache, async {
+            self.state.check_ready()?;
+            self.validator.batch(r.entries.len())?;
+            let entries = r
+                .entries
+                .iter()
+                .map(|e| {
+                    Ok((
+                        self.validator.key(&e.key)?,
+                        self.validator
+                            .new_value(&e.value, e.lifespan_ms, e.max_idle_ms, &e.tags)?,
+                    ))
+                })
+                .collect::<crate::Result<Vec<_>>>()?;
+            let versions = self
+                .store
+                .put_all(&r.cache, entries, Self::request_id(&r.request_id))
+                .await?;
+            Ok(v1::PutAllResponse { versions })
+        })
+        .await
+    }
+
+    type EntriesStream = EntriesStream;
+
+    async fn entries(&self, request: Request<v1::EntriesRequest>) -> Result<Response<Self::EntriesStream>, Status> {
+        let r = request.into_inner();
+        self.state.check_ready()?;
+        self.store.cache(&r.cache)?;
+        let tag = self.validator.tag_filter(&r.tag)?;
+        let batch_size = match r.batch_size as usize {
+            0 => DEFAULT_BATCH_SIZE,
+            n => n.min(MAX_BATCH_SIZE),
+        };
+        let (sender, receiver) = mpsc::channel(2);
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let mut after = None;
+            loop {
+                let page = match store.page(&r.cache, after.as_ref(), batch_size, tag.as_deref()) {
+                    Ok(page) => page,
+                    Err(error) => {
+                        let _ = sender.send(Err(error.into())).await;
+                        return;
+                    }
+                };
+                let batch = v1::EntriesResponse {
+                    entries: page
+                        .entries
+                        .iter()
+                        .map(|(key, entry)| keyed(key.clone(), entry, r.with_values))
+                        .collect(),
+                };
+                let last = page.next_after.is_none();
+                if (!batch.entries.is_empty() || last) && sender.send(Ok(batch)).await.is_err() {
+                    return; // the client went away
+                }
+                match page.next_after {
+                    Some(next) => after = Some(next),
+                    None => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn remove_by_tag(
+        &self,
+        request: Request<v1::RemoveByTagRequest>,
+    ) -> Result<Response<v1::RemoveByTagResponse>, Status> {
+        let r = request.into_inner();
+        observed(&self.store, "remove_by_tag", &r.cache, async {
+            self.state.check_ready()?;
+            let tag = self
+                .validator
+                .tag_filter(&r.tag)?
+                .ok_or_else(|| crate::Error::InvalidArgument("tag must not be empty".into()))?;
+            let removed = self.store.remove_by_tag(&r.cache, &tag).await?;
+            Ok(v1::RemoveByTagResponse { removed })
+        })
+        .await
+    }
+
+    async fn size(&self, request: Request<v1::SizeRequest>) -> Result<Response<v1::SizeResponse>, Status> {
+        let r = request.into_inner();
+        observed(&self.store, "size", &r.cache, async {
+            self.state.check_ready()?;
+            Ok(v1::SizeResponse {
+                size: self.store.size(&r.cache)?,
+            })
+        })
+        .await
+    }
+
+    async fn clear(&self, request: Request<v1::ClearRequest>) -> Result<Response<v1::ClearResponse>, Status> {
+        let r = request.into_inner();
+        observed(&self.store, "clear", &r.cache, async {
+            self.state.check_ready()?;
+            let removed = self.store.clear(&r.cache).await?;
+            tracing::info!(cache = %r.cache, removed, "cache cleared");
+            Ok(v1::ClearResponse { removed })
+        })
+        .await
+    }
+
+    type ListenStream = EventStream;
+
+    async fn listen(&self, _: Request<v1::ListenRequest>) -> Result<Response<Self::ListenStream>, Status> {
+        Err(Status::unimplemented("listen is not available on this node yet"))
+    }
+}
