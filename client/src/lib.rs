@@ -1,1 +1,49 @@
-//! placeholder
+//! Rust client for sitegrid's gRPC API.
+//!
+//! ```no_run
+//! # async fn demo() -> sitegrid_client::Result<()> {
+//! use sitegrid_client::{Client, WriteOptions};
+//! use std::time::Duration;
+//!
+//! let client = Client::connect(["127.0.0.1:11222", "127.0.0.1:11223"]).await?;
+//! let sessions = client.cache("sessions");
+//! let written = sessions
+//!     .put("s1", "alice", WriteOptions::new().lifespan(Duration::from_secs(1800)).tag("user=alice"))
+//!     .await?;
+//! let entry = sessions.get("s1").await?;
+//! assert_eq!(entry.map(|e| e.metadata.version), Some(written.version));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! - [`Client`] holds one lazily connected channel per endpoint and is cheap to clone;
+//!   [`ClientBuilder`] sets timeouts and the retry [`Backoff`].
+//! - [`RemoteCache`] mirrors every `Cache` RPC with typed results; a condition that does
+//!   not hold (`put_if_absent` on a present key...) is an outcome, not an error.
+//! - [`RemoteAdmin`] reads the cluster status.
+//! - Every failure is an [`Error`] that knows its [`ErrorCode`]. UNAVAILABLE, ABORTED and
+//!   transport failures are retried with the [`Backoff`], moving to the next endpoint
+//!   after UNAVAILABLE or a transport failure; every write carries a request id, kept
+//!   across retries, so the server applies it once.
+
+mod admin;
+mod cache;
+mod client;
+mod endpoint;
+mod entry_stream;
+mod error;
+mod options;
+mod retry;
+mod types;
+
+pub use admin::{CacheStatus, ClusterStatus, RemoteAdmin};
+pub use cache::RemoteCache;
+pub use client::{Client, ClientBuilder};
+pub use entry_stream::EntryStream;
+pub use error::{Error, Result};
+pub use options::{EntriesOptions, WriteOptions};
+pub use sitegrid_proto::{Backoff, ErrorCode};
+pub use types::{
+    Entry, Metadata, PutIfAbsentOutcome, PutOutcome, RemoveOutcome, RemoveWithVersionOutcome,
+    ReplaceOutcome, ReplaceWithVersionOutcome, Versioned,
+};

@@ -1,0 +1,82 @@
+//! [`RemoteAdmin`]: the operator API, typed.
+
+use sitegrid_proto::v1;
+use sitegrid_proto::v1::admin_client::AdminClient;
+
+use crate::client::Client;
+use crate::error::Result;
+
+/// The operator API of the node a request lands on; get it with [`Client::admin`].
+#[derive(Debug, Clone)]
+pub struct RemoteAdmin {
+    client: Client,
+}
+
+/// One node's view of itself, its site and its caches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// Name of the node that answered.
+    pub node: String,
+    /// Its site.
+    pub site: String,
+    /// Its site id.
+    pub site_id: u32,
+    /// Whether it serves requests.
+    pub ready: bool,
+    /// Its gRPC address.
+    pub address: String,
+    /// Its sitegrid version.
+    pub server_version: String,
+    /// Its caches.
+    pub caches: Vec<CacheStatus>,
+}
+
+/// One cache as seen by a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheStatus {
+    /// Cache name.
+    pub name: String,
+    /// Number of live entries.
+    pub size: u64,
+    /// Whether the cache is kept on disk.
+    pub persistent: bool,
+}
+
+impl RemoteAdmin {
+    pub(crate) fn new(client: Client) -> Self {
+        RemoteAdmin { client }
+    }
+
+    /// The status of the node that answers (the current endpoint).
+    pub async fn cluster_status(&self) -> Result<ClusterStatus> {
+        let response = self
+            .client
+            .unary(v1::ClusterStatusRequest {}, |channel, request| async move {
+                AdminClient::new(channel).cluster_status(request).await
+            })
+            .await?;
+        Ok(response.into())
+    }
+}
+
+impl From<v1::ClusterStatusResponse> for ClusterStatus {
+    fn from(r: v1::ClusterStatusResponse) -> Self {
+        ClusterStatus {
+            node: r.node,
+            site: r.site,
+            site_id: r.site_id,
+            ready: r.ready,
+            address: r.address,
+            server_version: r.server_version,
+            caches: r
+                .caches
+                .into_iter()
+                .map(|c| CacheStatus {
+                    name: c.name,
+                    size: c.size,
+                    persistent: c.persistent,
+                })
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! `sitegridctl`: sitegrid's operator CLI and load generator.
+//!
+//! Parses the arguments, sets up logging (`RUST_LOG`, default `warn`, to stderr) and
+//! hands over to the command's module; results go to stdout, errors to stderr as
+//! `error: ...`.
+
+mod args;
+mod bench;
+mod cache_cmd;
+mod cache_output;
+mod cluster_cmd;
+mod error;
+mod input;
+mod output;
+
+use std::io::{BufWriter, IsTerminal as _, Write};
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use sitegrid_client::Client;
+use tracing_subscriber::EnvFilter;
+
+use crate::args::{Cli, Command, GlobalArgs};
+use crate::error::CliError;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    let result = run(cli, &mut out).await;
+    let result = result.and_then(|()| out.flush().map_err(CliError::from));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.is_broken_pipe() => ExitCode::SUCCESS,
+        Err(error) => {
+            // Whatever was printed before the failure still goes out, before the error.
+            let _ = out.flush();
+            eprintln!("error: {}", error.report());
+            error.exit_code()
+        }
+    }
+}
+
+async fn run(cli: Cli, out: &mut impl Write) -> Result<(), CliError> {
+    let global = &cli.global;
+    match cli.command {
+        Command::Bench(args) => bench::run(global, &args, out).await,
+        Command::Cache(command) => {
+            cache_cmd::run(&connect(global).await?, command, global.output, out).await
+        }
+        Command::Cluster(command) => {
+            cluster_cmd::run(&connect(global).await?, command, global.output, out).await
+        }
+    }
+}
+
+async fn connect(global: &GlobalArgs) -> Result<Client, CliError> {
+    let client = Client::builder(global.endpoint.iter().cloned())
+        .request_timeout(global.timeout)
+        .connect_timeout(global.timeout)
+        .connect()
+        .await?;
+    Ok(client)
+}

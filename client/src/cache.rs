@@ -1,0 +1,339 @@
+//! [`RemoteCache`]: one method per `Cache` RPC, typed.
+
+use bytes::Bytes;
+use sitegrid_proto::v1;
+use sitegrid_proto::v1::cache_client::CacheClient;
+
+use crate::client::{Client, Deadline};
+use crate::entry_stream::EntryStream;
+use crate::error::Result;
+use crate::options::{EntriesOptions, WriteOptions};
+use crate::types::{
+    Entry, PutIfAbsentOutcome, PutOutcome, RemoveOutcome, RemoveWithVersionOutcome, ReplaceOutcome,
+    ReplaceWithVersionOutcome, Versioned,
+};
+
+/// A named cache on the server; get it with [`Client::cache`]. Cheap to clone.
+///
+/// Every method is one request, retried as described in the crate docs. Writes carry a
+/// request id (the options' or a random one) that stays the same across retries.
+#[derive(Debug, Clone)]
+pub struct RemoteCache {
+    client: Client,
+    name: String,
+}
+
+impl RemoteCache {
+    pub(crate) fn new(client: Client, name: String) -> Self {
+        RemoteCache { client, name }
+    }
+
+    /// The cache's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// An empty round trip to the server.
+    pub async fn ping(&self) -> Result<()> {
+        self.client
+            .unary(v1::PingRequest {}, |channel, request| async move {
+                CacheClient::new(channel).ping(request).await
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Reads `key`; `None` when it is absent or expired.
+    pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<Versioned>> {
+        let request = v1::GetRequest {
+            cache: self.name.clone(),
+            key: key.into(),
+        };
+        let response = self
+            .client
+            .unary(request, |channel, request| async move {
+                CacheClient::new(channel).get(request).await
+            })
+            .await?;
+        Ok(response.found.then(|| Versioned {
+            value: response.value,
+            metadata: response.metadata.unwrap_or_default().into(),
+        }))
+    }
+
+    /// Writes `key` unconditionally.
+    pub async fn put(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+        mut options: WriteOptions,
+    ) -> Result<PutOutcome> {
+        let request = v1::PutRequest {
+            cache: self.name.clone(),
+            key: key.into(),
+            value: value.into(),
+            lifespan_ms: options.lifespan_ms(),
+            max_idle_ms: options.max_idle_ms(),
+            request_id: options.take_request_id(),
+            return_previous: options.return_previous,
+            tags: options.tags,
+        };
+        let response = self
+            .client
+            .unary(request, |channel, request| async move {
+                CacheClient::new(channel).put(request).await
+            })
+            .await?;
+        Ok(response.into())
+    }
+
+    /// Writes `key` only if it is absent; otherwise answers with the entry already there.
+    pub async fn put_if_absent(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+        mut options: WriteOptions,
+    ) -> Result<PutIfAbsentOutcome> {
+        let request = v1::PutIfAbsentRequest {
+            cache: self.name.clone(),
+            key: key.into(),
+            value: value.into(),
+            lifespan_ms: options.lifespan_ms(),
+            max_idle_ms: options.max_idle_ms(),
+            request_id: options.take_request_id(),
+            return_previous: options.return_previous,
+            tags: options.tags,
+        };
+        let response = self
+            .client
+            .unary(request, |channel, request| async move {
+                CacheClient::new(channel).put_if_absent(request).await
+            })
+            .await?;
+        Ok(response.into())
+    }
+
+    /// Writes `key` only if it is present.
+    pub async fn replace(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+        mut options: WriteOptions,
+    ) -> Result<ReplaceOutcome> {
+        let request = v1::ReplaceRequest {
+            cache: self.name.clone(),
+            key: key.into(),
+            value: value.into(),
+            lifespan_ms: options.lifespan_ms(),
+            max_idle_ms: options.max_idle_ms(),
+            request_id: options.take_request_id(),
+            return_previous: options.return_previous,
+            tags: options.tags,
+        };
+        let response = self
+            .client
+            .unary(request, |channel, request| async move {
+                CacheClient::new(channel).replace(request).await
+            })
+            .await?;
+        Ok(response.into())
+    }
+
+    /// Writes `key` only if its current version is `expected_version`; otherwise answers
+    /// with the current entry.
+    pub async fn replace_with_version(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+        expected_version: u64,
+        mut options: WriteOptions,
+    ) -> Result<ReplaceWithVersionOutcome> {
+        let request = v1::ReplaceWithVersionRequest {
+            cache: self.name.clone(),
+            key: key.into(),
+            value: value.into(),
+            expected_version,
+            lifespan_ms: options.lifespan_ms(),
+            max_idle_ms: options.max_idle_ms(),
+            request_id: options.take_request_id(),
+            tags: options.tags,
+        };
+        let response = self
+            .client
+            .unary(request, |channel, request| async move {
+                CacheClient::new(channel)
+                    .replace_with_version(request)
+                    .await
+            })
+            .await?;
+        Ok(response.into())
+    }
+
+    /// Removes `key` if present, answering with the removed entry. Only the options'
+    /// `request_id` is used.
+    pub async fn remove(
+        &self,
+        key: impl Into<Bytes>,
+        mut options: WriteOptions,
+    ) -> Result<RemoveOutcome> {
+        let request = v1::RemoveRequest {
+            cache: self.name.clone(),
+            key: key.into(),
+            request_id: options.take_request_id(),
+        };
+        let response = self
+            .client
+            .unary(request, |channel, request| async move {
+                CacheClient::new(channel).remove(request).await
+            })
+            .await?;
+        Ok(response.into())
+    }
+
+    /// Removes `key` only if its current version is `expected_version`; otherwise
+    /// answers with the current entry. Only the options' `request_id` is used.
+    pub async fn remove_with_version(
+        &self,
+        key: impl Into<Bytes>,
+        expected_version: u64,
+        mut options: WriteOptions,
+    ) -> Result<RemoveWithVersionOutcome> {
+        let request = v1::RemoveWithVersionRequest {
+            cache: self.name.clone(),
+            key: key.into(),
+            expected_version,
+            request_id: options.take_request_id(),
+        };
+        let response = self
+            .client
+            .unary(request, |channel, request| async move {
+                CacheClient::new(channel).remove_with_version(request).await
+            })
+            .await?;
+        Ok(response.into())
+    }
+
+    /// Reads several keys; absent keys are left out, the others come in request order.
+    pub async fn get_all(
+        &self,
+        keys: impl IntoIterator<Item = impl Into<Bytes>>,
+    ) -> Result<Vec<Entry>> {
+        let request = v1::GetAllRequest {
+            cache: self.name.clone(),
+            keys: keys.into_iter().map(Into::into).collect(),
+        };
+        let response = self
+            .client
+            .unary(request, |channel, request| async move {
+                CacheClient::new(channel).get_all(request).await
+            })
+            .await?;
+        Ok(response.entries.into_iter().map(Entry::from).collect())
+    }
+
+    /// Writes several entries unconditionally, each on its own (not atomically), all with
+    /// the options' lifespan, max idle and tags; the request id covers the whole batch.
+    /// Answers the version of each write, in order.
+    pub async fn put_all<K, V>(
+        &self,
+        entries: impl IntoIterator<Item = (K, V)>,
+        mut options: WriteOptions,
+    ) -> Result<Vec<u64>>
+    where
+        K: Into<Bytes>,
+        V: Into<Bytes>,
+    {
+        let (lifespan_ms, max_idle_ms) = (options.lifespan_ms(), options.max_idle_ms());
+        let entries = entries
+            .into_iter()
+            .map(|(key, value)| v1::PutAllEntry {
+                key: key.into(),
+                value: value.into(),
+                lifespan_ms,
+                max_idle_ms,
+                tags: options.tags.clone(),
+            })
+            .collect();
+        let request = v1::PutAllRequest {
+            cache: self.name.clone(),
+            entries,
+            request_id: options.take_request_id(),
+        };
+        let response = self
+            .client
+            .unary(request, |channel, request| async move {
+                CacheClient::new(channel).put_all(request).await
+            })
+            .await?;
+        Ok(response.versions)
+    }
+
+    /// Iterates the cache (or the entries carrying a tag) as a stream of entries, which
+    /// the server sends in batches. Only opening the stream is retried; an error while
+    /// streaming ends it. The request timeout bounds the wait for each batch, not the
+    /// whole iteration.
+    pub async fn entries(&self, options: EntriesOptions) -> Result<EntryStream> {
+        let request = v1::EntriesRequest {
+            cache: self.name.clone(),
+            batch_size: options.batch_size,
+            tag: options.tag.unwrap_or_default(),
+            with_values: options.with_values,
+        };
+        let (streaming, endpoint) = self
+            .client
+            .send(
+                request,
+                Deadline::FirstAnswer,
+                |channel, request| async move { CacheClient::new(channel).entries(request).await },
+            )
+            .await?;
+        Ok(EntryStream::new(
+            streaming,
+            endpoint.to_owned(),
+            self.client.request_timeout(),
+        ))
+    }
+
+    /// Removes every entry carrying `tag` (`name=value`); answers how many.
+    pub async fn remove_by_tag(&self, tag: impl Into<String>) -> Result<u64> {
+        let request = v1::RemoveByTagRequest {
+            cache: self.name.clone(),
+            tag: tag.into(),
+        };
+        let response = self
+            .client
+            .unary(request, |channel, request| async move {
+                CacheClient::new(channel).remove_by_tag(request).await
+            })
+            .await?;
+        Ok(response.removed)
+    }
+
+    /// Number of live entries.
+    pub async fn size(&self) -> Result<u64> {
+        let request = v1::SizeRequest {
+            cache: self.name.clone(),
+        };
+        let response = self
+            .client
+            .unary(request, |channel, request| async move {
+                CacheClient::new(channel).size(request).await
+            })
+            .await?;
+        Ok(response.size)
+    }
+
+    /// Removes every entry of the cache on the site; answers how many.
+    pub async fn clear(&self) -> Result<u64> {
+        let request = v1::ClearRequest {
+            cache: self.name.clone(),
+        };
+        let response = self
+            .client
+            .unary(request, |channel, request| async move {
+                CacheClient::new(channel).clear(request).await
+            })
+            .await?;
+        Ok(response.removed)
+    }
+}
