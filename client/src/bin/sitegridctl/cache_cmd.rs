@@ -117,7 +117,8 @@ pub(crate) async fn run(
                 listed += 1;
             }
             if format == OutputFormat::Table {
-                writeln!(out, "({listed} entries)")?;
+                let noun = if listed == 1 { "entry" } else { "entries" };
+                writeln!(out, "({listed} {noun})")?;
             }
         }
     }
