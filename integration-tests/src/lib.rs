@@ -1,1 +1,15 @@
-//! placeholder
+//! Test harness for real `sitegrid` processes on loopback.
+//!
+//! - [`node`]: launch a node process with its own config, data dir and free ports; kill,
+//!   pause, stop and restart it; it dies with the test, whatever happens.
+//! - [`wait`]: poll a condition until a deadline, never sleep blindly.
+//! - [`ports`]: free loopback ports.
+//! - [`http`]: a tiny HTTP/1.1 GET for `/ready` and `/metrics`.
+
+pub mod http;
+pub mod node;
+pub mod ports;
+pub mod wait;
+
+pub use node::{NodeProcess, NodeSpec};
+pub use wait::eventually;

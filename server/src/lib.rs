@@ -3,6 +3,7 @@
 //! all ([`node`]). The `sitegrid` binary is a thin `main` over [`node::run`].
 
 pub mod api;
+pub mod cli;
 pub mod error;
 pub mod events;
 pub mod metrics;

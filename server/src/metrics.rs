@@ -16,8 +16,8 @@ use crate::node::NodeState;
 
 /// Latency buckets in seconds, from 50 µs (a local read) to 10 s (a backup timeout).
 const LATENCY_BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-    0.5, 1.0, 2.5, 5.0, 10.0,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
 ];
 
 /// The process-wide Prometheus recorder, installed on first use (several nodes in one

@@ -47,10 +47,12 @@ impl Listeners {
 }
 
 async fn bind(address: SocketAddr, field: &str) -> Result<TcpListener> {
-    TcpListener::bind(address).await.map_err(|source| Error::Io {
-        context: format!("cannot listen on {address} ({field})"),
-        source,
-    })
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| Error::Io {
+            context: format!("cannot listen on {address} ({field})"),
+            source,
+        })
 }
 
 /// Who a node is, as it reports itself.
@@ -99,7 +101,8 @@ impl NodeState {
 
     /// Whether the node serves requests.
     pub fn is_ready(&self) -> bool {
-        self.inner.ready.load(Ordering::Acquire) && !self.inner.shutting_down.load(Ordering::Acquire)
+        self.inner.ready.load(Ordering::Acquire)
+            && !self.inner.shutting_down.load(Ordering::Acquire)
     }
 
     /// `Ok` if the node serves requests, otherwise the UNAVAILABLE reason.
@@ -118,7 +121,7 @@ impl NodeState {
         let store = &self.inner.store;
         for cache in store.caches() {
             metrics::gauge!("sitegrid_cache_entries", "cache" => cache.name().to_string())
-                .set(cache.len() as f64);
+                .set(cache.live_count() as f64);
         }
         metrics::gauge!("sitegrid_listener_subscribers").set(store.hub().subscribers() as f64);
         metrics::gauge!("sitegrid_node_ready").set(if self.is_ready() { 1.0 } else { 0.0 });
@@ -184,7 +187,11 @@ pub async fn run(
     );
     let (stop, stopped) = watch::channel(false);
     let reaper = tokio::spawn(reaper::run(store.clone(), stopped.clone()));
-    let http = tokio::spawn(crate::metrics::serve(listeners.http, state.clone(), stopped.clone()));
+    let http = tokio::spawn(crate::metrics::serve(
+        listeners.http,
+        state.clone(),
+        stopped.clone(),
+    ));
     let (health, health_service) = tonic_health::server::health_reporter();
     let grpc = tokio::spawn(serve_grpc(
         &config,

@@ -36,7 +36,7 @@ impl Admin for AdminService {
                 .caches()
                 .map(|cache| v1::CacheStatus {
                     name: cache.name().to_string(),
-                    size: cache.len() as u64,
+                    size: cache.live_count() as u64,
                     persistent: cache.is_persistent(),
                 })
                 .collect(),

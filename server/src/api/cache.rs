@@ -81,11 +81,17 @@ impl CacheService {
 
 #[tonic::async_trait]
 impl Cache for CacheService {
-    async fn ping(&self, _: Request<v1::PingRequest>) -> Result<Response<v1::PingResponse>, Status> {
+    async fn ping(
+        &self,
+        _: Request<v1::PingRequest>,
+    ) -> Result<Response<v1::PingResponse>, Status> {
         Ok(Response::new(v1::PingResponse {}))
     }
 
-    async fn get(&self, request: Request<v1::GetRequest>) -> Result<Response<v1::GetResponse>, Status> {
+    async fn get(
+        &self,
+        request: Request<v1::GetRequest>,
+    ) -> Result<Response<v1::GetResponse>, Status> {
         let r = request.into_inner();
         observed(&self.store, "get", &r.cache, async {
             self.state.check_ready()?;
@@ -102,10 +108,20 @@ impl Cache for CacheService {
         .await
     }
 
-    async fn put(&self, request: Request<v1::PutRequest>) -> Result<Response<v1::PutResponse>, Status> {
+    async fn put(
+        &self,
+        request: Request<v1::PutRequest>,
+    ) -> Result<Response<v1::PutResponse>, Status> {
         let r = request.into_inner();
         observed(&self.store, "put", &r.cache, async {
-            let write = self.put_request(&r.key, &r.value, r.lifespan_ms, r.max_idle_ms, &r.tags, Condition::Always)?;
+            let write = self.put_request(
+                &r.key,
+                &r.value,
+                r.lifespan_ms,
+                r.max_idle_ms,
+                &r.tags,
+                Condition::Always,
+            )?;
             let result = self.write(&r.cache, write, &r.request_id).await?;
             Ok(v1::PutResponse {
                 version: result.version,
@@ -125,7 +141,14 @@ impl Cache for CacheService {
     ) -> Result<Response<v1::PutIfAbsentResponse>, Status> {
         let r = request.into_inner();
         observed(&self.store, "put_if_absent", &r.cache, async {
-            let write = self.put_request(&r.key, &r.value, r.lifespan_ms, r.max_idle_ms, &r.tags, Condition::Absent)?;
+            let write = self.put_request(
+                &r.key,
+                &r.value,
+                r.lifespan_ms,
+                r.max_idle_ms,
+                &r.tags,
+                Condition::Absent,
+            )?;
             let result = self.write(&r.cache, write, &r.request_id).await?;
             Ok(v1::PutIfAbsentResponse {
                 stored: result.applied,
@@ -146,7 +169,14 @@ impl Cache for CacheService {
     ) -> Result<Response<v1::ReplaceResponse>, Status> {
         let r = request.into_inner();
         observed(&self.store, "replace", &r.cache, async {
-            let write = self.put_request(&r.key, &r.value, r.lifespan_ms, r.max_idle_ms, &r.tags, Condition::Present)?;
+            let write = self.put_request(
+                &r.key,
+                &r.value,
+                r.lifespan_ms,
+                r.max_idle_ms,
+                &r.tags,
+                Condition::Present,
+            )?;
             let result = self.write(&r.cache, write, &r.request_id).await?;
             Ok(v1::ReplaceResponse {
                 replaced: result.applied,
@@ -189,7 +219,10 @@ impl Cache for CacheService {
         .await
     }
 
-    async fn remove(&self, request: Request<v1::RemoveRequest>) -> Result<Response<v1::RemoveResponse>, Status> {
+    async fn remove(
+        &self,
+        request: Request<v1::RemoveRequest>,
+    ) -> Result<Response<v1::RemoveResponse>, Status> {
         let r = request.into_inner();
         observed(&self.store, "remove", &r.cache, async {
             let write = WriteRequest {
@@ -232,7 +265,10 @@ impl Cache for CacheService {
         .await
     }
 
-    async fn get_all(&self, request: Request<v1::GetAllRequest>) -> Result<Response<v1::GetAllResponse>, Status> {
+    async fn get_all(
+        &self,
+        request: Request<v1::GetAllRequest>,
+    ) -> Result<Response<v1::GetAllResponse>, Status> {
         let r = request.into_inner();
         observed(&self.store, "get_all", &r.cache, async {
             self.state.check_ready()?;
@@ -251,7 +287,10 @@ impl Cache for CacheService {
         .await
     }
 
-    async fn put_all(&self, request: Request<v1::PutAllRequest>) -> Result<Response<v1::PutAllResponse>, Status> {
+    async fn put_all(
+        &self,
+        request: Request<v1::PutAllRequest>,
+    ) -> Result<Response<v1::PutAllResponse>, Status> {
         let r = request.into_inner();
         observed(&self.store, "put_all", &r.cache, async {
             self.state.check_ready()?;
@@ -262,8 +301,12 @@ impl Cache for CacheService {
                 .map(|e| {
                     Ok((
                         self.validator.key(&e.key)?,
-                        self.validator
-                            .new_value(&e.value, e.lifespan_ms, e.max_idle_ms, &e.tags)?,
+                        self.validator.new_value(
+                            &e.value,
+                            e.lifespan_ms,
+                            e.max_idle_ms,
+                            &e.tags,
+                        )?,
                     ))
                 })
                 .collect::<crate::Result<Vec<_>>>()?;
@@ -278,7 +321,10 @@ impl Cache for CacheService {
 
     type EntriesStream = EntriesStream;
 
-    async fn entries(&self, request: Request<v1::EntriesRequest>) -> Result<Response<Self::EntriesStream>, Status> {
+    async fn entries(
+        &self,
+        request: Request<v1::EntriesRequest>,
+    ) -> Result<Response<Self::EntriesStream>, Status> {
         let r = request.into_inner();
         self.state.check_ready()?;
         self.store.cache(&r.cache)?;
@@ -336,7 +382,10 @@ impl Cache for CacheService {
         .await
     }
 
-    async fn size(&self, request: Request<v1::SizeRequest>) -> Result<Response<v1::SizeResponse>, Status> {
+    async fn size(
+        &self,
+        request: Request<v1::SizeRequest>,
+    ) -> Result<Response<v1::SizeResponse>, Status> {
         let r = request.into_inner();
         observed(&self.store, "size", &r.cache, async {
             self.state.check_ready()?;
@@ -347,7 +396,10 @@ impl Cache for CacheService {
         .await
     }
 
-    async fn clear(&self, request: Request<v1::ClearRequest>) -> Result<Response<v1::ClearResponse>, Status> {
+    async fn clear(
+        &self,
+        request: Request<v1::ClearRequest>,
+    ) -> Result<Response<v1::ClearResponse>, Status> {
         let r = request.into_inner();
         observed(&self.store, "clear", &r.cache, async {
             self.state.check_ready()?;
@@ -360,7 +412,12 @@ impl Cache for CacheService {
 
     type ListenStream = EventStream;
 
-    async fn listen(&self, _: Request<v1::ListenRequest>) -> Result<Response<Self::ListenStream>, Status> {
-        Err(Status::unimplemented("listen is not available on this node yet"))
+    async fn listen(
+        &self,
+        _: Request<v1::ListenRequest>,
+    ) -> Result<Response<Self::ListenStream>, Status> {
+        Err(Status::unimplemented(
+            "listen is not available on this node yet",
+        ))
     }
 }

@@ -171,13 +171,18 @@ mod tests {
     fn values_within_the_limit_pass_and_larger_ones_name_it() {
         let v = validator();
         assert!(v.value(&Bytes::new()).is_ok());
-        assert!(message(v.value(&Bytes::from_static(b"123456789"))).contains("limits.max_value_bytes"));
+        assert!(
+            message(v.value(&Bytes::from_static(b"123456789"))).contains("limits.max_value_bytes")
+        );
     }
 
     #[test]
     fn negative_or_absurd_durations_are_refused() {
         let v = validator();
-        assert_eq!(message(v.millis("lifespan_ms", -1)), "lifespan_ms must be >= 0, got -1");
+        assert_eq!(
+            message(v.millis("lifespan_ms", -1)),
+            "lifespan_ms must be >= 0, got -1"
+        );
         assert!(message(v.millis("max_idle_ms", i64::MAX)).contains("100 years"));
         assert_eq!(v.millis("lifespan_ms", 0).unwrap(), 0);
     }
@@ -189,8 +194,14 @@ mod tests {
             message(v.tags(&["nope".into()])),
             "tags[0] \"nope\" must be name=value"
         );
-        assert_eq!(message(v.tags(&["=x".into()])), "tags[0] \"=x\" must be name=value");
-        assert!(message(v.tags(&["a=1".into(), "b=2".into(), "c=3".into()])).contains("limits.max_tags"));
+        assert_eq!(
+            message(v.tags(&["=x".into()])),
+            "tags[0] \"=x\" must be name=value"
+        );
+        assert!(
+            message(v.tags(&["a=1".into(), "b=2".into(), "c=3".into()]))
+                .contains("limits.max_tags")
+        );
         assert!(message(v.tags(&["name=toolong".into()])).contains("limits.max_tag_bytes"));
         assert_eq!(v.tags(&["a=1".into(), "a=1".into()]).unwrap().len(), 1);
         assert_eq!(v.tags(&["a=".into()]).unwrap().len(), 1);

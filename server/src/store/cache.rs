@@ -148,7 +148,7 @@ impl CacheStore {
     }
 
     /// Number of live entries.
-    pub fn len(&self) -> usize {
+    pub fn live_count(&self) -> usize {
         self.keyspace.read().len(self.now())
     }
 

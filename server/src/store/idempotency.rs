@@ -135,7 +135,7 @@ impl<T: Clone + Send + Sync> Idempotency<T> {
     }
 
     /// Number of ids remembered (running or done).
-    pub fn len(&self) -> usize {
+    pub fn remembered(&self) -> usize {
         self.inner.lock().states.len()
     }
 }
@@ -237,7 +237,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        assert!(table.len() <= 4, "kept {}", table.len());
+        assert!(table.remembered() <= 4, "kept {}", table.remembered());
     }
 
     #[tokio::test]
@@ -256,7 +256,7 @@ mod tests {
             })
         };
         // Wait until the first run holds the id.
-        while table.len() == 0 {
+        while table.remembered() == 0 {
             tokio::task::yield_now().await;
         }
         let second = {

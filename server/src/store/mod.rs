@@ -330,7 +330,7 @@ impl Store {
 
     /// Number of live entries.
     pub fn size(&self, cache: &str) -> Result<u64> {
-        Ok(self.cache(cache)?.len() as u64)
+        Ok(self.cache(cache)?.live_count() as u64)
     }
 
     /// Finishes pending storage writes and stops the storage thread.

@@ -578,3 +578,91 @@ async fn damaged_records_are_skipped_and_the_rest_is_served() {
     assert_eq!(h.value("sessions", "good").as_deref(), Some("v"));
     assert_eq!(h.value("sessions", "bad"), None);
 }
+
+/// Storage whose syncs wait until the test opens the gate.
+#[derive(Debug, Default)]
+struct GatedStorage {
+    inner: MemoryStorage,
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+impl GatedStorage {
+    fn open_gate(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+}
+
+impl Storage for GatedStorage {
+    fn scan(
+        &self,
+        cache: &str,
+        visit: &mut dyn FnMut(&[u8], &[u8]),
+    ) -> super::storage::StorageResult<()> {
+        self.inner.scan(cache, visit)
+    }
+    fn write(&self, ops: &[super::storage::StorageOp]) -> super::storage::StorageResult<()> {
+        self.inner.write(ops)
+    }
+    fn sync(&self) -> super::storage::StorageResult<()> {
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.opened.wait(open).unwrap();
+        }
+        self.inner.sync()
+    }
+    fn meta(&self, name: &str) -> super::storage::StorageResult<Option<Vec<u8>>> {
+        self.inner.meta(name)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_write_is_acknowledged_only_once_durable_and_only_then_visible() {
+    let storage = Arc::new(GatedStorage::default());
+    let time = ManualTimeSource::starting_at(T0);
+    let dyn_storage: Arc<dyn Storage> = storage.clone();
+    let store = Store::open(&config(), time, Some(dyn_storage), Hub::new(16)).unwrap();
+    // Opens the gate however the test ends, so a failure can't leave the storage thread
+    // (joined when the store drops) blocked forever. Declared after the store: dropped first.
+    struct OpenOnDrop(Arc<GatedStorage>);
+    impl Drop for OpenOnDrop {
+        fn drop(&mut self) {
+            self.0.open_gate();
+        }
+    }
+    let _open_on_drop = OpenOnDrop(storage.clone());
+    let write = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .write("sessions", request("s", put("v"), Condition::Always), None)
+                .await
+        })
+    };
+    // The write has reached storage but the sync is held: no answer, nothing visible.
+    let mut reached_storage = false;
+    for _ in 0..1000 {
+        let mut count = 0;
+        storage
+            .inner
+            .scan("sessions", &mut |_, _| count += 1)
+            .unwrap();
+        if count == 1 {
+            reached_storage = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+        std::thread::yield_now();
+    }
+    assert!(reached_storage, "the write never reached storage");
+    assert!(!write.is_finished(), "acknowledged before durable");
+    assert!(
+        store.get("sessions", b"s").unwrap().is_none(),
+        "visible before durable"
+    );
+    storage.open_gate();
+    let result = write.await.unwrap().unwrap();
+    assert!(result.applied);
+    assert!(store.get("sessions", b"s").unwrap().is_some());
+}

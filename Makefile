@@ -1,0 +1,21 @@
+# sitegrid: common tasks. `make test` is what CI runs (through .ci/run).
+
+CARGO ?= cargo
+
+.PHONY: build run test lint bench
+
+build:
+	$(CARGO) build --release --bins
+
+run:
+	$(CARGO) run --release --bin sitegrid
+
+test:
+	$(CARGO) test --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench: build
+	$(CARGO) run --release -p sitegrid-integration-tests --bin sitegrid-bench -- --output BENCHMARKS.md

@@ -1,0 +1,317 @@
+//! One `sitegrid` node as a real process.
+//!
+//! Each node gets its own directory (config file, data dir, log), free loopback ports
+//! chosen before it starts (so peers can be told about them), and is killed when the
+//! [`NodeProcess`] is dropped or the test process dies (`PR_SET_PDEATHSIG`), so no test
+//! leaves a process behind.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::ports::free_loopback_addr;
+
+/// How long a node may take to report ready.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Path of the node program built for these tests (next to the test executable), or
+/// `SITEGRID_NODE_BIN` to test another build (e.g. a release `sitegrid`).
+pub fn node_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("SITEGRID_NODE_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the test executable's path");
+    // target/<profile>/deps/<test> -> target/<profile>/sitegrid-node
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps");
+    profile_dir.join(format!("sitegrid-node{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// What a node is and how it is configured.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    /// Node name.
+    pub name: String,
+    /// Site name.
+    pub site: String,
+    /// Site id.
+    pub site_id: u8,
+    /// More TOML appended to the generated config (sections other than `[node]`).
+    pub extra_toml: String,
+    /// Start without a config file, passing the node's addresses through `SITEGRID_*`
+    /// variables instead (the no-config default path).
+    pub without_config_file: bool,
+}
+
+impl NodeSpec {
+    /// A node `name` of site `site1`.
+    pub fn new(name: &str) -> NodeSpec {
+        NodeSpec {
+            name: name.to_string(),
+            site: "site1".to_string(),
+            site_id: 1,
+            extra_toml: String::new(),
+            without_config_file: false,
+        }
+    }
+
+    /// Appends TOML to the node's config.
+    pub fn with_toml(mut self, toml: &str) -> NodeSpec {
+        self.extra_toml.push_str(toml);
+        self.extra_toml.push('\n');
+        self
+    }
+}
+
+/// A running (or stopped) node process.
+#[derive(Debug)]
+pub struct NodeProcess {
+    spec: NodeSpec,
+    dir: tempfile::TempDir,
+    grpc: SocketAddr,
+    http: SocketAddr,
+    gossip: SocketAddr,
+    child: Option<Child>,
+}
+
+impl NodeProcess {
+    /// Starts a node and waits until it reports ready.
+    pub async fn start(spec: NodeSpec) -> anyhow::Result<NodeProcess> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("sitegrid-{}-", spec.name))
+            .tempdir()?;
+        let mut node = NodeProcess {
+            spec,
+            dir,
+            grpc: free_loopback_addr(),
+            http: free_loopback_addr(),
+            gossip: free_loopback_addr(),
+            child: None,
+        };
+        node.launch()?;
+        node.wait_ready().await?;
+        Ok(node)
+    }
+
+    /// The node's directory (config, data, log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc
+    }
+
+    /// HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+    }
+
+    /// gRPC endpoint URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// A gRPC channel to the node.
+    pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        Ok(tonic::transport::Endpoint::from_shared(self.endpoint())?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await?)
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("sitegrid.toml")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("node.log")
+    }
+
+    /// What the node has logged so far (all its runs).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn write_config(&self) -> anyhow::Result<()> {
+        let spec = &self.spec;
+        let config = format!(
+            "[node]\nname = {name:?}\nsite = {site:?}\nsite_id = {site_id}\nlisten = \"{grpc}\"\n\
+             http = \"{http}\"\ngossip = \"{gossip}\"\ndata_dir = {data:?}\n\n{extra}",
+            name = spec.name,
+            site = spec.site,
+            site_id = spec.site_id,
+            grpc = self.grpc,
+            http = self.http,
+            gossip = self.gossip,
+            data = self.data_dir().display().to_string(),
+            extra = spec.extra_toml,
+        );
+        std::fs::write(self.config_path(), config)?;
+        Ok(())
+    }
+
+    fn launch(&mut self) -> anyhow::Result<()> {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let mut command = Command::new(node_binary());
+        command
+            .current_dir(self.dir.path())
+            .env_remove("SITEGRID_CONFIG")
+            .env(
+                "RUST_LOG",
+                std::env::var("SITEGRID_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if self.spec.without_config_file {
+            command
+                .env("SITEGRID_NODE_NAME", &self.spec.name)
+                .env("SITEGRID_LISTEN", self.grpc.to_string())
+                .env("SITEGRID_HTTP", self.http.to_string())
+                .env("SITEGRID_GOSSIP", self.gossip.to_string());
+        } else {
+            self.write_config()?;
+            command.arg("--config").arg(self.config_path());
+        }
+        die_with_parent(&mut command);
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {}", node_binary().display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until `/ready` answers 200; fails early if the process exits.
+    pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.try_exit_status()? {
+                bail!(
+                    "node {} exited with {status} before ready; log:\n{}",
+                    self.spec.name,
+                    self.log()
+                );
+            }
+            if matches!(crate::http::get(self.http, "/ready").await, Ok((200, _))) {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!(
+                    "node {} not ready after {START_TIMEOUT:?}; log:\n{}",
+                    self.spec.name,
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn try_exit_status(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        match &mut self.child {
+            Some(child) => Ok(child.try_wait()?),
+            None => bail!("node {} is not running", self.spec.name),
+        }
+    }
+
+    fn pid(&self) -> anyhow::Result<Pid> {
+        let child = self.child.as_ref().context("node is not running")?;
+        Ok(Pid::from_raw(i32::try_from(child.id())?))
+    }
+
+    /// SIGKILLs the node and reaps it.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            // SIGKILL also ends a paused (SIGSTOPped) process.
+            child.kill().ok();
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Asks the node to stop (SIGTERM) and waits for it; returns its exit status.
+    pub async fn stop(&mut self) -> anyhow::Result<ExitStatus> {
+        let pid = self.pid()?;
+        kill(pid, Signal::SIGTERM)?;
+        let mut child = self.child.take().expect("pid implies a child");
+        let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+        Ok(status)
+    }
+
+    /// Starts the node again with the same config, ports and data, and waits for ready.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill()?;
+        self.launch()?;
+        self.wait_ready().await
+    }
+
+    /// Freezes the node (SIGSTOP).
+    pub fn pause(&self) -> anyhow::Result<()> {
+        kill(self.pid()?, Signal::SIGSTOP)?;
+        Ok(())
+    }
+
+    /// Thaws a frozen node (SIGCONT).
+    pub fn resume(&self) -> anyhow::Result<()> {
+        kill(self.pid()?, Signal::SIGCONT)?;
+        Ok(())
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
+
+/// Makes the child die with the thread that spawned it, so a crashed or killed test run
+/// leaves no node behind.
+fn die_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure only calls prctl, which is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// Runs the node program with `args` and `env` until it exits; returns its status and
+/// its output (stdout and stderr).
+pub fn run_to_exit(
+    args: &[&str],
+    env: &[(&str, &str)],
+    cwd: &Path,
+) -> anyhow::Result<(ExitStatus, String)> {
+    let mut command = Command::new(node_binary());
+    command
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("SITEGRID_CONFIG")
+        .stdin(Stdio::null());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    die_with_parent(&mut command);
+    let output = command.output()?;
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    Ok((output.status, text))
+}

@@ -1,0 +1,158 @@
+//! Persistence across crashes: a node SIGKILLed right after acknowledging writes to
+//! persistent caches comes back with every one of them, and its versions keep going up.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use sitegrid_integration_tests::{NodeProcess, NodeSpec, eventually};
+use sitegrid_proto::v1::cache_client::CacheClient;
+use sitegrid_proto::v1::{GetRequest, PutRequest, RemoveRequest};
+
+/// Writers keep writing while the node is killed.
+const WRITERS: usize = 64;
+/// The node is killed once this many writes have been acknowledged.
+const KILL_AFTER: usize = 3_000;
+
+#[tokio::test]
+async fn a_node_sigkilled_mid_load_keeps_every_acknowledged_write() {
+    let mut node = NodeProcess::start(NodeSpec::new("crashy")).await.unwrap();
+    let client = CacheClient::new(node.channel().await.unwrap());
+    // A removal acknowledged before the load must stay removed.
+    let mut first = client.clone();
+    first.put(put("sessions", "removed", "v")).await.unwrap();
+    first
+        .remove(RemoveRequest {
+            cache: "sessions".into(),
+            key: Bytes::from("removed"),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+
+    // Writers write until the node dies; every OK answer is recorded. Whatever got an OK
+    // must survive, however close to the kill it came.
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let next_key = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|_| {
+            let mut client = client.clone();
+            let acknowledged = acknowledged.clone();
+            let next_key = next_key.clone();
+            tokio::spawn(async move {
+                loop {
+                    let i = next_key.fetch_add(1, Ordering::Relaxed);
+                    let cache = if i.is_multiple_of(2) {
+                        "sessions"
+                    } else {
+                        "offlineSessions"
+                    };
+                    let key = format!("key-{i}");
+                    match client.put(put(cache, &key, &format!("value-{i}"))).await {
+                        Ok(answer) => acknowledged.lock().unwrap().push((
+                            cache,
+                            key,
+                            answer.into_inner().version,
+                        )),
+                        Err(_) => return, // the node is gone: this write is indeterminate
+                    }
+                }
+            })
+        })
+        .collect();
+    let acked = acknowledged.clone();
+    eventually(
+        "enough acknowledged writes",
+        Duration::from_secs(60),
+        || {
+            let count = acked.lock().unwrap().len();
+            async move { count >= KILL_AFTER }
+        },
+    )
+    .await
+    .unwrap();
+    node.kill().unwrap();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let acknowledged = std::mem::take(&mut *acknowledged.lock().unwrap());
+
+    node.restart().await.unwrap();
+    let mut client = CacheClient::new(node.channel().await.unwrap());
+    let mut lost = Vec::new();
+    let mut newest = 0;
+    for (cache, key, version) in &acknowledged {
+        newest = newest.max(*version);
+        let got = client.get(get(cache, key)).await.unwrap().into_inner();
+        let expected = format!("value-{}", key.trim_start_matches("key-"));
+        let intact = got.found
+            && got.value == expected.as_bytes()
+            && got.metadata.is_some_and(|m| m.version == *version);
+        if !intact {
+            lost.push(key.clone());
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost, e.g. {:?}",
+        lost.len(),
+        acknowledged.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert!(
+        !client
+            .get(get("sessions", "removed"))
+            .await
+            .unwrap()
+            .into_inner()
+            .found
+    );
+    let after = client
+        .put(put("sessions", "after-restart", "v"))
+        .await
+        .unwrap()
+        .into_inner()
+        .version;
+    assert!(after > newest, "version went back: {after} <= {newest}");
+}
+
+fn put(cache: &str, key: &str, value: &str) -> PutRequest {
+    PutRequest {
+        cache: cache.into(),
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        value: Bytes::copy_from_slice(value.as_bytes()),
+        ..Default::default()
+    }
+}
+
+fn get(cache: &str, key: &str) -> GetRequest {
+    GetRequest {
+        cache: cache.into(),
+        key: Bytes::copy_from_slice(key.as_bytes()),
+    }
+}
+
+#[tokio::test]
+async fn a_node_stopped_with_sigterm_exits_cleanly_and_keeps_its_data() {
+    let mut node = NodeProcess::start(NodeSpec::new("graceful")).await.unwrap();
+    let mut client = CacheClient::new(node.channel().await.unwrap());
+    client.put(put("offlineSessions", "k", "v")).await.unwrap();
+    let status = node.stop().await.unwrap();
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        node.log()
+    );
+    assert!(node.log().contains("stopped"));
+    node.restart().await.unwrap();
+    let mut client = CacheClient::new(node.channel().await.unwrap());
+    assert!(
+        client
+            .get(get("offlineSessions", "k"))
+            .await
+            .unwrap()
+            .into_inner()
+            .found
+    );
+}
