@@ -76,15 +76,14 @@ impl ClientBuilder {
             .iter()
             .map(|endpoint| {
                 let uri = normalize_endpoint(endpoint)?;
-                let channel = Endpoint::from_shared(uri.clone())
+                let endpoint = Endpoint::from_shared(uri.clone())
                     .map_err(|e| Error::InvalidEndpoint {
                         endpoint: endpoint.clone(),
                         reason: e.to_string(),
                     })?
-                    .connect_timeout(self.connect_timeout)
-                    // Cache requests are small and latency-bound: don't let Nagle hold them.
-                    .tcp_nodelay(true)
-                    .connect_lazy();
+                    .connect_timeout(self.connect_timeout);
+                // Connections are `CoalescingStream`s: small requests share system calls.
+                let channel = sitegrid_proto::transport::lazy_channel(&endpoint);
                 Ok(Node { uri, channel })
             })
             .collect::<Result<Vec<_>>>()?;

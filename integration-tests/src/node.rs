@@ -49,6 +49,10 @@ pub struct NodeSpec {
     /// Start without a config file, passing the node's addresses through `SITEGRID_*`
     /// variables instead (the no-config default path).
     pub without_config_file: bool,
+    /// The program to run; `None` = [`node_binary`].
+    pub binary: Option<PathBuf>,
+    /// `RUST_LOG` of the node; `None` = `SITEGRID_TEST_LOG` or `info`.
+    pub log_filter: Option<String>,
 }
 
 impl NodeSpec {
@@ -60,6 +64,8 @@ impl NodeSpec {
             site_id: 1,
             extra_toml: String::new(),
             without_config_file: false,
+            binary: None,
+            log_filter: None,
         }
     }
 
@@ -170,14 +176,18 @@ impl NodeProcess {
             .create(true)
             .append(true)
             .open(self.log_path())?;
-        let mut command = Command::new(node_binary());
+        let binary = self.spec.binary.clone().unwrap_or_else(node_binary);
+        let log_filter = self
+            .spec
+            .log_filter
+            .clone()
+            .or_else(|| std::env::var("SITEGRID_TEST_LOG").ok())
+            .unwrap_or_else(|| "info".into());
+        let mut command = Command::new(&binary);
         command
             .current_dir(self.dir.path())
             .env_remove("SITEGRID_CONFIG")
-            .env(
-                "RUST_LOG",
-                std::env::var("SITEGRID_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("RUST_LOG", log_filter)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -194,7 +204,7 @@ impl NodeProcess {
         die_with_parent(&mut command);
         let child = command
             .spawn()
-            .with_context(|| format!("cannot start {}", node_binary().display()))?;
+            .with_context(|| format!("cannot start {}", binary.display()))?;
         self.child = Some(child);
         Ok(())
     }
@@ -231,7 +241,8 @@ impl NodeProcess {
         }
     }
 
-    fn pid(&self) -> anyhow::Result<Pid> {
+    /// The process id, while running.
+    pub fn pid(&self) -> anyhow::Result<Pid> {
         let child = self.child.as_ref().context("node is not running")?;
         Ok(Pid::from_raw(i32::try_from(child.id())?))
     }

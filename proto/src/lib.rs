@@ -5,9 +5,11 @@
 //!   and its one mapping to and from gRPC status codes.
 //! - [`Backoff`]: the one retry policy, shared by the client library and the server's own
 //!   internal retries.
+//! - [`transport`]: the TCP stream both sides use, tuned for small messages.
 
 mod error;
 mod retry;
+pub mod transport;
 
 pub use error::{ErrorCode, ServiceError, status_from_error};
 pub use retry::Backoff;

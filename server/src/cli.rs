@@ -13,6 +13,12 @@ use tracing::{error, info};
 
 use crate::node::{Listeners, run};
 
+/// mimalloc instead of the system allocator: a node allocates a few small objects per
+/// request and keeps millions of values, where glibc's malloc costs a fifth of the CPU
+/// and fragments memory.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A node of sitegrid, the cross-site data grid for identity providers.
 #[derive(Debug, Parser)]
 #[command(name = "sitegrid", version)]

@@ -12,11 +12,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use sitegrid_config::Config;
+use sitegrid_proto::transport::CoalescingStream;
 use sitegrid_proto::v1::admin_server::AdminServer;
 use sitegrid_proto::v1::cache_server::CacheServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::server::TcpIncoming;
+use tokio_stream::StreamExt;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tracing::{info, warn};
 
@@ -256,7 +257,8 @@ fn serve_grpc<H: Health>(
             context: "cannot build the reflection service".into(),
             source: std::io::Error::other(error),
         })?;
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener)
+        .map(|accepted| accepted.and_then(CoalescingStream::new));
     Ok(async move {
         let result = tonic::transport::Server::builder()
             .add_service(cache)

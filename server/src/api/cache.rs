@@ -11,7 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::api::convert::{keyed, metadata, versioned};
-use crate::api::observe::observed;
+use crate::api::observe::{Op, RequestMetrics};
 use crate::api::validate::Validator;
 use crate::node::NodeState;
 use crate::store::Store;
@@ -28,6 +28,7 @@ pub struct CacheService {
     store: Store,
     validator: Validator,
     state: NodeState,
+    metrics: std::sync::Arc<RequestMetrics>,
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<v1::CacheEvent, Status>> + Send>>;
@@ -35,10 +36,12 @@ type EntriesStream = Pin<Box<dyn Stream<Item = Result<v1::EntriesResponse, Statu
 
 impl CacheService {
     pub(crate) fn new(store: Store, validator: Validator, state: NodeState) -> CacheService {
+        let metrics = RequestMetrics::new(store.caches().map(|cache| &**cache.name()));
         CacheService {
             store,
             validator,
             state,
+            metrics: std::sync::Arc::new(metrics),
         }
     }
 
@@ -58,26 +61,54 @@ impl CacheService {
             .await
     }
 
-    /// A put-like request (Put, PutIfAbsent, Replace) as a store write.
+    /// A put-like request as a store write.
     fn put_request(
         &self,
-        key: &Bytes,
-        value: &Bytes,
-        lifespan_ms: i64,
-        max_idle_ms: i64,
-        tags: &[String],
+        r: &impl PutFields,
         condition: Condition,
+        keep_previous: bool,
     ) -> crate::Result<WriteRequest> {
         Ok(WriteRequest {
-            key: self.validator.key(key)?,
-            op: WriteOp::Put(
-                self.validator
-                    .new_value(value, lifespan_ms, max_idle_ms, tags)?,
-            ),
+            key: self.validator.key(r.key())?,
+            op: WriteOp::Put(self.validator.new_value(
+                r.value(),
+                r.lifespan_ms(),
+                r.max_idle_ms(),
+                r.tags(),
+            )?),
             condition,
+            keep_previous,
         })
     }
 }
+
+/// The fields every put-like request has.
+trait PutFields {
+    fn key(&self) -> &Bytes;
+    fn value(&self) -> &Bytes;
+    fn lifespan_ms(&self) -> i64;
+    fn max_idle_ms(&self) -> i64;
+    fn tags(&self) -> &[String];
+}
+
+macro_rules! put_fields {
+    ($($request:ty),*) => {$(
+        impl PutFields for $request {
+            fn key(&self) -> &Bytes { &self.key }
+            fn value(&self) -> &Bytes { &self.value }
+            fn lifespan_ms(&self) -> i64 { self.lifespan_ms }
+            fn max_idle_ms(&self) -> i64 { self.max_idle_ms }
+            fn tags(&self) -> &[String] { &self.tags }
+        }
+    )*};
+}
+
+put_fields!(
+    v1::PutRequest,
+    v1::PutIfAbsentRequest,
+    v1::ReplaceRequest,
+    v1::ReplaceWithVersionRequest
+);
 
 #[tonic::async_trait]
 impl Cache for CacheService {
@@ -93,19 +124,20 @@ impl Cache for CacheService {
         request: Request<v1::GetRequest>,
     ) -> Result<Response<v1::GetResponse>, Status> {
         let r = request.into_inner();
-        observed(&self.store, "get", &r.cache, async {
-            self.state.check_ready()?;
-            let key = self.validator.key(&r.key)?;
-            Ok(match self.store.get(&r.cache, &key)? {
-                Some(entry) => v1::GetResponse {
-                    found: true,
-                    value: entry.value.clone(),
-                    metadata: Some(metadata(&entry)),
-                },
-                None => v1::GetResponse::default(),
+        self.metrics
+            .observe(Op::Get, &r.cache, async {
+                self.state.check_ready()?;
+                self.validator.check_key(&r.key)?;
+                Ok(match self.store.get(&r.cache, &r.key)? {
+                    Some(entry) => v1::GetResponse {
+                        found: true,
+                        value: entry.value.clone(),
+                        metadata: Some(metadata(&entry)),
+                    },
+                    None => v1::GetResponse::default(),
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn put(
@@ -113,26 +145,20 @@ impl Cache for CacheService {
         request: Request<v1::PutRequest>,
     ) -> Result<Response<v1::PutResponse>, Status> {
         let r = request.into_inner();
-        observed(&self.store, "put", &r.cache, async {
-            let write = self.put_request(
-                &r.key,
-                &r.value,
-                r.lifespan_ms,
-                r.max_idle_ms,
-                &r.tags,
-                Condition::Always,
-            )?;
-            let result = self.write(&r.cache, write, &r.request_id).await?;
-            Ok(v1::PutResponse {
-                version: result.version,
-                previous: result
-                    .previous
-                    .as_deref()
-                    .filter(|_| r.return_previous)
-                    .map(versioned),
+        self.metrics
+            .observe(Op::Put, &r.cache, async {
+                let write = self.put_request(&r, Condition::Always, r.return_previous)?;
+                let result = self.write(&r.cache, write, &r.request_id).await?;
+                Ok(v1::PutResponse {
+                    version: result.version,
+                    previous: result
+                        .previous
+                        .as_deref()
+                        .filter(|_| r.return_previous)
+                        .map(versioned),
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn put_if_absent(
@@ -140,27 +166,21 @@ impl Cache for CacheService {
         request: Request<v1::PutIfAbsentRequest>,
     ) -> Result<Response<v1::PutIfAbsentResponse>, Status> {
         let r = request.into_inner();
-        observed(&self.store, "put_if_absent", &r.cache, async {
-            let write = self.put_request(
-                &r.key,
-                &r.value,
-                r.lifespan_ms,
-                r.max_idle_ms,
-                &r.tags,
-                Condition::Absent,
-            )?;
-            let result = self.write(&r.cache, write, &r.request_id).await?;
-            Ok(v1::PutIfAbsentResponse {
-                stored: result.applied,
-                version: result.version,
-                existing: if result.applied {
-                    None
-                } else {
-                    result.previous.as_deref().map(versioned)
-                },
+        self.metrics
+            .observe(Op::PutIfAbsent, &r.cache, async {
+                let write = self.put_request(&r, Condition::Absent, false)?;
+                let result = self.write(&r.cache, write, &r.request_id).await?;
+                Ok(v1::PutIfAbsentResponse {
+                    stored: result.applied,
+                    version: result.version,
+                    existing: if result.applied {
+                        None
+                    } else {
+                        result.previous.as_deref().map(versioned)
+                    },
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn replace(
@@ -168,27 +188,21 @@ impl Cache for CacheService {
         request: Request<v1::ReplaceRequest>,
     ) -> Result<Response<v1::ReplaceResponse>, Status> {
         let r = request.into_inner();
-        observed(&self.store, "replace", &r.cache, async {
-            let write = self.put_request(
-                &r.key,
-                &r.value,
-                r.lifespan_ms,
-                r.max_idle_ms,
-                &r.tags,
-                Condition::Present,
-            )?;
-            let result = self.write(&r.cache, write, &r.request_id).await?;
-            Ok(v1::ReplaceResponse {
-                replaced: result.applied,
-                version: result.version,
-                previous: result
-                    .previous
-                    .as_deref()
-                    .filter(|_| result.applied && r.return_previous)
-                    .map(versioned),
+        self.metrics
+            .observe(Op::Replace, &r.cache, async {
+                let write = self.put_request(&r, Condition::Present, r.return_previous)?;
+                let result = self.write(&r.cache, write, &r.request_id).await?;
+                Ok(v1::ReplaceResponse {
+                    replaced: result.applied,
+                    version: result.version,
+                    previous: result
+                        .previous
+                        .as_deref()
+                        .filter(|_| result.applied && r.return_previous)
+                        .map(versioned),
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn replace_with_version(
@@ -196,27 +210,22 @@ impl Cache for CacheService {
         request: Request<v1::ReplaceWithVersionRequest>,
     ) -> Result<Response<v1::ReplaceWithVersionResponse>, Status> {
         let r = request.into_inner();
-        observed(&self.store, "replace_with_version", &r.cache, async {
-            let write = self.put_request(
-                &r.key,
-                &r.value,
-                r.lifespan_ms,
-                r.max_idle_ms,
-                &r.tags,
-                Condition::VersionIs(r.expected_version),
-            )?;
-            let result = self.write(&r.cache, write, &r.request_id).await?;
-            Ok(v1::ReplaceWithVersionResponse {
-                replaced: result.applied,
-                version: result.version,
-                current: if result.applied {
-                    None
-                } else {
-                    result.previous.as_deref().map(versioned)
-                },
+        self.metrics
+            .observe(Op::ReplaceWithVersion, &r.cache, async {
+                let write =
+                    self.put_request(&r, Condition::VersionIs(r.expected_version), false)?;
+                let result = self.write(&r.cache, write, &r.request_id).await?;
+                Ok(v1::ReplaceWithVersionResponse {
+                    replaced: result.applied,
+                    version: result.version,
+                    current: if result.applied {
+                        None
+                    } else {
+                        result.previous.as_deref().map(versioned)
+                    },
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn remove(
@@ -224,20 +233,22 @@ impl Cache for CacheService {
         request: Request<v1::RemoveRequest>,
     ) -> Result<Response<v1::RemoveResponse>, Status> {
         let r = request.into_inner();
-        observed(&self.store, "remove", &r.cache, async {
-            let write = WriteRequest {
-                key: self.validator.key(&r.key)?,
-                op: WriteOp::Remove,
-                condition: Condition::Present,
-            };
-            let result = self.write(&r.cache, write, &r.request_id).await?;
-            Ok(v1::RemoveResponse {
-                removed: result.applied,
-                previous: result.previous.as_deref().map(versioned),
-                version: result.version,
+        self.metrics
+            .observe(Op::Remove, &r.cache, async {
+                let write = WriteRequest {
+                    key: self.validator.key(&r.key)?,
+                    op: WriteOp::Remove,
+                    condition: Condition::Present,
+                    keep_previous: true,
+                };
+                let result = self.write(&r.cache, write, &r.request_id).await?;
+                Ok(v1::RemoveResponse {
+                    removed: result.applied,
+                    previous: result.previous.as_deref().map(versioned),
+                    version: result.version,
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn remove_with_version(
@@ -245,24 +256,26 @@ impl Cache for CacheService {
         request: Request<v1::RemoveWithVersionRequest>,
     ) -> Result<Response<v1::RemoveWithVersionResponse>, Status> {
         let r = request.into_inner();
-        observed(&self.store, "remove_with_version", &r.cache, async {
-            let write = WriteRequest {
-                key: self.validator.key(&r.key)?,
-                op: WriteOp::Remove,
-                condition: Condition::VersionIs(r.expected_version),
-            };
-            let result = self.write(&r.cache, write, &r.request_id).await?;
-            Ok(v1::RemoveWithVersionResponse {
-                removed: result.applied,
-                current: if result.applied {
-                    None
-                } else {
-                    result.previous.as_deref().map(versioned)
-                },
-                version: result.version,
+        self.metrics
+            .observe(Op::RemoveWithVersion, &r.cache, async {
+                let write = WriteRequest {
+                    key: self.validator.key(&r.key)?,
+                    op: WriteOp::Remove,
+                    condition: Condition::VersionIs(r.expected_version),
+                    keep_previous: false,
+                };
+                let result = self.write(&r.cache, write, &r.request_id).await?;
+                Ok(v1::RemoveWithVersionResponse {
+                    removed: result.applied,
+                    current: if result.applied {
+                        None
+                    } else {
+                        result.previous.as_deref().map(versioned)
+                    },
+                    version: result.version,
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn get_all(
@@ -270,21 +283,22 @@ impl Cache for CacheService {
         request: Request<v1::GetAllRequest>,
     ) -> Result<Response<v1::GetAllResponse>, Status> {
         let r = request.into_inner();
-        observed(&self.store, "get_all", &r.cache, async {
-            self.state.check_ready()?;
-            self.validator.batch(r.keys.len())?;
-            for key in &r.keys {
-                self.validator.key(key)?;
-            }
-            let found = self.store.get_all(&r.cache, &r.keys)?;
-            Ok(v1::GetAllResponse {
-                entries: found
-                    .into_iter()
-                    .map(|(key, entry)| keyed(key, &entry, true))
-                    .collect(),
+        self.metrics
+            .observe(Op::GetAll, &r.cache, async {
+                self.state.check_ready()?;
+                self.validator.batch(r.keys.len())?;
+                for key in &r.keys {
+                    self.validator.check_key(key)?;
+                }
+                let found = self.store.get_all(&r.cache, &r.keys)?;
+                Ok(v1::GetAllResponse {
+                    entries: found
+                        .into_iter()
+                        .map(|(key, entry)| keyed(key, &entry, true))
+                        .collect(),
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn put_all(
@@ -292,31 +306,32 @@ impl Cache for CacheService {
         request: Request<v1::PutAllRequest>,
     ) -> Result<Response<v1::PutAllResponse>, Status> {
         let r = request.into_inner();
-        observed(&self.store, "put_all", &r.cache, async {
-            self.state.check_ready()?;
-            self.validator.batch(r.entries.len())?;
-            let entries = r
-                .entries
-                .iter()
-                .map(|e| {
-                    Ok((
-                        self.validator.key(&e.key)?,
-                        self.validator.new_value(
-                            &e.value,
-                            e.lifespan_ms,
-                            e.max_idle_ms,
-                            &e.tags,
-                        )?,
-                    ))
-                })
-                .collect::<crate::Result<Vec<_>>>()?;
-            let versions = self
-                .store
-                .put_all(&r.cache, entries, Self::request_id(&r.request_id))
-                .await?;
-            Ok(v1::PutAllResponse { versions })
-        })
-        .await
+        self.metrics
+            .observe(Op::PutAll, &r.cache, async {
+                self.state.check_ready()?;
+                self.validator.batch(r.entries.len())?;
+                let entries = r
+                    .entries
+                    .iter()
+                    .map(|e| {
+                        Ok((
+                            self.validator.key(&e.key)?,
+                            self.validator.new_value(
+                                &e.value,
+                                e.lifespan_ms,
+                                e.max_idle_ms,
+                                &e.tags,
+                            )?,
+                        ))
+                    })
+                    .collect::<crate::Result<Vec<_>>>()?;
+                let versions = self
+                    .store
+                    .put_all(&r.cache, entries, Self::request_id(&r.request_id))
+                    .await?;
+                Ok(v1::PutAllResponse { versions })
+            })
+            .await
     }
 
     type EntriesStream = EntriesStream;
@@ -370,16 +385,17 @@ impl Cache for CacheService {
         request: Request<v1::RemoveByTagRequest>,
     ) -> Result<Response<v1::RemoveByTagResponse>, Status> {
         let r = request.into_inner();
-        observed(&self.store, "remove_by_tag", &r.cache, async {
-            self.state.check_ready()?;
-            let tag = self
-                .validator
-                .tag_filter(&r.tag)?
-                .ok_or_else(|| crate::Error::InvalidArgument("tag must not be empty".into()))?;
-            let removed = self.store.remove_by_tag(&r.cache, &tag).await?;
-            Ok(v1::RemoveByTagResponse { removed })
-        })
-        .await
+        self.metrics
+            .observe(Op::RemoveByTag, &r.cache, async {
+                self.state.check_ready()?;
+                let tag = self
+                    .validator
+                    .tag_filter(&r.tag)?
+                    .ok_or_else(|| crate::Error::InvalidArgument("tag must not be empty".into()))?;
+                let removed = self.store.remove_by_tag(&r.cache, &tag).await?;
+                Ok(v1::RemoveByTagResponse { removed })
+            })
+            .await
     }
 
     async fn size(
@@ -387,13 +403,14 @@ impl Cache for CacheService {
         request: Request<v1::SizeRequest>,
     ) -> Result<Response<v1::SizeResponse>, Status> {
         let r = request.into_inner();
-        observed(&self.store, "size", &r.cache, async {
-            self.state.check_ready()?;
-            Ok(v1::SizeResponse {
-                size: self.store.size(&r.cache)?,
+        self.metrics
+            .observe(Op::Size, &r.cache, async {
+                self.state.check_ready()?;
+                Ok(v1::SizeResponse {
+                    size: self.store.size(&r.cache)?,
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn clear(
@@ -401,13 +418,14 @@ impl Cache for CacheService {
         request: Request<v1::ClearRequest>,
     ) -> Result<Response<v1::ClearResponse>, Status> {
         let r = request.into_inner();
-        observed(&self.store, "clear", &r.cache, async {
-            self.state.check_ready()?;
-            let removed = self.store.clear(&r.cache).await?;
-            tracing::info!(cache = %r.cache, removed, "cache cleared");
-            Ok(v1::ClearResponse { removed })
-        })
-        .await
+        self.metrics
+            .observe(Op::Clear, &r.cache, async {
+                self.state.check_ready()?;
+                let removed = self.store.clear(&r.cache).await?;
+                tracing::info!(cache = %r.cache, removed, "cache cleared");
+                Ok(v1::ClearResponse { removed })
+            })
+            .await
     }
 
     type ListenStream = EventStream;

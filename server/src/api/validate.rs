@@ -27,8 +27,14 @@ impl Validator {
         Validator { limits }
     }
 
-    /// A key, copied so the store doesn't keep the request's buffer alive.
+    /// A key to store, copied so the store doesn't keep the request's buffer alive.
     pub(crate) fn key(&self, key: &Bytes) -> Result<Bytes> {
+        self.check_key(key)?;
+        Ok(Bytes::copy_from_slice(key))
+    }
+
+    /// Checks a key that is only looked up.
+    pub(crate) fn check_key(&self, key: &[u8]) -> Result<()> {
         if key.is_empty() {
             return Err(invalid("key must not be empty".into()));
         }
@@ -39,7 +45,7 @@ impl Validator {
                 self.limits.max_key_bytes
             )));
         }
-        Ok(Bytes::copy_from_slice(key))
+        Ok(())
     }
 
     /// A value, copied like keys.

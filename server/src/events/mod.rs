@@ -58,10 +58,13 @@ impl Hub {
         Hub { sender }
     }
 
-    /// Publishes an event; never waits.
-    pub fn publish(&self, event: ChangeEvent) {
-        // No subscriber is not an error: the event just has no audience.
-        let _ = self.sender.send(Arc::new(event));
+    /// Publishes the event `make` builds, if anyone subscribes; never waits.
+    pub fn publish(&self, make: impl FnOnce() -> ChangeEvent) {
+        if self.sender.receiver_count() == 0 {
+            return;
+        }
+        // A subscriber that left meanwhile is not an error: the event has no audience.
+        let _ = self.sender.send(Arc::new(make()));
     }
 
     /// A new subscription to every event published from now on.

@@ -78,6 +78,10 @@ pub struct WriteRequest {
     pub op: WriteOp,
     /// When to do it.
     pub condition: Condition,
+    /// Whether the answer carries the previous entry when the write applies (it always
+    /// does when the write does not apply: that entry is why). Answers are kept for
+    /// retries, so one that need not hold an old value should not.
+    pub keep_previous: bool,
 }
 
 /// What a write did.
@@ -139,7 +143,7 @@ impl CacheStore {
     }
 
     /// The live entry of `key`, refreshing its last-used time.
-    pub fn get(&self, key: &[u8]) -> Option<Arc<Entry>> {
+    pub fn get(&self, key: &Bytes) -> Option<Arc<Entry>> {
         let entry = self.keyspace.read().get(key, self.now())?;
         if self.config.persistent && entry.max_idle_ms > 0 {
             self.touched.lock().insert(Bytes::copy_from_slice(key));
@@ -212,7 +216,7 @@ impl CacheStore {
         Ok(WriteResult {
             applied: true,
             version,
-            previous,
+            previous: previous.filter(|_| request.keep_previous),
         })
     }
 
@@ -329,7 +333,7 @@ impl CacheStore {
             Change::Write(entry) => entry.origin_site.clone(),
             Change::Remove(tombstone) => tombstone.origin_site.clone(),
         };
-        self.services.hub.publish(ChangeEvent {
+        self.services.hub.publish(|| ChangeEvent {
             cache: self.name.clone(),
             kind,
             key: mutation.key.clone(),
@@ -364,7 +368,7 @@ impl CacheStore {
                 })?;
         }
         let removed = self.keyspace.write().clear(version);
-        self.services.hub.publish(ChangeEvent {
+        self.services.hub.publish(|| ChangeEvent {
             cache: self.name.clone(),
             kind: EventKind::InvalidateAll,
             key: Bytes::new(),

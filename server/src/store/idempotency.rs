@@ -11,16 +11,27 @@ use std::future::Future;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::store::time::{TimeSource, UnixMillis};
 
-type Id = (Arc<str>, String);
+/// A 128-bit digest of (cache, request id): fixed size, no allocation per request, and
+/// as unlikely to collide as two random request ids are to be equal.
+type Id = u128;
+
+fn id_of(cache: &str, request_id: &str) -> Id {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(&(cache.len() as u64).to_le_bytes());
+    hasher.update(cache.as_bytes());
+    hasher.update(request_id.as_bytes());
+    hasher.digest128()
+}
 
 #[derive(Debug)]
 enum State<T> {
-    /// A run is under way; its answer will be sent here (`None` until then).
-    Running(watch::Receiver<Option<T>>),
+    /// A run is under way; duplicates that arrive meanwhile wait on the `Notify`, made
+    /// only when the first of them arrives (duplicates are rare, runs are not).
+    Running(Option<Arc<Notify>>),
     /// The run finished with this answer.
     Done(T),
 }
@@ -36,22 +47,40 @@ pub struct Idempotency<T> {
 
 #[derive(Debug)]
 struct Inner<T> {
-    states: HashMap<Id, State<T>>,
+    states: HashMap<Id, State<T>, foldhash::fast::FixedState>,
     /// Finished ids in the order they finished, for eviction.
     finished: VecDeque<(UnixMillis, Id)>,
 }
 
-/// Releases a running id if its run is abandoned (failed or cancelled).
+/// Ends a run: records its answer, or releases the id if the run was abandoned (failed
+/// or cancelled), and wakes the duplicates waiting either way.
 struct RunGuard<'a, T: Clone> {
     owner: &'a Idempotency<T>,
     id: Option<Id>,
 }
 
+impl<T: Clone> RunGuard<'_, T> {
+    fn finish(&mut self, answer: Option<T>) {
+        let Some(id) = self.id.take() else { return };
+        let mut inner = self.owner.inner.lock();
+        let previous = match answer {
+            Some(answer) => {
+                let now = self.owner.time.now_ms();
+                inner.finished.push_back((now, id));
+                inner.states.insert(id, State::Done(answer))
+            }
+            None => inner.states.remove(&id),
+        };
+        drop(inner);
+        if let Some(State::Running(Some(waiters))) = previous {
+            waiters.notify_waiters();
+        }
+    }
+}
+
 impl<T: Clone> Drop for RunGuard<'_, T> {
     fn drop(&mut self) {
-        if let Some(id) = self.id.take() {
-            self.owner.inner.lock().states.remove(&id);
-        }
+        self.finish(None);
     }
 }
 
@@ -63,7 +92,7 @@ impl<T: Clone + Send + Sync> Idempotency<T> {
             max_entries,
             time,
             inner: Mutex::new(Inner {
-                states: HashMap::new(),
+                states: HashMap::default(),
                 finished: VecDeque::new(),
             }),
         }
@@ -83,40 +112,36 @@ impl<T: Clone + Send + Sync> Idempotency<T> {
         let Some(request_id) = request_id.filter(|id| !id.is_empty()) else {
             return run().await;
         };
-        let id: Id = (cache.clone(), request_id.to_string());
-        let sender = loop {
-            let waiting = {
+        let id = id_of(cache, request_id);
+        loop {
+            let notify: Arc<Notify>;
+            let notified;
+            {
                 let mut inner = self.inner.lock();
                 self.evict(&mut inner);
-                match inner.states.get(&id) {
+                match inner.states.get_mut(&id) {
                     Some(State::Done(answer)) => return Ok(answer.clone()),
-                    Some(State::Running(receiver)) => receiver.clone(),
+                    Some(State::Running(waiters)) => {
+                        notify = waiters.get_or_insert_with(Default::default).clone();
+                    }
                     None => {
-                        let (sender, receiver) = watch::channel(None);
-                        inner.states.insert(id.clone(), State::Running(receiver));
-                        break sender;
+                        inner.states.insert(id, State::Running(None));
+                        break;
                     }
                 }
-            };
-            // Wait for the running request; if it is abandoned, try to become the runner.
-            let mut waiting = waiting;
-            if let Ok(answer) = waiting.wait_for(Option::is_some).await {
-                return Ok(answer.clone().expect("waited for an answer"));
+                // Made while the lock is held, so the runner's `notify_waiters` (which
+                // needs the lock first) can't happen before it and be missed.
+                notified = notify.notified();
             }
-        };
+            notified.await;
+            // The run finished or was abandoned: look again.
+        }
         let mut guard = RunGuard {
             owner: self,
-            id: Some(id.clone()),
+            id: Some(id),
         };
         let answer = run().await?;
-        let now = self.time.now_ms();
-        {
-            let mut inner = self.inner.lock();
-            inner.states.insert(id.clone(), State::Done(answer.clone()));
-            inner.finished.push_back((now, id));
-        }
-        guard.id = None;
-        let _ = sender.send(Some(answer.clone()));
+        guard.finish(Some(answer.clone()));
         Ok(answer)
     }
 

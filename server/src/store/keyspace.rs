@@ -12,6 +12,7 @@
 //! [`Keyspace::apply`] holds the one replication rule. Callers wrap the keyspace in a
 //! lock and never hold that lock across I/O.
 
+use std::collections::btree_map::Entry as MapEntry;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
@@ -20,13 +21,15 @@ use bytes::Bytes;
 
 use crate::store::entry::{Entry, Slot};
 use crate::store::mutation::{ApplyOutcome, Mutation};
+use crate::store::slot_key::SlotKey;
 use crate::store::time::UnixMillis;
 use crate::store::version::Version;
 
 /// One cache's contents.
 #[derive(Debug, Default)]
 pub struct Keyspace {
-    slots: BTreeMap<Bytes, Slot>,
+    /// Ordered by key hash (see `slot_key`): the same order on every node and site.
+    slots: BTreeMap<SlotKey, Slot>,
     by_version: BTreeSet<(Version, Bytes)>,
     by_deadline: BTreeSet<(UnixMillis, Bytes)>,
     /// Where each live entry sits in `by_deadline`; only this keyspace writes it.
@@ -54,19 +57,19 @@ pub struct Page {
 
 impl Keyspace {
     /// The slot of a key, live or not.
-    pub fn slot(&self, key: &[u8]) -> Option<&Slot> {
-        self.slots.get(key)
+    pub fn slot(&self, key: &Bytes) -> Option<&Slot> {
+        self.slots.get(&SlotKey::new(key.clone()))
     }
 
     /// The state version the next change to `key` replaces (see
     /// [`Slot::state_version`]).
-    pub fn state_version(&self, key: &[u8]) -> Version {
-        self.slots.get(key).map_or(self.floor, Slot::state_version)
+    pub fn state_version(&self, key: &Bytes) -> Version {
+        self.slot(key).map_or(self.floor, Slot::state_version)
     }
 
     /// The live entry of a key at `now_ms`, refreshing its last-used time.
-    pub fn get(&self, key: &[u8], now_ms: UnixMillis) -> Option<Arc<Entry>> {
-        let entry = self.slots.get(key)?.live_at(now_ms)?;
+    pub fn get(&self, key: &Bytes, now_ms: UnixMillis) -> Option<Arc<Entry>> {
+        let entry = self.slot(key)?.live_at(now_ms)?;
         entry.touch(now_ms);
         Some(entry.clone())
     }
@@ -81,20 +84,31 @@ impl Keyspace {
     /// Callers on the write path hold the key's lock, so for them the change always
     /// applies; replicas, resync and backups from other sites go through the same rule.
     pub fn apply(&mut self, mutation: &Mutation) -> ApplyOutcome {
-        let current = self.slots.get(&mutation.key);
-        let (current_version, current_state) = current.map_or((self.floor, self.floor), |slot| {
-            (slot.version(), slot.state_version())
-        });
-        if current.is_some() && current_version == mutation.next() {
-            return ApplyOutcome::AlreadyApplied;
-        }
-        if current_state > mutation.prev {
-            return ApplyOutcome::Conflict {
-                current: current.cloned(),
-            };
-        }
-        let replaced = self.replace(mutation.key.clone(), mutation.slot());
-        ApplyOutcome::Applied { replaced }
+        let next = mutation.next();
+        // One descent of the tree finds the key and, if the change applies, stores it.
+        let old = match self.slots.entry(SlotKey::new(mutation.key.clone())) {
+            MapEntry::Occupied(mut occupied) => {
+                let current = occupied.get();
+                if current.version() == next {
+                    return ApplyOutcome::AlreadyApplied;
+                }
+                if current.state_version() > mutation.prev {
+                    return ApplyOutcome::Conflict {
+                        current: Some(current.clone()),
+                    };
+                }
+                Some(occupied.insert(mutation.slot()))
+            }
+            MapEntry::Vacant(vacant) => {
+                if self.floor > mutation.prev {
+                    return ApplyOutcome::Conflict { current: None };
+                }
+                vacant.insert(mutation.slot());
+                None
+            }
+        };
+        self.reindex(&mutation.key, old.as_ref(), &mutation.slot());
+        ApplyOutcome::Applied { replaced: old }
     }
 
     /// Puts a slot read back from this node's own storage at start, without the
@@ -111,26 +125,31 @@ impl Keyspace {
 
     /// Puts `slot` in place of whatever `key` held, keeping every index in step.
     fn replace(&mut self, key: Bytes, slot: Slot) -> Option<Slot> {
-        let old = self.slots.insert(key.clone(), slot.clone());
-        if let Some(old) = &old {
+        let old = self.slots.insert(SlotKey::new(key.clone()), slot.clone());
+        self.reindex(&key, old.as_ref(), &slot);
+        old
+    }
+
+    /// Moves `key` in the indexes from its `old` slot to its `new` one.
+    fn reindex(&mut self, key: &Bytes, old: Option<&Slot>, new: &Slot) {
+        if let Some(old) = old {
             self.by_version.remove(&(old.version(), key.clone()));
             if let Slot::Live(entry) = old {
                 self.live -= 1;
-                self.unindex_live(&key, entry);
+                self.unindex_live(key, entry);
             }
         }
-        self.by_version.insert((slot.version(), key.clone()));
-        match &slot {
+        self.by_version.insert((new.version(), key.clone()));
+        match new {
             Slot::Live(entry) => {
                 self.live += 1;
-                self.index_live(key, entry);
+                self.index_live(key.clone(), entry);
             }
             Slot::Tombstone(tombstone) => {
                 self.tombstones
-                    .push_back((tombstone.removed_ms, key, tombstone.version));
+                    .push_back((tombstone.removed_ms, key.clone(), tombstone.version));
             }
         }
-        old
     }
 
     fn index_live(&mut self, key: Bytes, entry: &Arc<Entry>) {
@@ -166,15 +185,16 @@ impl Keyspace {
             .by_deadline
             .iter()
             .take_while(|(deadline, _)| *deadline <= now_ms)
-            .filter(|(_, key)| {
-                matches!(self.slots.get(key), Some(Slot::Live(e)) if e.is_expired(now_ms))
-            })
+            .filter(
+                |(_, key)| matches!(self.slot(key), Some(Slot::Live(e)) if e.is_expired(now_ms)),
+            )
             .count();
         self.live - expired
     }
 
-    /// Live entries in key order after `after` (all from the start if `None`), at most
-    /// `limit`, optionally only those with `tag`.
+    /// Live entries after the key `after` (from the start if `None`), at most `limit`:
+    /// all of them in keyspace order, or those carrying `tag` in byte order of their keys.
+    /// Entries written during a walk may or may not be seen; none is seen twice.
     pub fn page(
         &self,
         after: Option<&Bytes>,
@@ -182,21 +202,26 @@ impl Keyspace {
         tag: Option<&str>,
         now_ms: UnixMillis,
     ) -> Page {
-        let start = match after {
-            Some(key) => Bound::Excluded(key.clone()),
-            None => Bound::Unbounded,
-        };
         let candidates: Box<dyn Iterator<Item = (&Bytes, Option<&Slot>)>> = match tag {
-            None => Box::new(
-                self.slots
-                    .range((start, Bound::Unbounded))
-                    .map(|(key, slot)| (key, Some(slot))),
-            ),
+            None => {
+                let start = match after {
+                    Some(key) => Bound::Excluded(SlotKey::new(key.clone())),
+                    None => Bound::Unbounded,
+                };
+                Box::new(
+                    self.slots
+                        .range((start, Bound::Unbounded))
+                        .map(|(key, slot)| (key.key(), Some(slot))),
+                )
+            }
             Some(tag) => match self.by_tag.get(tag) {
-                Some(keys) => Box::new(
-                    keys.range((start, Bound::Unbounded))
-                        .map(|key| (key, self.slots.get(key))),
-                ),
+                Some(keys) => {
+                    let start = after.map_or(Bound::Unbounded, |key| Bound::Excluded(key.clone()));
+                    Box::new(
+                        keys.range((start, Bound::Unbounded))
+                            .map(|key| (key, self.slot(key))),
+                    )
+                }
                 None => Box::new(std::iter::empty()),
             },
         };
@@ -231,7 +256,7 @@ impl Keyspace {
         self.slots
             .iter()
             .filter(|(_, slot)| matches!(slot, Slot::Live(_)))
-            .map(|(key, _)| key.clone())
+            .map(|(key, _)| key.key().clone())
             .collect()
     }
 
@@ -245,7 +270,7 @@ impl Keyspace {
             if *deadline > now_ms || due.len() == limit {
                 break;
             }
-            if let Some(Slot::Live(entry)) = self.slots.get(key) {
+            if let Some(Slot::Live(entry)) = self.slot(key) {
                 match entry.deadline_ms() {
                     Some(actual) if actual > now_ms => moved.push((*deadline, actual, key.clone())),
                     _ => due.push((key.clone(), entry.clone())),
@@ -271,7 +296,7 @@ impl Keyspace {
             }
             let (_, key, version) = self.tombstones.pop_front().expect("front exists");
             // The key may have been written again since: only this very tombstone counts.
-            if matches!(self.slots.get(&key), Some(Slot::Tombstone(t)) if t.version == version) {
+            if matches!(self.slot(&key), Some(Slot::Tombstone(t)) if t.version == version) {
                 due.push((key, version));
             }
         }
@@ -280,10 +305,10 @@ impl Keyspace {
 
     /// Drops the tombstone `version` of `key` if the key still holds it.
     pub fn forget_tombstone(&mut self, key: &Bytes, version: Version) -> bool {
-        if !matches!(self.slots.get(key), Some(Slot::Tombstone(t)) if t.version == version) {
+        if !matches!(self.slot(key), Some(Slot::Tombstone(t)) if t.version == version) {
             return false;
         }
-        self.slots.remove(key);
+        self.slots.remove(&SlotKey::new(key.clone()));
         self.by_version.remove(&(version, key.clone()));
         self.forgotten = self.forgotten.max(version);
         true
@@ -323,7 +348,7 @@ impl Keyspace {
         self.by_version
             .range((version.saturating_add(1), Bytes::new())..)
             .take(limit)
-            .filter_map(|(_, key)| self.slots.get(key).map(|slot| (key.clone(), slot.clone())))
+            .filter_map(|(_, key)| self.slot(key).map(|slot| (key.clone(), slot.clone())))
             .collect()
     }
 
@@ -353,6 +378,7 @@ impl Keyspace {
         assert_eq!(self.live, live);
         assert_eq!(self.by_deadline.len(), self.indexed_deadlines.len());
         for (key, slot) in &self.slots {
+            let key = key.key();
             assert!(self.by_version.contains(&(slot.version(), key.clone())));
             if let Slot::Live(entry) = slot {
                 for tag in entry.tags.iter() {
@@ -436,7 +462,7 @@ mod tests {
         assert!(applied(keys.apply(&write("a", 0, 10, &[]))).is_none());
         let replaced = applied(keys.apply(&write("a", 10, 20, &[]))).unwrap();
         assert_eq!(replaced.version(), 10);
-        assert_eq!(keys.get(b"a", 0).unwrap().version, 20);
+        assert_eq!(keys.get(&Bytes::from_static(b"a"), 0).unwrap().version, 20);
         keys.check_invariants();
     }
 
@@ -446,7 +472,7 @@ mod tests {
         keys.apply(&write("a", 0, 10, &[]));
         // The change from 20 to 30 arrives, but this replica never saw 20.
         applied(keys.apply(&write("a", 20, 30, &[])));
-        assert_eq!(keys.get(b"a", 0).unwrap().version, 30);
+        assert_eq!(keys.get(&Bytes::from_static(b"a"), 0).unwrap().version, 30);
     }
 
     #[test]
@@ -458,7 +484,7 @@ mod tests {
             ApplyOutcome::Conflict { current } => assert_eq!(current.unwrap().version(), 20),
             other => panic!("expected conflict, got {other:?}"),
         }
-        assert_eq!(keys.get(b"a", 0).unwrap().version, 20);
+        assert_eq!(keys.get(&Bytes::from_static(b"a"), 0).unwrap().version, 20);
     }
 
     #[test]
@@ -475,7 +501,7 @@ mod tests {
         let mut keys = Keyspace::default();
         keys.apply(&write("a", 0, 10, &[]));
         keys.apply(&remove("a", 10, 20, 0));
-        assert!(keys.get(b"a", 0).is_none());
+        assert!(keys.get(&Bytes::from_static(b"a"), 0).is_none());
         // A late replay of the first write (from "never existed") is refused.
         assert!(matches!(
             keys.apply(&write("a", 0, 10, &[])),
@@ -485,7 +511,7 @@ mod tests {
             keys.apply(&write("a", 0, 15, &[])),
             ApplyOutcome::Conflict { .. }
         ));
-        assert!(keys.get(b"a", 0).is_none());
+        assert!(keys.get(&Bytes::from_static(b"a"), 0).is_none());
         assert_eq!(keys.len(0), 0);
         keys.check_invariants();
     }
@@ -499,7 +525,7 @@ mod tests {
             keys.apply(&write("b", 0, 40, &[])),
             ApplyOutcome::Conflict { .. }
         ));
-        assert_eq!(keys.state_version(b"b"), 50);
+        assert_eq!(keys.state_version(&Bytes::from_static(b"b")), 50);
         applied(keys.apply(&write("b", 50, 60, &[])));
         assert_eq!(keys.forgotten(), 50);
         keys.check_invariants();
@@ -526,8 +552,8 @@ mod tests {
         keys.apply(&write_expiring("a", 0, 10, &[], 500, 0));
         keys.apply(&write("b", 0, 11, &[]));
         assert_eq!(keys.len(1_499), 2);
-        assert!(keys.get(b"a", 1_499).is_some());
-        assert!(keys.get(b"a", 1_500).is_none());
+        assert!(keys.get(&Bytes::from_static(b"a"), 1_499).is_some());
+        assert!(keys.get(&Bytes::from_static(b"a"), 1_500).is_none());
         assert_eq!(keys.len(1_500), 1);
         let page = keys.page(None, 10, None, 1_500);
         assert_eq!(page.entries.len(), 1);
@@ -538,7 +564,7 @@ mod tests {
         let mut keys = Keyspace::default();
         keys.apply(&write_expiring("idle", 0, 10, &[], 0, 100));
         keys.apply(&write_expiring("old", 0, 11, &[], 50, 0));
-        assert!(keys.get(b"idle", 1_080).is_some()); // read: deadline moves to 1_180
+        assert!(keys.get(&Bytes::from_static(b"idle"), 1_080).is_some()); // read: deadline moves to 1_180
         let due = keys.due_for_expiry(1_120, 100);
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].1.version, 11);
@@ -570,7 +596,7 @@ mod tests {
     }
 
     #[test]
-    fn pages_walk_the_keys_in_order_without_repeats() {
+    fn pages_walk_every_key_once_in_keyspace_order() {
         let mut keys = Keyspace::default();
         for i in 0..25u64 {
             let tag = if i % 2 == 0 { "even=1" } else { "odd=1" };
@@ -587,7 +613,13 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), 25);
-        assert!(seen.windows(2).all(|w| w[0] < w[1]));
+        let distinct: std::collections::HashSet<_> = seen.iter().collect();
+        assert_eq!(distinct.len(), 25);
+        let hashes: Vec<_> = seen
+            .iter()
+            .map(|k| crate::store::slot_key::key_hash(k))
+            .collect();
+        assert!(hashes.windows(2).all(|w| w[0] <= w[1]), "keyspace order");
         let even = keys.page(None, 100, Some("even=1"), 0);
         assert_eq!(even.entries.len(), 13);
         assert!(even.next_after.is_none());

@@ -16,7 +16,7 @@ use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 /// Shards of the lock table, so unrelated keys rarely touch the same mutex.
 const SHARDS: usize = 64;
 
-type LockTable = Mutex<HashMap<Bytes, Arc<AsyncMutex<()>>>>;
+type LockTable = Mutex<HashMap<Bytes, Arc<AsyncMutex<()>>, foldhash::fast::RandomState>>;
 
 /// The write locks of one cache.
 #[derive(Debug)]

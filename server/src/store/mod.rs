@@ -5,8 +5,8 @@
 //! version clock, the storage thread (group commit), the idempotency table and the event
 //! hub. Submodules, bottom up:
 //! - [`time`], [`version`]: the clock and the versions it assigns;
-//! - [`entry`], [`mutation`], [`keyspace`]: what a key holds, how it changes, and the one
-//!   replication rule;
+//! - [`entry`], [`mutation`], [`slot_key`], [`keyspace`]: what a key holds, how it
+//!   changes, how keys are ordered, and the one replication rule;
 //! - [`storage`], [`record`], [`durability`]: persistence and group commit;
 //! - [`locks`], [`idempotency`], [`cache`]: the write path;
 //! - [`load`], [`reaper`]: start-up and background upkeep.
@@ -21,6 +21,7 @@ pub mod locks;
 pub mod mutation;
 pub mod reaper;
 pub mod record;
+pub mod slot_key;
 pub mod storage;
 pub mod time;
 pub mod version;
@@ -213,7 +214,7 @@ impl Store {
     }
 
     /// Reads one key.
-    pub fn get(&self, cache: &str, key: &[u8]) -> Result<Option<Arc<Entry>>> {
+    pub fn get(&self, cache: &str, key: &Bytes) -> Result<Option<Arc<Entry>>> {
         Ok(self.cache(cache)?.get(key))
     }
 
@@ -228,29 +229,40 @@ impl Store {
 
     /// Writes one key; with a request id, a retry returns the first answer.
     ///
-    /// The write runs in its own task, so a client that goes away mid-write can't leave
-    /// it half done (durable but not applied).
+    /// A write that waits for storage runs in its own task, so a client that goes away
+    /// mid-write can't leave it half done (durable but not applied). A write to an
+    /// in-memory cache never awaits between taking the key's lock and applying, so it
+    /// runs in the caller's task.
     pub async fn write(
         &self,
         cache: &str,
         request: WriteRequest,
         request_id: Option<&str>,
     ) -> Result<Arc<WriteResult>> {
-        let cache = self.cache(cache)?.clone();
+        let cache = self.cache(cache)?;
+        if !cache.is_persistent() {
+            return self.write_to(cache, request, request_id).await;
+        }
+        let cache = cache.clone();
         let store = self.clone();
         let request_id = request_id.map(str::to_string);
-        tokio::spawn(async move {
-            let name = cache.name().clone();
-            store
-                .inner
-                .idempotency
-                .run(&name, request_id.as_deref(), || async move {
-                    cache.write(request).await.map(Arc::new)
-                })
-                .await
-        })
-        .await
-        .map_err(Error::TaskFailed)?
+        tokio::spawn(async move { store.write_to(&cache, request, request_id.as_deref()).await })
+            .await
+            .map_err(Error::TaskFailed)?
+    }
+
+    async fn write_to(
+        &self,
+        cache: &Arc<CacheStore>,
+        request: WriteRequest,
+        request_id: Option<&str>,
+    ) -> Result<Arc<WriteResult>> {
+        self.inner
+            .idempotency
+            .run(cache.name(), request_id, || async {
+                cache.write(request).await.map(Arc::new)
+            })
+            .await
     }
 
     /// Writes several keys unconditionally, each on its own; with a request id, each
@@ -274,6 +286,7 @@ impl Store {
                         key,
                         op: WriteOp::Put(value),
                         condition: Condition::Always,
+                        keep_previous: false,
                     };
                     self.write(cache, request, id.as_deref())
                         .await
@@ -296,6 +309,7 @@ impl Store {
                 key,
                 op: WriteOp::Remove,
                 condition: Condition::Present,
+                keep_previous: false,
             };
             self.write(cache, request, None).await
         });

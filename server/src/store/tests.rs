@@ -81,7 +81,7 @@ impl Harness {
 
     fn value(&self, cache: &str, key: &str) -> Option<String> {
         self.store
-            .get(cache, key.as_bytes())
+            .get(cache, &Bytes::copy_from_slice(key.as_bytes()))
             .unwrap()
             .map(|entry| String::from_utf8(entry.value.to_vec()).unwrap())
     }
@@ -106,6 +106,7 @@ fn request(key: &str, op: WriteOp, condition: Condition) -> WriteRequest {
         key: Bytes::copy_from_slice(key.as_bytes()),
         op,
         condition,
+        keep_previous: true,
     }
 }
 
@@ -136,7 +137,11 @@ async fn a_put_is_read_back_with_its_metadata() {
         .await;
     assert!(result.applied);
     assert!(result.previous.is_none());
-    let entry = h.store.get("work", b"k").unwrap().unwrap();
+    let entry = h
+        .store
+        .get("work", &Bytes::from_static(b"k"))
+        .unwrap()
+        .unwrap();
     assert_eq!(&entry.value[..], b"v1");
     assert_eq!(entry.version, result.version);
     assert_eq!(&*entry.origin_site, "site1");
@@ -219,7 +224,13 @@ async fn remove_returns_the_removed_entry_and_leaves_a_tombstone() {
     assert!(!again.applied && again.previous.is_none());
     // The tombstone holds the removal's version.
     let cache = h.store.cache("work").unwrap();
-    assert_eq!(cache.keyspace.read().state_version(b"k"), removed.version);
+    assert_eq!(
+        cache
+            .keyspace
+            .read()
+            .state_version(&Bytes::from_static(b"k")),
+        removed.version
+    );
 }
 
 #[tokio::test]
@@ -383,6 +394,21 @@ async fn tombstones_are_purged_after_their_ttl() {
 }
 
 #[tokio::test]
+async fn a_kept_answer_holds_the_previous_entry_only_when_asked() {
+    let h = Harness::new();
+    h.put("work", "k", "old").await;
+    let mut quiet = request("k", put("new"), Condition::Always);
+    quiet.keep_previous = false;
+    let result = h.store.write("work", quiet, Some("r1")).await.unwrap();
+    assert!(result.applied && result.previous.is_none());
+    // A refused write always carries the entry that refused it.
+    let mut refused = request("k", put("x"), Condition::Absent);
+    refused.keep_previous = false;
+    let result = h.store.write("work", refused, Some("r2")).await.unwrap();
+    assert_eq!(&result.previous.as_ref().unwrap().value[..], b"new");
+}
+
+#[tokio::test]
 async fn a_retried_request_id_gets_the_first_answer() {
     let h = Harness::new();
     let run = |value: &'static str| {
@@ -488,7 +514,7 @@ async fn put_all_writes_each_entry_and_is_idempotent_per_request_id() {
 #[tokio::test]
 async fn an_unknown_cache_is_named_in_the_error() {
     let h = Harness::new();
-    let error = h.store.get("nope", b"k").unwrap_err();
+    let error = h.store.get("nope", &Bytes::from_static(b"k")).unwrap_err();
     assert_eq!(error.to_string(), "unknown cache \"nope\"");
 }
 
@@ -516,7 +542,13 @@ async fn acknowledged_writes_to_persistent_caches_survive_a_crash() {
     assert!(h.put("sessions", "after", "x").await.version > newest);
     // The removed key's tombstone came back too: an old write can't revive it.
     let cache = h.store.cache("sessions").unwrap();
-    assert!(cache.keyspace.read().state_version(b"s7") > versions[7]);
+    assert!(
+        cache
+            .keyspace
+            .read()
+            .state_version(&Bytes::from_static(b"s7"))
+            > versions[7]
+    );
 }
 
 #[tokio::test]
@@ -658,11 +690,19 @@ async fn a_persistent_write_is_acknowledged_only_once_durable_and_only_then_visi
     assert!(reached_storage, "the write never reached storage");
     assert!(!write.is_finished(), "acknowledged before durable");
     assert!(
-        store.get("sessions", b"s").unwrap().is_none(),
+        store
+            .get("sessions", &Bytes::from_static(b"s"))
+            .unwrap()
+            .is_none(),
         "visible before durable"
     );
     storage.open_gate();
     let result = write.await.unwrap().unwrap();
     assert!(result.applied);
-    assert!(store.get("sessions", b"s").unwrap().is_some());
+    assert!(
+        store
+            .get("sessions", &Bytes::from_static(b"s"))
+            .unwrap()
+            .is_some()
+    );
 }

@@ -23,6 +23,11 @@ use tracing_subscriber::EnvFilter;
 use crate::args::{Cli, Command, GlobalArgs};
 use crate::error::CliError;
 
+/// mimalloc instead of the system allocator: the load generator allocates per request,
+/// and its CPU is shared with the node under test on one machine.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

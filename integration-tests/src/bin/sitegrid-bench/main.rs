@@ -1,0 +1,71 @@
+//! `sitegrid-bench`: runs sitegrid's benchmarks against release builds and writes
+//! `BENCHMARKS.md` (`make bench`).
+//!
+//! Every figure is measured in the same run as the baseline it is compared with (for a
+//! single node: `Ping`, the stack's own floor), several rounds interleaved, and reported
+//! as the median of the per-round ratios: this machine is shared, and its speed drifts
+//! by more than the effects measured.
+
+mod ctl;
+mod machine;
+mod report;
+mod single_node;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Runs the benchmarks and writes the report.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Where to write the report.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    output: PathBuf,
+    /// Rounds of every measurement; ratios are the median over rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Length of each measurement.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Entries loaded for the memory measurement.
+    #[arg(long, default_value_t = 1_000_000)]
+    memory_entries: u64,
+    /// Directory holding the release `sitegrid` and `sitegridctl` (default: this
+    /// program's own directory, target/release).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+/// The settings every benchmark shares.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) rounds: usize,
+    pub(crate) duration: Duration,
+    pub(crate) memory_entries: u64,
+    pub(crate) bin_dir: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let bin_dir = match args.bin_dir {
+        Some(dir) => dir,
+        None => std::env::current_exe()?
+            .parent()
+            .ok_or_else(|| anyhow::anyhow!("no directory for this program"))?
+            .to_path_buf(),
+    };
+    let settings = Settings {
+        rounds: args.rounds.max(1),
+        duration: args.duration,
+        memory_entries: args.memory_entries,
+        bin_dir,
+    };
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let single = single_node::run(&settings).await?;
+    let markdown = report::render(&machine::describe(), &command, &settings, &single);
+    std::fs::write(&args.output, markdown)?;
+    println!("wrote {}", args.output.display());
+    Ok(())
+}

@@ -1,0 +1,80 @@
+//! `BENCHMARKS.md`.
+
+use std::fmt::Write;
+
+use crate::Settings;
+use crate::single_node::Results;
+
+/// The report as Markdown.
+pub(crate) fn render(
+    machine: &[(String, String)],
+    command: &str,
+    settings: &Settings,
+    single: &Results,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# sitegrid benchmarks\n");
+    let _ = writeln!(
+        out,
+        "Written by `make bench` (`{command}`), release builds, node and load generator \
+         (`sitegridctl bench`, closed loop, one HTTP/2 connection) on the same machine. Each \
+         figure is the median of {} rounds of {} each; a ratio is the median of the \
+         per-round ratios to a baseline measured in the same round.\n",
+        settings.rounds,
+        humantime::format_duration(settings.duration)
+    );
+    let _ = writeln!(out, "## Machine\n");
+    for (name, value) in machine {
+        let _ = writeln!(out, "- {name}: {value}");
+    }
+    let _ = writeln!(out, "\n## Single node: throughput and latency\n");
+    let _ = writeln!(
+        out,
+        "256-byte values, 100,000 keys picked at random, cache `work` (in memory) unless \
+         said otherwise; `sessions` is persistent (a write is acknowledged once fsynced, \
+         writers sharing one fsync).\n"
+    );
+    let _ = writeln!(
+        out,
+        "| operation | concurrency | ops/s | p50 | p99 | ratio | to | target |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|---|");
+    for row in &single.rows {
+        let (ratio, to) = match row.ratio {
+            Some((ratio, to)) => (format!("{ratio:.2}x"), to.to_string()),
+            None => ("".into(), "".into()),
+        };
+        let target = match (row.target, row.ratio) {
+            (Some(target), Some((ratio, _))) => {
+                let verdict = if ratio >= target { "met" } else { "**missed**" };
+                format!(">= {target}x: {verdict}")
+            }
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {} us | {} us | {ratio} | {to} | {target} |",
+            row.label, row.concurrency, row.ops_per_sec, row.p50_us, row.p99_us
+        );
+    }
+    let memory = &single.memory;
+    let gib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0 * 1024.0);
+    let verdict = if memory.rss_bytes <= memory.limit_bytes {
+        "met"
+    } else {
+        "**missed**"
+    };
+    let _ = writeln!(out, "\n## Single node: memory\n");
+    let _ = writeln!(
+        out,
+        "{} entries of {} bytes written to the in-memory cache `work` of a fresh node: \
+         resident memory of the node {:.2} GiB ({:.0} bytes per entry); target <= {:.1} GiB: \
+         {verdict}.",
+        memory.entries,
+        memory.value_size,
+        gib(memory.rss_bytes),
+        memory.rss_bytes as f64 / memory.entries as f64,
+        gib(memory.limit_bytes),
+    );
+    out
+}

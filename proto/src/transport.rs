@@ -1,0 +1,140 @@
+//! A TCP stream tuned for many small gRPC messages on one HTTP/2 connection.
+//!
+//! h2 copies a DATA frame into its 16 KiB write buffer only if the frame is small; a
+//! larger frame is sent as its own buffer and forces a flush before the next frame, i.e.
+//! one `writev` per message. "Small" means up to 256 bytes on a socket that supports
+//! vectored writes and up to 1 KiB on one that doesn't. Cache messages are mostly a few
+//! hundred bytes (a key, a value of a session, metadata), right between the two: over a
+//! socket that declines vectored writes, dozens of them leave in one system call instead
+//! of one each. Values over 1 KiB are still sent without a copy.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// A [`TcpStream`] that declines vectored writes, so small gRPC messages are coalesced.
+#[derive(Debug)]
+pub struct CoalescingStream {
+    inner: TcpStream,
+}
+
+impl CoalescingStream {
+    /// Wraps a stream and turns Nagle's algorithm off: messages are already coalesced.
+    pub fn new(inner: TcpStream) -> io::Result<CoalescingStream> {
+        inner.set_nodelay(true)?;
+        Ok(CoalescingStream { inner })
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &TcpStream {
+        &self.inner
+    }
+}
+
+impl AsyncRead for CoalescingStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CoalescingStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        // Callers that ignore `is_write_vectored` still work, one buffer at a time.
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &b[..]);
+        Pin::new(&mut self.inner).poll_write(cx, first)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        false
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for CoalescingStream {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+/// A channel to `endpoint` whose connections are [`CoalescingStream`]s; it connects on
+/// first use (and again after a connection breaks).
+pub fn lazy_channel(endpoint: &Endpoint) -> Channel {
+    endpoint.connect_with_connector_lazy(tower::service_fn(connect))
+}
+
+async fn connect(uri: Uri) -> io::Result<TokioIo<CoalescingStream>> {
+    let host = uri
+        .host()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("no host in {uri}")))?;
+    // IPv6 literals come bracketed in URIs, not in socket addresses.
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(80);
+    let stream = TcpStream::connect((host, port)).await?;
+    Ok(TokioIo::new(CoalescingStream::new(stream)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_vectored_write_sends_the_first_non_empty_buffer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let tcp = TcpStream::connect(address).await.unwrap();
+            let mut stream = CoalescingStream::new(tcp).unwrap();
+            assert!(!stream.is_write_vectored());
+            let bufs = [
+                IoSlice::new(b""),
+                IoSlice::new(b"hello "),
+                IoSlice::new(b"world"),
+            ];
+            let written =
+                std::future::poll_fn(|cx| Pin::new(&mut stream).poll_write_vectored(cx, &bufs))
+                    .await
+                    .unwrap();
+            stream.shutdown().await.unwrap();
+            written
+        });
+        let (mut server, _) = listener.accept().await.unwrap();
+        let mut received = Vec::new();
+        server.read_to_end(&mut received).await.unwrap();
+        assert_eq!(client.await.unwrap(), 6);
+        assert_eq!(&received, b"hello ");
+    }
+}
