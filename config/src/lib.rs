@@ -83,10 +83,11 @@ pub struct StoreConfig {
     /// produces its `EXPIRED` event within one interval of its deadline.
     #[serde(default = "default_reaper_interval", with = "humantime_serde")]
     pub reaper_interval: Duration,
-    /// How long a write's answer is kept for a retry with the same request id.
+    /// How long a write's answer is at least kept for a retry with the same request id
+    /// (at most twice as long), unless `idempotency_max_entries` are kept sooner.
     #[serde(default = "default_idempotency_window", with = "humantime_serde")]
     pub idempotency_window: Duration,
-    /// At most this many answers are kept for retries; the oldest go first.
+    /// At most about this many answers are kept for retries; the oldest go first.
     #[serde(default = "default_idempotency_max_entries")]
     pub idempotency_max_entries: usize,
     /// Memory sled may use for its page cache, in bytes.

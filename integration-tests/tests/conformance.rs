@@ -175,7 +175,6 @@ async fn replace_only_touches_present_keys() {
         cache: "work".into(),
         key: b("k"),
         value: b(value),
-        return_previous: true,
         ..Default::default()
     };
     let absent = node.cache.replace(request("x")).await.unwrap().into_inner();

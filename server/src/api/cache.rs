@@ -190,7 +190,7 @@ impl Cache for CacheService {
         let r = request.into_inner();
         self.metrics
             .observe(Op::Replace, &r.cache, async {
-                let write = self.put_request(&r, Condition::Present, r.return_previous)?;
+                let write = self.put_request(&r, Condition::Present, true)?;
                 let result = self.write(&r.cache, write, &r.request_id).await?;
                 Ok(v1::ReplaceResponse {
                     replaced: result.applied,
@@ -198,7 +198,7 @@ impl Cache for CacheService {
                     previous: result
                         .previous
                         .as_deref()
-                        .filter(|_| result.applied && r.return_previous)
+                        .filter(|_| result.applied)
                         .map(versioned),
                 })
             })

@@ -237,7 +237,9 @@ impl CacheStore {
     ) -> Result<(Option<Arc<Entry>>, Version)> {
         let (slot, prev) = {
             let keyspace = self.keyspace.read();
-            (keyspace.slot(key).cloned(), keyspace.state_version(key))
+            let slot = keyspace.slot(key).cloned();
+            let prev = slot.as_ref().map_or(keyspace.floor(), Slot::state_version);
+            (slot, prev)
         };
         match slot {
             Some(Slot::Live(entry)) if entry.is_expired(now) => {

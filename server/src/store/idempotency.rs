@@ -2,11 +2,15 @@
 //!
 //! The first request with an id runs; any request with the same id that arrives while it
 //! runs waits for its answer; any that arrives later, within the window, gets the kept
-//! answer. If the first run fails, the id is released, so a retry runs again. Answers are
-//! kept for `store.idempotency_window` and at most `store.idempotency_max_entries` of
-//! them, oldest dropped first.
+//! answer. If the first run fails, the id is released, so a retry runs again.
+//!
+//! Answers are kept in two generations: new ones go into the current generation, which
+//! becomes the previous one (and the previous one is dropped) once it is a whole window
+//! old or holds half of `store.idempotency_max_entries`. So an answer is kept at least
+//! `store.idempotency_window` (unless the table fills sooner) and at most twice that,
+//! memory stays bounded, and forgetting old answers costs nothing per request.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -45,11 +49,29 @@ pub struct Idempotency<T> {
     inner: Mutex<Inner<T>>,
 }
 
+type States<T> = HashMap<Id, State<T>, foldhash::fast::FixedState>;
+
 #[derive(Debug)]
 struct Inner<T> {
-    states: HashMap<Id, State<T>, foldhash::fast::FixedState>,
-    /// Finished ids in the order they finished, for eviction.
-    finished: VecDeque<(UnixMillis, Id)>,
+    /// Where new ids go.
+    current: States<T>,
+    /// The generation before; looked in, never added to.
+    previous: States<T>,
+    /// When `current` began.
+    current_since: UnixMillis,
+}
+
+impl<T> Inner<T> {
+    fn get_mut(&mut self, id: &Id) -> Option<&mut State<T>> {
+        match self.current.get_mut(id) {
+            Some(state) => Some(state),
+            None => self.previous.get_mut(id),
+        }
+    }
+
+    fn remove(&mut self, id: &Id) -> Option<State<T>> {
+        self.current.remove(id).or_else(|| self.previous.remove(id))
+    }
 }
 
 /// Ends a run: records its answer, or releases the id if the run was abandoned (failed
@@ -63,14 +85,10 @@ impl<T: Clone> RunGuard<'_, T> {
     fn finish(&mut self, answer: Option<T>) {
         let Some(id) = self.id.take() else { return };
         let mut inner = self.owner.inner.lock();
-        let previous = match answer {
-            Some(answer) => {
-                let now = self.owner.time.now_ms();
-                inner.finished.push_back((now, id));
-                inner.states.insert(id, State::Done(answer))
-            }
-            None => inner.states.remove(&id),
-        };
+        let previous = inner.remove(&id);
+        if let Some(answer) = answer {
+            inner.current.insert(id, State::Done(answer));
+        }
         drop(inner);
         if let Some(State::Running(Some(waiters))) = previous {
             waiters.notify_waiters();
@@ -92,8 +110,9 @@ impl<T: Clone + Send + Sync> Idempotency<T> {
             max_entries,
             time,
             inner: Mutex::new(Inner {
-                states: HashMap::default(),
-                finished: VecDeque::new(),
+                current: HashMap::default(),
+                previous: HashMap::default(),
+                current_since: 0,
             }),
         }
     }
@@ -116,16 +135,17 @@ impl<T: Clone + Send + Sync> Idempotency<T> {
         loop {
             let notify: Arc<Notify>;
             let notified;
+            let dropped;
             {
                 let mut inner = self.inner.lock();
-                self.evict(&mut inner);
-                match inner.states.get_mut(&id) {
+                dropped = self.rotate(&mut inner);
+                match inner.get_mut(&id) {
                     Some(State::Done(answer)) => return Ok(answer.clone()),
                     Some(State::Running(waiters)) => {
                         notify = waiters.get_or_insert_with(Default::default).clone();
                     }
                     None => {
-                        inner.states.insert(id, State::Running(None));
+                        inner.current.insert(id, State::Running(None));
                         break;
                     }
                 }
@@ -133,6 +153,7 @@ impl<T: Clone + Send + Sync> Idempotency<T> {
                 // needs the lock first) can't happen before it and be missed.
                 notified = notify.notified();
             }
+            drop(dropped);
             notified.await;
             // The run finished or was abandoned: look again.
         }
@@ -145,23 +166,30 @@ impl<T: Clone + Send + Sync> Idempotency<T> {
         Ok(answer)
     }
 
-    fn evict(&self, inner: &mut Inner<T>) {
+    /// Starts a new generation when the current one is a window old or holds half the
+    /// allowed entries; returns the dropped generation, to be freed after the lock is
+    /// released.
+    fn rotate(&self, inner: &mut Inner<T>) -> Option<States<T>> {
         let now = self.time.now_ms();
-        while let Some((finished_ms, _)) = inner.finished.front() {
-            let expired = finished_ms.saturating_add(self.window_ms) <= now;
-            if !expired && inner.finished.len() <= self.max_entries {
-                break;
-            }
-            let (_, id) = inner.finished.pop_front().expect("front exists");
-            if matches!(inner.states.get(&id), Some(State::Done(_))) {
-                inner.states.remove(&id);
-            }
+        let old = now.saturating_sub(inner.current_since) >= self.window_ms;
+        let full = inner.current.len() >= self.max_entries.div_ceil(2);
+        if !(old || full) {
+            return None;
         }
+        let current = std::mem::take(&mut inner.current);
+        let mut dropped = std::mem::replace(&mut inner.previous, current);
+        inner.current_since = now;
+        // Runs under way must stay findable: their duplicates wait on them.
+        inner
+            .current
+            .extend(dropped.extract_if(|_, state| matches!(state, State::Running(_))));
+        Some(dropped)
     }
 
     /// Number of ids remembered (running or done).
     pub fn remembered(&self) -> usize {
-        self.inner.lock().states.len()
+        let inner = self.inner.lock();
+        inner.current.len() + inner.previous.len()
     }
 }
 
@@ -228,27 +256,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn answers_are_forgotten_after_the_window() {
+    async fn answers_are_kept_at_least_the_window_and_forgotten_within_two() {
         let time = ManualTimeSource::starting_at(0);
         let table = table(time.clone());
-        table
-            .run(&cache(), Some("r"), || async { Ok::<_, ()>(1) })
-            .await
-            .unwrap();
+        let cache = cache();
+        let run =
+            |value: u32| table.run(&cache, Some("r"), move || async move { Ok::<_, ()>(value) });
+        run(1).await.unwrap();
         time.advance_ms(999);
-        assert_eq!(
-            table
-                .run(&cache(), Some("r"), || async { Ok::<_, ()>(2) })
-                .await,
-            Ok(1)
-        );
-        time.advance_ms(1);
-        assert_eq!(
-            table
-                .run(&cache(), Some("r"), || async { Ok::<_, ()>(3) })
-                .await,
-            Ok(3)
-        );
+        assert_eq!(run(2).await, Ok(1));
+        time.advance_ms(1); // a new generation begins; the answer moves to the previous one
+        assert_eq!(run(3).await, Ok(1));
+        time.advance_ms(1_000); // and that one is dropped
+        assert_eq!(run(4).await, Ok(4));
     }
 
     #[tokio::test]
