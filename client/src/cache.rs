@@ -13,6 +13,23 @@ use crate::types::{
     ReplaceWithVersionOutcome, Versioned,
 };
 
+/// Builds one of the put-like requests, which have the same fields.
+macro_rules! put_like {
+    ($request:ident, $cache:expr, $key:expr, $value:expr, $options:expr) => {{
+        let mut options = $options;
+        v1::$request {
+            cache: $cache.name.clone(),
+            key: $key.into(),
+            value: $value.into(),
+            lifespan_ms: options.lifespan_ms(),
+            max_idle_ms: options.max_idle_ms(),
+            request_id: options.take_request_id(),
+            return_previous: options.return_previous,
+            tags: options.tags,
+        }
+    }};
+}
+
 /// A named cache on the server; get it with [`Client::cache`]. Cheap to clone.
 ///
 /// Every method is one request, retried as described in the crate docs. Writes carry a
@@ -66,18 +83,9 @@ impl RemoteCache {
         &self,
         key: impl Into<Bytes>,
         value: impl Into<Bytes>,
-        mut options: WriteOptions,
+        options: WriteOptions,
     ) -> Result<PutOutcome> {
-        let request = v1::PutRequest {
-            cache: self.name.clone(),
-            key: key.into(),
-            value: value.into(),
-            lifespan_ms: options.lifespan_ms(),
-            max_idle_ms: options.max_idle_ms(),
-            request_id: options.take_request_id(),
-            return_previous: options.return_previous,
-            tags: options.tags,
-        };
+        let request = put_like!(PutRequest, self, key, value, options);
         let response = self
             .client
             .unary(request, |channel, request| async move {
@@ -92,18 +100,9 @@ impl RemoteCache {
         &self,
         key: impl Into<Bytes>,
         value: impl Into<Bytes>,
-        mut options: WriteOptions,
+        options: WriteOptions,
     ) -> Result<PutIfAbsentOutcome> {
-        let request = v1::PutIfAbsentRequest {
-            cache: self.name.clone(),
-            key: key.into(),
-            value: value.into(),
-            lifespan_ms: options.lifespan_ms(),
-            max_idle_ms: options.max_idle_ms(),
-            request_id: options.take_request_id(),
-            return_previous: options.return_previous,
-            tags: options.tags,
-        };
+        let request = put_like!(PutIfAbsentRequest, self, key, value, options);
         let response = self
             .client
             .unary(request, |channel, request| async move {
@@ -118,18 +117,9 @@ impl RemoteCache {
         &self,
         key: impl Into<Bytes>,
         value: impl Into<Bytes>,
-        mut options: WriteOptions,
+        options: WriteOptions,
     ) -> Result<ReplaceOutcome> {
-        let request = v1::ReplaceRequest {
-            cache: self.name.clone(),
-            key: key.into(),
-            value: value.into(),
-            lifespan_ms: options.lifespan_ms(),
-            max_idle_ms: options.max_idle_ms(),
-            request_id: options.take_request_id(),
-            return_previous: options.return_previous,
-            tags: options.tags,
-        };
+        let request = put_like!(ReplaceRequest, self, key, value, options);
         let response = self
             .client
             .unary(request, |channel, request| async move {

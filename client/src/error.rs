@@ -19,7 +19,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// The server answered the request with an error status.
-    #[error("{}: {message}", code_name(*code))]
+    #[error("{}: {message}", code.as_str())]
     Server {
         /// What kind of failure the server reported.
         code: ErrorCode,
@@ -113,22 +113,6 @@ impl Error {
             detail: describe_chain(status.message(), source),
             source: Box::new(status),
         }
-    }
-}
-
-/// The lowercase name of a code as printed in messages, e.g. `not_found`.
-fn code_name(code: ErrorCode) -> &'static str {
-    match code {
-        ErrorCode::NotFound => "not_found",
-        ErrorCode::InvalidArgument => "invalid_argument",
-        ErrorCode::Aborted => "aborted",
-        ErrorCode::Unavailable => "unavailable",
-        ErrorCode::DeadlineExceeded => "deadline_exceeded",
-        ErrorCode::Unauthenticated => "unauthenticated",
-        ErrorCode::PermissionDenied => "permission_denied",
-        ErrorCode::ResourceExhausted => "resource_exhausted",
-        ErrorCode::Unimplemented => "unimplemented",
-        ErrorCode::Internal => "internal",
     }
 }
 

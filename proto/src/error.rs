@@ -71,6 +71,22 @@ impl ErrorCode {
         }
     }
 
+    /// The lowercase name of the code, as in messages and metric labels: `not_found`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::InvalidArgument => "invalid_argument",
+            ErrorCode::Aborted => "aborted",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::DeadlineExceeded => "deadline_exceeded",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::ResourceExhausted => "resource_exhausted",
+            ErrorCode::Unimplemented => "unimplemented",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
     /// Whether retrying the same request (with the same request id) may succeed.
     pub fn is_retryable(self) -> bool {
         matches!(self, ErrorCode::Aborted | ErrorCode::Unavailable)

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::time::Instant;
 
 use metrics::{Counter, Histogram};
-use sitegrid_proto::{ErrorCode, ServiceError};
+use sitegrid_proto::ServiceError;
 use tonic::{Response, Status};
 
 /// The operations of the `Cache` service that are measured.
@@ -123,7 +123,7 @@ impl RequestMetrics {
             (outcome, _) => {
                 let outcome = match outcome {
                     Ok(_) => "ok",
-                    Err(error) => outcome_label(error.error_code()),
+                    Err(error) => error.error_code().as_str(),
                 };
                 let cache = if known.is_some() { cache } else { "unknown" };
                 metrics::counter!("sitegrid_requests_total", "op" => op.label(),
@@ -138,20 +138,5 @@ impl RequestMetrics {
             .record(elapsed),
         }
         result.map(Response::new).map_err(Status::from)
-    }
-}
-
-fn outcome_label(code: ErrorCode) -> &'static str {
-    match code {
-        ErrorCode::NotFound => "not_found",
-        ErrorCode::InvalidArgument => "invalid_argument",
-        ErrorCode::Aborted => "aborted",
-        ErrorCode::Unavailable => "unavailable",
-        ErrorCode::DeadlineExceeded => "deadline_exceeded",
-        ErrorCode::Unauthenticated => "unauthenticated",
-        ErrorCode::PermissionDenied => "permission_denied",
-        ErrorCode::ResourceExhausted => "resource_exhausted",
-        ErrorCode::Unimplemented => "unimplemented",
-        ErrorCode::Internal => "internal",
     }
 }

@@ -281,17 +281,10 @@ impl CacheStore {
     async fn commit(&self, mutation: &Mutation, wait_durable: bool) -> Result<()> {
         if self.config.persistent {
             let ops = vec![self.storage_op(&mutation.key, &mutation.slot())];
-            let durability = self.services.durability()?;
             if wait_durable {
-                durability
-                    .write(ops)
-                    .await
-                    .map_err(|source| Error::Storage {
-                        cache: self.name.to_string(),
-                        source,
-                    })?;
+                self.persist(ops).await?;
             } else {
-                durability.write_in_background(ops);
+                self.services.durability()?.write_in_background(ops);
             }
         }
         let outcome = self.keyspace.write().apply(mutation);
@@ -306,6 +299,18 @@ impl CacheStore {
                 Err(Error::Internal("a locked key changed under its writer"))
             }
         }
+    }
+
+    /// Writes `ops` and waits until they are durable.
+    async fn persist(&self, ops: Vec<StorageOp>) -> Result<()> {
+        self.services
+            .durability()?
+            .write(ops)
+            .await
+            .map_err(|source| Error::Storage {
+                cache: self.name.to_string(),
+                source,
+            })
     }
 
     pub(crate) fn storage_op(&self, key: &Bytes, slot: &Slot) -> StorageOp {
@@ -360,14 +365,7 @@ impl CacheStore {
                     cache: self.name.clone(),
                 },
             ];
-            self.services
-                .durability()?
-                .write(ops)
-                .await
-                .map_err(|source| Error::Storage {
-                    cache: self.name.to_string(),
-                    source,
-                })?;
+            self.persist(ops).await?;
         }
         let removed = self.keyspace.write().clear(version);
         self.services.hub.publish(|| ChangeEvent {

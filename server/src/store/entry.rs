@@ -48,16 +48,16 @@ impl Entry {
         max_idle_ms: u64,
         tags: Box<[Arc<str>]>,
     ) -> Entry {
-        Entry {
+        Entry::restore(
             value,
             version,
             origin_site,
-            created_ms: now_ms,
-            last_used_ms: AtomicU64::new(now_ms),
+            now_ms,
+            now_ms,
             lifespan_ms,
             max_idle_ms,
             tags,
-        }
+        )
     }
 
     /// An entry restored from storage or received from another node, with its times.
