@@ -81,18 +81,26 @@ struct StateInner {
     ready: AtomicBool,
     shutting_down: AtomicBool,
     store: Store,
+    /// Turns true when the node begins to shut down; long streams end on it.
+    stopping: watch::Receiver<bool>,
 }
 
 impl NodeState {
-    fn new(identity: Identity, store: Store) -> NodeState {
+    fn new(identity: Identity, store: Store, stopping: watch::Receiver<bool>) -> NodeState {
         NodeState {
             inner: Arc::new(StateInner {
                 identity,
                 ready: AtomicBool::new(false),
                 shutting_down: AtomicBool::new(false),
                 store,
+                stopping,
             }),
         }
+    }
+
+    /// A receiver that turns true when the node begins to shut down.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.inner.stopping.clone()
     }
 
     /// Who the node is.
@@ -177,6 +185,7 @@ pub async fn run(
     };
     store.persist_high_water().await?;
 
+    let (stop, stopped) = watch::channel(false);
     let state = NodeState::new(
         Identity {
             name: config.node.name.clone(),
@@ -185,8 +194,8 @@ pub async fn run(
             address: grpc_address.to_string(),
         },
         store.clone(),
+        stopped.clone(),
     );
-    let (stop, stopped) = watch::channel(false);
     let reaper = tokio::spawn(reaper::run(store.clone(), stopped.clone()));
     let http = tokio::spawn(crate::metrics::serve(
         listeners.http,

@@ -7,12 +7,14 @@ use bytes::Bytes;
 use futures::Stream;
 use sitegrid_proto::v1::{self, cache_server::Cache};
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::api::convert::{keyed, metadata, versioned};
+use crate::api::convert::{self, keyed, metadata, versioned};
 use crate::api::observe::{Op, RequestMetrics};
 use crate::api::validate::Validator;
+use crate::events::subscription::{ListenSpec, Subscription};
 use crate::node::NodeState;
 use crate::store::Store;
 use crate::store::cache::{Condition, WriteOp, WriteRequest, WriteResult};
@@ -21,6 +23,9 @@ use crate::store::cache::{Condition, WriteOp, WriteRequest, WriteResult};
 const DEFAULT_BATCH_SIZE: usize = 1000;
 /// Largest batch an `Entries` stream sends.
 const MAX_BATCH_SIZE: usize = 10_000;
+/// Events between a subscription's task and its gRPC stream; the real buffer is the
+/// hub's ring (`events.listener_buffer`), this only smooths the hand-over.
+const LISTEN_CHANNEL: usize = 64;
 
 /// The `Cache` service of one node.
 #[derive(Debug, Clone)]
@@ -43,6 +48,32 @@ impl CacheService {
             state,
             metrics: std::sync::Arc::new(metrics),
         }
+    }
+
+    /// Checks a Listen request and resolves its caches.
+    fn listen_spec(&self, r: &v1::ListenRequest) -> crate::Result<ListenSpec> {
+        if r.caches.is_empty() {
+            return Err(crate::Error::InvalidArgument(
+                "caches must name at least one cache".into(),
+            ));
+        }
+        let mut caches: Vec<std::sync::Arc<crate::store::cache::CacheStore>> = Vec::new();
+        for name in &r.caches {
+            let cache = self.store.cache(name)?;
+            if !caches.iter().any(|c| c.name() == cache.name()) {
+                caches.push(cache.clone());
+            }
+        }
+        if !r.key_prefix.is_empty() {
+            self.validator.check_key(&r.key_prefix)?;
+        }
+        Ok(ListenSpec {
+            caches,
+            key_prefix: Bytes::copy_from_slice(&r.key_prefix),
+            tag: self.validator.tag_filter(&r.tag)?,
+            include_current_state: r.include_current_state,
+            resume_from: r.resume_from_version,
+        })
     }
 
     fn request_id(id: &str) -> Option<&str> {
@@ -432,10 +463,18 @@ impl Cache for CacheService {
 
     async fn listen(
         &self,
-        _: Request<v1::ListenRequest>,
+        request: Request<v1::ListenRequest>,
     ) -> Result<Response<Self::ListenStream>, Status> {
-        Err(Status::unimplemented(
-            "listen is not available on this node yet",
-        ))
+        let r = request.into_inner();
+        self.state.check_ready()?;
+        let spec = self.listen_spec(&r)?;
+        let (sender, receiver) = mpsc::channel(LISTEN_CHANNEL);
+        // Subscribed before the stream is returned: nothing written after can be missed.
+        let subscription = Subscription::new(spec, self.store.hub(), self.store.clock().current());
+        tokio::spawn(subscription.run(sender, self.state.stopping()));
+        let with_values = r.with_values;
+        let events = ReceiverStream::new(receiver)
+            .map(move |change| Ok(convert::event(&change, with_values)));
+        Ok(Response::new(Box::pin(events)))
     }
 }

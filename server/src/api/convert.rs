@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use sitegrid_proto::v1;
 
+use crate::events::{ChangeEvent, EventKind};
 use crate::store::entry::Entry;
 
 /// An entry's metadata as sent to clients.
@@ -40,5 +41,27 @@ pub(crate) fn keyed(key: Bytes, entry: &Entry, with_value: bool) -> v1::Entry {
             Bytes::new()
         },
         metadata: Some(metadata(entry)),
+    }
+}
+
+/// A change event as streamed to a listener; values and metadata only if asked for.
+pub(crate) fn event(event: &ChangeEvent, with_values: bool) -> v1::CacheEvent {
+    let kind = match event.kind {
+        EventKind::Created => v1::EventKind::Created,
+        EventKind::Modified => v1::EventKind::Modified,
+        EventKind::Removed => v1::EventKind::Removed,
+        EventKind::Expired => v1::EventKind::Expired,
+        EventKind::InvalidateAll => v1::EventKind::InvalidateAll,
+        EventKind::ResyncRequired => v1::EventKind::ResyncRequired,
+    };
+    let entry = event.entry.as_deref().filter(|_| with_values);
+    v1::CacheEvent {
+        kind: kind as i32,
+        cache: event.cache.to_string(),
+        key: event.key.clone(),
+        version: event.version,
+        origin_site: event.origin_site.to_string(),
+        value: entry.map(|e| e.value.clone()).unwrap_or_default(),
+        metadata: entry.map(metadata),
     }
 }

@@ -4,6 +4,7 @@
 //! key's lock, so the events of one key are published in version order. Publishing never
 //! waits: the hub is a bounded broadcast ring, and a subscriber that falls further behind
 //! than the ring holds learns it (and is told to resync) instead of slowing writers down.
+//! [`subscription`] feeds one listener's stream from it.
 
 use std::sync::Arc;
 
@@ -12,6 +13,10 @@ use tokio::sync::broadcast;
 
 use crate::store::entry::{Entry, SiteName};
 use crate::store::version::Version;
+
+pub mod subscription;
+#[cfg(test)]
+mod tests;
 
 /// What happened to a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,8 +29,12 @@ pub enum EventKind {
     Removed,
     /// A key expired.
     Expired,
-    /// Every key of the cache was dropped (clear).
+    /// Every key of the cache was dropped (clear), or may have changed unseen (a resume
+    /// from before what the node still remembers).
     InvalidateAll,
+    /// Sent to a subscriber that fell behind, right before its stream ends; the version
+    /// is where it can resume from (0: it must start over).
+    ResyncRequired,
 }
 
 /// One applied change.
@@ -49,13 +58,15 @@ pub struct ChangeEvent {
 #[derive(Debug, Clone)]
 pub struct Hub {
     sender: broadcast::Sender<Arc<ChangeEvent>>,
+    capacity: usize,
 }
 
 impl Hub {
     /// A hub whose subscribers may fall `capacity` events behind.
     pub fn new(capacity: usize) -> Hub {
-        let (sender, _) = broadcast::channel(capacity.max(1));
-        Hub { sender }
+        let capacity = capacity.max(1);
+        let (sender, _) = broadcast::channel(capacity);
+        Hub { sender, capacity }
     }
 
     /// Publishes the event `make` builds, if anyone subscribes; never waits.
@@ -70,6 +81,11 @@ impl Hub {
     /// A new subscription to every event published from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<ChangeEvent>> {
         self.sender.subscribe()
+    }
+
+    /// How many events a subscriber may fall behind by.
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     /// Number of live subscriptions.

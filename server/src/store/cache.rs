@@ -138,13 +138,14 @@ impl CacheStore {
         self.config.persistent
     }
 
-    fn now(&self) -> UnixMillis {
+    /// The current time as this cache's entries see it.
+    pub fn now_ms(&self) -> UnixMillis {
         self.services.time.now_ms()
     }
 
     /// The live entry of `key`, refreshing its last-used time.
     pub fn get(&self, key: &Bytes) -> Option<Arc<Entry>> {
-        let entry = self.keyspace.read().get(key, self.now())?;
+        let entry = self.keyspace.read().get(key, self.now_ms())?;
         if self.config.persistent && entry.max_idle_ms > 0 {
             self.touched.lock().insert(Bytes::copy_from_slice(key));
         }
@@ -153,12 +154,12 @@ impl CacheStore {
 
     /// Number of live entries.
     pub fn live_count(&self) -> usize {
-        self.keyspace.read().len(self.now())
+        self.keyspace.read().len(self.now_ms())
     }
 
     /// Live entries in key order after `after`, at most `limit`, optionally with `tag`.
     pub fn page(&self, after: Option<&Bytes>, limit: usize, tag: Option<&str>) -> Page {
-        self.keyspace.read().page(after, limit, tag, self.now())
+        self.keyspace.read().page(after, limit, tag, self.now_ms())
     }
 
     /// Keys of live entries carrying `tag`.
@@ -171,7 +172,7 @@ impl CacheStore {
     pub async fn write(&self, request: WriteRequest) -> Result<WriteResult> {
         let _clear = self.clear_barrier.read().await;
         let _lock = self.locks.lock(&request.key).await;
-        let now = self.now();
+        let now = self.now_ms();
         let (previous, prev) = self.current_for_write(&request.key, now).await?;
         let holds = match request.condition {
             Condition::Always => true,

@@ -46,6 +46,15 @@ pub struct Keyspace {
     forgotten: Version,
 }
 
+/// Where a replay of changes continues from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayCursor {
+    /// After every change of this version and older.
+    Version(Version),
+    /// After this (version, key) position, returned last by the previous call.
+    Position(Version, Bytes),
+}
+
 /// A batch of live entries returned by iteration, and where to continue.
 #[derive(Debug)]
 pub struct Page {
@@ -343,13 +352,39 @@ impl Keyspace {
         self.forgotten
     }
 
-    /// Slots changed after `version`, in version order, at most `limit`.
-    pub fn changed_after(&self, version: Version, limit: usize) -> Vec<(Bytes, Slot)> {
+    /// Slots changed after `after`, in version order, at most `limit`; tombstones
+    /// included.
+    pub fn changed_after(&self, after: &ReplayCursor, limit: usize) -> Vec<(Bytes, Slot)> {
+        let start = match after {
+            ReplayCursor::Version(version) => {
+                Bound::Included((version.saturating_add(1), Bytes::new()))
+            }
+            ReplayCursor::Position(version, key) => Bound::Excluded((*version, key.clone())),
+        };
         self.by_version
-            .range((version.saturating_add(1), Bytes::new())..)
+            .range((start, Bound::Unbounded))
             .take(limit)
             .filter_map(|(_, key)| self.slot(key).map(|slot| (key.clone(), slot.clone())))
             .collect()
+    }
+
+    /// Every slot, tombstones included, in keyspace order after the key `after`, at most
+    /// `limit`; the second value is where to continue (`None` at the end).
+    pub fn walk(&self, after: Option<&Bytes>, limit: usize) -> (Vec<(Bytes, Slot)>, Option<Bytes>) {
+        let start = match after {
+            Some(key) => Bound::Excluded(SlotKey::new(key.clone())),
+            None => Bound::Unbounded,
+        };
+        let slots: Vec<_> = self
+            .slots
+            .range((start, Bound::Unbounded))
+            .take(limit)
+            .map(|(key, slot)| (key.key().clone(), slot.clone()))
+            .collect();
+        let next = (slots.len() == limit)
+            .then(|| slots.last().map(|(key, _)| key.clone()))
+            .flatten();
+        (slots, next)
     }
 
     /// Number of slots, tombstones included (for memory accounting and tests).
@@ -633,7 +668,7 @@ mod tests {
         keys.apply(&write("c", 0, 12, &[]));
         keys.apply(&remove("a", 10, 13, 0));
         let changed: Vec<_> = keys
-            .changed_after(11, 100)
+            .changed_after(&ReplayCursor::Version(11), 100)
             .into_iter()
             .map(|(k, s)| (k, s.version()))
             .collect();
@@ -642,5 +677,34 @@ mod tests {
             vec![(Bytes::from("c"), 12), (Bytes::from("a"), 13)]
         );
         assert_eq!(keys.newest_version(), 13);
+        // Continuing from a (version, key) position.
+        let rest = keys.changed_after(&ReplayCursor::Position(12, Bytes::from("c")), 100);
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].1.version(), 13);
+    }
+
+    #[test]
+    fn a_walk_visits_live_entries_and_tombstones_once_each() {
+        let mut keys = Keyspace::default();
+        for i in 0..25u64 {
+            keys.apply(&write(&format!("k{i:02}"), 0, 100 + i, &[]));
+        }
+        keys.apply(&remove("k03", 103, 200, 0));
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let (slots, next) = keys.walk(after.as_ref(), 10);
+            seen.extend(slots);
+            match next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), 25);
+        let tombstones = seen
+            .iter()
+            .filter(|(_, s)| matches!(s, Slot::Tombstone(_)))
+            .count();
+        assert_eq!(tombstones, 1);
     }
 }
