@@ -7,6 +7,7 @@
 //! by more than the effects measured.
 
 mod ctl;
+mod listeners;
 mod machine;
 mod report;
 mod single_node;
@@ -35,6 +36,16 @@ struct Args {
     /// program's own directory, target/release).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Run one suite only and print it, without writing the report (for development).
+    #[arg(long, value_enum)]
+    only: Option<Suite>,
+}
+
+/// The benchmark suites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Suite {
+    SingleNode,
+    Listeners,
 }
 
 /// The settings every benchmark shares.
@@ -62,9 +73,21 @@ async fn main() -> anyhow::Result<()> {
         memory_entries: args.memory_entries,
         bin_dir,
     };
+    match args.only {
+        Some(Suite::SingleNode) => {
+            single_node::run(&settings).await?;
+            return Ok(());
+        }
+        Some(Suite::Listeners) => {
+            println!("{:#?}", listeners::run(&settings).await?);
+            return Ok(());
+        }
+        None => {}
+    }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let single = single_node::run(&settings).await?;
-    let markdown = report::render(&machine::describe(), &command, &settings, &single);
+    let listeners = listeners::run(&settings).await?;
+    let markdown = report::render(&machine::describe(), &command, &settings, &single, &listeners);
     std::fs::write(&args.output, markdown)?;
     println!("wrote {}", args.output.display());
     Ok(())

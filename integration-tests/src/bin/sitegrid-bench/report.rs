@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use crate::Settings;
+use crate::listeners;
 use crate::single_node::Results;
 
 /// The report as Markdown.
@@ -11,6 +12,7 @@ pub(crate) fn render(
     command: &str,
     settings: &Settings,
     single: &Results,
+    listeners: &listeners::Results,
 ) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# sitegrid benchmarks\n");
@@ -76,5 +78,59 @@ pub(crate) fn render(
         memory.rss_bytes as f64 / memory.entries as f64,
         gib(memory.limit_bytes),
     );
+    render_listeners(&mut out, listeners);
     out
+}
+
+fn render_listeners(out: &mut String, l: &listeners::Results) {
+    let met = |ok: bool| if ok { "met" } else { "**missed**" };
+    let _ = writeln!(out, "\n## Listeners\n");
+    let _ = writeln!(
+        out,
+        "A fresh node; each subscriber has its own connection and listens to `work` with \
+         values; writes of 256-byte values.\n"
+    );
+    let _ = writeln!(out, "| figure | value | target |");
+    let _ = writeln!(out, "|---|---:|---|");
+    let _ = writeln!(
+        out,
+        "| write acknowledgement to event arrival, 50 subscribers, {} writes in {:.1} s ({:.0}/s), {} events received | p50 {} us, p99 {} us, max {} us | p99 <= 5 ms: {} |",
+        l.paced_writes,
+        l.paced_seconds,
+        l.paced_writes as f64 / l.paced_seconds,
+        l.events_received,
+        l.latency_p50_us,
+        l.latency_p99_us,
+        l.latency_max_us,
+        met(l.latency_p99_us <= 5_000)
+    );
+    let ratio = l.writes_50 / l.writes_0;
+    let _ = writeln!(
+        out,
+        "| Put c=64 writes/s with 50 subscribers / with none | {:.0} / {:.0} = {ratio:.2}x | |",
+        l.writes_50, l.writes_0
+    );
+    let s = &l.slow;
+    let slow_ratio = s.writes_with / s.writes_without;
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let _ = writeln!(
+        out,
+        "| Put c=64 writes/s during 100,000 writes with a subscriber reading 1 event/s / with none | {:.0} / {:.0} = {slow_ratio:.2}x | >= 0.9x: {} |",
+        s.writes_with,
+        s.writes_without,
+        met(slow_ratio >= 0.9)
+    );
+    let _ = writeln!(
+        out,
+        "| node resident memory before / after those writes | {:.0} MiB / {:.0} MiB | bounded |",
+        mib(s.rss_before),
+        mib(s.rss_after)
+    );
+    let _ = writeln!(
+        out,
+        "| the slow subscriber: events before RESYNC_REQUIRED; resumed from its version without loss | {}; {} | RESYNC_REQUIRED, resumable: {} |",
+        s.events_before_resync,
+        if s.resumed_without_loss { "yes" } else { "no" },
+        met(s.resumed_without_loss)
+    );
 }
