@@ -12,12 +12,20 @@ use crate::admin::RemoteAdmin;
 use crate::cache::RemoteCache;
 use crate::endpoint::{Failover, normalize_endpoint};
 use crate::error::{Error, Result};
-use crate::retry::send_with_retries;
+use crate::event_stream::EventStream;
+use crate::options::ListenOptions;
+use crate::retry::{RetryPolicy, send_with_retries};
 
 /// Default for [`ClientBuilder::request_timeout`].
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default for [`ClientBuilder::connect_timeout`].
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an idle-looking connection with a call in flight is pinged. A listener's
+/// stream may carry nothing for hours; without pings, a node that vanished without
+/// closing its connections (power loss, partition) would leave it waiting forever.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a ping may go unanswered before the connection counts as broken.
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Options of a [`Client`]; start with [`Client::builder`].
 #[derive(Debug, Clone)]
@@ -81,7 +89,9 @@ impl ClientBuilder {
                         endpoint: endpoint.clone(),
                         reason: e.to_string(),
                     })?
-                    .connect_timeout(self.connect_timeout);
+                    .connect_timeout(self.connect_timeout)
+                    .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+                    .keep_alive_timeout(KEEP_ALIVE_TIMEOUT);
                 // Connections are `CoalescingStream`s: small requests share system calls.
                 let channel = sitegrid_proto::transport::lazy_channel(&endpoint);
                 Ok(Node { uri, channel })
@@ -151,6 +161,43 @@ impl Client {
         RemoteAdmin::new(self.clone())
     }
 
+    /// Follows the changes of one or more caches, as a stream of [`Event`](crate::Event)s
+    /// that lasts until it is dropped.
+    ///
+    /// Returns once a node accepted the subscription (opening it is retried like a
+    /// request). From then on the stream survives failures by itself: when its
+    /// connection breaks, its node shuts down, or the server drops it for falling behind,
+    /// it opens a new stream (on the next endpoint if the node is unreachable), with
+    /// backoff and without a limit on attempts, resuming a
+    /// [`resume_margin`](ListenOptions::resume_margin) before the last version it saw and
+    /// dropping the changes it already delivered. So every change comes once per
+    /// version, and none is missed; where missing some cannot be ruled out (the
+    /// current state was cut short, or the server had to start the stream over), an
+    /// [`Event::InvalidateAll`](crate::Event::InvalidateAll) for every cache comes first.
+    ///
+    /// The stream ends with an error only when the server refuses the subscription
+    /// (unknown cache, bad argument, access denied).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: sitegrid_client::Client) -> sitegrid_client::Result<()> {
+    /// use futures::TryStreamExt as _;
+    /// use sitegrid_client::{Event, ListenOptions};
+    ///
+    /// let options = ListenOptions::new(["work", "sessions"]).with_values(true);
+    /// let mut events = client.listen(options).await?;
+    /// while let Some(event) = events.try_next().await? {
+    ///     match event {
+    ///         Event::Changed(change) => println!("{} {:?}", change.kind.as_str(), change.key),
+    ///         Event::InvalidateAll { cache, .. } => println!("drop every copy of {cache}"),
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn listen(&self, options: ListenOptions) -> Result<EventStream> {
+        EventStream::open(self.clone(), &options).await
+    }
+
     /// The endpoints, normalized, in failover order.
     pub fn endpoints(&self) -> impl Iterator<Item = &str> {
         self.shared.nodes.iter().map(|node| node.uri.as_str())
@@ -158,6 +205,20 @@ impl Client {
 
     pub(crate) fn request_timeout(&self) -> Duration {
         self.shared.request_timeout
+    }
+
+    pub(crate) fn backoff(&self) -> &Backoff {
+        &self.shared.backoff
+    }
+
+    /// The normalized URI of endpoint number `index`.
+    pub(crate) fn endpoint_uri(&self, index: usize) -> &str {
+        &self.shared.nodes[index].uri
+    }
+
+    /// Sends later requests to the endpoint after `index`, which failed.
+    pub(crate) fn fail_over_from(&self, index: usize) {
+        self.shared.failover.fail_over_from(index);
     }
 
     /// Sends a unary request with retries and failover; `call` makes one attempt on the
@@ -186,11 +247,39 @@ impl Client {
         F: Fn(Channel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<Resp>, tonic::Status>>,
     {
+        let (response, index) = self
+            .send_with(
+                request,
+                deadline,
+                RetryPolicy::Request,
+                &self.shared.backoff,
+                call,
+            )
+            .await?;
+        Ok((response, self.endpoint_uri(index)))
+    }
+
+    /// Sends a request retried by `policy` with `backoff`, and returns the answer with
+    /// the index of the endpoint that gave it.
+    pub(crate) async fn send_with<Req, Resp, F, Fut>(
+        &self,
+        request: Req,
+        deadline: Deadline,
+        policy: RetryPolicy,
+        backoff: &Backoff,
+        call: F,
+    ) -> Result<(Resp, usize)>
+    where
+        Req: Clone,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<Resp>, tonic::Status>>,
+    {
         let shared = &*self.shared;
         let timeout = shared.request_timeout;
         send_with_retries(
-            &shared.backoff,
+            backoff,
             &shared.failover,
+            policy,
             request,
             |index, message| {
                 let node = &shared.nodes[index];
@@ -201,7 +290,7 @@ impl Client {
                 let answer = tokio::time::timeout(timeout, call(node.channel.clone(), request));
                 async move {
                     match answer.await {
-                        Ok(Ok(response)) => Ok((response.into_inner(), node.uri.as_str())),
+                        Ok(Ok(response)) => Ok((response.into_inner(), index)),
                         Ok(Err(status)) => Err(Error::from_status(status, &node.uri, timeout)),
                         Err(_elapsed) => Err(Error::Timeout {
                             endpoint: node.uri.clone(),

@@ -92,6 +92,35 @@ impl Error {
         }
     }
 
+    /// Whether a listener should open its stream again after this error: every failure
+    /// but the server refusing the subscription itself. A listener is long-lived and
+    /// reads nothing twice (it resumes), so a timeout or a server fault is worth another
+    /// attempt, where a unary call would rather report it.
+    pub(crate) fn listener_may_retry(&self) -> bool {
+        match self {
+            Error::Server { code, .. } => match code {
+                ErrorCode::NotFound
+                | ErrorCode::InvalidArgument
+                | ErrorCode::PermissionDenied
+                | ErrorCode::Unauthenticated
+                | ErrorCode::Unimplemented => false,
+                ErrorCode::Aborted
+                | ErrorCode::Unavailable
+                | ErrorCode::DeadlineExceeded
+                | ErrorCode::ResourceExhausted
+                | ErrorCode::Internal => true,
+            },
+            Error::Transport { .. } | Error::Timeout { .. } => true,
+            Error::InvalidEndpoint { .. } | Error::NoEndpoint => false,
+        }
+    }
+
+    /// Whether a listener's next attempt should go to another endpoint: as for requests,
+    /// and also when the node did not answer in time (it may hang for good).
+    pub(crate) fn listener_calls_for_failover(&self) -> bool {
+        self.calls_for_failover() || matches!(self, Error::Timeout { .. })
+    }
+
     /// Maps a status returned by a call to `endpoint` whose deadline was `timeout`.
     pub(crate) fn from_status(status: tonic::Status, endpoint: &str, timeout: Duration) -> Error {
         // Statuses decoded from the server's trailers have no source; tonic attaches one
@@ -225,6 +254,37 @@ mod tests {
             panic!("expected a transport error");
         };
         assert_eq!(detail, "transport error: refused");
+    }
+
+    #[test]
+    fn a_listener_retries_everything_but_a_refused_subscription() {
+        for code in [
+            ErrorCode::NotFound,
+            ErrorCode::InvalidArgument,
+            ErrorCode::PermissionDenied,
+            ErrorCode::Unauthenticated,
+            ErrorCode::Unimplemented,
+        ] {
+            let error = map(tonic::Status::new(code.grpc_code(), "no"));
+            assert!(!error.listener_may_retry(), "{code:?}");
+        }
+        for code in [
+            ErrorCode::Unavailable,
+            ErrorCode::Aborted,
+            ErrorCode::Internal,
+            ErrorCode::ResourceExhausted,
+        ] {
+            let error = map(tonic::Status::new(code.grpc_code(), "later"));
+            assert!(error.listener_may_retry(), "{code:?}");
+        }
+        let timeout = Error::Timeout {
+            endpoint: "http://127.0.0.1:11222".into(),
+            after: TIMEOUT,
+        };
+        assert!(timeout.listener_may_retry());
+        assert!(timeout.listener_calls_for_failover());
+        assert!(!timeout.calls_for_failover());
+        assert!(!Error::NoEndpoint.listener_may_retry());
     }
 
     #[test]

@@ -21,6 +21,9 @@
 //! - [`RemoteCache`] mirrors every `Cache` RPC with typed results; a condition that does
 //!   not hold (`put_if_absent` on a present key...) is an outcome, not an error.
 //! - [`RemoteAdmin`] reads the cluster status.
+//! - [`Client::listen`] follows the changes of caches as an [`EventStream`] of
+//!   [`Event`]s, which resumes by itself after failures without losing or repeating a
+//!   change, and says [`Event::InvalidateAll`] when it cannot rule out having missed some.
 //! - Every failure is an [`Error`] that knows its [`ErrorCode`]. UNAVAILABLE, ABORTED and
 //!   transport failures are retried with the [`Backoff`], moving to the next endpoint
 //!   after UNAVAILABLE or a transport failure; every write carries a request id, kept
@@ -32,7 +35,10 @@ mod client;
 mod endpoint;
 mod entry_stream;
 mod error;
+mod event;
+mod event_stream;
 mod options;
+mod resume;
 mod retry;
 mod types;
 
@@ -41,7 +47,9 @@ pub use cache::RemoteCache;
 pub use client::{Client, ClientBuilder};
 pub use entry_stream::EntryStream;
 pub use error::{Error, Result};
-pub use options::{EntriesOptions, WriteOptions};
+pub use event::{Change, ChangeKind, Event};
+pub use event_stream::EventStream;
+pub use options::{EntriesOptions, ListenOptions, WriteOptions};
 pub use sitegrid_proto::{Backoff, ErrorCode};
 pub use types::{
     Entry, Metadata, PutIfAbsentOutcome, PutOutcome, RemoveOutcome, RemoveWithVersionOutcome,

@@ -1,6 +1,9 @@
-//! Options of writes and of iteration, and the request ids that make writes idempotent.
+//! Options of writes, of iteration and of listeners, and the request ids that make
+//! writes idempotent.
 
 use std::time::Duration;
+
+use bytes::Bytes;
 
 /// How a write stores its entry, and under which request id it is sent.
 ///
@@ -128,6 +131,103 @@ impl EntriesOptions {
     }
 }
 
+/// Default of [`ListenOptions::resume_margin`].
+const DEFAULT_RESUME_MARGIN: Duration = Duration::from_secs(10);
+
+/// What [`Client::listen`](crate::Client::listen) follows, and how it resumes.
+///
+/// Build it with [`ListenOptions::new`] and the chaining setters, or as a struct literal
+/// with `..Default::default()`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenOptions {
+    /// The caches to follow; at least one.
+    pub caches: Vec<String>,
+    /// Send every current entry first (as created), then the changes.
+    pub include_current_state: bool,
+    /// Only keys starting with these bytes; empty means every key.
+    pub key_prefix: Bytes,
+    /// Only entries carrying this tag (`name=value`); removals may come whatever the
+    /// removed entry's tags were.
+    pub tag: Option<String>,
+    /// Include values and metadata in changes; otherwise keys and versions only.
+    pub with_values: bool,
+    /// Replay what changed after this version first (the current state of every key
+    /// changed since, removals included); 0 means live changes only.
+    pub from_version: u64,
+    /// How far before the last version seen a reconnected stream resumes. Changes of
+    /// different keys may arrive out of version order, by at most the time a write is in
+    /// flight (seconds for a write from another site): the margin must cover that, and
+    /// the clock difference between this machine and the servers. Duplicates it causes
+    /// are dropped.
+    pub resume_margin: Duration,
+}
+
+impl Default for ListenOptions {
+    fn default() -> Self {
+        ListenOptions {
+            caches: Vec::new(),
+            include_current_state: false,
+            key_prefix: Bytes::new(),
+            tag: None,
+            with_values: false,
+            from_version: 0,
+            resume_margin: DEFAULT_RESUME_MARGIN,
+        }
+    }
+}
+
+impl ListenOptions {
+    /// Live changes of `caches`, keys and versions only, resuming 10 s back.
+    pub fn new(caches: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        ListenOptions {
+            caches: caches.into_iter().map(Into::into).collect(),
+            ..ListenOptions::default()
+        }
+    }
+
+    /// Sends the current entries first, or not.
+    #[must_use]
+    pub fn include_current_state(mut self, include_current_state: bool) -> Self {
+        self.include_current_state = include_current_state;
+        self
+    }
+
+    /// Restricts the events to keys starting with `prefix`.
+    #[must_use]
+    pub fn key_prefix(mut self, prefix: impl Into<Bytes>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// Restricts the events to entries carrying `tag`.
+    #[must_use]
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.tag = Some(tag.into());
+        self
+    }
+
+    /// Includes values and metadata, or not.
+    #[must_use]
+    pub fn with_values(mut self, with_values: bool) -> Self {
+        self.with_values = with_values;
+        self
+    }
+
+    /// Replays the changes after `version` first.
+    #[must_use]
+    pub fn from_version(mut self, version: u64) -> Self {
+        self.from_version = version;
+        self
+    }
+
+    /// Sets the resume margin.
+    #[must_use]
+    pub fn resume_margin(mut self, margin: Duration) -> Self {
+        self.resume_margin = margin;
+        self
+    }
+}
+
 /// A new random request id: 128 bits as 32 hex digits, enough that two clients never
 /// pick the same one inside the server's idempotency window.
 pub(crate) fn new_request_id() -> String {
@@ -192,5 +292,26 @@ mod tests {
         assert_eq!(options.max_idle_ms(), 600_000);
         assert_eq!(options.tags, ["user=u1", "realm=r1"]);
         assert!(options.return_previous);
+    }
+
+    #[test]
+    fn listen_options_default_to_live_keys_only_with_a_ten_second_margin() {
+        let options = ListenOptions::new(["work", "sessions"]);
+        assert_eq!(options.caches, ["work", "sessions"]);
+        assert!(!options.with_values);
+        assert!(!options.include_current_state);
+        assert_eq!(options.from_version, 0);
+        assert_eq!(options.resume_margin, Duration::from_secs(10));
+        let options = options
+            .with_values(true)
+            .include_current_state(true)
+            .key_prefix("user:")
+            .tag("realm=r1")
+            .from_version(7)
+            .resume_margin(Duration::from_secs(30));
+        assert_eq!(options.key_prefix, "user:");
+        assert_eq!(options.tag.as_deref(), Some("realm=r1"));
+        assert_eq!(options.from_version, 7);
+        assert_eq!(options.resume_margin, Duration::from_secs(30));
     }
 }

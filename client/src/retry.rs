@@ -13,14 +13,42 @@ use sitegrid_proto::Backoff;
 use crate::endpoint::Failover;
 use crate::error::{Error, Result};
 
+/// Which failures a call retries, and which of those move it to the next endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RetryPolicy {
+    /// A request: [`Error::is_retryable`] and [`Error::calls_for_failover`].
+    Request,
+    /// Opening a listener's stream: [`Error::listener_may_retry`] and
+    /// [`Error::listener_calls_for_failover`].
+    Listen,
+}
+
+impl RetryPolicy {
+    /// Whether the call is attempted again after `error`.
+    pub(crate) fn retries(self, error: &Error) -> bool {
+        match self {
+            RetryPolicy::Request => error.is_retryable(),
+            RetryPolicy::Listen => error.listener_may_retry(),
+        }
+    }
+
+    /// Whether the next attempt goes to the next endpoint.
+    pub(crate) fn fails_over(self, error: &Error) -> bool {
+        match self {
+            RetryPolicy::Request => error.calls_for_failover(),
+            RetryPolicy::Listen => error.listener_calls_for_failover(),
+        }
+    }
+}
+
 /// Runs `attempt(endpoint_index, request)` until it succeeds or fails for good.
 ///
-/// Retries the errors [`Error::is_retryable`] accepts, waiting with `backoff` (through
-/// `sleep`, so tests need no timer), and moves to the next endpoint after an error that
-/// [`Error::calls_for_failover`].
+/// Retries the errors `policy` retries, waiting with `backoff` (through `sleep`, so tests
+/// need no timer), and moves to the next endpoint after an error the policy fails over on.
 pub(crate) async fn send_with_retries<Req, T, F, Fut, S, SFut>(
     backoff: &Backoff,
     failover: &Failover,
+    policy: RetryPolicy,
     request: Req,
     mut attempt: F,
     sleep: S,
@@ -40,17 +68,17 @@ where
                 async move {
                     let result = sent.await;
                     if let Err(error) = &result {
-                        if error.calls_for_failover() {
+                        if policy.fails_over(error) {
                             failover.fail_over_from(endpoint);
                         }
-                        if error.is_retryable() {
+                        if policy.retries(error) {
                             tracing::debug!(endpoint, error = %error, "request failed, may retry");
                         }
                     }
                     result
                 }
             },
-            Error::is_retryable,
+            |error| policy.retries(error),
             sleep,
         )
         .await
@@ -114,12 +142,22 @@ mod tests {
         failures: usize,
         error: fn() -> Error,
     ) -> (Result<u64>, Vec<(usize, String)>) {
+        run(RetryPolicy::Request, endpoints, failures, error)
+    }
+
+    fn run(
+        policy: RetryPolicy,
+        endpoints: usize,
+        failures: usize,
+        error: fn() -> Error,
+    ) -> (Result<u64>, Vec<(usize, String)>) {
         let failover = Failover::new(endpoints);
         let attempts = RefCell::new(Vec::new());
         let request = put_request(&mut WriteOptions::new());
         let result = block_on(send_with_retries(
             &backoff(10),
             &failover,
+            policy,
             request,
             |endpoint, request: PutRequest| {
                 attempts.borrow_mut().push((endpoint, request.request_id));
@@ -177,5 +215,31 @@ mod tests {
         let (result, attempts) = run_put(2, 100, transport_error);
         assert_eq!(result.unwrap_err().code(), ErrorCode::Unavailable);
         assert_eq!(attempts.len(), 10);
+    }
+
+    #[test]
+    fn a_listener_retries_a_timed_out_open_on_the_next_endpoint() {
+        fn timeout() -> Error {
+            Error::Timeout {
+                endpoint: "http://127.0.0.1:1".into(),
+                after: Duration::from_secs(1),
+            }
+        }
+        let (result, attempts) = run(RetryPolicy::Listen, 2, 2, timeout);
+        assert!(result.is_ok());
+        let endpoints: Vec<usize> = attempts.iter().map(|(e, _)| *e).collect();
+        assert_eq!(endpoints, [0, 1, 0]);
+        let (result, attempts) = run_put(2, 2, timeout);
+        assert!(result.is_err(), "a request is not retried after a timeout");
+        assert_eq!(attempts.len(), 1);
+    }
+
+    #[test]
+    fn a_listener_gives_up_at_once_on_an_unknown_cache() {
+        let (result, attempts) = run(RetryPolicy::Listen, 2, 5, || {
+            server_error(ErrorCode::NotFound)
+        });
+        assert_eq!(result.unwrap_err().code(), ErrorCode::NotFound);
+        assert_eq!(attempts.len(), 1);
     }
 }

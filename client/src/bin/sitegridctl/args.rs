@@ -12,7 +12,8 @@ Output format.
 table: human-readable lines; keys and values print as UTF-8 text when valid, otherwise \
 as `base64:` followed by their base64 encoding.
 
-json: one JSON object per line and per result (one per entry for `cache entries`). Keys \
+json: one JSON object per line and per result (one per entry for `cache entries`, one \
+per event for `cache listen`). Keys \
 and values are JSON strings when they are valid UTF-8, otherwise objects \
 {\"base64\": \"...\"} holding their standard base64 encoding. Times are Unix \
 milliseconds (`created_ms`, `last_used_ms`); `lifespan_ms` and `max_idle_ms` are null \
@@ -99,6 +100,12 @@ pub(crate) enum CacheCommand {
     Entries(EntriesArgs),
     /// Remove every entry carrying a tag.
     RemoveByTag(RemoveByTagArgs),
+    /// Print the changes of caches as they happen, until Ctrl-C or `--count` events.
+    ///
+    /// Survives node failures and restarts: it reconnects (to the next endpoint if need
+    /// be) and resumes where it was, printing each change once. When it cannot rule out
+    /// having missed changes, it prints `invalidate_all` for the cache first.
+    Listen(ListenArgs),
 }
 
 /// Which cache.
@@ -186,6 +193,37 @@ pub(crate) struct EntriesArgs {
     /// Print keys and metadata without values.
     #[arg(long)]
     pub(crate) keys_only: bool,
+}
+
+/// What `cache listen` follows.
+#[derive(Debug, Args)]
+pub(crate) struct ListenArgs {
+    /// Cache to follow; repeat (or separate with commas) for several.
+    #[arg(long = "cache", short = 'c', required = true, value_delimiter = ',')]
+    pub(crate) caches: Vec<String>,
+    /// First print what changed after this version (the current state of every key
+    /// changed since, removals included).
+    #[arg(long)]
+    pub(crate) from_version: Option<u64>,
+    /// First print every current entry, as `created`.
+    #[arg(long)]
+    pub(crate) current_state: bool,
+    /// Only keys starting with this (text, or `base64:...`).
+    #[arg(long)]
+    pub(crate) prefix: Option<String>,
+    /// Only entries carrying this tag (`name=value`).
+    #[arg(long)]
+    pub(crate) tag: Option<String>,
+    /// Print keys and versions without values and metadata.
+    #[arg(long)]
+    pub(crate) keys_only: bool,
+    /// Exit after printing this many events.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) count: Option<u64>,
+    /// How far back before the last version seen a reconnection resumes; must cover the
+    /// time a write from another site may be in flight, and clock differences.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub(crate) resume_margin: Duration,
 }
 
 /// Removal by tag.
@@ -336,6 +374,50 @@ mod tests {
             panic!("expected replace-with-version");
         };
         assert_eq!(args.expected_version, 42);
+    }
+
+    #[test]
+    fn listen_takes_several_caches_and_its_filters() {
+        let cli = parse(&[
+            "cache",
+            "listen",
+            "--cache",
+            "work",
+            "-c",
+            "sessions,tokens",
+            "--from-version",
+            "42",
+            "--keys-only",
+            "--current-state",
+            "--prefix",
+            "user:",
+            "--tag",
+            "realm=r1",
+            "--count",
+            "3",
+        ])
+        .unwrap();
+        let Command::Cache(CacheCommand::Listen(args)) = cli.command else {
+            panic!("expected cache listen");
+        };
+        assert_eq!(args.caches, ["work", "sessions", "tokens"]);
+        assert_eq!(args.from_version, Some(42));
+        assert!(args.keys_only && args.current_state);
+        assert_eq!(args.prefix.as_deref(), Some("user:"));
+        assert_eq!(args.tag.as_deref(), Some("realm=r1"));
+        assert_eq!(args.count, Some(3));
+        assert_eq!(args.resume_margin, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn listen_needs_a_cache_and_a_positive_count() {
+        let error = parse(&["cache", "listen"]).unwrap_err();
+        assert_eq!(
+            error.kind(),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
+        let error = parse(&["cache", "listen", "-c", "work", "--count", "0"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
     }
 
     #[test]

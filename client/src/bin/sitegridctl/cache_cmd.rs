@@ -1,4 +1,5 @@
-//! `sitegridctl cache ...`: one request per command, printed with [`crate::output`].
+//! `sitegridctl cache ...`: one request per command, printed with [`crate::output`];
+//! `cache listen` lives in [`crate::listen_cmd`].
 
 use std::io::Write;
 
@@ -97,6 +98,7 @@ pub(crate) async fn run(
                 },
             )?;
         }
+        CacheCommand::Listen(args) => crate::listen_cmd::run(client, args, format, out).await?,
         CacheCommand::Entries(args) => {
             let mut options = EntriesOptions::new()
                 .batch_size(args.batch_size.unwrap_or(0))

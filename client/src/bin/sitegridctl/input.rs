@@ -15,7 +15,7 @@ pub(crate) enum InputError {
     /// The text after `base64:` is not valid base64.
     #[error("{what} is not valid base64")]
     Base64 {
-        /// `key` or `value`.
+        /// `key`, `prefix` or `value`.
         what: &'static str,
         /// The decoder's complaint.
         #[source]
@@ -35,6 +35,11 @@ pub(crate) enum InputError {
 /// A key: `base64:...` decoded, anything else as its UTF-8 bytes.
 pub(crate) fn parse_key(arg: &str) -> Result<Bytes, InputError> {
     decode_or_text(arg, "key")
+}
+
+/// A key prefix, read like a key.
+pub(crate) fn parse_prefix(arg: &str) -> Result<Bytes, InputError> {
+    decode_or_text(arg, "prefix")
 }
 
 /// A value: `@path` is the file's contents, `base64:...` decoded, anything else as its

@@ -11,6 +11,7 @@ mod cache_output;
 mod cluster_cmd;
 mod error;
 mod input;
+mod listen_cmd;
 mod output;
 
 use std::io::{BufWriter, IsTerminal as _, Write};

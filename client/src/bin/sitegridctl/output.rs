@@ -78,7 +78,8 @@ pub(crate) fn entry_json(entry: &Entry, with_value: bool) -> Value {
     object
 }
 
-fn metadata_json(metadata: &Metadata) -> Value {
+/// Metadata as the fields of a flat JSON object.
+pub(crate) fn metadata_json(metadata: &Metadata) -> Value {
     json!({
         "version": metadata.version,
         "origin_site": metadata.origin_site,
