@@ -6,10 +6,12 @@
 //! - [`Backoff`]: the one retry policy, shared by the client library and the server's own
 //!   internal retries.
 //! - [`transport`]: the TCP stream both sides use, tuned for small messages.
+//! - [`version`]: the layout of versions.
 
 mod error;
 mod retry;
 pub mod transport;
+pub mod version;
 
 pub use error::{ErrorCode, ServiceError, status_from_error};
 pub use retry::Backoff;

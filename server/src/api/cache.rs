@@ -73,6 +73,7 @@ impl CacheService {
             tag: self.validator.tag_filter(&r.tag)?,
             include_current_state: r.include_current_state,
             resume_from: r.resume_from_version,
+            sync_markers: r.sync_markers,
         })
     }
 

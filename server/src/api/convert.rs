@@ -53,6 +53,7 @@ pub(crate) fn event(event: &ChangeEvent, with_values: bool) -> v1::CacheEvent {
         EventKind::Expired => v1::EventKind::Expired,
         EventKind::InvalidateAll => v1::EventKind::InvalidateAll,
         EventKind::ResyncRequired => v1::EventKind::ResyncRequired,
+        EventKind::Synced => v1::EventKind::Synced,
     };
     let entry = event.entry.as_deref().filter(|_| with_values);
     v1::CacheEvent {

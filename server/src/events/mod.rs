@@ -35,6 +35,9 @@ pub enum EventKind {
     /// Sent to a subscriber that fell behind, right before its stream ends; the version
     /// is where it can resume from (0: it must start over).
     ResyncRequired,
+    /// To subscribers that asked for markers: every change up to the version was sent,
+    /// except writes in flight.
+    Synced,
 }
 
 /// One applied change.

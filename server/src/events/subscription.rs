@@ -3,8 +3,8 @@
 //! A subscription runs in three phases, each optional but the last:
 //! 1. **current state**: every live entry of the subscribed caches, as `CREATED`;
 //! 2. **replay**: the current state of every key changed after `resume_from_version`,
-//!    tombstones included, in version order (after an `INVALIDATE_ALL` if removals after
-//!    that version were already forgotten);
+//!    tombstones included, in version order across the subscribed caches (after an
+//!    `INVALIDATE_ALL` if removals after that version were already forgotten);
 //! 3. **live**: every change published by the hub.
 //!
 //! It subscribes to the hub *before* phase 1, so nothing published meanwhile is lost; the
@@ -15,8 +15,10 @@
 //! A subscriber that falls `listener_buffer` events behind gets `RESYNC_REQUIRED` and its
 //! stream ends. Its version is a safe place to resume from: the highest version sent once
 //! live, the requested resume version during a replay, 0 ("start over") during phase 1.
+//! Subscribers that ask for them get a `SYNCED` marker after phases 1 and 2 (at once for a
+//! live-only subscription) with the first safe position.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -47,6 +49,8 @@ pub struct ListenSpec {
     pub include_current_state: bool,
     /// Replay changes after this version first; 0 = none.
     pub resume_from: Version,
+    /// Send `SYNCED` markers.
+    pub sync_markers: bool,
 }
 
 /// A subscription, attached to the hub from the moment it is made: changes published
@@ -58,7 +62,7 @@ pub struct Subscription {
     spec: ListenSpec,
     live: tokio::sync::broadcast::Receiver<Arc<ChangeEvent>>,
     capacity: usize,
-    /// The safe resume position before anything is sent.
+    /// Where the subscription begins: every change after it is for the subscriber.
     start: Version,
 }
 
@@ -69,9 +73,7 @@ impl Subscription {
         Subscription {
             live: hub.subscribe(),
             capacity: hub.capacity(),
-            start: if spec.include_current_state {
-                0
-            } else if spec.resume_from > 0 {
+            start: if spec.resume_from > 0 {
                 spec.resume_from
             } else {
                 now
@@ -92,8 +94,14 @@ impl Subscription {
             live: self.live,
             capacity: self.capacity,
             sent_early: HashMap::new(),
-            safe_position: self.start,
+            // During the current state there is nothing to resume from.
+            safe_position: if spec.include_current_state {
+                0
+            } else {
+                self.start
+            },
             highest_sent: self.start,
+            start: self.start,
             sender,
             spec,
         };
@@ -101,6 +109,28 @@ impl Subscription {
             _ = subscriber.serve() => {}
             _ = shutdown.wait_for(|stop| *stop) => {}
         }
+    }
+}
+
+/// One cache's changes being replayed: a page read ahead, and where the next page starts.
+struct ReplaySource {
+    index: usize,
+    pending: VecDeque<(Bytes, Slot)>,
+    /// `None` once the cache has nothing more.
+    cursor: Option<ReplayCursor>,
+}
+
+impl ReplaySource {
+    fn refill(&mut self, cache: &CacheStore) {
+        if !self.pending.is_empty() {
+            return;
+        }
+        let Some(cursor) = &self.cursor else { return };
+        let changed = cache.keyspace.read().changed_after(cursor, PAGE);
+        self.cursor = changed
+            .last()
+            .map(|(key, slot)| ReplayCursor::Position(slot.version(), key.clone()));
+        self.pending.extend(changed);
     }
 }
 
@@ -120,6 +150,8 @@ struct Subscriber {
     sent_early: HashMap<(usize, u64), Version>,
     /// Where the subscriber could resume from without missing anything.
     safe_position: Version,
+    /// Where the subscription began.
+    start: Version,
     highest_sent: Version,
     sender: mpsc::Sender<Arc<ChangeEvent>>,
 }
@@ -144,17 +176,31 @@ impl Subscriber {
         }
     }
 
-    /// Phases 1 and 2; each page checks that live events are not about to be lost.
+    /// Phases 1 and 2; each page checks that live events are not about to be lost. Ends
+    /// with a `SYNCED` marker if asked for: from here on, positions are safe.
     async fn early_phases(&mut self) -> Result<(), Stop> {
         if self.spec.include_current_state {
             for index in 0..self.spec.caches.len() {
                 self.send_current_state(index).await?;
             }
         }
-        if self.spec.resume_from > 0 {
-            for index in 0..self.spec.caches.len() {
-                self.replay(index).await?;
-            }
+        let synced = if self.spec.resume_from > 0 {
+            self.replay().await?;
+            self.highest_sent
+        } else {
+            self.start
+        };
+        self.safe_position = synced;
+        if self.spec.sync_markers {
+            self.send(ChangeEvent {
+                cache: Arc::from(""),
+                kind: EventKind::Synced,
+                key: Bytes::new(),
+                version: synced,
+                origin_site: Arc::from(""),
+                entry: None,
+            })
+            .await?;
         }
         Ok(())
     }
@@ -201,64 +247,83 @@ impl Subscriber {
         }
     }
 
-    async fn replay(&mut self, index: usize) -> Result<(), Stop> {
-        let cache = self.spec.caches[index].clone();
-        let forgotten = cache.keyspace.read().forgotten();
-        if forgotten > self.spec.resume_from {
-            // Removals after the resume point may be gone: the subscriber must drop what
-            // it holds of this cache rather than keep keys that no longer exist.
-            self.send(ChangeEvent {
-                cache: cache.name().clone(),
-                kind: EventKind::InvalidateAll,
-                key: Bytes::new(),
-                version: forgotten,
-                origin_site: Arc::from(""),
-                entry: None,
-            })
-            .await?;
+    /// Replays every subscribed cache's changes after `resume_from`, merged in version
+    /// order (a client resuming from the last version it saw must not skip another
+    /// cache's changes), after an `INVALIDATE_ALL` for each cache whose removals after
+    /// that version are forgotten.
+    async fn replay(&mut self) -> Result<(), Stop> {
+        let caches = self.spec.caches.clone();
+        for cache in &caches {
+            let forgotten = cache.keyspace.read().forgotten();
+            if forgotten > self.spec.resume_from {
+                // Removals after the resume point may be gone: the subscriber must drop
+                // what it holds of this cache rather than keep keys that no longer exist.
+                self.send(ChangeEvent {
+                    cache: cache.name().clone(),
+                    kind: EventKind::InvalidateAll,
+                    key: Bytes::new(),
+                    version: forgotten,
+                    origin_site: Arc::from(""),
+                    entry: None,
+                })
+                .await?;
+            }
         }
-        let mut cursor = ReplayCursor::Version(self.spec.resume_from);
+        let mut sources: Vec<ReplaySource> = (0..caches.len())
+            .map(|index| ReplaySource {
+                index,
+                pending: VecDeque::new(),
+                cursor: Some(ReplayCursor::Version(self.spec.resume_from)),
+            })
+            .collect();
         loop {
+            for source in &mut sources {
+                source.refill(&caches[source.index]);
+            }
             self.check_not_behind()?;
-            let changed = cache.keyspace.read().changed_after(&cursor, PAGE);
-            let Some((last_key, last_slot)) = changed.last() else {
+            let next = sources
+                .iter_mut()
+                .filter(|source| !source.pending.is_empty())
+                .min_by_key(|source| source.pending[0].1.version());
+            let Some(source) = next else {
                 return Ok(());
             };
-            cursor = ReplayCursor::Position(last_slot.version(), last_key.clone());
-            for (key, slot) in changed {
-                if !key.starts_with(&self.spec.key_prefix) {
-                    continue;
-                }
-                self.sent_early
-                    .insert((index, key_hash(&key)), slot.version());
-                let event = match slot {
-                    Slot::Live(entry) => {
-                        if !self.tag_matches(Some(&entry)) {
-                            continue;
-                        }
-                        ChangeEvent {
-                            cache: cache.name().clone(),
-                            kind: EventKind::Modified,
-                            key,
-                            version: entry.version,
-                            origin_site: entry.origin_site.clone(),
-                            entry: Some(entry),
-                        }
-                    }
-                    Slot::Tombstone(tombstone) => ChangeEvent {
-                        cache: cache.name().clone(),
-                        kind: match tombstone.cause {
-                            TombstoneCause::Removed => EventKind::Removed,
-                            TombstoneCause::Expired { .. } => EventKind::Expired,
-                        },
-                        key,
-                        version: tombstone.version,
-                        origin_site: tombstone.origin_site.clone(),
-                        entry: None,
-                    },
-                };
+            let index = source.index;
+            let (key, slot) = source.pending.pop_front().expect("not empty");
+            if let Some(event) = self.replayed_event(index, key, slot) {
                 self.send(event).await?;
             }
+        }
+    }
+
+    /// The event replaying one slot, if it passes the filters.
+    fn replayed_event(&mut self, index: usize, key: Bytes, slot: Slot) -> Option<ChangeEvent> {
+        if !key.starts_with(&self.spec.key_prefix) {
+            return None;
+        }
+        self.sent_early
+            .insert((index, key_hash(&key)), slot.version());
+        let cache = self.spec.caches[index].name().clone();
+        match slot {
+            Slot::Live(entry) => self.tag_matches(Some(&entry)).then(|| ChangeEvent {
+                cache,
+                kind: EventKind::Modified,
+                key,
+                version: entry.version,
+                origin_site: entry.origin_site.clone(),
+                entry: Some(entry),
+            }),
+            Slot::Tombstone(tombstone) => Some(ChangeEvent {
+                cache,
+                kind: match tombstone.cause {
+                    TombstoneCause::Removed => EventKind::Removed,
+                    TombstoneCause::Expired { .. } => EventKind::Expired,
+                },
+                key,
+                version: tombstone.version,
+                origin_site: tombstone.origin_site.clone(),
+                entry: None,
+            }),
         }
     }
 

@@ -60,6 +60,7 @@ impl Fixture {
             tag: None,
             include_current_state: false,
             resume_from: 0,
+            sync_markers: false,
         }
     }
 
@@ -380,4 +381,55 @@ async fn a_subscription_ends_when_the_node_stops() {
     let mut events = f.listen(f.spec(&["work"]), 64);
     f._stop.send(true).unwrap();
     assert!(events.recv().await.is_none());
+}
+
+#[tokio::test]
+async fn a_replay_of_several_caches_comes_in_version_order_then_a_synced_marker() {
+    let f = fixture(1024);
+    let resume_from = f.store.clock().current();
+    let mut versions = Vec::new();
+    for i in 0..300 {
+        let cache = if i % 3 == 0 { "sessions" } else { "work" };
+        versions.push(f.put(cache, &format!("k{i}"), "v").await);
+    }
+    let mut spec = f.spec(&["work", "sessions"]);
+    spec.resume_from = resume_from;
+    spec.sync_markers = true;
+    let mut events = f.listen(spec, 1024);
+    let got = drain(&mut events).await;
+    let (marker, replayed) = got.split_last().unwrap();
+    let replayed: Vec<_> = replayed.iter().map(|e| e.version).collect();
+    assert_eq!(replayed, versions, "one replay, merged by version");
+    assert_eq!(marker.kind, EventKind::Synced);
+    assert_eq!(marker.version, *versions.last().unwrap());
+}
+
+#[tokio::test]
+async fn synced_markers_come_only_when_asked_and_mark_the_end_of_the_current_state() {
+    let f = fixture(1024);
+    f.put("work", "a", "v").await;
+    let subscribed_at = f.store.clock().current();
+    let mut spec = f.spec(&["work"]);
+    spec.include_current_state = true;
+    spec.sync_markers = true;
+    let mut events = f.listen(spec, 64);
+    let mut got = drain(&mut events).await;
+    f.put("work", "b", "v").await;
+    got.extend(drain(&mut events).await);
+    assert_eq!(
+        described(&got),
+        [
+            (EventKind::Created, "a".into()),
+            (EventKind::Synced, "".into()),
+            (EventKind::Created, "b".into())
+        ]
+    );
+    assert!(got[1].version >= subscribed_at);
+    // Without asking: no marker.
+    let mut plain = f.listen(f.spec(&["work"]), 64);
+    f.put("work", "c", "v").await;
+    assert_eq!(
+        described(&drain(&mut plain).await),
+        [(EventKind::Created, "c".into())]
+    );
 }

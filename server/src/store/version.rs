@@ -2,7 +2,8 @@
 //!
 //! A version is a `u64` laid out as `[ timestamp : 55 bits | site id : 8 bits ]`, top bit
 //! always 0 so it is also a positive `i64` for clients in languages without unsigned
-//! integers. The timestamp is `(milliseconds since 2020-01-01 << 12) | counter`: each
+//! integers (the layout is in `sitegrid_proto::version`, shared with clients). The
+//! timestamp is `(milliseconds since 2020-01-01 << 12) | counter`: each
 //! node takes `max(now, last + 1)`, so versions are close to wall-clock order, strictly
 //! increasing on a node even if its clock steps back, and two sites never assign the
 //! same version because their site ids differ. A node that applies a version assigned
@@ -20,37 +21,8 @@ use crate::store::time::{TimeSource, UnixMillis};
 /// A version: see the module documentation for its layout.
 pub type Version = u64;
 
-/// Unix time of 2020-01-01T00:00:00Z in milliseconds, the origin of version timestamps;
-/// 43 bits of milliseconds from there last until the year 2298.
-const EPOCH_MS: UnixMillis = 1_577_836_800_000;
-/// Bits of the per-millisecond counter: 4096 versions per millisecond per site before
-/// the timestamp runs ahead of the wall clock.
-const COUNTER_BITS: u32 = 12;
-/// Bits of the site id.
-const SITE_BITS: u32 = 8;
-/// Largest timestamp that keeps the top bit of a version clear.
-const MAX_TIMESTAMP: u64 = (1 << (63 - SITE_BITS)) - 1;
-
-/// The site id byte of a version.
-pub fn site_of(version: Version) -> u8 {
-    (version & 0xff) as u8
-}
-
-/// The wall-clock millisecond a version was assigned in (approximately: a timestamp that
-/// ran ahead of the wall clock reads as later).
-pub fn millis_of(version: Version) -> UnixMillis {
-    (version >> (SITE_BITS + COUNTER_BITS)) + EPOCH_MS
-}
-
-/// The smallest version a site could assign at wall-clock time `ms`; used to turn
-/// durations into version distances.
-pub fn first_version_at(ms: UnixMillis) -> Version {
-    timestamp_at(ms) << SITE_BITS
-}
-
-fn timestamp_at(ms: UnixMillis) -> u64 {
-    (ms.saturating_sub(EPOCH_MS) << COUNTER_BITS).min(MAX_TIMESTAMP)
-}
+use sitegrid_proto::version::{SITE_BITS, timestamp_at};
+pub use sitegrid_proto::version::{first_version_at, millis_of, site_of};
 
 /// Assigns versions for one node.
 #[derive(Debug)]

@@ -48,7 +48,9 @@ pub(crate) struct Slow {
 
 fn client(endpoint: &str) -> anyhow::Result<CacheClient<Channel>> {
     let endpoint = Endpoint::from_shared(endpoint.to_string())?;
-    Ok(CacheClient::new(sitegrid_proto::transport::lazy_channel(&endpoint)))
+    Ok(CacheClient::new(sitegrid_proto::transport::lazy_channel(
+        &endpoint,
+    )))
 }
 
 fn rss_bytes(node: &NodeProcess) -> anyhow::Result<u64> {
@@ -134,27 +136,41 @@ const PACED_KEYS: usize = 1_000_000;
 impl Subscribers {
     async fn start(endpoint: &str, count: usize) -> anyhow::Result<Subscribers> {
         let latencies = Arc::new(parking_lot::Mutex::new(Histogram::new(3)?));
-        let acks: Arc<Vec<AtomicU64>> = Arc::new((0..PACED_KEYS).map(|_| AtomicU64::new(0)).collect());
+        let acks: Arc<Vec<AtomicU64>> =
+            Arc::new((0..PACED_KEYS).map(|_| AtomicU64::new(0)).collect());
         let epoch = Instant::now();
         let events = Arc::new(AtomicU64::new(0));
         let recording = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
         for _ in 0..count {
             // Each subscriber has its own connection, as separate identity nodes would.
-            let mut stream = client(endpoint)?.listen(listen_request()).await?.into_inner();
-            let (latencies, acks, events, recording) =
-                (latencies.clone(), acks.clone(), events.clone(), recording.clone());
+            let mut stream = client(endpoint)?
+                .listen(listen_request())
+                .await?
+                .into_inner();
+            let (latencies, acks, events, recording) = (
+                latencies.clone(),
+                acks.clone(),
+                events.clone(),
+                recording.clone(),
+            );
             tasks.push(tokio::spawn(async move {
                 while let Ok(Some(event)) = stream.message().await {
                     events.fetch_add(1, Ordering::Relaxed);
                     if !recording.load(Ordering::Relaxed) {
                         continue;
                     }
-                    let Some(n) = paced_number(&event) else { continue };
+                    let Some(n) = paced_number(&event) else {
+                        continue;
+                    };
                     let arrived = epoch.elapsed().as_nanos() as u64;
                     let acked = acks[n].load(Ordering::Acquire);
                     // An event may beat the acknowledgement to this process: latency 0.
-                    let micros = if acked == 0 { 0 } else { arrived.saturating_sub(acked) / 1_000 };
+                    let micros = if acked == 0 {
+                        0
+                    } else {
+                        arrived.saturating_sub(acked) / 1_000
+                    };
                     let _ = latencies.lock().record(micros.max(1));
                 }
             }));
@@ -194,7 +210,11 @@ struct Paced {
 }
 
 /// Writes at `PACED_RATE` for `duration`, recording each acknowledgement.
-async fn paced_latency(endpoint: &str, subscribers: &Subscribers, duration: Duration) -> anyhow::Result<Paced> {
+async fn paced_latency(
+    endpoint: &str,
+    subscribers: &Subscribers,
+    duration: Duration,
+) -> anyhow::Result<Paced> {
     let writer = client(endpoint)?;
     subscribers.recording.store(true, Ordering::Relaxed);
     let events_before = subscribers.events.load(Ordering::Relaxed);
@@ -249,7 +269,11 @@ async fn paced_latency(endpoint: &str, subscribers: &Subscribers, duration: Dura
 }
 
 /// 100,000 writes with and without a subscriber that reads one event a second.
-async fn slow_subscriber(settings: &Settings, node: &NodeProcess, endpoint: &str) -> anyhow::Result<Slow> {
+async fn slow_subscriber(
+    settings: &Settings,
+    node: &NodeProcess,
+    endpoint: &str,
+) -> anyhow::Result<Slow> {
     let fill = |label: &str| -> anyhow::Result<f64> {
         let load = Load {
             op: "put",
@@ -270,7 +294,10 @@ async fn slow_subscriber(settings: &Settings, node: &NodeProcess, endpoint: &str
         with_values: true,
         ..Default::default()
     };
-    let mut stream = client(endpoint)?.listen(request.clone()).await?.into_inner();
+    let mut stream = client(endpoint)?
+        .listen(request.clone())
+        .await?
+        .into_inner();
     let reading = Arc::new(AtomicBool::new(true));
     let slow_reader = {
         let reading = reading.clone();
@@ -301,7 +328,8 @@ async fn slow_subscriber(settings: &Settings, node: &NodeProcess, endpoint: &str
         }
         received.push(event);
     }
-    let resync = resync.ok_or_else(|| anyhow::anyhow!("the slow listener never got RESYNC_REQUIRED"))?;
+    let resync =
+        resync.ok_or_else(|| anyhow::anyhow!("the slow listener never got RESYNC_REQUIRED"))?;
     let events_before_resync = received.len() as u64;
     // Resuming from there yields every key written, one way or the other.
     let mut keys: HashSet<Bytes> = received.into_iter().map(|e| e.key).collect();

@@ -87,7 +87,13 @@ async fn main() -> anyhow::Result<()> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let single = single_node::run(&settings).await?;
     let listeners = listeners::run(&settings).await?;
-    let markdown = report::render(&machine::describe(), &command, &settings, &single, &listeners);
+    let markdown = report::render(
+        &machine::describe(),
+        &command,
+        &settings,
+        &single,
+        &listeners,
+    );
     std::fs::write(&args.output, markdown)?;
     println!("wrote {}", args.output.display());
     Ok(())
