@@ -143,6 +143,7 @@ impl ResumeState {
             tag: self.options.tag.clone().unwrap_or_default(),
             with_values: self.options.with_values,
             resume_from_version: resume_from,
+            sync_markers: false,
         }
     }
 
@@ -170,7 +171,7 @@ impl ResumeState {
             Ok(v1::EventKind::ResyncRequired) => return Step::Reopen(self.resync(event.version)),
             // A newer server may send kinds this client does not know; they cannot be
             // acted on, and skipping them leaves the versions of known kinds intact.
-            Ok(v1::EventKind::Unspecified) | Err(_) => {
+            Ok(v1::EventKind::Unspecified | v1::EventKind::Synced) | Err(_) => {
                 tracing::debug!(kind = event.kind, "listen event of unknown kind skipped");
                 return Step::Skip;
             }

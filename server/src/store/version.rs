@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::store::time::{TimeSource, UnixMillis};
+use crate::store::time::TimeSource;
 
 /// A version: see the module documentation for its layout.
 pub type Version = u64;
