@@ -422,6 +422,7 @@ mod tests {
                 key_prefix: Bytes::from_static(b"user:"),
                 tag: "realm=r1".into(),
                 with_values: true,
+                sync_markers: false,
                 resume_from_version: 77,
             }
         );

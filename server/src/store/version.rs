@@ -79,7 +79,7 @@ impl VersionClock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::time::ManualTimeSource;
+    use crate::store::time::{ManualTimeSource, UnixMillis};
 
     const NOW: UnixMillis = 1_800_000_000_000;
 
