@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use prost::Message;
 
-const PROTOS: &[&str] = &["sitegrid/v1/sitegrid.proto"];
+const PROTOS: &[&str] = &[
+    "sitegrid/v1/sitegrid.proto",
+    "sitegrid/v1/replication.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {

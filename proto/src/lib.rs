@@ -7,9 +7,11 @@
 //!   internal retries.
 //! - [`transport`]: the TCP stream both sides use, tuned for small messages.
 //! - [`version`]: the layout of versions.
+//! - [`routing`]: which node of a site is a key's primary, the same for nodes and clients.
 
 mod error;
 mod retry;
+pub mod routing;
 pub mod transport;
 pub mod version;
 

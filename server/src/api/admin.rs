@@ -42,6 +42,7 @@ impl Admin for AdminService {
                 .collect(),
             address: identity.address.clone(),
             server_version: env!("CARGO_PKG_VERSION").to_string(),
+            members: Vec::new(),
         }))
     }
 }

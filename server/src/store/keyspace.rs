@@ -21,15 +21,19 @@ use bytes::Bytes;
 
 use crate::store::entry::{Entry, Slot};
 use crate::store::mutation::{ApplyOutcome, Mutation};
-use crate::store::slot_key::SlotKey;
+use crate::store::slot_key::{RANGES, SlotKey, range_of};
 use crate::store::time::UnixMillis;
 use crate::store::version::Version;
 
 /// One cache's contents.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Keyspace {
     /// Ordered by key hash (see `slot_key`): the same order on every node and site.
     slots: BTreeMap<SlotKey, Slot>,
+    /// Per key range, the XOR of a hash of (key, version) of every slot: two nodes whose
+    /// range digests are equal hold the same slots there, almost surely. Kept up to date
+    /// on every change, so comparing two nodes costs nothing until they differ.
+    digests: Box<[u64; RANGES]>,
     by_version: BTreeSet<(Version, Bytes)>,
     by_deadline: BTreeSet<(UnixMillis, Bytes)>,
     /// Where each live entry sits in `by_deadline`; only this keyspace writes it.
@@ -44,6 +48,31 @@ pub struct Keyspace {
     /// Newest version whose tombstone was purged or cleared: a listener resuming from an
     /// older version may have missed a removal.
     forgotten: Version,
+}
+
+impl Default for Keyspace {
+    fn default() -> Self {
+        Keyspace {
+            slots: BTreeMap::new(),
+            digests: Box::new([0; RANGES]),
+            by_version: BTreeSet::new(),
+            by_deadline: BTreeSet::new(),
+            indexed_deadlines: HashMap::new(),
+            by_tag: HashMap::new(),
+            tombstones: VecDeque::new(),
+            live: 0,
+            floor: 0,
+            forgotten: 0,
+        }
+    }
+}
+
+/// The digest term of one slot.
+fn digest_term(key_hash: u64, version: Version) -> u64 {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&key_hash.to_le_bytes());
+    bytes[8..].copy_from_slice(&version.to_le_bytes());
+    xxhash_rust::xxh3::xxh3_64(&bytes)
 }
 
 /// Where a replay of changes continues from.
@@ -94,8 +123,10 @@ impl Keyspace {
     /// applies; replicas, resync and backups from other sites go through the same rule.
     pub fn apply(&mut self, mutation: &Mutation) -> ApplyOutcome {
         let next = mutation.next();
+        let slot_key = SlotKey::new(mutation.key.clone());
+        let hash = slot_key.hash();
         // One descent of the tree finds the key and, if the change applies, stores it.
-        let old = match self.slots.entry(SlotKey::new(mutation.key.clone())) {
+        let old = match self.slots.entry(slot_key) {
             MapEntry::Occupied(mut occupied) => {
                 let current = occupied.get();
                 if current.version() == next {
@@ -116,7 +147,7 @@ impl Keyspace {
                 None
             }
         };
-        self.reindex(&mutation.key, old.as_ref(), &mutation.slot());
+        self.reindex(&mutation.key, hash, old.as_ref(), &mutation.slot());
         ApplyOutcome::Applied { replaced: old }
     }
 
@@ -134,13 +165,20 @@ impl Keyspace {
 
     /// Puts `slot` in place of whatever `key` held, keeping every index in step.
     fn replace(&mut self, key: Bytes, slot: Slot) -> Option<Slot> {
-        let old = self.slots.insert(SlotKey::new(key.clone()), slot.clone());
-        self.reindex(&key, old.as_ref(), &slot);
+        let slot_key = SlotKey::new(key.clone());
+        let hash = slot_key.hash();
+        let old = self.slots.insert(slot_key, slot.clone());
+        self.reindex(&key, hash, old.as_ref(), &slot);
         old
     }
 
     /// Moves `key` in the indexes from its `old` slot to its `new` one.
-    fn reindex(&mut self, key: &Bytes, old: Option<&Slot>, new: &Slot) {
+    fn reindex(&mut self, key: &Bytes, hash: u64, old: Option<&Slot>, new: &Slot) {
+        let digest = &mut self.digests[range_of(hash)];
+        if let Some(old) = old {
+            *digest ^= digest_term(hash, old.version());
+        }
+        *digest ^= digest_term(hash, new.version());
         if let Some(old) = old {
             self.by_version.remove(&(old.version(), key.clone()));
             if let Slot::Live(entry) = old {
@@ -317,7 +355,9 @@ impl Keyspace {
         if !matches!(self.slot(key), Some(Slot::Tombstone(t)) if t.version == version) {
             return false;
         }
-        self.slots.remove(&SlotKey::new(key.clone()));
+        let slot_key = SlotKey::new(key.clone());
+        self.digests[range_of(slot_key.hash())] ^= digest_term(slot_key.hash(), version);
+        self.slots.remove(&slot_key);
         self.by_version.remove(&(version, key.clone()));
         self.forgotten = self.forgotten.max(version);
         true
@@ -385,6 +425,40 @@ impl Keyspace {
             .then(|| slots.last().map(|(key, _)| key.clone()))
             .flatten();
         (slots, next)
+    }
+
+    /// The digest of every key range.
+    pub fn digests(&self) -> &[u64; RANGES] {
+        &self.digests
+    }
+
+    /// The slots of key range `range`, in keyspace order after `after` (from the start of
+    /// the range if `None`), at most `limit`; and whether the range is done.
+    pub fn range_slots(
+        &self,
+        range: usize,
+        after: Option<&Bytes>,
+        limit: usize,
+    ) -> (Vec<(Bytes, Slot)>, bool) {
+        let start = match after {
+            Some(key) => Bound::Excluded(SlotKey::new(key.clone())),
+            None => Bound::Included(SlotKey::range_start(range)),
+        };
+        let end = if range + 1 < RANGES {
+            Bound::Excluded(SlotKey::range_start(range + 1))
+        } else {
+            Bound::Unbounded
+        };
+        let mut slots = Vec::new();
+        let mut done = true;
+        for (key, slot) in self.slots.range((start, end)) {
+            if slots.len() == limit {
+                done = false;
+                break;
+            }
+            slots.push((key.key().clone(), slot.clone()));
+        }
+        (slots, done)
     }
 
     /// Number of slots, tombstones included (for memory accounting and tests).
@@ -681,6 +755,58 @@ mod tests {
         let rest = keys.changed_after(&ReplayCursor::Position(12, Bytes::from("c")), 100);
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0].1.version(), 13);
+    }
+
+    #[test]
+    fn equal_slots_give_equal_digests_whatever_the_history() {
+        let mut a = Keyspace::default();
+        let mut b = Keyspace::default();
+        a.apply(&write("x", 0, 10, &[]));
+        a.apply(&write("x", 10, 20, &[]));
+        a.apply(&write("y", 0, 11, &[]));
+        a.apply(&remove("y", 11, 21, 0));
+        // b got only the final states, in another order.
+        b.apply(&remove("y", 0, 21, 0));
+        b.apply(&write("x", 0, 20, &[]));
+        assert_eq!(a.digests(), b.digests());
+        b.apply(&write("x", 20, 30, &[]));
+        let differing: Vec<_> = (0..RANGES).filter(|r| a.digests()[*r] != b.digests()[*r]).collect();
+        assert_eq!(differing, vec![range_of(crate::store::slot_key::key_hash(b"x"))]);
+        // Forgetting a tombstone takes it out of the digest.
+        let (key, version) = a.tombstones_due(u64::MAX).pop().unwrap();
+        a.forget_tombstone(&key, version);
+        let empty = Keyspace::default();
+        let only_x = {
+            let mut k = Keyspace::default();
+            k.apply(&write("x", 0, 20, &[]));
+            k
+        };
+        assert_eq!(a.digests(), only_x.digests());
+        assert_ne!(a.digests(), empty.digests());
+    }
+
+    #[test]
+    fn a_range_walk_returns_exactly_the_slots_of_the_range() {
+        let mut keys = Keyspace::default();
+        for i in 0..5_000u64 {
+            keys.apply(&write(&format!("k{i}"), 0, 100 + i, &[]));
+        }
+        let mut total = 0;
+        for range in 0..RANGES {
+            let mut after = None;
+            loop {
+                let (slots, done) = keys.range_slots(range, after.as_ref(), 3);
+                for (key, _) in &slots {
+                    assert_eq!(range_of(crate::store::slot_key::key_hash(key)), range);
+                }
+                total += slots.len();
+                after = slots.last().map(|(k, _)| k.clone());
+                if done {
+                    break;
+                }
+            }
+        }
+        assert_eq!(total, 5_000);
     }
 
     #[test]

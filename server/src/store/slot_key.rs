@@ -11,9 +11,16 @@ use std::cmp::Ordering;
 
 use bytes::Bytes;
 
-/// The position of a key in the keyspace order.
-pub fn key_hash(key: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(key)
+pub use sitegrid_proto::routing::key_hash;
+
+/// Number of key ranges digests are kept for: the top `RANGE_BITS` bits of a key's hash.
+pub const RANGE_BITS: u32 = 10;
+/// Number of key ranges.
+pub const RANGES: usize = 1 << RANGE_BITS;
+
+/// The key range of a key hash.
+pub fn range_of(hash: u64) -> usize {
+    (hash >> (64 - RANGE_BITS)) as usize
 }
 
 /// A stored key with its hash.
@@ -40,6 +47,14 @@ impl SlotKey {
     /// The key's hash.
     pub fn hash(&self) -> u64 {
         self.hash
+    }
+
+    /// The first position of key range `range` (before any key of it).
+    pub fn range_start(range: usize) -> SlotKey {
+        SlotKey {
+            hash: (range as u64) << (64 - RANGE_BITS),
+            key: Bytes::new(),
+        }
     }
 }
 
