@@ -36,6 +36,13 @@ pub enum Error {
     /// The node is shutting down.
     #[error("node is shutting down")]
     ShuttingDown,
+    /// The request could not be completed now (a member or the primary could not be
+    /// reached); retrying it, with the same request id, is safe.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Concurrent writes kept winning; retrying is safe.
+    #[error("{0}")]
+    Aborted(String),
     /// A write task ended without an answer (a bug: it panicked).
     #[error("write task failed")]
     TaskFailed(#[source] tokio::task::JoinError),
@@ -58,7 +65,8 @@ impl ServiceError for Error {
         match self {
             Error::UnknownCache(_) => ErrorCode::NotFound,
             Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
-            Error::NotReady | Error::ShuttingDown => ErrorCode::Unavailable,
+            Error::NotReady | Error::ShuttingDown | Error::Unavailable(_) => ErrorCode::Unavailable,
+            Error::Aborted(_) => ErrorCode::Aborted,
             Error::Storage { .. }
             | Error::OpenStorage(_)
             | Error::TaskFailed(_)

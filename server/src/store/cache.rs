@@ -1,15 +1,5 @@
-//! One cache: its keyspace, its key locks, and its write path.
-//!
-//! A write to a key, start to end:
-//! 1. take the cache's clear barrier (shared) and the key's lock;
-//! 2. if the key holds an entry that has expired, expire it first (so its `EXPIRED`
-//!    event comes before whatever follows);
-//! 3. evaluate the condition (absent / present / version equals) on the current entry;
-//!    if it does not hold, answer with the current entry, changing nothing;
-//! 4. pick the next version and build the [`Mutation`] (`prev` = the key's state);
-//! 5. for a persistent cache, hand it to the storage thread and wait until durable;
-//! 6. apply it to the keyspace with the one rule and publish its event;
-//! 7. release the lock and answer.
+//! One cache: its keyspace, its key locks, reads, and clears. Writes are in
+//! [`crate::store::write`].
 //!
 //! Readers never lock anything but the keyspace, briefly; they see a write once it is
 //! durable.
@@ -25,11 +15,12 @@ use tokio::sync::RwLock as AsyncRwLock;
 use crate::error::{Error, Result};
 use crate::events::{ChangeEvent, EventKind};
 use crate::store::Services;
-use crate::store::entry::{Entry, Slot, Tombstone, TombstoneCause};
+use crate::store::entry::{Entry, Slot, TombstoneCause};
 use crate::store::keyspace::{Keyspace, Page};
 use crate::store::locks::KeyLocks;
-use crate::store::mutation::{ApplyOutcome, Change, Mutation};
+use crate::store::mutation::{Change, Mutation};
 use crate::store::record;
+use crate::store::replication::SiteReplication;
 use crate::store::storage::StorageOp;
 use crate::store::time::UnixMillis;
 use crate::store::version::Version;
@@ -167,138 +158,28 @@ impl CacheStore {
         self.keyspace.read().keys_with_tag(tag)
     }
 
-    /// Runs one write to completion (see the module documentation). Not cancel-safe
-    /// between persisting and applying: callers run it in its own task.
-    pub async fn write(&self, request: WriteRequest) -> Result<WriteResult> {
-        let _clear = self.clear_barrier.read().await;
-        let _lock = self.locks.lock(&request.key).await;
-        let now = self.now_ms();
-        let (previous, prev) = self.current_for_write(&request.key, now).await?;
-        let holds = match request.condition {
-            Condition::Always => true,
-            Condition::Absent => previous.is_none(),
-            Condition::Present => previous.is_some(),
-            Condition::VersionIs(expected) => {
-                previous.as_ref().is_some_and(|e| e.version == expected)
-            }
-        };
-        let removing_absent = matches!(request.op, WriteOp::Remove) && previous.is_none();
-        if !holds || removing_absent {
-            return Ok(WriteResult {
-                applied: false,
-                version: 0,
-                previous,
-            });
-        }
-        let version = self.services.clock.next();
-        let change = match request.op {
-            WriteOp::Put(new) => Change::Write(Arc::new(Entry::new(
-                new.value,
-                version,
-                self.services.site.clone(),
-                now,
-                self.default_ms(new.lifespan_ms, self.config.lifespan),
-                self.default_ms(new.max_idle_ms, self.config.max_idle),
-                new.tags,
-            ))),
-            WriteOp::Remove => Change::Remove(Arc::new(Tombstone {
-                version,
-                origin_site: self.services.site.clone(),
-                removed_ms: now,
-                cause: TombstoneCause::Removed,
-            })),
-        };
-        let mutation = Mutation {
-            key: request.key,
-            prev,
-            change,
-        };
-        self.commit(&mutation, true).await?;
-        Ok(WriteResult {
-            applied: true,
-            version,
-            previous: previous.filter(|_| request.keep_previous),
-        })
+    /// What every cache of the node shares.
+    pub(crate) fn services(&self) -> &Services {
+        &self.services
     }
 
-    fn default_ms(&self, requested_ms: u64, default: Option<std::time::Duration>) -> u64 {
-        if requested_ms > 0 {
-            requested_ms
-        } else {
-            default.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        }
-    }
-
-    /// The live entry a write to `key` sees and the state version it replaces; expires
-    /// the entry first if its time has come. The caller holds the key's lock.
-    async fn current_for_write(
+    /// Stores `slot` under `key` if the cache is persistent; with `wait_durable`, only
+    /// returns once it is on disk.
+    pub(crate) async fn persist_slot(
         &self,
         key: &Bytes,
-        now: UnixMillis,
-    ) -> Result<(Option<Arc<Entry>>, Version)> {
-        let (slot, prev) = {
-            let keyspace = self.keyspace.read();
-            let slot = keyspace.slot(key).cloned();
-            let prev = slot.as_ref().map_or(keyspace.floor(), Slot::state_version);
-            (slot, prev)
-        };
-        match slot {
-            Some(Slot::Live(entry)) if entry.is_expired(now) => {
-                self.expire_locked(key.clone(), &entry, now).await?;
-                // An expiry is not a write: the key still stands at the expired version.
-                Ok((None, prev))
-            }
-            Some(Slot::Live(entry)) => Ok((Some(entry), prev)),
-            _ => Ok((None, prev)),
-        }
-    }
-
-    /// Turns an expired entry into an expiry tombstone and publishes `EXPIRED`. The
-    /// caller holds the key's lock and has checked that `entry` is the key's entry.
-    pub(crate) async fn expire_locked(
-        &self,
-        key: Bytes,
-        entry: &Arc<Entry>,
-        now: UnixMillis,
+        slot: &Slot,
+        wait_durable: bool,
     ) -> Result<()> {
-        let mutation = Mutation {
-            key,
-            prev: entry.version,
-            change: Change::Remove(Arc::new(Tombstone {
-                version: self.services.clock.next(),
-                origin_site: self.services.site.clone(),
-                removed_ms: now,
-                cause: TombstoneCause::Expired {
-                    base: entry.version,
-                },
-            })),
-        };
-        // An expiry lost in a crash happens again after the restart: no need to wait.
-        self.commit(&mutation, false).await
-    }
-
-    /// Persists (if the cache is persistent) and applies a mutation, then publishes its
-    /// event. The caller holds the key's lock.
-    async fn commit(&self, mutation: &Mutation, wait_durable: bool) -> Result<()> {
-        if self.config.persistent {
-            let ops = vec![self.storage_op(&mutation.key, &mutation.slot())];
-            if wait_durable {
-                self.persist(ops).await?;
-            } else {
-                self.services.durability()?.write_in_background(ops);
-            }
+        if !self.config.persistent {
+            return Ok(());
         }
-        let outcome = self.keyspace.write().apply(mutation);
-        match outcome {
-            ApplyOutcome::Applied { replaced } => {
-                self.publish(mutation, replaced);
-                Ok(())
-            }
-            ApplyOutcome::AlreadyApplied => Ok(()),
-            // The key's lock is held, so nothing can have changed it since `prev` was read.
-            ApplyOutcome::Conflict { .. } => {
-                Err(Error::Internal("a locked key changed under its writer"))
-            }
+        let ops = vec![self.storage_op(key, slot)];
+        if wait_durable {
+            self.persist(ops).await
+        } else {
+            self.services.durability()?.write_in_background(ops);
+            Ok(())
         }
     }
 
@@ -322,7 +203,7 @@ impl CacheStore {
         }
     }
 
-    fn publish(&self, mutation: &Mutation, replaced: Option<Slot>) {
+    pub(crate) fn publish(&self, mutation: &Mutation, replaced: Option<Slot>) {
         let replaced_live = match replaced {
             Some(Slot::Live(entry)) => Some(entry),
             _ => None,
@@ -351,11 +232,21 @@ impl CacheStore {
         });
     }
 
-    /// Removes every entry; returns how many live entries there were. Waits for writes
-    /// in flight and holds new ones back until done.
-    pub async fn clear(&self) -> Result<u64> {
-        let _exclusive = self.clear_barrier.write().await;
+    /// Removes every entry, on this node and (through `site`) every other member; returns
+    /// how many live entries there were here. Waits for writes in flight and holds new
+    /// ones back until done.
+    pub async fn clear(&self, site: &dyn SiteReplication) -> Result<u64> {
         let version = self.services.clock.next();
+        let removed = self.clear_at(version).await?;
+        site.replicate_clear(&self.name, version).await?;
+        Ok(removed)
+    }
+
+    /// Removes every entry of this node's copy, as of `version` (a clear run here, or
+    /// one sent by the member that ran it).
+    pub async fn clear_at(&self, version: Version) -> Result<u64> {
+        let _exclusive = self.clear_barrier.write().await;
+        self.services.clock.observe(version);
         if self.config.persistent {
             let ops = vec![
                 StorageOp::Meta {

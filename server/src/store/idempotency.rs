@@ -51,6 +51,24 @@ pub struct Idempotency<T> {
 
 type States<T> = HashMap<Id, State<T>, foldhash::fast::FixedState>;
 
+/// An answer, run now or kept from an earlier run of the same request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ran<T> {
+    /// Run now.
+    Fresh(T),
+    /// Kept from an earlier run.
+    Replayed(T),
+}
+
+impl<T> Ran<T> {
+    /// The answer.
+    pub fn into_inner(self) -> T {
+        match self {
+            Ran::Fresh(answer) | Ran::Replayed(answer) => answer,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Inner<T> {
     /// Where new ids go.
@@ -118,18 +136,25 @@ impl<T: Clone + Send + Sync> Idempotency<T> {
     }
 
     /// Runs `run` once per (cache, request id); without an id it just runs.
+    ///
+    /// `run` gives the answer, and possibly an error to hand this caller instead (a write
+    /// in doubt: its answer is kept for the retry). The result says whether the answer
+    /// was kept from an earlier run.
     pub async fn run<E, F, Fut>(
         &self,
-        cache: &Arc<str>,
+        cache: &str,
         request_id: Option<&str>,
         run: F,
-    ) -> Result<T, E>
+    ) -> Result<Ran<T>, E>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
+        Fut: Future<Output = Result<(T, Option<E>), E>>,
     {
         let Some(request_id) = request_id.filter(|id| !id.is_empty()) else {
-            return run().await;
+            return match run().await? {
+                (answer, None) => Ok(Ran::Fresh(answer)),
+                (_, Some(error)) => Err(error),
+            };
         };
         let id = id_of(cache, request_id);
         loop {
@@ -140,7 +165,7 @@ impl<T: Clone + Send + Sync> Idempotency<T> {
                 let mut inner = self.inner.lock();
                 dropped = self.rotate(&mut inner);
                 match inner.get_mut(&id) {
-                    Some(State::Done(answer)) => return Ok(answer.clone()),
+                    Some(State::Done(answer)) => return Ok(Ran::Replayed(answer.clone())),
                     Some(State::Running(waiters)) => {
                         notify = waiters.get_or_insert_with(Default::default).clone();
                     }
@@ -161,9 +186,39 @@ impl<T: Clone + Send + Sync> Idempotency<T> {
             owner: self,
             id: Some(id),
         };
-        let answer = run().await?;
+        let (answer, deferred) = run().await?;
         guard.finish(Some(answer.clone()));
-        Ok(answer)
+        match deferred {
+            None => Ok(Ran::Fresh(answer)),
+            Some(error) => Err(error),
+        }
+    }
+
+    /// Keeps the answer of a write that ran elsewhere (a change replicated with its
+    /// request id), unless an answer is already kept.
+    pub fn record(&self, cache: &str, request_id: &str, answer: T) {
+        if request_id.is_empty() {
+            return;
+        }
+        let id = id_of(cache, request_id);
+        let mut inner = self.inner.lock();
+        let dropped = self.rotate(&mut inner);
+        if inner.get_mut(&id).is_none() {
+            inner.current.insert(id, State::Done(answer));
+        }
+        drop(inner);
+        drop(dropped);
+    }
+
+    /// The answer kept for a request id, if any.
+    pub fn recorded(&self, cache: &str, request_id: &str) -> Option<T> {
+        if request_id.is_empty() {
+            return None;
+        }
+        match self.inner.lock().get_mut(&id_of(cache, request_id)) {
+            Some(State::Done(answer)) => Some(answer.clone()),
+            _ => None,
+        }
     }
 
     /// Starts a new generation when the current one is a window old or holds half the
@@ -203,84 +258,91 @@ mod tests {
         Idempotency::new(1_000, 3, time)
     }
 
-    fn cache() -> Arc<str> {
-        Arc::from("c")
+    /// Runs a request whose fresh answer would be `value`.
+    async fn once(
+        table: &Idempotency<u32>,
+        cache: &str,
+        id: Option<&str>,
+        value: u32,
+    ) -> Result<Ran<u32>, &'static str> {
+        table
+            .run(cache, id, || async move { Ok((value, None)) })
+            .await
     }
 
     #[tokio::test]
     async fn a_retry_gets_the_first_answer_without_running_again() {
         let table = table(ManualTimeSource::starting_at(0));
         let runs = AtomicU32::new(0);
-        let run = || async { Ok::<_, ()>(runs.fetch_add(1, Ordering::SeqCst) + 10) };
-        assert_eq!(table.run(&cache(), Some("r1"), run).await, Ok(10));
-        assert_eq!(table.run(&cache(), Some("r1"), run).await, Ok(10));
+        let run = || async { Ok::<_, ()>((runs.fetch_add(1, Ordering::SeqCst) + 10, None)) };
+        assert_eq!(table.run("c", Some("r1"), run).await, Ok(Ran::Fresh(10)));
+        assert_eq!(table.run("c", Some("r1"), run).await, Ok(Ran::Replayed(10)));
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         // Another id, or no id, runs.
-        assert_eq!(table.run(&cache(), Some("r2"), run).await, Ok(11));
-        assert_eq!(table.run(&cache(), None, run).await, Ok(12));
+        assert_eq!(table.run("c", Some("r2"), run).await, Ok(Ran::Fresh(11)));
+        assert_eq!(table.run("c", None, run).await, Ok(Ran::Fresh(12)));
     }
 
     #[tokio::test]
     async fn the_same_id_in_another_cache_is_another_request() {
         let table = table(ManualTimeSource::starting_at(0));
-        assert_eq!(
-            table
-                .run(&cache(), Some("r"), || async { Ok::<_, ()>(1) })
-                .await,
-            Ok(1)
-        );
-        let other: Arc<str> = Arc::from("other");
-        assert_eq!(
-            table
-                .run(&other, Some("r"), || async { Ok::<_, ()>(2) })
-                .await,
-            Ok(2)
-        );
+        assert_eq!(once(&table, "c", Some("r"), 1).await, Ok(Ran::Fresh(1)));
+        assert_eq!(once(&table, "other", Some("r"), 2).await, Ok(Ran::Fresh(2)));
     }
 
     #[tokio::test]
     async fn a_failed_run_lets_the_retry_run() {
         let table = table(ManualTimeSource::starting_at(0));
-        assert_eq!(
-            table
-                .run(&cache(), Some("r"), || async { Err::<u32, _>("busy") })
-                .await,
-            Err("busy")
-        );
-        assert_eq!(
-            table
-                .run(&cache(), Some("r"), || async { Ok::<_, &str>(7) })
-                .await,
-            Ok(7)
-        );
+        let failed = table
+            .run("c", Some("r"), || async { Err::<(u32, _), _>("busy") })
+            .await;
+        assert_eq!(failed, Err("busy"));
+        assert_eq!(once(&table, "c", Some("r"), 7).await, Ok(Ran::Fresh(7)));
+    }
+
+    #[tokio::test]
+    async fn an_answer_in_doubt_is_kept_for_the_retry_while_this_caller_gets_the_error() {
+        let table = table(ManualTimeSource::starting_at(0));
+        let in_doubt = table
+            .run("c", Some("r"), || async { Ok((5, Some("unreachable"))) })
+            .await;
+        assert_eq!(in_doubt, Err("unreachable"));
+        assert_eq!(once(&table, "c", Some("r"), 6).await, Ok(Ran::Replayed(5)));
+        // Without an id there is nothing to keep.
+        let no_id = table
+            .run("c", None, || async { Ok((5, Some("unreachable"))) })
+            .await;
+        assert_eq!(no_id, Err("unreachable"));
+    }
+
+    #[tokio::test]
+    async fn answers_recorded_from_elsewhere_are_found_and_replayed() {
+        let table = table(ManualTimeSource::starting_at(0));
+        table.record("c", "r", 9);
+        table.record("c", "r", 10); // the first kept answer stays
+        assert_eq!(table.recorded("c", "r"), Some(9));
+        assert_eq!(table.recorded("c", "other"), None);
+        assert_eq!(once(&table, "c", Some("r"), 1).await, Ok(Ran::Replayed(9)));
     }
 
     #[tokio::test]
     async fn answers_are_kept_at_least_the_window_and_forgotten_within_two() {
         let time = ManualTimeSource::starting_at(0);
         let table = table(time.clone());
-        let cache = cache();
-        let run =
-            |value: u32| table.run(&cache, Some("r"), move || async move { Ok::<_, ()>(value) });
-        run(1).await.unwrap();
+        once(&table, "c", Some("r"), 1).await.unwrap();
         time.advance_ms(999);
-        assert_eq!(run(2).await, Ok(1));
+        assert_eq!(once(&table, "c", Some("r"), 2).await, Ok(Ran::Replayed(1)));
         time.advance_ms(1); // a new generation begins; the answer moves to the previous one
-        assert_eq!(run(3).await, Ok(1));
+        assert_eq!(once(&table, "c", Some("r"), 3).await, Ok(Ran::Replayed(1)));
         time.advance_ms(1_000); // and that one is dropped
-        assert_eq!(run(4).await, Ok(4));
+        assert_eq!(once(&table, "c", Some("r"), 4).await, Ok(Ran::Fresh(4)));
     }
 
     #[tokio::test]
     async fn at_most_max_entries_answers_are_kept() {
         let table = table(ManualTimeSource::starting_at(0));
         for i in 0..10 {
-            table
-                .run(&cache(), Some(&format!("r{i}")), || async {
-                    Ok::<_, ()>(i)
-                })
-                .await
-                .unwrap();
+            once(&table, "c", Some(&format!("r{i}")), i).await.unwrap();
         }
         assert!(table.remembered() <= 4, "kept {}", table.remembered());
     }
@@ -293,9 +355,9 @@ mod tests {
             let table = table.clone();
             tokio::spawn(async move {
                 table
-                    .run(&cache(), Some("r"), || async {
+                    .run("c", Some("r"), || async {
                         released.await.unwrap();
-                        Ok::<_, ()>(1)
+                        Ok::<_, ()>((1, None))
                     })
                     .await
             })
@@ -308,13 +370,13 @@ mod tests {
             let table = table.clone();
             tokio::spawn(async move {
                 table
-                    .run(&cache(), Some("r"), || async { Ok::<_, ()>(2) })
+                    .run("c", Some("r"), || async { Ok::<_, ()>((2, None)) })
                     .await
             })
         };
         tokio::task::yield_now().await;
         release.send(()).unwrap();
-        assert_eq!(first.await.unwrap(), Ok(1));
-        assert_eq!(second.await.unwrap(), Ok(1));
+        assert_eq!(first.await.unwrap(), Ok(Ran::Fresh(1)));
+        assert_eq!(second.await.unwrap(), Ok(Ran::Replayed(1)));
     }
 }

@@ -67,6 +67,20 @@ impl Default for Keyspace {
     }
 }
 
+/// The one replication rule (see [`Keyspace::apply`]) on a key holding `current`, in a
+/// keyspace whose clear floor is `floor`: why the change is not applied, or `None` if it
+/// is.
+fn refusal(current: Option<&Slot>, floor: Version, mutation: &Mutation) -> Option<ApplyOutcome> {
+    match current {
+        Some(slot) if slot.version() == mutation.next() => Some(ApplyOutcome::AlreadyApplied),
+        Some(slot) if slot.state_version() > mutation.prev => Some(ApplyOutcome::Conflict {
+            current: Some(slot.clone()),
+        }),
+        None if floor > mutation.prev => Some(ApplyOutcome::Conflict { current: None }),
+        _ => None,
+    }
+}
+
 /// The digest term of one slot.
 fn digest_term(key_hash: u64, version: Version) -> u64 {
     let mut bytes = [0u8; 16];
@@ -112,6 +126,16 @@ impl Keyspace {
         Some(entry.clone())
     }
 
+    /// What [`Keyspace::apply`] would do with `mutation`, without doing it (`replaced` is
+    /// what the key holds now). Callers holding the key's lock can check, persist, then
+    /// apply, knowing the answer stays the same.
+    pub fn check(&self, mutation: &Mutation) -> ApplyOutcome {
+        let current = self.slot(&mutation.key);
+        refusal(current, self.floor, mutation).unwrap_or_else(|| ApplyOutcome::Applied {
+            replaced: current.cloned(),
+        })
+    }
+
     /// Applies a change if the key's state is `prev` or older, the one replication rule:
     ///
     /// - the key already holds this exact change: [`ApplyOutcome::AlreadyApplied`];
@@ -122,26 +146,20 @@ impl Keyspace {
     /// Callers on the write path hold the key's lock, so for them the change always
     /// applies; replicas, resync and backups from other sites go through the same rule.
     pub fn apply(&mut self, mutation: &Mutation) -> ApplyOutcome {
-        let next = mutation.next();
         let slot_key = SlotKey::new(mutation.key.clone());
         let hash = slot_key.hash();
         // One descent of the tree finds the key and, if the change applies, stores it.
+        let floor = self.floor;
         let old = match self.slots.entry(slot_key) {
             MapEntry::Occupied(mut occupied) => {
-                let current = occupied.get();
-                if current.version() == next {
-                    return ApplyOutcome::AlreadyApplied;
-                }
-                if current.state_version() > mutation.prev {
-                    return ApplyOutcome::Conflict {
-                        current: Some(current.clone()),
-                    };
+                if let Some(refused) = refusal(Some(occupied.get()), floor, mutation) {
+                    return refused;
                 }
                 Some(occupied.insert(mutation.slot()))
             }
             MapEntry::Vacant(vacant) => {
-                if self.floor > mutation.prev {
-                    return ApplyOutcome::Conflict { current: None };
+                if let Some(refused) = refusal(None, floor, mutation) {
+                    return refused;
                 }
                 vacant.insert(mutation.slot());
                 None
@@ -770,8 +788,13 @@ mod tests {
         b.apply(&write("x", 0, 20, &[]));
         assert_eq!(a.digests(), b.digests());
         b.apply(&write("x", 20, 30, &[]));
-        let differing: Vec<_> = (0..RANGES).filter(|r| a.digests()[*r] != b.digests()[*r]).collect();
-        assert_eq!(differing, vec![range_of(crate::store::slot_key::key_hash(b"x"))]);
+        let differing: Vec<_> = (0..RANGES)
+            .filter(|r| a.digests()[*r] != b.digests()[*r])
+            .collect();
+        assert_eq!(
+            differing,
+            vec![range_of(crate::store::slot_key::key_hash(b"x"))]
+        );
         // Forgetting a tombstone takes it out of the digest.
         let (key, version) = a.tombstones_due(u64::MAX).pop().unwrap();
         a.forget_tombstone(&key, version);

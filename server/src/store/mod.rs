@@ -8,7 +8,8 @@
 //! - [`entry`], [`mutation`], [`slot_key`], [`keyspace`]: what a key holds, how it
 //!   changes, how keys are ordered, and the one replication rule;
 //! - [`storage`], [`record`], [`durability`]: persistence and group commit;
-//! - [`locks`], [`idempotency`], [`cache`]: the write path;
+//! - [`locks`], [`idempotency`], [`cache`], [`write`], [`replication`]: the write path,
+//!   on a key's primary and on the members replicating it;
 //! - [`load`], [`reaper`]: start-up and background upkeep.
 
 pub mod cache;
@@ -21,13 +22,15 @@ pub mod locks;
 pub mod mutation;
 pub mod reaper;
 pub mod record;
+pub mod replication;
 pub mod slot_key;
 pub mod storage;
 pub mod time;
 pub mod version;
+pub mod write;
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use futures::{StreamExt, stream};
@@ -40,11 +43,14 @@ use crate::events::Hub;
 use cache::{CacheStore, Condition, NewValue, WriteOp, WriteRequest, WriteResult};
 use durability::Durability;
 use entry::{Entry, SiteName};
-use idempotency::Idempotency;
+use idempotency::{Idempotency, Ran};
 use keyspace::Page;
+use mutation::Mutation;
+use replication::{Alone, ChangeReply, ReceivedChange, SiteReplication};
 use storage::Storage;
 use time::TimeSource;
 use version::{Version, VersionClock};
+use write::ReplicaOutcome;
 
 /// How many keys `PutAll` and `RemoveByTag` write at once.
 const BATCH_CONCURRENCY: usize = 32;
@@ -102,6 +108,8 @@ struct Inner {
     settings: Settings,
     /// The clock's high-water mark as last stored (see `reaper`).
     stored_high_water: Mutex<Version>,
+    /// The node's site, set once the cluster is up; until then the node is alone.
+    site: OnceLock<Arc<dyn SiteReplication>>,
 }
 
 impl Store {
@@ -159,6 +167,7 @@ impl Store {
                     reaper_interval: config.store.reaper_interval,
                 },
                 stored_high_water: Mutex::new(0),
+                site: OnceLock::new(),
             }),
         };
         if let Some(storage) = storage {
@@ -227,12 +236,21 @@ impl Store {
             .collect())
     }
 
-    /// Writes one key; with a request id, a retry returns the first answer.
-    ///
-    /// A write that waits for storage runs in its own task, so a client that goes away
-    /// mid-write can't leave it half done (durable but not applied). A write to an
-    /// in-memory cache never awaits between taking the key's lock and applying, so it
-    /// runs in the caller's task.
+    /// Sets the node's site; writes replicate and forward through it from now on.
+    pub fn set_site(&self, site: Arc<dyn SiteReplication>) {
+        if self.inner.site.set(site).is_err() {
+            tracing::error!("the site of a store can only be set once");
+        }
+    }
+
+    /// The node's site.
+    pub fn site(&self) -> &dyn SiteReplication {
+        static ALONE: Alone = Alone;
+        self.inner.site.get().map_or(&ALONE, |site| &**site)
+    }
+
+    /// Writes one key, on its primary: here, or forwarded there. With a request id, a
+    /// retry returns the first answer.
     pub async fn write(
         &self,
         cache: &str,
@@ -240,7 +258,28 @@ impl Store {
         request_id: Option<&str>,
     ) -> Result<Arc<WriteResult>> {
         let cache = self.cache(cache)?;
-        if !cache.is_persistent() {
+        let site = self.site();
+        if !site.is_primary(&request.key) {
+            return site.forward(cache.name(), request, request_id).await;
+        }
+        self.write_as_primary(cache.name(), request, request_id)
+            .await
+    }
+
+    /// Writes one key on this node as its primary (the caller checked it is).
+    ///
+    /// A write that may await (storage, other members) runs in its own task, so a client
+    /// that goes away mid-write can't leave it half done (durable but not applied). A
+    /// write to an in-memory cache of a node alone never awaits between taking the key's
+    /// lock and applying, so it runs in the caller's task.
+    pub async fn write_as_primary(
+        &self,
+        cache: &str,
+        request: WriteRequest,
+        request_id: Option<&str>,
+    ) -> Result<Arc<WriteResult>> {
+        let cache = self.cache(cache)?;
+        if !cache.is_persistent() && self.site().is_alone() {
             return self.write_to(cache, request, request_id).await;
         }
         let cache = cache.clone();
@@ -257,12 +296,65 @@ impl Store {
         request: WriteRequest,
         request_id: Option<&str>,
     ) -> Result<Arc<WriteResult>> {
-        self.inner
+        let site = self.site();
+        let ran = self
+            .inner
             .idempotency
             .run(cache.name(), request_id, || async {
-                cache.write(request).await.map(Arc::new)
+                let (answer, in_doubt) = cache.write(&request, site, request_id).await?;
+                Ok((Arc::new(answer), in_doubt))
             })
+            .await?;
+        match ran {
+            Ran::Fresh(answer) => Ok(answer),
+            Ran::Replayed(answer) => {
+                // A retry: the first run may have failed before every member had the
+                // change, so hand the key's state to them all before answering again.
+                if !site.is_alone() {
+                    self.sync_key(cache, &request.key).await?;
+                }
+                Ok(answer)
+            }
+        }
+    }
+
+    /// Sends `key`'s state here to every other member, newer state winning.
+    async fn sync_key(&self, cache: &CacheStore, key: &Bytes) -> Result<()> {
+        let Some(slot) = cache.keyspace.read().slot(key).cloned() else {
+            return Ok(());
+        };
+        let mutation = Mutation::newer_wins(key.clone(), slot);
+        // A member holding something newer, or busy writing it, is as good as done.
+        self.site()
+            .replicate(cache.name(), &mutation, None, None)
             .await
+            .map(|_| ())
+    }
+
+    /// Takes changes another member sent (the key's primary, or a joining node's donor)
+    /// and keeps the answers of the writes they came from, for retries.
+    pub async fn apply_replicated(
+        &self,
+        cache: &str,
+        changes: Vec<ReceivedChange>,
+    ) -> Result<Vec<ChangeReply>> {
+        let cache = self.cache(cache)?;
+        let mut replies = Vec::with_capacity(changes.len());
+        for ReceivedChange { mutation, answer } in changes {
+            let outcome = cache.apply_replicated(&mutation).await?;
+            let recorded = match (&outcome, answer) {
+                (ReplicaOutcome::Applied | ReplicaOutcome::AlreadyApplied, Some((id, answer))) => {
+                    self.inner.idempotency.record(cache.name(), &id, answer);
+                    None
+                }
+                (ReplicaOutcome::Conflict(_), Some((id, _))) => {
+                    self.inner.idempotency.recorded(cache.name(), &id)
+                }
+                _ => None,
+            };
+            replies.push(ChangeReply { outcome, recorded });
+        }
+        Ok(replies)
     }
 
     /// Writes several keys unconditionally, each on its own; with a request id, each
@@ -323,10 +415,20 @@ impl Store {
         Ok(removed)
     }
 
-    /// Removes every entry of a cache.
+    /// Removes every entry of a cache, on every member of the site.
     pub async fn clear(&self, cache: &str) -> Result<u64> {
         let cache = self.cache(cache)?.clone();
-        tokio::spawn(async move { cache.clear().await })
+        let store = self.clone();
+        tokio::spawn(async move { cache.clear(store.site()).await })
+            .await
+            .map_err(Error::TaskFailed)?
+    }
+
+    /// Removes every entry of this node's copy of a cache, at `version` (a clear another
+    /// member ran).
+    pub async fn clear_at(&self, cache: &str, version: Version) -> Result<u64> {
+        let cache = self.cache(cache)?.clone();
+        tokio::spawn(async move { cache.clear_at(version).await })
             .await
             .map_err(Error::TaskFailed)?
     }

@@ -82,13 +82,18 @@ async fn expire_due(store: &Store, cache: &CacheStore) -> u64 {
         .write()
         .due_for_expiry(now, MAX_EXPIRED_PER_PASS);
     let mut expired = 0;
+    let site = store.site();
     for (key, entry) in due {
+        // In a site, only a key's primary expires it, on every member at once.
+        if !site.is_primary(&key) {
+            continue;
+        }
         let Some(_lock) = cache.locks.try_lock(&key) else {
             continue;
         };
         let still_due = matches!(cache.keyspace.read().slot(&key),
             Some(Slot::Live(current)) if std::sync::Arc::ptr_eq(current, &entry) && current.is_expired(now));
-        if still_due && cache.expire_locked(key, &entry, now).await.is_ok() {
+        if still_due && matches!(cache.expire_locked(key, &entry, now, site).await, Ok(true)) {
             expired += 1;
         }
     }

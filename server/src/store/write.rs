@@ -1,0 +1,348 @@
+//! The write path of one cache: on the key's primary, and on the members that replicate
+//! its writes.
+//!
+//! On the primary, a write, start to end:
+//! 1. take the cache's clear barrier (shared) and the key's lock;
+//! 2. if the key holds an entry that has expired, expire it first (so its `EXPIRED`
+//!    event comes before whatever follows);
+//! 3. evaluate the condition (absent / present / version equals) on the current entry;
+//!    if it does not hold, answer with the current entry, changing nothing;
+//! 4. pick the next version and build the [`Mutation`] (`prev` = the key's state);
+//! 5. send it to the other members of the site ([`SiteReplication::replicate`]);
+//! 6. persist it (a persistent cache waits until durable), apply it with the one rule,
+//!    publish its event, release the lock and answer.
+//!
+//! If a member holds something newer (another node acted as primary, or this node missed
+//! a write), the primary takes that newer state and runs the write again, a few times
+//! with jittered backoff, then answers ABORTED; if that newer state is this very write's
+//! (same request id, retried after its first primary failed), it answers what that
+//! write answered. A member that could not be reached leaves the write in doubt: it is
+//! applied here and its answer kept for a retry, but this call answers UNAVAILABLE.
+//!
+//! On a replica, a change is taken without waiting for anything: a key busy with the
+//! replica's own write, or a clear under way, refuses it (the primary tries again), so
+//! two members that both believe they are the primary can't deadlock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sitegrid_proto::Backoff;
+
+use crate::error::{Error, Result};
+use crate::store::cache::{CacheStore, Condition, WriteOp, WriteRequest, WriteResult};
+use crate::store::entry::{Entry, Slot, Tombstone, TombstoneCause};
+use crate::store::mutation::{ApplyOutcome, Change, Mutation};
+use crate::store::replication::{Replicated, SiteReplication};
+use crate::store::time::UnixMillis;
+use crate::store::version::Version;
+
+/// How a primary retries a write that met a newer state or a busy member.
+const WRITE_RETRY: Backoff = Backoff {
+    initial_delay: Duration::from_millis(2),
+    max_delay: Duration::from_millis(100),
+    max_attempts: 8,
+};
+
+/// A write's answer, and the error to give the caller instead if the write is in doubt
+/// (applied here, maybe not on every member).
+pub type WriteOutcome = (WriteResult, Option<Error>);
+
+/// How one attempt of a write ended.
+enum Attempt {
+    Done(WriteOutcome),
+    /// The key changed without us: run the write again on the new state.
+    Again,
+}
+
+/// What a replica did with a change.
+#[derive(Debug)]
+pub enum ReplicaOutcome {
+    /// Taken.
+    Applied,
+    /// Already there.
+    AlreadyApplied,
+    /// Refused: the key holds something newer.
+    Conflict(Option<Slot>),
+    /// Refused: the key is busy here; try again.
+    Busy,
+}
+
+impl CacheStore {
+    /// Runs a write as the key's primary (see the module documentation). Not cancel-safe
+    /// between persisting and applying: callers that may await run it in its own task.
+    pub async fn write(
+        &self,
+        request: &WriteRequest,
+        site: &dyn SiteReplication,
+        request_id: Option<&str>,
+    ) -> Result<WriteOutcome> {
+        let mut retry = 0;
+        loop {
+            match self.write_once(request, site, request_id).await? {
+                Attempt::Done(outcome) => return Ok(outcome),
+                Attempt::Again => match WRITE_RETRY.delay(retry) {
+                    Some(wait) => {
+                        tokio::time::sleep(wait).await;
+                        retry += 1;
+                    }
+                    None => {
+                        return Err(Error::Aborted(format!(
+                            "cache {}: the key kept changing under concurrent writes",
+                            self.name()
+                        )));
+                    }
+                },
+            }
+        }
+    }
+
+    async fn write_once(
+        &self,
+        request: &WriteRequest,
+        site: &dyn SiteReplication,
+        request_id: Option<&str>,
+    ) -> Result<Attempt> {
+        let _clear = self.clear_barrier.read().await;
+        let _lock = self.locks.lock(&request.key).await;
+        let now = self.now_ms();
+        let Some((previous, prev)) = self.current_for_write(&request.key, now, site).await? else {
+            return Ok(Attempt::Again);
+        };
+        let holds = match request.condition {
+            Condition::Always => true,
+            Condition::Absent => previous.is_none(),
+            Condition::Present => previous.is_some(),
+            Condition::VersionIs(expected) => {
+                previous.as_ref().is_some_and(|e| e.version == expected)
+            }
+        };
+        let removing_absent = matches!(request.op, WriteOp::Remove) && previous.is_none();
+        if !holds || removing_absent {
+            return Ok(Attempt::Done((
+                WriteResult {
+                    applied: false,
+                    version: 0,
+                    previous,
+                },
+                None,
+            )));
+        }
+        let version = self.services().clock.next();
+        let mutation = Mutation {
+            key: request.key.clone(),
+            prev,
+            change: self.change(&request.op, version, now),
+        };
+        let answer = WriteResult {
+            applied: true,
+            version,
+            previous: previous.filter(|_| request.keep_previous),
+        };
+        match site
+            .replicate(self.name(), &mutation, request_id, Some(&answer))
+            .await
+        {
+            Ok(Replicated::Done) => {
+                self.commit(&mutation, true).await?;
+                Ok(Attempt::Done((answer, None)))
+            }
+            Ok(Replicated::Busy) => Ok(Attempt::Again),
+            Ok(Replicated::Conflict { current, recorded }) => {
+                self.adopt(&request.key, current).await?;
+                match recorded {
+                    // This very write already happened, through a primary that failed
+                    // before it answered: its answer is the answer.
+                    Some(recorded) => Ok(Attempt::Done(((*recorded).clone(), None))),
+                    None => Ok(Attempt::Again),
+                }
+            }
+            Err(error @ Error::Unavailable(_)) => {
+                // Some members may have it: apply it here too, so this primary agrees
+                // with them, and let a retry of the request get this answer.
+                self.commit(&mutation, true).await?;
+                Ok(Attempt::Done((answer, Some(error))))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    fn change(&self, op: &WriteOp, version: Version, now: UnixMillis) -> Change {
+        let site = self.services().site.clone();
+        match op {
+            WriteOp::Put(new) => Change::Write(Arc::new(Entry::new(
+                new.value.clone(),
+                version,
+                site,
+                now,
+                self.default_ms(new.lifespan_ms, self.config().lifespan),
+                self.default_ms(new.max_idle_ms, self.config().max_idle),
+                new.tags.clone(),
+            ))),
+            WriteOp::Remove => Change::Remove(Arc::new(Tombstone {
+                version,
+                origin_site: site,
+                removed_ms: now,
+                cause: TombstoneCause::Removed,
+            })),
+        }
+    }
+
+    fn default_ms(&self, requested_ms: u64, default: Option<Duration>) -> u64 {
+        if requested_ms > 0 {
+            requested_ms
+        } else {
+            default.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        }
+    }
+
+    /// The live entry a write to `key` sees and the state version it replaces; expires
+    /// the entry first if its time has come. `None` if the expiry met a newer state (the
+    /// write must start again). The caller holds the key's lock.
+    async fn current_for_write(
+        &self,
+        key: &Bytes,
+        now: UnixMillis,
+        site: &dyn SiteReplication,
+    ) -> Result<Option<(Option<Arc<Entry>>, Version)>> {
+        let (slot, prev) = {
+            let keyspace = self.keyspace.read();
+            let slot = keyspace.slot(key).cloned();
+            let prev = slot.as_ref().map_or(keyspace.floor(), Slot::state_version);
+            (slot, prev)
+        };
+        match slot {
+            Some(Slot::Live(entry)) if entry.is_expired(now) => {
+                if !self.expire_locked(key.clone(), &entry, now, site).await? {
+                    return Ok(None);
+                }
+                // An expiry is not a write: the key still stands at the expired version.
+                Ok(Some((None, prev)))
+            }
+            Some(Slot::Live(entry)) => Ok(Some((Some(entry), prev))),
+            _ => Ok(Some((None, prev))),
+        }
+    }
+
+    /// Turns an expired entry into an expiry tombstone on every member and publishes
+    /// `EXPIRED`; `false` if a member holds something newer (now adopted here). The
+    /// caller holds the key's lock, is the key's primary, and has checked that `entry` is
+    /// the key's entry.
+    pub(crate) async fn expire_locked(
+        &self,
+        key: Bytes,
+        entry: &Arc<Entry>,
+        now: UnixMillis,
+        site: &dyn SiteReplication,
+    ) -> Result<bool> {
+        let mutation = Mutation {
+            key: key.clone(),
+            prev: entry.version,
+            change: Change::Remove(Arc::new(Tombstone {
+                version: self.services().clock.next(),
+                origin_site: self.services().site.clone(),
+                removed_ms: now,
+                cause: TombstoneCause::Expired {
+                    base: entry.version,
+                },
+            })),
+        };
+        match site.replicate(self.name(), &mutation, None, None).await? {
+            Replicated::Done => {
+                // An expiry lost in a crash happens again after the restart: no need to
+                // wait for the disk.
+                self.commit(&mutation, false).await?;
+                Ok(true)
+            }
+            Replicated::Busy => Ok(false),
+            Replicated::Conflict { current, .. } => {
+                self.adopt(&key, current).await?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Takes a newer state a member reported for `key` (`None`: only a newer clear, which
+    /// this node has not seen; the key is left for that clear to reach it). The caller
+    /// holds the key's lock.
+    async fn adopt(&self, key: &Bytes, newer: Option<Slot>) -> Result<()> {
+        let Some(newer) = newer else { return Ok(()) };
+        let (prev, version) = {
+            let keyspace = self.keyspace.read();
+            let current = keyspace.slot(key);
+            (
+                keyspace.state_version(key),
+                current.map_or(0, Slot::version),
+            )
+        };
+        if newer.version() <= version {
+            return Ok(());
+        }
+        self.services().clock.observe(newer.version());
+        let mutation = Mutation {
+            key: key.clone(),
+            prev,
+            change: Change::from_slot(newer),
+        };
+        self.commit(&mutation, true).await
+    }
+
+    /// Persists (if the cache is persistent) and applies a mutation, then publishes its
+    /// event. The caller holds the key's lock, so the one rule takes it.
+    pub(crate) async fn commit(&self, mutation: &Mutation, wait_durable: bool) -> Result<()> {
+        self.persist_slot(&mutation.key, &mutation.slot(), wait_durable)
+            .await?;
+        let outcome = self.keyspace.write().apply(mutation);
+        match outcome {
+            ApplyOutcome::Applied { replaced } => {
+                self.publish(mutation, replaced);
+                Ok(())
+            }
+            ApplyOutcome::AlreadyApplied => Ok(()),
+            ApplyOutcome::Conflict { .. } => {
+                Err(Error::Internal("a locked key changed under its writer"))
+            }
+        }
+    }
+
+    /// Takes a change sent by another member, with the one rule, never waiting for a lock:
+    /// the key busy here (a write of this node's own, a clear, upkeep) refuses it.
+    pub async fn apply_replicated(&self, mutation: &Mutation) -> Result<ReplicaOutcome> {
+        let Ok(_clear) = self.clear_barrier.try_read() else {
+            return Ok(ReplicaOutcome::Busy);
+        };
+        let Some(_lock) = self.locks.try_lock(&mutation.key) else {
+            return Ok(ReplicaOutcome::Busy);
+        };
+        self.services().clock.observe(mutation.next());
+        match self.keyspace.read().check(mutation) {
+            ApplyOutcome::Applied { .. } => {}
+            ApplyOutcome::AlreadyApplied => return Ok(ReplicaOutcome::AlreadyApplied),
+            ApplyOutcome::Conflict { current } => return Ok(ReplicaOutcome::Conflict(current)),
+        }
+        self.commit(mutation, true).await?;
+        Ok(ReplicaOutcome::Applied)
+    }
+}
+
+impl Change {
+    /// The change that makes a key hold `slot`.
+    pub fn from_slot(slot: Slot) -> Change {
+        match slot {
+            Slot::Live(entry) => Change::Write(entry),
+            Slot::Tombstone(tombstone) => Change::Remove(tombstone),
+        }
+    }
+}
+
+impl Mutation {
+    /// A change that makes `key` hold `slot` unless it holds something at least as new:
+    /// how a node hands over a state it knows (joins, reconciling after a failure).
+    pub fn newer_wins(key: Bytes, slot: Slot) -> Mutation {
+        Mutation {
+            key,
+            prev: slot.version().saturating_sub(1),
+            change: Change::from_slot(slot),
+        }
+    }
+}
