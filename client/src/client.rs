@@ -164,16 +164,22 @@ impl Client {
     /// Follows the changes of one or more caches, as a stream of [`Event`](crate::Event)s
     /// that lasts until it is dropped.
     ///
-    /// Returns once a node accepted the subscription (opening it is retried like a
-    /// request). From then on the stream survives failures by itself: when its
-    /// connection breaks, its node shuts down, or the server drops it for falling behind,
-    /// it opens a new stream (on the next endpoint if the node is unreachable), with
-    /// backoff and without a limit on attempts, resuming a
-    /// [`resume_margin`](ListenOptions::resume_margin) before the last version it saw and
-    /// dropping the changes it already delivered. So every change comes once per
-    /// version, and none is missed; where missing some cannot be ruled out (the
-    /// current state was cut short, or the server had to start the stream over), an
-    /// [`Event::InvalidateAll`](crate::Event::InvalidateAll) for every cache comes first.
+    /// Returns once the subscription has started: a node accepted it and confirmed that
+    /// it sent every change up to then (a `SYNCED` marker), so that no change made after
+    /// `listen` returns is missed. The current state or the replay asked for comes before
+    /// that point: it is held back in memory and handed out first. Opening the stream,
+    /// and opening it again if it breaks before the start, is retried like a request, and
+    /// an error that outlasts the retries is returned.
+    ///
+    /// From then on the stream survives failures by itself: when its connection breaks,
+    /// its node shuts down, or the server drops it for falling behind, it opens a new
+    /// stream (on the next endpoint if the node is unreachable), with backoff and without
+    /// a limit on attempts, resuming a [`resume_margin`](ListenOptions::resume_margin)
+    /// before the last version it saw and dropping the changes it already delivered. So
+    /// every change comes once per version, and none is missed; where missing some
+    /// cannot be ruled out (the current state was cut short, or the server had to start
+    /// the stream over), an [`Event::InvalidateAll`](crate::Event::InvalidateAll) for
+    /// every cache comes first.
     ///
     /// The stream ends with an error only when the server refuses the subscription
     /// (unknown cache, bad argument, access denied).

@@ -1,7 +1,8 @@
 //! What a listener receives: [`Event`], typed from the wire's `CacheEvent`.
 //!
-//! The wire's `RESYNC_REQUIRED` never reaches the application: the
-//! [`EventStream`](crate::EventStream) handles it by resuming, so it has no variant here.
+//! The wire's `RESYNC_REQUIRED` and `SYNCED` never reach the application: the
+//! [`EventStream`](crate::EventStream) handles the first by resuming and keeps the second
+//! as its resume position, so they have no variant here.
 
 use bytes::Bytes;
 use sitegrid_proto::v1;

@@ -1,13 +1,12 @@
 //! [`EventStream`]: a subscription's events, across as many server streams as it takes.
 //!
 //! The driver here only does I/O: it opens a stream with the request [`ResumeState`]
-//! makes, passes each event through it, and when the stream breaks tells it so and opens
-//! the next one. Every decision about positions and duplicates is `ResumeState`'s.
+//! makes, passes each event through it, hands out the events it has ready, and when the
+//! stream breaks tells it so and opens the next one. Every decision about positions,
+//! duplicates and what the application gets is `ResumeState`'s.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
 
 use futures::Stream;
 use sitegrid_proto::Backoff;
@@ -19,7 +18,7 @@ use crate::client::{Client, Deadline};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::options::ListenOptions;
-use crate::resume::{ResumeState, Step};
+use crate::resume::{Restart, ResumeState, Step};
 use crate::retry::RetryPolicy;
 
 /// The events of a subscription, as returned by [`Client::listen`]; see there for what
@@ -36,11 +35,12 @@ impl std::fmt::Debug for EventStream {
 }
 
 impl EventStream {
-    /// Opens the first stream (retried with the client's backoff) and returns the
-    /// subscription's events.
+    /// Opens the subscription and reads its first stream up to its first `SYNCED` marker,
+    /// holding back the events before it; until then, opening a stream is retried with
+    /// the client's backoff, and an error that outlasts it is returned.
     pub(crate) async fn open(client: Client, options: &ListenOptions) -> Result<EventStream> {
-        // A listener reconnects for as long as it lives; the client's backoff still sets
-        // the pace.
+        // Once started, a listener reconnects for as long as it lives; the client's
+        // backoff still sets the pace.
         let reconnect = Backoff {
             max_attempts: u32::MAX,
             ..*client.backoff()
@@ -48,14 +48,12 @@ impl EventStream {
         let mut driver = Driver {
             state: ResumeState::new(options),
             stream: None,
-            queued: VecDeque::new(),
             fruitless: 0,
             finished: false,
             reconnect,
             client,
         };
-        let first = *driver.client.backoff();
-        driver.stream = Some(driver.open(&first).await?);
+        driver.start().await?;
         let inner = futures::stream::unfold(driver, |mut driver| async move {
             let item = driver.next().await?;
             Some((item, driver))
@@ -83,11 +81,10 @@ struct Open {
 /// Everything the stream keeps between events.
 struct Driver {
     client: Client,
+    /// The bookkeeping, and the events ready for the application.
     state: ResumeState,
     /// The current server stream; `None` when the next event needs a new one.
     stream: Option<Open>,
-    /// Events to hand out before reading on: the invalidations of a start over.
-    queued: VecDeque<Event>,
     /// Streams in a row that ended before sending anything: a node that accepts
     /// streams and drops them at once must not be hammered.
     fruitless: u32,
@@ -98,49 +95,64 @@ struct Driver {
 }
 
 impl Driver {
+    /// Reads until the subscription's first `SYNCED` marker, which is its start.
+    async fn start(&mut self) -> Result<()> {
+        while !self.state.started() {
+            self.advance().await?;
+        }
+        Ok(())
+    }
+
     /// The next item for the application; `None` once the subscription ended.
     async fn next(&mut self) -> Option<Result<Event>> {
         loop {
-            if let Some(event) = self.queued.pop_front() {
+            if let Some(event) = self.state.next_event() {
                 return Some(Ok(event));
             }
             if self.finished {
                 return None;
             }
-            let Some(open) = self.stream.as_mut() else {
-                if let Err(error) = self.reopen().await {
-                    return Some(Err(self.finish(error)));
-                }
-                continue;
-            };
-            match open.streaming.message().await {
-                Ok(Some(event)) => {
-                    self.fruitless = 0;
-                    match self.state.accept(event) {
-                        Step::Deliver(event) => return Some(Ok(event)),
-                        Step::Skip => {}
-                        Step::Reopen(events) => {
-                            tracing::warn!(
-                                endpoint = self.client.endpoint_uri(open.endpoint),
-                                "listener fell behind, resuming"
-                            );
-                            self.queued.extend(events);
-                            self.stream = None;
-                        }
-                    }
-                }
-                // Only a node shutting down ends a stream without a resync.
-                Ok(None) => self.broken(None),
-                Err(status) => {
-                    let endpoint = self.client.endpoint_uri(open.endpoint);
-                    let error = Error::from_status(status, endpoint, self.client.request_timeout());
-                    if !RetryPolicy::Listen.retries(&error) {
-                        return Some(Err(self.finish(error)));
-                    }
-                    self.broken(Some(error));
-                }
+            if let Err(error) = self.advance().await {
+                return Some(Err(self.finish(error)));
             }
         }
+    }
+
+    /// One step: opens a stream if there is none, else reads one event, or the end of
+    /// the stream. Fails only with an error that ends the subscription.
+    async fn advance(&mut self) -> Result<()> {
+        let Some(open) = self.stream.as_mut() else {
+            return self.reopen().await;
+        };
+        match open.streaming.message().await {
+            Ok(Some(event)) => {
+                self.fruitless = 0;
+                if let Step::Reopen(restart) = self.state.accept(event) {
+                    let endpoint = self.client.endpoint_uri(open.endpoint);
+                    match restart {
+                        Restart::Resume => {
+                            tracing::warn!(endpoint, "listener fell behind, resuming")
+                        }
+                        Restart::StartOver => tracing::warn!(
+                            endpoint,
+                            "listener fell behind during the current state, starting over"
+                        ),
+                    }
+                    self.stream = None;
+                }
+            }
+            // Only a node shutting down ends a stream without a resync.
+            Ok(None) => self.broken(None),
+            Err(status) => {
+                let endpoint = self.client.endpoint_uri(open.endpoint);
+                let error = Error::from_status(status, endpoint, self.client.request_timeout());
+                if !RetryPolicy::Listen.retries(&error) {
+                    return Err(error);
+                }
+                self.broken(Some(error));
+            }
+        }
+        Ok(())
     }
 
     /// Drops the current stream after it ended (`error` is `None`) or failed.
@@ -162,14 +174,14 @@ impl Driver {
             self.client.fail_over_from(open.endpoint);
         }
         self.fruitless = self.fruitless.saturating_add(1);
-        let invalidations = self.state.on_break();
-        if !invalidations.is_empty() {
+        if self.state.on_break() == Restart::StartOver {
             tracing::warn!("listen stream broke during the current state, starting over");
         }
-        self.queued.extend(invalidations);
     }
 
-    /// Opens the next stream, after a pause if the last ones ended without a word.
+    /// Opens the next stream, after a pause if the last ones ended without a word. Before
+    /// the start this is retried like a request (so `listen` fails rather than waiting
+    /// for good on an unreachable cluster), after it without a limit.
     async fn reopen(&mut self) -> Result<()> {
         if let Some(pause) = self
             .fruitless
@@ -178,13 +190,12 @@ impl Driver {
         {
             tokio::time::sleep(pause).await;
         }
-        let reconnect = self.reconnect;
-        self.stream = Some(self.open(&reconnect).await?);
-        Ok(())
-    }
-
-    async fn open(&mut self, backoff: &Backoff) -> Result<Open> {
-        let request = self.state.next_request(SystemTime::now());
+        let backoff = if self.state.started() {
+            self.reconnect
+        } else {
+            *self.client.backoff()
+        };
+        let request = self.state.next_request();
         let (streaming, endpoint) = self
             .client
             .send_with(
@@ -192,14 +203,15 @@ impl Driver {
                 // No deadline on the call: a listener's stream lasts as long as it is read.
                 Deadline::FirstAnswer,
                 RetryPolicy::Listen,
-                backoff,
+                &backoff,
                 |channel, request| async move { CacheClient::new(channel).listen(request).await },
             )
             .await?;
-        Ok(Open {
+        self.stream = Some(Open {
             streaming,
             endpoint,
-        })
+        });
+        Ok(())
     }
 
     fn finish(&mut self, error: Error) -> Error {

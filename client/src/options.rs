@@ -157,8 +157,8 @@ pub struct ListenOptions {
     /// How far before the last version seen a reconnected stream resumes. Changes of
     /// different keys may arrive out of version order, by at most the time a write is in
     /// flight (seconds for a write from another site): the margin must cover that, and
-    /// the clock difference between this machine and the servers. Duplicates it causes
-    /// are dropped.
+    /// the clock differences between sites, whose clocks give versions. Duplicates it
+    /// causes are dropped. (This machine's clock plays no part.)
     pub resume_margin: Duration,
 }
 

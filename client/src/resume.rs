@@ -1,163 +1,174 @@
-//! A listener's bookkeeping: what it delivered, where its next stream resumes, and when
-//! it must start over. Plain code without I/O, so that every decision is unit-tested;
-//! [`EventStream`](crate::EventStream) does the I/O around it.
+//! A listener's bookkeeping: what it delivered, where its next stream resumes, when it
+//! must start over, and the events waiting for the application. Plain code without I/O,
+//! so that every decision is unit-tested; [`EventStream`](crate::EventStream) does the
+//! I/O around it.
 //!
-//! The server sends the changes of one key in version order, and the changes of different
-//! keys out of order by at most the time a write is in flight. So once a stream is past
-//! any current state, every change up to `last_seen - margin` has arrived, and a new
-//! stream resuming from there misses nothing; it repeats some changes, which are dropped
-//! because the highest version delivered of every key is remembered until it falls
-//! below that resume point (the server never replays a key at or below it again).
+//! Every stream asks for `SYNCED` markers. A marker at version V says that every change
+//! up to V has been sent, writes still in flight aside; the server sends one at the start
+//! of a live-only stream, after the current state, and after a replay. Before it the
+//! events come in no order (current state) or in version order (replay, across caches);
+//! after it come live changes: those of one key in version order, those of different keys
+//! out of order by at most the time a write is in flight. So once a subscription has a
+//! position, every change up to `last_seen - margin` has arrived (`last_seen` being the
+//! highest version seen, markers included), during a replay as well as after it, and a
+//! stream resuming from there misses nothing. It repeats some changes, which are dropped
+//! because the highest version delivered of every key is remembered until it falls below
+//! that resume point (the server never replays a key at or below it again).
 //!
-//! The current state comes in no version order and without an end marker: until a
-//! change that is not `CREATED` (or a `RESYNC_REQUIRED` with a version) proves it
-//! complete, there is no resume point, and a stream that breaks must start over. Starting
-//! over is never silent: it hands out an [`Event::InvalidateAll`] for every cache first.
+//! A subscription has a position from its first marker on, or from the start if it
+//! replays from a `from_version`. Until then a break costs nothing for a live-only
+//! stream (it is opened again as it was), but the current state, which comes in no
+//! order, must start over; starting over is never silent: it hands out an
+//! [`Event::InvalidateAll`] for every cache first.
+//!
+//! The subscription's guarantee (no change after its start is missed) starts at the first
+//! marker: events that come before it (the current state, or the replay asked for) are
+//! held back until it arrives, and [`Client::listen`](crate::Client::listen) returns only
+//! then. The marker itself is bookkeeping and never reaches the application.
 
-use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
-use sitegrid_proto::v1;
+use sitegrid_proto::{v1, version};
 
 use crate::event::{Change, ChangeKind, Event};
 use crate::options::ListenOptions;
 
-/// Unix milliseconds of 2020-01-01, where the timestamps of versions start.
-const VERSION_EPOCH_MS: u64 = 1_577_836_800_000;
-/// Bits of a version below its milliseconds: a 12-bit counter, then an 8-bit site id.
-const VERSION_MS_SHIFT: u32 = 20;
 /// Remembered keys below which pruning is not worth a pass over them.
 const PRUNE_FLOOR: usize = 4096;
-
-/// The version distance of `duration`: versions carry milliseconds above 20 bits.
-pub(crate) fn version_distance(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis())
-        .unwrap_or(u64::MAX)
-        .saturating_mul(1 << VERSION_MS_SHIFT)
-}
-
-/// The lowest version a server could give a write at `time` by its own clock.
-fn version_at(time: SystemTime) -> u64 {
-    let unix_ms = time
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    unix_ms
-        .saturating_sub(VERSION_EPOCH_MS)
-        .saturating_mul(1 << VERSION_MS_SHIFT)
-}
 
 /// Where the subscription stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// No stream yet, or starting over: the next stream is the subscription's own request.
     Fresh,
-    /// The current state is coming and nothing proves it complete yet: no resume point.
+    /// The current state is coming, in no version order: no position until the stream's
+    /// marker, and a break starts over.
     CurrentState,
-    /// Changes come in version order, give or take the in-flight time.
-    Ordered,
+    /// A live-only stream waits for its marker, which gives the first position; a break
+    /// before it opens the same request again.
+    Unpositioned,
+    /// There is a resume point.
+    Positioned,
 }
 
-/// What to do with one event received from the server.
-// Short-lived, and nearly always a delivery: see `Event`.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, PartialEq, Eq)]
+/// How the next stream picks up after one ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Restart {
+    /// From the resume point, or with the subscription's own request while there is none:
+    /// nothing is lost.
+    Resume,
+    /// From the beginning, after an invalidation of every cache.
+    StartOver,
+}
+
+/// What to do after one event received from the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Step {
-    /// Hand it to the application.
-    Deliver(Event),
-    /// Nothing for the application: a duplicate, or a kind this client does not know.
-    Skip,
-    /// The server ends the stream (the listener fell behind): hand these events out,
-    /// then open a new stream.
-    Reopen(Vec<Event>),
+    /// Read on.
+    Continue,
+    /// The server ends the stream (the listener fell behind): open a new one.
+    Reopen(Restart),
 }
 
-/// A subscription's resume point and the versions it delivered.
+/// A subscription's resume point, the versions it delivered, and its events not yet
+/// handed out.
 #[derive(Debug)]
 pub(crate) struct ResumeState {
     options: ListenOptions,
     /// The resume margin as a version distance.
     margin: u64,
     phase: Phase,
-    /// Highest version received since changes came in order; `None` before any.
+    /// Highest version that counts for the resume point; `None` before any.
     last_seen: Option<u64>,
-    /// Never resume from before this: `from_version`, or for a live-only subscription
-    /// the moment it started (so a stream that breaks before its first event resumes
-    /// from there rather than losing what changed meanwhile).
-    floor: u64,
-    /// Whether the current stream replays (it was opened with a resume version): the
-    /// versions of its `INVALIDATE_ALL` and `RESYNC_REQUIRED` may then be ahead of the
-    /// replay, so they do not count as seen.
-    replaying: bool,
+    /// Whether a marker arrived: the subscription has started, and its events may be
+    /// handed out.
+    started: bool,
+    /// Whether the current stream's marker arrived: before it, the version of an
+    /// `INVALIDATE_ALL` may be ahead of the replay that follows, so it is not seen.
+    stream_synced: bool,
     /// Highest version delivered, by cache and key.
     delivered: HashMap<String, HashMap<Bytes, u64>>,
     /// Keys in `delivered`, all caches together.
     tracked: usize,
     /// Prune when `tracked` reaches this; doubling it keeps pruning amortized O(1).
     prune_at: usize,
+    /// Events for the application, oldest first; held back until the start.
+    outbox: VecDeque<Event>,
 }
 
 impl ResumeState {
     /// The state of a subscription no stream was opened for yet.
     pub(crate) fn new(options: &ListenOptions) -> Self {
         ResumeState {
-            margin: version_distance(options.resume_margin),
+            margin: version::distance(options.resume_margin),
             options: options.clone(),
             phase: Phase::Fresh,
             last_seen: None,
-            floor: options.from_version,
-            replaying: false,
+            started: false,
+            stream_synced: false,
             delivered: HashMap::new(),
             tracked: 0,
             prune_at: PRUNE_FLOOR,
+            outbox: VecDeque::new(),
         }
     }
 
-    /// The request of the next stream; `now` is when it is sent, by this machine's clock.
-    pub(crate) fn next_request(&mut self, now: SystemTime) -> v1::ListenRequest {
+    /// The request of the next stream.
+    pub(crate) fn next_request(&mut self) -> v1::ListenRequest {
         let options = &self.options;
-        let (include_current_state, resume_from) = match self.phase {
-            // A broken current state starts over through `on_break`; `CurrentState` here
-            // only means the previous stream was never reported broken.
-            Phase::Fresh | Phase::CurrentState => {
-                let live_only = !options.include_current_state && options.from_version == 0;
-                self.floor = if live_only {
-                    version_at(now).saturating_sub(self.margin).max(1)
-                } else {
-                    options.from_version
-                };
+        let (include_current_state, resume_from) = match self.resume_point() {
+            Some(point) => (false, point),
+            // Also after a live-only stream that broke before its marker: the subscription
+            // has not started, so asking again loses nothing it promised. (A broken
+            // current state starts over through `on_break`, which makes the phase `Fresh`.)
+            None => {
                 self.phase = if options.include_current_state {
                     Phase::CurrentState
+                } else if options.from_version > 0 {
+                    // A replay is in version order: its start is already a position.
+                    Phase::Positioned
                 } else {
-                    Phase::Ordered
+                    Phase::Unpositioned
                 };
                 (options.include_current_state, options.from_version)
             }
-            Phase::Ordered => (false, self.resume_point().unwrap_or(self.floor.max(1))),
         };
-        self.replaying = resume_from > 0;
+        self.stream_synced = false;
         v1::ListenRequest {
-            caches: self.options.caches.clone(),
+            caches: options.caches.clone(),
             include_current_state,
-            key_prefix: self.options.key_prefix.clone(),
-            tag: self.options.tag.clone().unwrap_or_default(),
-            with_values: self.options.with_values,
+            key_prefix: options.key_prefix.clone(),
+            tag: options.tag.clone().unwrap_or_default(),
+            with_values: options.with_values,
             resume_from_version: resume_from,
-            sync_markers: false,
+            sync_markers: true,
         }
     }
 
     /// Where a stream opened now would resume: `last_seen - margin`, never below the
-    /// floor nor 1; `None` while there is no position (before the first stream, or while
-    /// the current state may be incomplete).
+    /// subscription's `from_version` nor 1; `None` while there is no position.
     pub(crate) fn resume_point(&self) -> Option<u64> {
-        if self.phase != Phase::Ordered {
+        if self.phase != Phase::Positioned {
             return None;
         }
         let seen = self
             .last_seen
             .map_or(0, |version| version.saturating_sub(self.margin));
-        Some(seen.max(self.floor).max(1))
+        Some(seen.max(self.options.from_version).max(1))
+    }
+
+    /// Whether the subscription's first marker arrived.
+    pub(crate) fn started(&self) -> bool {
+        self.started
+    }
+
+    /// The next event for the application; `None` if there is none, or before the start.
+    pub(crate) fn next_event(&mut self) -> Option<Event> {
+        if !self.started {
+            return None;
+        }
+        self.outbox.pop_front()
     }
 
     /// Takes one event of the current stream.
@@ -167,59 +178,65 @@ impl ResumeState {
             Ok(v1::EventKind::Modified) => ChangeKind::Modified,
             Ok(v1::EventKind::Removed) => ChangeKind::Removed,
             Ok(v1::EventKind::Expired) => ChangeKind::Expired,
-            Ok(v1::EventKind::InvalidateAll) => return Step::Deliver(self.invalidate_all(event)),
+            Ok(v1::EventKind::Synced) => {
+                self.synced(event.version);
+                return Step::Continue;
+            }
+            Ok(v1::EventKind::InvalidateAll) => {
+                self.invalidate_all(event);
+                return Step::Continue;
+            }
             Ok(v1::EventKind::ResyncRequired) => return Step::Reopen(self.resync(event.version)),
             // A newer server may send kinds this client does not know; they cannot be
             // acted on, and skipping them leaves the versions of known kinds intact.
-            Ok(v1::EventKind::Unspecified | v1::EventKind::Synced) | Err(_) => {
+            Ok(v1::EventKind::Unspecified) | Err(_) => {
                 tracing::debug!(kind = event.kind, "listen event of unknown kind skipped");
-                return Step::Skip;
+                return Step::Continue;
             }
         };
-        // The current state is sent as CREATED only, so anything else comes after it.
-        if kind != ChangeKind::Created {
-            self.leave_current_state();
-        }
-        if self.phase == Phase::Ordered {
+        // Before a position, versions come in no order (current state) or not at all.
+        if self.phase == Phase::Positioned {
             self.see(event.version);
         }
-        if !self.remember(&event.cache, &event.key, event.version) {
-            return Step::Skip;
+        if self.remember(&event.cache, &event.key, event.version) {
+            self.maybe_prune();
+            let change = Change::from_wire(kind, event, self.options.with_values);
+            self.outbox.push_back(Event::Changed(change));
         }
-        self.maybe_prune();
-        Step::Deliver(Event::Changed(Change::from_wire(
-            kind,
-            event,
-            self.options.with_values,
-        )))
+        Step::Continue
     }
 
-    /// The stream ended or failed without `RESYNC_REQUIRED`: the events to hand out
-    /// before the next stream (an invalidation of every cache if it must start over).
-    pub(crate) fn on_break(&mut self) -> Vec<Event> {
+    /// The stream ended or failed without `RESYNC_REQUIRED`: how the next one picks up.
+    pub(crate) fn on_break(&mut self) -> Restart {
         match self.phase {
             Phase::CurrentState => self.start_over(),
-            Phase::Fresh | Phase::Ordered => Vec::new(),
+            Phase::Fresh | Phase::Unpositioned | Phase::Positioned => Restart::Resume,
         }
     }
 
-    /// `RESYNC_REQUIRED` with `version`: 0 means the server has no position to offer
-    /// (the listener fell behind during the current state), anything else that the
-    /// current state, if any, was complete.
-    fn resync(&mut self, version: u64) -> Vec<Event> {
+    /// A `SYNCED` marker: every change up to `version` was sent, in-flight writes aside.
+    fn synced(&mut self, version: u64) {
+        self.phase = Phase::Positioned;
+        self.started = true;
+        self.stream_synced = true;
+        self.see(version);
+    }
+
+    /// `RESYNC_REQUIRED` with `version`: 0 while the current state was being sent (there
+    /// is no position), anything else a safe position.
+    fn resync(&mut self, version: u64) -> Restart {
         if version == 0 {
             return self.start_over();
         }
-        self.leave_current_state();
-        if !self.replaying {
-            self.see(version);
-        }
-        Vec::new()
+        self.phase = Phase::Positioned;
+        self.see(version);
+        Restart::Resume
     }
 
-    fn invalidate_all(&mut self, event: v1::CacheEvent) -> Event {
-        self.leave_current_state();
-        if !self.replaying {
+    fn invalidate_all(&mut self, event: v1::CacheEvent) {
+        // Before the marker this is a replay's, at the newest removal forgotten: possibly
+        // ahead of changes the replay has yet to send. After it, a clear, in order.
+        if self.stream_synced {
             self.see(event.version);
         }
         // The application drops its copies, so whatever comes next for this cache is
@@ -227,16 +244,10 @@ impl ResumeState {
         if let Some(forgotten) = self.delivered.remove(&event.cache) {
             self.tracked -= forgotten.len();
         }
-        Event::InvalidateAll {
+        self.outbox.push_back(Event::InvalidateAll {
             cache: event.cache,
             version: event.version,
-        }
-    }
-
-    fn leave_current_state(&mut self) {
-        if self.phase == Phase::CurrentState {
-            self.phase = Phase::Ordered;
-        }
+        });
     }
 
     fn see(&mut self, version: u64) {
@@ -244,21 +255,25 @@ impl ResumeState {
     }
 
     /// Drops everything known, so that the next stream is the subscription's own request,
-    /// and answers an invalidation of every cache.
-    fn start_over(&mut self) -> Vec<Event> {
+    /// and queues an invalidation of every cache.
+    fn start_over(&mut self) -> Restart {
         self.phase = Phase::Fresh;
         self.last_seen = None;
         self.delivered.clear();
         self.tracked = 0;
         self.prune_at = PRUNE_FLOOR;
-        self.options
-            .caches
-            .iter()
-            .map(|cache| Event::InvalidateAll {
-                cache: cache.clone(),
-                version: 0,
-            })
-            .collect()
+        // Events not handed out yet would be dropped by the invalidations anyway.
+        self.outbox.clear();
+        self.outbox.extend(
+            self.options
+                .caches
+                .iter()
+                .map(|cache| Event::InvalidateAll {
+                    cache: cache.clone(),
+                    version: 0,
+                }),
+        );
+        Restart::StartOver
     }
 
     /// Records `version` as delivered for the key, unless a version as high already was;
@@ -310,20 +325,22 @@ impl ResumeState {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
-    /// One millisecond as a version distance.
-    const MS: u64 = 1 << VERSION_MS_SHIFT;
+    /// The first version of millisecond `ms` after the version epoch.
+    fn at(ms: u64) -> u64 {
+        version::first_version_at(version::EPOCH_MS + ms)
+    }
+
+    /// Ten milliseconds, the margin of `options()`.
+    const MARGIN_MS: u64 = 10;
 
     fn options() -> ListenOptions {
         ListenOptions::new(["work", "sessions"])
             .with_values(true)
-            .resume_margin(Duration::from_millis(10))
-    }
-
-    /// 1,000 s after the version epoch: its version is `1_000_000 * MS`.
-    fn now() -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(VERSION_EPOCH_MS + 1_000_000)
+            .resume_margin(Duration::from_millis(MARGIN_MS))
     }
 
     fn event(kind: v1::EventKind, cache: &str, key: &str, version: u64) -> v1::CacheEvent {
@@ -359,31 +376,51 @@ mod tests {
         }
     }
 
+    fn synced(version: u64) -> v1::CacheEvent {
+        marker(v1::EventKind::Synced, "", version)
+    }
+
     fn resync(version: u64) -> v1::CacheEvent {
         marker(v1::EventKind::ResyncRequired, "", version)
     }
 
-    /// The (key, version) of a delivered change; panics on anything else.
-    fn delivered(step: Step) -> (String, u64) {
-        match step {
-            Step::Deliver(Event::Changed(change)) => (
+    /// A live-only subscription whose first stream's marker came at `at(1_000_000)`.
+    fn started(options: &ListenOptions) -> ResumeState {
+        let mut state = ResumeState::new(options);
+        state.next_request();
+        assert_eq!(state.accept(synced(at(1_000_000))), Step::Continue);
+        state
+    }
+
+    /// Every event ready for the application, in order.
+    fn drain(state: &mut ResumeState) -> Vec<Event> {
+        std::iter::from_fn(|| state.next_event()).collect()
+    }
+
+    /// Feeds `events` (none ending the stream), and answers the versions of the changes
+    /// then ready for the application; panics on anything else.
+    fn feed(state: &mut ResumeState, events: Vec<v1::CacheEvent>) -> Vec<u64> {
+        for event in events {
+            assert_eq!(state.accept(event), Step::Continue);
+        }
+        drain(state)
+            .into_iter()
+            .map(|event| match event {
+                Event::Changed(change) => change.version,
+                other => panic!("expected a change, got {other:?}"),
+            })
+            .collect()
+    }
+
+    /// The (key, version) of a change; panics on anything else.
+    fn key_version(event: &Event) -> (String, u64) {
+        match event {
+            Event::Changed(change) => (
                 String::from_utf8(change.key.to_vec()).unwrap(),
                 change.version,
             ),
-            other => panic!("expected a delivered change, got {other:?}"),
+            other => panic!("expected a change, got {other:?}"),
         }
-    }
-
-    /// Feeds `events` and answers the versions delivered, in order.
-    fn feed(state: &mut ResumeState, events: Vec<v1::CacheEvent>) -> Vec<u64> {
-        events
-            .into_iter()
-            .filter_map(|event| match state.accept(event) {
-                Step::Deliver(Event::Changed(change)) => Some(change.version),
-                Step::Skip => None,
-                other => panic!("unexpected {other:?}"),
-            })
-            .collect()
     }
 
     fn invalidations(caches: &[&str]) -> Vec<Event> {
@@ -397,16 +434,7 @@ mod tests {
     }
 
     #[test]
-    fn a_duration_is_its_milliseconds_above_twenty_bits() {
-        assert_eq!(version_distance(Duration::from_millis(1)), 1 << 20);
-        assert_eq!(version_distance(Duration::from_secs(10)), 10_000 << 20);
-        assert_eq!(version_distance(Duration::MAX), u64::MAX);
-        assert_eq!(version_at(now()), 1_000_000 * MS);
-        assert_eq!(version_at(UNIX_EPOCH), 0);
-    }
-
-    #[test]
-    fn the_first_request_is_the_subscription_itself() {
+    fn the_first_request_is_the_subscription_itself_with_markers() {
         let options = options()
             .key_prefix("user:")
             .tag("realm=r1")
@@ -415,125 +443,271 @@ mod tests {
         let mut state = ResumeState::new(&options);
         assert_eq!(state.resume_point(), None);
         assert_eq!(
-            state.next_request(now()),
+            state.next_request(),
             v1::ListenRequest {
                 caches: vec!["work".into(), "sessions".into()],
                 include_current_state: true,
                 key_prefix: Bytes::from_static(b"user:"),
                 tag: "realm=r1".into(),
                 with_values: true,
-                sync_markers: false,
+                sync_markers: true,
                 resume_from_version: 77,
             }
         );
     }
 
     #[test]
-    fn the_resume_point_is_last_seen_minus_the_margin() {
+    fn every_request_asks_for_markers() {
+        let mut state = started(&options());
+        state.on_break();
+        let request = state.next_request();
+        assert!(request.sync_markers);
+        assert!(request.resume_from_version > 0);
+    }
+
+    #[test]
+    fn a_live_only_subscription_is_positioned_by_its_marker() {
         let mut state = ResumeState::new(&options());
-        state.next_request(now());
+        let first = state.next_request();
+        assert_eq!(first.resume_from_version, 0, "live changes only");
+        assert!(!first.include_current_state);
+        assert_eq!(state.resume_point(), None, "no position before the marker");
+        assert!(!state.started());
+        assert_eq!(state.accept(synced(at(1_000_000))), Step::Continue);
+        assert!(state.started());
+        assert_eq!(state.resume_point(), Some(at(1_000_000 - MARGIN_MS)));
+        assert_eq!(state.on_break(), Restart::Resume);
+        let next = state.next_request();
+        assert!(!next.include_current_state);
+        assert_eq!(next.resume_from_version, at(1_000_000 - MARGIN_MS));
+    }
+
+    #[test]
+    fn a_live_only_stream_broken_before_its_marker_is_opened_again_as_it_was() {
+        let mut state = ResumeState::new(&options());
+        let first = state.next_request();
+        assert_eq!(state.on_break(), Restart::Resume);
+        assert!(drain(&mut state).is_empty(), "nothing to invalidate");
+        assert_eq!(state.next_request(), first);
+        // The second stream's marker gives the position.
+        state.accept(synced(at(2_000_000)));
+        assert_eq!(state.resume_point(), Some(at(2_000_000 - MARGIN_MS)));
+    }
+
+    #[test]
+    fn the_marker_is_not_delivered() {
+        let mut state = started(&options());
+        assert!(drain(&mut state).is_empty());
+        assert_eq!(
+            feed(&mut state, vec![modified("a", at(1_000_001))]),
+            [at(1_000_001)]
+        );
+        assert!(drain(&mut state).is_empty());
+    }
+
+    #[test]
+    fn events_before_the_first_marker_are_held_back_and_handed_out_first() {
+        let mut state = ResumeState::new(&options().include_current_state(true));
+        state.next_request();
+        for event in [created("a", at(900)), created("b", at(50))] {
+            assert_eq!(state.accept(event), Step::Continue);
+        }
+        assert!(!state.started());
+        assert_eq!(state.next_event(), None, "held back until the start");
+        state.accept(synced(at(1_000_000)));
+        state.accept(modified("c", at(1_000_001)));
+        let events = drain(&mut state);
+        let got: Vec<_> = events.iter().map(key_version).collect();
+        assert_eq!(
+            got,
+            [
+                ("a".into(), at(900)),
+                ("b".into(), at(50)),
+                ("c".into(), at(1_000_001)),
+            ]
+        );
+    }
+
+    #[test]
+    fn changes_before_the_marker_do_not_end_the_current_state() {
+        let mut state = ResumeState::new(&options().include_current_state(true));
+        state.next_request();
+        // A replay after the current state (from_version) sends changes that are not
+        // CREATED before the marker; only the marker says the state is complete.
+        state.accept(created("a", at(900)));
+        state.accept(modified("b", at(1_000_600)));
+        state.accept(marker(v1::EventKind::InvalidateAll, "work", at(1_000_700)));
+        assert_eq!(state.resume_point(), None);
+        assert_eq!(state.on_break(), Restart::StartOver);
+    }
+
+    #[test]
+    fn the_marker_ends_the_current_state_with_a_resume_point() {
+        let mut state = ResumeState::new(&options().include_current_state(true));
+        state.next_request();
+        // The current state's versions do not count: they come in no order.
+        state.accept(created("a", at(1_000_900)));
+        state.accept(created("b", at(1_000_050)));
+        state.accept(synced(at(1_000_500)));
+        assert_eq!(state.resume_point(), Some(at(1_000_490)));
+        state.accept(modified("b", at(1_000_600)));
+        assert_eq!(state.on_break(), Restart::Resume);
+        let request = state.next_request();
+        assert!(!request.include_current_state);
+        assert_eq!(request.resume_from_version, at(1_000_590));
+        drain(&mut state);
+        // The replay repeats a and b, already delivered.
+        let replay = vec![modified("b", at(1_000_600)), modified("a", at(1_000_900))];
+        assert!(feed(&mut state, replay).is_empty());
+    }
+
+    #[test]
+    fn a_break_during_the_current_state_starts_over_with_invalidate_all_for_every_cache() {
+        let mut state = ResumeState::new(&options().include_current_state(true));
+        state.next_request();
+        state.accept(created("a", at(900)));
+        state.accept(created("b", at(50)));
+        assert_eq!(state.on_break(), Restart::StartOver);
+        let request = state.next_request();
+        assert!(request.include_current_state);
+        assert_eq!(request.resume_from_version, 0);
+        // The held-back entries are superseded; the application gets the invalidations,
+        // then the new current state, in which the same entries are news again.
+        state.accept(created("a", at(900)));
+        state.accept(synced(at(1_000_000)));
+        let events = drain(&mut state);
+        assert_eq!(events[..2], invalidations(&["work", "sessions"]));
+        assert_eq!(key_version(&events[2]), ("a".into(), at(900)));
+        assert_eq!(events.len(), 3);
+    }
+
+    #[test]
+    fn a_break_after_the_marker_does_not_start_over() {
+        let mut state = ResumeState::new(&options().include_current_state(true));
+        state.next_request();
+        state.accept(created("a", at(900)));
+        state.accept(synced(at(1_000_000)));
+        assert_eq!(state.on_break(), Restart::Resume);
+        assert!(!state.next_request().include_current_state);
+        assert_eq!(feed(&mut state, vec![]), [at(900)], "no invalidation");
+    }
+
+    #[test]
+    fn the_resume_point_is_last_seen_minus_the_margin() {
+        let mut state = started(&options());
         feed(
             &mut state,
-            vec![modified("a", 1_000_100 * MS), modified("b", 1_000_200 * MS)],
+            vec![modified("a", at(1_000_100)), modified("b", at(1_000_200))],
         );
-        assert!(state.on_break().is_empty());
-        let request = state.next_request(now());
+        assert_eq!(state.on_break(), Restart::Resume);
+        let request = state.next_request();
         assert!(!request.include_current_state);
-        assert_eq!(request.resume_from_version, 1_000_190 * MS);
+        assert_eq!(request.resume_from_version, at(1_000_190));
     }
 
     #[test]
     fn duplicates_across_a_reconnect_are_dropped() {
-        let mut state = ResumeState::new(&options());
-        state.next_request(now());
+        let mut state = started(&options());
         let first = feed(
             &mut state,
             vec![
-                modified("a", 1_000_100 * MS),
-                modified("b", 1_000_105 * MS),
-                modified("a", 1_000_108 * MS),
+                modified("a", at(1_000_100)),
+                modified("b", at(1_000_105)),
+                modified("a", at(1_000_108)),
             ],
         );
         assert_eq!(first.len(), 3);
         state.on_break();
-        assert_eq!(
-            state.next_request(now()).resume_from_version,
-            1_000_098 * MS
-        );
+        assert_eq!(state.next_request().resume_from_version, at(1_000_098));
         // The new stream replays the current state of every key changed since: a and b
-        // at the versions already delivered, then a change the old stream never sent.
+        // at the versions already delivered, then a change the old stream never sent,
+        // then its marker.
         let second = feed(
             &mut state,
             vec![
-                modified("b", 1_000_105 * MS),
-                modified("a", 1_000_108 * MS),
-                modified("c", 1_000_109 * MS),
+                modified("b", at(1_000_105)),
+                modified("a", at(1_000_108)),
+                modified("c", at(1_000_109)),
+                synced(at(1_000_109)),
             ],
         );
-        assert_eq!(second, [1_000_109 * MS]);
+        assert_eq!(second, [at(1_000_109)]);
     }
 
     #[test]
     fn out_of_order_changes_of_different_keys_are_all_delivered() {
-        let mut state = ResumeState::new(&options());
-        state.next_request(now());
+        let mut state = started(&options());
         let versions = feed(
             &mut state,
             vec![
-                modified("a", 1_000_200 * MS),
-                modified("b", 1_000_150 * MS),
-                modified("c", 1_000_199 * MS),
-                modified("b", 1_000_140 * MS),
+                modified("a", at(1_000_200)),
+                modified("b", at(1_000_150)),
+                modified("c", at(1_000_199)),
+                modified("b", at(1_000_140)),
             ],
         );
         assert_eq!(
             versions,
-            [1_000_200 * MS, 1_000_150 * MS, 1_000_199 * MS],
+            [at(1_000_200), at(1_000_150), at(1_000_199)],
             "only the stale change of b is dropped"
         );
-        assert_eq!(state.resume_point(), Some(1_000_190 * MS));
+        assert_eq!(state.resume_point(), Some(at(1_000_190)));
     }
 
     #[test]
-    fn a_live_stream_broken_before_its_first_event_resumes_from_its_start() {
-        let mut state = ResumeState::new(&options());
-        let first = state.next_request(now());
-        assert_eq!(first.resume_from_version, 0, "live changes only");
-        assert!(state.on_break().is_empty());
-        let later = now() + Duration::from_secs(60);
-        assert_eq!(
-            state.next_request(later).resume_from_version,
-            999_990 * MS,
-            "from when the subscription started, minus the margin"
-        );
-    }
-
-    #[test]
-    fn nothing_seen_resumes_from_the_subscription_from_version() {
-        let mut state = ResumeState::new(&options().from_version(5 * MS));
-        assert_eq!(state.next_request(now()).resume_from_version, 5 * MS);
+    fn a_replay_is_a_position_from_its_start() {
+        let mut state = ResumeState::new(&options().from_version(at(5)));
+        let request = state.next_request();
+        assert_eq!(request.resume_from_version, at(5));
+        assert!(!request.include_current_state);
+        assert_eq!(state.resume_point(), Some(at(5)));
         state.on_break();
-        assert_eq!(state.next_request(now()).resume_from_version, 5 * MS);
-        // A change just above it does not move the resume point below it.
-        feed(&mut state, vec![modified("a", 6 * MS)]);
-        assert_eq!(state.resume_point(), Some(5 * MS));
+        assert_eq!(state.next_request().resume_from_version, at(5));
+        // A broken replay resumes from what it replayed, in version order.
+        state.accept(modified("a", at(500)));
+        state.accept(modified("b", at(800)));
+        assert!(!state.started());
+        state.on_break();
+        assert_eq!(state.next_request().resume_from_version, at(790));
+        // A change just above the from version does not move the resume point below it.
+        let mut state = ResumeState::new(&options().from_version(at(5)));
+        state.next_request();
+        state.accept(modified("a", at(6)));
+        assert_eq!(state.resume_point(), Some(at(5)));
+    }
+
+    #[test]
+    fn a_replay_marker_starts_the_subscription_and_counts_as_seen() {
+        let mut state = ResumeState::new(&options().from_version(at(5)));
+        state.next_request();
+        state.accept(modified("a", at(500)));
+        assert_eq!(state.next_event(), None);
+        state.accept(synced(at(900)));
+        assert!(state.started());
+        assert_eq!(state.resume_point(), Some(at(890)));
+        assert_eq!(feed(&mut state, vec![]), [at(500)]);
     }
 
     #[test]
     fn the_resume_point_is_never_below_one() {
         let mut state = ResumeState::new(&options().from_version(1));
-        state.next_request(now());
-        feed(&mut state, vec![modified("a", 3)]);
+        state.next_request();
+        state.accept(modified("a", 3));
         assert_eq!(state.resume_point(), Some(1));
     }
 
     #[test]
     fn pruning_keeps_memory_bounded() {
-        let mut state = ResumeState::new(&options());
-        state.next_request(now());
+        let mut state = started(&options());
         for i in 0..100_000u64 {
-            let step = state.accept(modified(&format!("k{i}"), (1_000_000 + i) * MS));
-            assert!(matches!(step, Step::Deliver(_)));
+            assert_eq!(
+                feed(
+                    &mut state,
+                    vec![modified(&format!("k{i}"), at(1_000_000 + i))]
+                )
+                .len(),
+                1
+            );
             assert!(state.tracked_keys() <= PRUNE_FLOOR);
         }
         let remembered: usize = state.delivered.values().map(HashMap::len).sum();
@@ -542,17 +716,17 @@ mod tests {
 
     #[test]
     fn pruning_keeps_every_key_a_resumed_stream_could_repeat() {
-        let mut state = ResumeState::new(&options());
-        state.next_request(now());
+        let mut state = started(&options());
         let count = 3 * PRUNE_FLOOR as u64;
         for i in 0..count {
-            state.accept(modified(&format!("k{i}"), (1_000_000 + i) * MS));
+            state.accept(modified(&format!("k{i}"), at(1_000_000 + i)));
         }
+        drain(&mut state);
         state.on_break();
-        let resume_from = state.next_request(now()).resume_from_version;
+        let resume_from = state.next_request().resume_from_version;
         // The replay: every key changed above the resume point, at the version delivered.
         let replay: Vec<_> = (0..count)
-            .map(|i| ((1_000_000 + i) * MS, format!("k{i}")))
+            .map(|i| (at(1_000_000 + i), format!("k{i}")))
             .filter(|(version, _)| *version > resume_from)
             .map(|(version, key)| modified(&key, version))
             .collect();
@@ -563,168 +737,101 @@ mod tests {
     #[test]
     fn resync_zero_starts_over_with_the_current_state_and_invalidates_every_cache() {
         let mut state = ResumeState::new(&options().include_current_state(true));
-        assert!(state.next_request(now()).include_current_state);
-        assert_eq!(
-            feed(&mut state, vec![created("a", 50), created("b", 900)]).len(),
-            2
-        );
-        assert_eq!(
-            state.accept(resync(0)),
-            Step::Reopen(invalidations(&["work", "sessions"]))
-        );
-        let request = state.next_request(now());
+        assert!(state.next_request().include_current_state);
+        state.accept(created("a", at(50)));
+        state.accept(created("b", at(900)));
+        assert_eq!(state.accept(resync(0)), Step::Reopen(Restart::StartOver));
+        let request = state.next_request();
         assert!(request.include_current_state);
         assert_eq!(request.resume_from_version, 0);
-        // The application dropped its copies: the same entries are news again.
-        assert_eq!(
-            feed(&mut state, vec![created("a", 50), created("b", 900)]).len(),
-            2
-        );
-    }
-
-    #[test]
-    fn a_break_during_the_current_state_starts_over() {
-        let mut state = ResumeState::new(&options().include_current_state(true));
-        state.next_request(now());
-        assert_eq!(state.on_break(), invalidations(&["work", "sessions"]));
-        assert!(state.next_request(now()).include_current_state);
-        // Also after some entries: they came in no version order, so no position exists.
-        feed(
-            &mut state,
-            vec![created("a", 900 * MS), created("b", 50 * MS)],
-        );
-        assert_eq!(state.resume_point(), None);
-        assert_eq!(state.on_break().len(), 2);
-        assert!(state.next_request(now()).include_current_state);
-    }
-
-    #[test]
-    fn a_change_after_the_current_state_gives_a_resume_point() {
-        let mut state = ResumeState::new(&options().include_current_state(true));
-        state.next_request(now());
-        // The current state's versions do not count: they come in no order.
-        feed(
-            &mut state,
-            vec![created("a", 1_000_900 * MS), created("b", 1_000_050 * MS)],
-        );
-        feed(&mut state, vec![modified("b", 1_000_600 * MS)]);
-        assert!(state.on_break().is_empty());
-        let request = state.next_request(now());
-        assert!(!request.include_current_state);
-        assert_eq!(request.resume_from_version, 1_000_590 * MS);
-        // The replay repeats a and b, already delivered.
-        let replay = vec![modified("b", 1_000_600 * MS), modified("a", 1_000_900 * MS)];
-        assert!(feed(&mut state, replay).is_empty());
+        // The application drops its copies: the same entries are news again.
+        state.accept(created("a", at(50)));
+        state.accept(created("b", at(900)));
+        state.accept(synced(at(1_000_000)));
+        let events = drain(&mut state);
+        assert_eq!(events[..2], invalidations(&["work", "sessions"]));
+        assert_eq!(events.len(), 4);
     }
 
     #[test]
     fn a_resync_with_a_version_resumes_without_invalidating() {
-        let mut state = ResumeState::new(&options());
-        state.next_request(now());
-        feed(&mut state, vec![modified("a", 1_000_300 * MS)]);
+        let mut state = started(&options());
+        feed(&mut state, vec![modified("a", at(1_000_300))]);
         assert_eq!(
-            state.accept(resync(1_000_300 * MS)),
-            Step::Reopen(Vec::new())
+            state.accept(resync(at(1_000_300))),
+            Step::Reopen(Restart::Resume)
         );
-        assert_eq!(
-            state.next_request(now()).resume_from_version,
-            1_000_290 * MS
-        );
+        assert!(drain(&mut state).is_empty());
+        assert_eq!(state.next_request().resume_from_version, at(1_000_290));
     }
 
     #[test]
-    fn a_resync_with_a_version_ends_the_current_state() {
-        let mut state = ResumeState::new(&options().include_current_state(true));
-        state.next_request(now());
-        feed(&mut state, vec![created("a", 1_000_500 * MS)]);
-        assert_eq!(
-            state.accept(resync(1_000_500 * MS)),
-            Step::Reopen(Vec::new())
-        );
-        let request = state.next_request(now());
-        assert!(!request.include_current_state);
-        assert_eq!(request.resume_from_version, 1_000_490 * MS);
-    }
-
-    #[test]
-    fn versions_of_markers_on_a_replaying_stream_do_not_count_as_seen() {
-        let mut state = ResumeState::new(&options().from_version(1_000_000 * MS));
-        assert!(state.next_request(now()).resume_from_version > 0);
+    fn a_replays_invalidate_all_does_not_count_as_seen_but_a_later_clear_does() {
+        let mut state = started(&options());
+        feed(&mut state, vec![modified("a", at(1_000_100))]);
+        state.on_break();
+        assert_eq!(state.next_request().resume_from_version, at(1_000_090));
         // The server forgot removals up to 1_000_800: it invalidates, then replays from
-        // 1_000_000 on; neither that version nor the resync's passes the replay.
-        let invalidate = marker(v1::EventKind::InvalidateAll, "work", 1_000_800 * MS);
-        assert!(matches!(state.accept(invalidate), Step::Deliver(_)));
-        feed(&mut state, vec![modified("a", 1_000_150 * MS)]);
+        // 1_000_090 on; that version is ahead of the replay.
+        let forgotten = marker(v1::EventKind::InvalidateAll, "work", at(1_000_800));
+        state.accept(forgotten);
+        state.accept(modified("b", at(1_000_150)));
+        assert_eq!(state.resume_point(), Some(at(1_000_140)));
+        // After the marker, a clear is a change like any other.
+        state.accept(synced(at(1_000_150)));
+        let clear = marker(v1::EventKind::InvalidateAll, "work", at(1_000_700));
+        state.accept(clear);
+        assert_eq!(state.resume_point(), Some(at(1_000_690)));
+        let events = drain(&mut state);
         assert_eq!(
-            state.accept(resync(1_000_900 * MS)),
-            Step::Reopen(Vec::new())
-        );
-        assert_eq!(
-            state.next_request(now()).resume_from_version,
-            1_000_140 * MS
-        );
-    }
-
-    #[test]
-    fn a_clear_after_the_current_state_gives_a_resume_point() {
-        let mut state = ResumeState::new(&options().include_current_state(true));
-        state.next_request(now());
-        feed(&mut state, vec![created("a", 1_000_100 * MS)]);
-        let clear = marker(v1::EventKind::InvalidateAll, "work", 1_000_700 * MS);
-        assert_eq!(
-            state.accept(clear),
-            Step::Deliver(Event::InvalidateAll {
+            events.last(),
+            Some(&Event::InvalidateAll {
                 cache: "work".into(),
-                version: 1_000_700 * MS,
+                version: at(1_000_700),
             })
-        );
-        assert!(state.on_break().is_empty());
-        assert_eq!(
-            state.next_request(now()).resume_from_version,
-            1_000_690 * MS
         );
     }
 
     #[test]
     fn a_server_invalidate_all_resets_the_dedup_of_its_cache_only() {
-        let mut state = ResumeState::new(&options());
-        state.next_request(now());
-        let work = event(v1::EventKind::Modified, "work", "a", 1_000_100 * MS);
-        let sessions = event(v1::EventKind::Modified, "sessions", "a", 1_000_100 * MS);
+        let mut state = started(&options());
+        let work = event(v1::EventKind::Modified, "work", "a", at(1_000_100));
+        let sessions = event(v1::EventKind::Modified, "sessions", "a", at(1_000_100));
         assert_eq!(
             feed(&mut state, vec![work.clone(), sessions.clone()]).len(),
             2
         );
-        let clear = marker(v1::EventKind::InvalidateAll, "work", 1_000_150 * MS);
+        let clear = marker(v1::EventKind::InvalidateAll, "work", at(1_000_150));
+        state.accept(clear);
+        state.accept(work);
+        state.accept(sessions);
+        let events = drain(&mut state);
         assert!(matches!(
-            state.accept(clear),
-            Step::Deliver(Event::InvalidateAll { ref cache, .. }) if cache == "work"
+            &events[..],
+            [Event::InvalidateAll { cache, .. }, Event::Changed(change)]
+                if cache == "work" && change.cache == "work"
         ));
-        assert_eq!(delivered(state.accept(work)), ("a".into(), 1_000_100 * MS));
-        assert_eq!(state.accept(sessions), Step::Skip);
     }
 
     #[test]
     fn unknown_kinds_are_skipped() {
-        let mut state = ResumeState::new(&options());
-        state.next_request(now());
-        let mut unknown = modified("a", 1_000_100 * MS);
+        let mut state = started(&options());
+        let mut unknown = modified("a", at(1_000_100));
         unknown.kind = 99;
-        assert_eq!(state.accept(unknown), Step::Skip);
-        let unspecified = event(v1::EventKind::Unspecified, "work", "a", 1_000_100 * MS);
-        assert_eq!(state.accept(unspecified), Step::Skip);
+        let unspecified = event(v1::EventKind::Unspecified, "work", "a", at(1_000_100));
+        assert!(feed(&mut state, vec![unknown, unspecified]).is_empty());
         // Skipped events are not delivered versions.
         assert_eq!(
-            feed(&mut state, vec![modified("a", 1_000_100 * MS)]).len(),
+            feed(&mut state, vec![modified("a", at(1_000_100))]).len(),
             1
         );
     }
 
     #[test]
     fn delivered_changes_carry_values_only_when_asked_for() {
-        let mut state = ResumeState::new(&options().with_values(false));
-        state.next_request(now());
-        let Step::Deliver(Event::Changed(change)) = state.accept(modified("a", 1)) else {
+        let mut state = started(&options().with_values(false));
+        state.accept(modified("a", at(1_000_001)));
+        let Some(Event::Changed(change)) = state.next_event() else {
             panic!("expected a change");
         };
         assert_eq!(change.kind, ChangeKind::Modified);
