@@ -673,21 +673,22 @@ async fn a_persistent_write_is_acknowledged_only_once_durable_and_only_then_visi
         })
     };
     // The write has reached storage but the sync is held: no answer, nothing visible.
-    let mut reached_storage = false;
-    for _ in 0..1000 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
         let mut count = 0;
         storage
             .inner
             .scan("sessions", &mut |_, _| count += 1)
             .unwrap();
         if count == 1 {
-            reached_storage = true;
             break;
         }
-        tokio::task::yield_now().await;
-        std::thread::yield_now();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the write never reached storage"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    assert!(reached_storage, "the write never reached storage");
     assert!(!write.is_finished(), "acknowledged before durable");
     assert!(
         store
