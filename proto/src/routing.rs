@@ -16,13 +16,11 @@ pub fn weight(node: &str, key_hash: u64) -> u64 {
 /// `sitegrid_server`'s keyspace order: xxh3 of the key): the node of highest weight,
 /// ties broken by name. `None` if there is no node.
 pub fn primary<'a>(key_hash: u64, nodes: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    nodes
-        .into_iter()
-        .max_by(|a, b| {
-            weight(a, key_hash)
-                .cmp(&weight(b, key_hash))
-                .then_with(|| a.cmp(b))
-        })
+    nodes.into_iter().max_by(|a, b| {
+        weight(a, key_hash)
+            .cmp(&weight(b, key_hash))
+            .then_with(|| a.cmp(b))
+    })
 }
 
 /// The keyspace hash of a key: xxh3 with seed 0.

@@ -30,9 +30,9 @@ pub enum Error {
     /// Storage could not be opened at start.
     #[error("cannot open storage")]
     OpenStorage(#[source] StorageError),
-    /// The node is not (yet, or any more) serving.
-    #[error("node is not ready")]
-    NotReady,
+    /// The node is not (yet, or any more) serving; the text says why.
+    #[error("node is not ready: {0}")]
+    NotReady(&'static str),
     /// The node is shutting down.
     #[error("node is shutting down")]
     ShuttingDown,
@@ -65,7 +65,9 @@ impl ServiceError for Error {
         match self {
             Error::UnknownCache(_) => ErrorCode::NotFound,
             Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
-            Error::NotReady | Error::ShuttingDown | Error::Unavailable(_) => ErrorCode::Unavailable,
+            Error::NotReady(_) | Error::ShuttingDown | Error::Unavailable(_) => {
+                ErrorCode::Unavailable
+            }
             Error::Aborted(_) => ErrorCode::Aborted,
             Error::Storage { .. }
             | Error::OpenStorage(_)

@@ -21,12 +21,15 @@ use tokio_stream::StreamExt;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tracing::{info, warn};
 
-use crate::api::{AdminService, CacheService, Validator};
+use crate::api::{AdminService, CacheService, ReplicationApi, Validator};
+use crate::cluster::membership::{GossipSettings, Membership};
+use crate::cluster::{Cluster, Member, MemberState, Timing, join};
 use crate::error::{Error, Result};
 use crate::events::Hub;
 use crate::store::storage::{SledStorage, Storage};
 use crate::store::time::SystemTimeSource;
 use crate::store::{Store, reaper};
+use sitegrid_proto::v1::replication_service_server::ReplicationServiceServer;
 
 /// The sockets a node serves on, bound by the caller (tests bind port 0).
 #[derive(Debug)]
@@ -78,24 +81,37 @@ pub struct NodeState {
 #[derive(Debug)]
 struct StateInner {
     identity: Identity,
+    /// The node finished starting (storage loaded, services up).
     ready: AtomicBool,
     shutting_down: AtomicBool,
     store: Store,
+    cluster: Cluster,
     /// Turns true when the node begins to shut down; long streams end on it.
     stopping: watch::Receiver<bool>,
 }
 
 impl NodeState {
-    fn new(identity: Identity, store: Store, stopping: watch::Receiver<bool>) -> NodeState {
+    fn new(
+        identity: Identity,
+        store: Store,
+        cluster: Cluster,
+        stopping: watch::Receiver<bool>,
+    ) -> NodeState {
         NodeState {
             inner: Arc::new(StateInner {
                 identity,
                 ready: AtomicBool::new(false),
                 shutting_down: AtomicBool::new(false),
                 store,
+                cluster,
                 stopping,
             }),
         }
+    }
+
+    /// The node's part in its site.
+    pub fn cluster(&self) -> &Cluster {
+        &self.inner.cluster
     }
 
     /// A receiver that turns true when the node begins to shut down.
@@ -108,21 +124,37 @@ impl NodeState {
         &self.inner.identity
     }
 
-    /// Whether the node serves requests.
+    /// Whether the node serves requests: started, not stopping, and caught up with its
+    /// site.
     pub fn is_ready(&self) -> bool {
-        self.inner.ready.load(Ordering::Acquire)
-            && !self.inner.shutting_down.load(Ordering::Acquire)
+        self.check_serving().is_ok()
     }
 
-    /// `Ok` if the node serves requests, otherwise the UNAVAILABLE reason.
-    pub fn check_ready(&self) -> Result<()> {
+    /// `Ok` if the node takes writes (it forwards them to their primaries even while it
+    /// catches up), otherwise the UNAVAILABLE reason.
+    pub fn check_accepting(&self) -> Result<()> {
         if self.inner.shutting_down.load(Ordering::Acquire) {
             Err(Error::ShuttingDown)
         } else if !self.inner.ready.load(Ordering::Acquire) {
-            Err(Error::NotReady)
+            Err(Error::NotReady("still starting"))
         } else {
             Ok(())
         }
+    }
+
+    /// `Ok` if the node serves reads, otherwise the UNAVAILABLE reason.
+    pub fn check_serving(&self) -> Result<()> {
+        self.check_accepting()?;
+        if self.inner.cluster.serving() {
+            return Ok(());
+        }
+        Err(Error::NotReady(
+            match *self.inner.cluster.state().borrow() {
+                MemberState::Joining => "copying data from its site",
+                MemberState::Isolated => "catching up after losing contact with its site",
+                MemberState::Ready => "no word from its site for too long",
+            },
+        ))
     }
 
     /// Refreshes gauges read at scrape time (entries per cache, subscribers).
@@ -185,6 +217,31 @@ pub async fn run(
     };
     store.persist_high_water().await?;
 
+    let timing = Timing::default();
+    let me = Member {
+        name: Arc::from(config.node.name.as_str()),
+        generation: generation(),
+        epoch: 0,
+        address: grpc_address.to_string(),
+        state: MemberState::Joining,
+        data_version: store.newest_persistent_version(),
+    };
+    let gossip = GossipSettings {
+        site: config.node.site.clone(),
+        listen: config.node.gossip,
+        seeds: config.node.seeds.clone(),
+    };
+    let (membership, view) = Membership::start(&me, &gossip, &timing).await?;
+    let cluster = Cluster::new(
+        me,
+        store.clone(),
+        timing,
+        view,
+        config.limits.max_message_bytes(),
+        !config.node.seeds.is_empty(),
+    );
+    store.set_site(Arc::new(cluster.clone()));
+
     let (stop, stopped) = watch::channel(false);
     let state = NodeState::new(
         Identity {
@@ -194,9 +251,12 @@ pub async fn run(
             address: grpc_address.to_string(),
         },
         store.clone(),
+        cluster.clone(),
         stopped.clone(),
     );
     let reaper = tokio::spawn(reaper::run(store.clone(), stopped.clone()));
+    let membership = tokio::spawn(membership.run(cluster.clone(), stopped.clone()));
+    let joining = tokio::spawn(join::run(cluster.clone(), stopped.clone()));
     let http = tokio::spawn(crate::metrics::serve(
         listeners.http,
         state.clone(),
@@ -211,10 +271,13 @@ pub async fn run(
         health_service,
         stopped.clone(),
     )?);
-
     state.inner.ready.store(true, Ordering::Release);
-    health.set_serving::<CacheServer<CacheService>>().await;
-    info!(grpc = %grpc_address, "ready");
+    let health_task = tokio::spawn(follow_health(
+        cluster.clone(),
+        health.clone(),
+        stopped.clone(),
+    ));
+    info!(grpc = %grpc_address, "started");
 
     let mut grpc = grpc;
     let grpc_result = tokio::select! {
@@ -231,6 +294,9 @@ pub async fn run(
     };
     let _ = http.await;
     let _ = reaper.await;
+    let _ = joining.await;
+    let _ = membership.await;
+    let _ = health_task.await;
     drop(state);
     store.shutdown();
     info!("stopped");
@@ -241,6 +307,36 @@ pub async fn run(
             source: std::io::Error::other(error),
         }),
         Err(join) => Err(Error::TaskFailed(join)),
+    }
+}
+
+/// A generation for this start of the node: the Unix time in microseconds, so a restarted
+/// node is always newer than its former self.
+fn generation() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Reports the node serving (gRPC health, logs) whenever its site state is ready.
+async fn follow_health(
+    cluster: Cluster,
+    health: tonic_health::server::HealthReporter,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut state = cluster.state();
+    loop {
+        let ready = *state.borrow_and_update() == MemberState::Ready;
+        if ready {
+            health.set_serving::<CacheServer<CacheService>>().await;
+            info!("ready");
+        } else {
+            health.set_not_serving::<CacheServer<CacheService>>().await;
+        }
+        tokio::select! {
+            changed = state.changed() => if changed.is_err() { return },
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
     }
 }
 
@@ -258,6 +354,9 @@ fn serve_grpc<H: Health>(
     let cache = CacheServer::new(CacheService::new(store.clone(), validator, state.clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
+    let replication = ReplicationServiceServer::new(ReplicationApi::new(state.cluster().clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
     let admin = AdminServer::new(AdminService::new(store, state));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(sitegrid_proto::FILE_DESCRIPTOR_SET)
@@ -272,6 +371,7 @@ fn serve_grpc<H: Health>(
         let result = tonic::transport::Server::builder()
             .add_service(cache)
             .add_service(admin)
+            .add_service(replication)
             .add_service(health)
             .add_service(reflection)
             .serve_with_incoming_shutdown(incoming, async move {

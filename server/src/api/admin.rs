@@ -42,7 +42,20 @@ impl Admin for AdminService {
                 .collect(),
             address: identity.address.clone(),
             server_version: env!("CARGO_PKG_VERSION").to_string(),
-            members: Vec::new(),
+            members: self
+                .state
+                .cluster()
+                .view()
+                .members
+                .iter()
+                .map(|member| v1::MemberStatus {
+                    node: member.name.to_string(),
+                    address: member.address.clone(),
+                    ready: member.is_ready(),
+                    state: member.state.as_str().to_string(),
+                    generation: member.generation,
+                })
+                .collect(),
         }))
     }
 }

@@ -87,7 +87,7 @@ impl CacheService {
         request: WriteRequest,
         request_id: &str,
     ) -> crate::Result<std::sync::Arc<WriteResult>> {
-        self.state.check_ready()?;
+        self.state.check_accepting()?;
         self.store
             .write(cache, request, Self::request_id(request_id))
             .await
@@ -158,7 +158,7 @@ impl Cache for CacheService {
         let r = request.into_inner();
         self.metrics
             .observe(Op::Get, &r.cache, async {
-                self.state.check_ready()?;
+                self.state.check_serving()?;
                 self.validator.check_key(&r.key)?;
                 Ok(match self.store.get(&r.cache, &r.key)? {
                     Some(entry) => v1::GetResponse {
@@ -317,7 +317,7 @@ impl Cache for CacheService {
         let r = request.into_inner();
         self.metrics
             .observe(Op::GetAll, &r.cache, async {
-                self.state.check_ready()?;
+                self.state.check_serving()?;
                 self.validator.batch(r.keys.len())?;
                 for key in &r.keys {
                     self.validator.check_key(key)?;
@@ -340,7 +340,7 @@ impl Cache for CacheService {
         let r = request.into_inner();
         self.metrics
             .observe(Op::PutAll, &r.cache, async {
-                self.state.check_ready()?;
+                self.state.check_accepting()?;
                 self.validator.batch(r.entries.len())?;
                 let entries = r
                     .entries
@@ -373,7 +373,7 @@ impl Cache for CacheService {
         request: Request<v1::EntriesRequest>,
     ) -> Result<Response<Self::EntriesStream>, Status> {
         let r = request.into_inner();
-        self.state.check_ready()?;
+        self.state.check_serving()?;
         self.store.cache(&r.cache)?;
         let tag = self.validator.tag_filter(&r.tag)?;
         let batch_size = match r.batch_size as usize {
@@ -419,7 +419,7 @@ impl Cache for CacheService {
         let r = request.into_inner();
         self.metrics
             .observe(Op::RemoveByTag, &r.cache, async {
-                self.state.check_ready()?;
+                self.state.check_serving()?;
                 let tag = self
                     .validator
                     .tag_filter(&r.tag)?
@@ -437,7 +437,7 @@ impl Cache for CacheService {
         let r = request.into_inner();
         self.metrics
             .observe(Op::Size, &r.cache, async {
-                self.state.check_ready()?;
+                self.state.check_serving()?;
                 Ok(v1::SizeResponse {
                     size: self.store.size(&r.cache)?,
                 })
@@ -452,7 +452,7 @@ impl Cache for CacheService {
         let r = request.into_inner();
         self.metrics
             .observe(Op::Clear, &r.cache, async {
-                self.state.check_ready()?;
+                self.state.check_accepting()?;
                 let removed = self.store.clear(&r.cache).await?;
                 tracing::info!(cache = %r.cache, removed, "cache cleared");
                 Ok(v1::ClearResponse { removed })
@@ -467,7 +467,7 @@ impl Cache for CacheService {
         request: Request<v1::ListenRequest>,
     ) -> Result<Response<Self::ListenStream>, Status> {
         let r = request.into_inner();
-        self.state.check_ready()?;
+        self.state.check_serving()?;
         let spec = self.listen_spec(&r)?;
         let (sender, receiver) = mpsc::channel(LISTEN_CHANNEL);
         // Subscribed before the stream is returned: nothing written after can be missed.

@@ -1,12 +1,15 @@
 //! The gRPC services a node serves: `Cache` for identity nodes, `Admin` for operators,
-//! plus the standard health and reflection services.
+//! `ReplicationService` for the other members of its site, plus the standard health and
+//! reflection services.
 
 mod admin;
 mod cache;
 mod convert;
 mod observe;
+mod replication;
 mod validate;
 
 pub use admin::AdminService;
 pub use cache::CacheService;
+pub use replication::ReplicationApi;
 pub(crate) use validate::Validator;

@@ -183,6 +183,18 @@ impl CacheStore {
         }
     }
 
+    /// Deletes `key` from storage, if the cache is persistent, and waits until durable.
+    pub(crate) async fn persist_delete(&self, key: &Bytes) -> Result<()> {
+        if !self.config.persistent {
+            return Ok(());
+        }
+        self.persist(vec![StorageOp::Delete {
+            cache: self.name.clone(),
+            key: key.clone(),
+        }])
+        .await
+    }
+
     /// Writes `ops` and waits until they are durable.
     async fn persist(&self, ops: Vec<StorageOp>) -> Result<()> {
         self.services

@@ -370,13 +370,29 @@ impl Keyspace {
 
     /// Drops the tombstone `version` of `key` if the key still holds it.
     pub fn forget_tombstone(&mut self, key: &Bytes, version: Version) -> bool {
-        if !matches!(self.slot(key), Some(Slot::Tombstone(t)) if t.version == version) {
-            return false;
-        }
+        matches!(self.slot(key), Some(Slot::Tombstone(t)) if t.version == version)
+            && self.forget(key, version)
+    }
+
+    /// Drops whatever `key` holds if it is still at `version`, as if the key had never
+    /// been written (no tombstone). Returns whether it did.
+    pub fn forget(&mut self, key: &Bytes, version: Version) -> bool {
         let slot_key = SlotKey::new(key.clone());
+        let Some(slot) = self
+            .slots
+            .get(&slot_key)
+            .filter(|s| s.version() == version)
+            .cloned()
+        else {
+            return false;
+        };
         self.digests[range_of(slot_key.hash())] ^= digest_term(slot_key.hash(), version);
         self.slots.remove(&slot_key);
         self.by_version.remove(&(version, key.clone()));
+        if let Slot::Live(entry) = &slot {
+            self.live -= 1;
+            self.unindex_live(key, entry);
+        }
         self.forgotten = self.forgotten.max(version);
         true
     }

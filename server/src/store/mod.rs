@@ -449,6 +449,16 @@ impl Store {
         Ok(self.cache(cache)?.live_count() as u64)
     }
 
+    /// The newest version held by any persistent cache (0 if none): which node of a
+    /// restarting site has the freshest data.
+    pub fn newest_persistent_version(&self) -> Version {
+        self.caches()
+            .filter(|cache| cache.is_persistent())
+            .map(|cache| cache.keyspace.read().newest_version())
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Finishes pending storage writes and stops the storage thread.
     pub fn shutdown(self) {
         match Arc::try_unwrap(self.inner) {

@@ -62,6 +62,8 @@ pub async fn run(store: Store, mut shutdown: watch::Receiver<bool>) {
 pub async fn reap_once(store: &Store) -> ReapReport {
     let mut report = ReapReport::default();
     for cache in store.caches() {
+        // The same order as writes: the site's guard, then the clear barrier.
+        let _site = store.site().write_guard().await;
         // A clear in progress empties the cache anyway: skip it this time.
         let Ok(_shared) = cache.clear_barrier.try_read() else {
             continue;

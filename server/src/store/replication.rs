@@ -82,6 +82,12 @@ pub trait SiteReplication: Send + Sync + Debug {
 
     /// Clears a cache on every other member, at `version`.
     async fn replicate_clear(&self, cache: &str, version: Version) -> Result<()>;
+
+    /// Held by a write from before it replicates until it is applied, so a member can
+    /// wait for the writes under way (a joiner's confirmation). `None`: nothing to hold.
+    async fn write_guard(&self) -> Option<tokio::sync::OwnedRwLockReadGuard<()>> {
+        None
+    }
 }
 
 /// A node alone: primary of every key, nobody to replicate to.

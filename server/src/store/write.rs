@@ -103,6 +103,7 @@ impl CacheStore {
         site: &dyn SiteReplication,
         request_id: Option<&str>,
     ) -> Result<Attempt> {
+        let _site = site.write_guard().await;
         let _clear = self.clear_barrier.read().await;
         let _lock = self.locks.lock(&request.key).await;
         let now = self.now_ms();
@@ -322,6 +323,25 @@ impl CacheStore {
         }
         self.commit(mutation, true).await?;
         Ok(ReplicaOutcome::Applied)
+    }
+}
+
+impl CacheStore {
+    /// Drops `key` here, without a tombstone, if it still holds `version` (a key a donor
+    /// no longer has: its removal is older than the tombstone time).
+    pub async fn forget_if_unchanged(&self, key: &Bytes, version: Version) -> Result<bool> {
+        let _clear = self.clear_barrier.read().await;
+        let _lock = self.locks.lock(key).await;
+        let holds = self
+            .keyspace
+            .read()
+            .slot(key)
+            .is_some_and(|slot| slot.version() == version);
+        if !holds {
+            return Ok(false);
+        }
+        self.persist_delete(key).await?;
+        Ok(self.keyspace.write().forget(key, version))
     }
 }
 

@@ -1,0 +1,168 @@
+//! The internal `ReplicationService`: what the other members of the site ask this node.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use sitegrid_proto::v1::{self, replication_service_server::ReplicationService};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::cluster::{Cluster, codec};
+use crate::store::slot_key::RANGES;
+use crate::store::write::ReplicaOutcome;
+
+/// Slots per Fetch batch.
+const FETCH_BATCH: usize = 500;
+
+/// The replication service of one node.
+#[derive(Debug, Clone)]
+pub struct ReplicationApi {
+    cluster: Cluster,
+}
+
+impl ReplicationApi {
+    pub(crate) fn new(cluster: Cluster) -> ReplicationApi {
+        ReplicationApi { cluster }
+    }
+}
+
+type FetchStream = Pin<Box<dyn Stream<Item = Result<v1::FetchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ReplicationService for ReplicationApi {
+    async fn apply(
+        &self,
+        request: Request<v1::ApplyRequest>,
+    ) -> Result<Response<v1::ApplyResponse>, Status> {
+        let request = request.into_inner();
+        let store = self.cluster.store();
+        let changes = request
+            .mutations
+            .into_iter()
+            .map(|mutation| codec::decode_mutation(mutation, store.services()))
+            .collect::<crate::Result<Vec<_>>>()?;
+        let replies = store.apply_replicated(&request.cache, changes).await?;
+        let outcomes = replies
+            .into_iter()
+            .map(|reply| {
+                let (result, current) = match reply.outcome {
+                    ReplicaOutcome::Applied => (v1::ApplyResult::Applied, None),
+                    ReplicaOutcome::AlreadyApplied => (v1::ApplyResult::AlreadyApplied, None),
+                    ReplicaOutcome::Busy => (v1::ApplyResult::Busy, None),
+                    ReplicaOutcome::Conflict(current) => (v1::ApplyResult::Conflict, current),
+                };
+                v1::ApplyOutcome {
+                    result: result as i32,
+                    current: current.as_ref().map(codec::encode_slot).unwrap_or_default(),
+                    recorded_answer: reply.recorded.as_deref().map(codec::encode_answer),
+                }
+            })
+            .collect();
+        Ok(Response::new(v1::ApplyResponse { outcomes }))
+    }
+
+    async fn forward_write(
+        &self,
+        request: Request<v1::ForwardWriteRequest>,
+    ) -> Result<Response<v1::ForwardWriteResponse>, Status> {
+        let request = request.into_inner();
+        let write = codec::decode_write(&request)?;
+        if !crate::store::replication::SiteReplication::is_primary(&self.cluster, &write.key) {
+            // The sender's view is ahead or behind: it retries once the site agrees.
+            return Err(Status::unavailable("this node is not the key's primary"));
+        }
+        let request_id = (!request.request_id.is_empty()).then_some(request.request_id.as_str());
+        let answer = self
+            .cluster
+            .store()
+            .write_as_primary(&request.cache, write, request_id)
+            .await?;
+        Ok(Response::new(v1::ForwardWriteResponse {
+            answer: Some(codec::encode_answer(&answer)),
+        }))
+    }
+
+    async fn apply_clear(
+        &self,
+        request: Request<v1::ApplyClearRequest>,
+    ) -> Result<Response<v1::ApplyClearResponse>, Status> {
+        let request = request.into_inner();
+        let removed = self
+            .cluster
+            .store()
+            .clear_at(&request.cache, request.version)
+            .await?;
+        Ok(Response::new(v1::ApplyClearResponse { removed }))
+    }
+
+    async fn digests(
+        &self,
+        request: Request<v1::DigestsRequest>,
+    ) -> Result<Response<v1::DigestsResponse>, Status> {
+        let request = request.into_inner();
+        let store = self.cluster.store();
+        let cache = store.cache(&request.cache)?;
+        let keyspace = cache.keyspace.read();
+        Ok(Response::new(v1::DigestsResponse {
+            digests: keyspace.digests().to_vec(),
+            floor: keyspace.floor(),
+            clock: store.clock().current(),
+        }))
+    }
+
+    type FetchStream = FetchStream;
+
+    async fn fetch(
+        &self,
+        request: Request<v1::FetchRequest>,
+    ) -> Result<Response<Self::FetchStream>, Status> {
+        let request = request.into_inner();
+        let cache = self.cluster.store().cache(&request.cache)?.clone();
+        if let Some(range) = request.ranges.iter().find(|r| **r as usize >= RANGES) {
+            return Err(Status::invalid_argument(format!("no key range {range}")));
+        }
+        let (sender, receiver) = mpsc::channel(2);
+        tokio::spawn(async move {
+            for range in request.ranges {
+                let mut after = None;
+                loop {
+                    let (slots, done) = cache.keyspace.read().range_slots(
+                        range as usize,
+                        after.as_ref(),
+                        FETCH_BATCH,
+                    );
+                    after = slots.last().map(|(key, _)| key.clone());
+                    let batch = v1::FetchResponse {
+                        slots: slots
+                            .iter()
+                            .map(|(key, slot)| v1::FetchedSlot {
+                                key: key.clone(),
+                                record: codec::encode_slot(slot),
+                            })
+                            .collect(),
+                        completed_ranges: if done { vec![range] } else { Vec::new() },
+                    };
+                    if sender.send(Ok(batch)).await.is_err() {
+                        return; // the joiner went away
+                    }
+                    if done {
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn confirm_join(
+        &self,
+        request: Request<v1::ConfirmJoinRequest>,
+    ) -> Result<Response<v1::ConfirmJoinResponse>, Status> {
+        let request = request.into_inner();
+        self.cluster
+            .confirm_joiner(&request.node, request.generation, request.address)
+            .await;
+        Ok(Response::new(v1::ConfirmJoinResponse {}))
+    }
+}

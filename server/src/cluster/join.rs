@@ -1,0 +1,270 @@
+//! Becoming ready: a starting node, or one that lost contact, catches up before it serves.
+//!
+//! 1. Find a donor: a ready member. If none shows up within `discovery` and nobody else
+//!    is ready either, the starting members choose the first one among themselves: the
+//!    one with the newest data (then the highest name) becomes ready on its own data.
+//! 2. Compare each cache's range digests with the donor's and copy the ranges that
+//!    differ, newest version winning per key; keys the donor no longer has (and that did
+//!    not arrive since the copy began) are dropped.
+//! 3. Ask every ready member for every write from now on (`ConfirmJoin`); each answers
+//!    once the writes under way without this node are done.
+//! 4. Compare and copy once more, for what was written between 2 and 3.
+//! 5. Become ready: now a primary for some keys, and serving.
+//!
+//! While it catches up, the node takes replicated writes like any member (the one rule
+//! keeps a copied older state from overwriting them) but serves nothing.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use sitegrid_proto::v1;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::cluster::{Cluster, Member, MemberState, codec};
+use crate::error::{Error, Result};
+use crate::store::mutation::Mutation;
+use crate::store::slot_key::{RANGES, key_hash, range_of};
+use crate::store::version::Version;
+
+/// Keeps the node ready, catching up whenever it is not, until `shutdown` turns true.
+pub async fn run(cluster: Cluster, mut shutdown: watch::Receiver<bool>) {
+    let mut state = cluster.state();
+    let started = Instant::now();
+    loop {
+        if *state.borrow() != MemberState::Ready {
+            match catch_up(&cluster, started).await {
+                Ok(()) => cluster.set_state(MemberState::Ready),
+                Err(error) => {
+                    warn!(error = %error, "catching up failed, trying again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(cluster.timing().gossip_interval * 5) => {}
+                        _ = shutdown.wait_for(|stop| *stop) => return,
+                    }
+                }
+            }
+            continue;
+        }
+        tokio::select! {
+            changed = state.changed() => if changed.is_err() { return },
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// One attempt at steps 1 to 4.
+async fn catch_up(cluster: &Cluster, started: Instant) -> Result<()> {
+    let donor = loop {
+        let view = cluster.view();
+        let ready: Vec<Member> = view
+            .ready()
+            .filter(|m| m.name != *cluster.name())
+            .cloned()
+            .collect();
+        if let Some(donor) = ready.into_iter().next() {
+            break donor;
+        }
+        if first_of_site(cluster, started) {
+            info!("no ready member: this node starts the site on its own data");
+            return Ok(());
+        }
+        tokio::time::sleep(cluster.timing().gossip_interval).await;
+    };
+    info!(donor = %donor.name, "catching up");
+    let began = cluster.store().clock().current();
+    let copied = sync_from(cluster, &donor, began).await?;
+    for member in cluster.view().ready().filter(|m| m.name != *cluster.name()) {
+        confirm(cluster, member).await?;
+    }
+    let again = sync_from(cluster, &donor, began).await?;
+    info!(donor = %donor.name, copied, again, "caught up");
+    Ok(())
+}
+
+/// Whether this node should start its site: nobody is ready, the discovery time passed
+/// (or no other node was ever named), and among the starting members it has the newest
+/// data, then the highest name.
+fn first_of_site(cluster: &Cluster, started: Instant) -> bool {
+    let view = cluster.view();
+    if view.members.len() <= 1 && cluster.has_seeds() {
+        return started.elapsed() >= cluster.timing().discovery;
+    }
+    if view.members.len() <= 1 {
+        return true;
+    }
+    if started.elapsed() < cluster.timing().discovery {
+        return false;
+    }
+    let me = cluster.me();
+    view.members
+        .iter()
+        .all(|m| (me.data_version, &*me.name) >= (m.data_version, &*m.name))
+}
+
+/// Copies from `donor` every range of every cache whose digest differs; returns how many
+/// slots were taken. Keys here that the donor lacks and that are not newer than `began`
+/// are dropped.
+async fn sync_from(cluster: &Cluster, donor: &Member, began: Version) -> Result<u64> {
+    let mut client = cluster
+        .peers()
+        .client(&donor.address)
+        .map_err(|error| Error::Unavailable(error.to_string()))?;
+    let mut taken = 0;
+    for cache in cluster
+        .store()
+        .caches()
+        .map(|c| c.name().to_string())
+        .collect::<Vec<_>>()
+    {
+        let theirs = client
+            .digests(v1::DigestsRequest {
+                cache: cache.clone(),
+            })
+            .await
+            .map_err(|status| {
+                Error::Unavailable(format!("digests from {}: {}", donor.name, status.message()))
+            })?
+            .into_inner();
+        cluster.store().clock().observe(theirs.clock);
+        let store_cache = cluster.store().cache(&cache)?.clone();
+        if theirs.floor > store_cache.keyspace.read().floor() {
+            cluster.store().clear_at(&cache, theirs.floor).await?;
+        }
+        let ours = *store_cache.keyspace.read().digests();
+        let differing: Vec<u32> = (0..RANGES)
+            .filter(|r| theirs.digests.get(*r) != Some(&ours[*r]))
+            .map(|r| r as u32)
+            .collect();
+        if differing.is_empty() {
+            continue;
+        }
+        let mut stream = client
+            .fetch(v1::FetchRequest {
+                cache: cache.clone(),
+                ranges: differing.clone(),
+            })
+            .await
+            .map_err(|status| {
+                Error::Unavailable(format!("fetch from {}: {}", donor.name, status.message()))
+            })?
+            .into_inner();
+        let mut seen: HashSet<Bytes> = HashSet::new();
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(|status| {
+                Error::Unavailable(format!("fetch from {}: {}", donor.name, status.message()))
+            })?;
+            let mut changes = Vec::with_capacity(batch.slots.len());
+            for slot in batch.slots {
+                let key = Bytes::copy_from_slice(&slot.key);
+                let decoded = codec::decode_slot(&slot.record, cluster.store().services())?;
+                seen.insert(key.clone());
+                changes.push(crate::store::replication::ReceivedChange {
+                    mutation: Mutation::newer_wins(key, decoded),
+                    answer: None,
+                });
+            }
+            taken += apply_all(cluster, &cache, changes).await?;
+        }
+        drop_missing(cluster, &cache, &differing, &seen, began).await?;
+    }
+    Ok(taken)
+}
+
+/// Applies changes copied from a donor, waiting out keys busy with a write here.
+async fn apply_all(
+    cluster: &Cluster,
+    cache: &str,
+    mut changes: Vec<crate::store::replication::ReceivedChange>,
+) -> Result<u64> {
+    use crate::store::write::ReplicaOutcome;
+    let mut applied = 0;
+    for attempt in 0.. {
+        let replies = cluster
+            .store()
+            .apply_replicated(cache, changes.clone())
+            .await?;
+        let mut busy = Vec::new();
+        for (change, reply) in changes.into_iter().zip(replies) {
+            match reply.outcome {
+                ReplicaOutcome::Applied => applied += 1,
+                ReplicaOutcome::Busy => busy.push(change),
+                ReplicaOutcome::AlreadyApplied | ReplicaOutcome::Conflict(_) => {}
+            }
+        }
+        if busy.is_empty() {
+            break;
+        }
+        if attempt > 100 {
+            return Err(Error::Unavailable(
+                "keys stayed busy while catching up".into(),
+            ));
+        }
+        changes = busy;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(applied)
+}
+
+/// Drops keys of the `ranges` copied from the donor that it did not send and that are not
+/// newer than `began` (newer ones came by replication after the copy started).
+async fn drop_missing(
+    cluster: &Cluster,
+    cache: &str,
+    ranges: &[u32],
+    seen: &HashSet<Bytes>,
+    began: Version,
+) -> Result<()> {
+    let store_cache = cluster.store().cache(cache)?.clone();
+    let ranges: HashSet<usize> = ranges.iter().map(|r| *r as usize).collect();
+    let stale: Vec<(Bytes, Version)> = {
+        let keyspace = store_cache.keyspace.read();
+        let mut stale = Vec::new();
+        for range in &ranges {
+            let mut after = None;
+            loop {
+                let (slots, done) = keyspace.range_slots(*range, after.as_ref(), 1_000);
+                after = slots.last().map(|(k, _)| k.clone());
+                for (key, slot) in slots {
+                    if !seen.contains(&key) && slot.version() <= began {
+                        stale.push((key, slot.version()));
+                    }
+                }
+                if done {
+                    break;
+                }
+            }
+        }
+        stale
+    };
+    for (key, version) in stale {
+        debug_assert!(ranges.contains(&range_of(key_hash(&key))));
+        store_cache.forget_if_unchanged(&key, version).await?;
+    }
+    Ok(())
+}
+
+/// Asks a ready member for every write from now on.
+async fn confirm(cluster: &Cluster, member: &Member) -> Result<()> {
+    let me = cluster.me();
+    let mut client = cluster
+        .peers()
+        .client(&member.address)
+        .map_err(|error| Error::Unavailable(error.to_string()))?;
+    client
+        .confirm_join(v1::ConfirmJoinRequest {
+            node: me.name.to_string(),
+            generation: me.generation,
+            address: me.address.clone(),
+        })
+        .await
+        .map_err(|status| {
+            Error::Unavailable(format!(
+                "{} did not confirm the join: {}",
+                member.name,
+                status.message()
+            ))
+        })?;
+    Ok(())
+}

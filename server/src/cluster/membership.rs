@@ -1,0 +1,255 @@
+//! Gossip membership with chitchat.
+//!
+//! Every node publishes, in its chitchat state: `grpc` (its gRPC address), `state`
+//! (joining / ready / isolated), `epoch`, `data_version`, and one `suspect/<name>/<gen>/<epoch>`
+//! key per member it left out of replication. The chitchat cluster id is the site's name,
+//! so two sites never mix (it is not a secret: bind gossip to the site's private
+//! interface). Every gossip interval the [`Membership`] task:
+//! - rebuilds the [`View`] from the live nodes and their keys;
+//! - notes whether any peer's heartbeat moved (the site was heard from: the lease);
+//! - isolates this node if it was frozen longer than the lease, or if a member suspects
+//!   it (it must catch up before it serves again);
+//! - publishes this node's own keys.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chitchat::transport::UdpTransport;
+use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, spawn_chitchat};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::cluster::{Cluster, Member, MemberState, Timing, View};
+use crate::error::{Error, Result};
+
+const KEY_GRPC: &str = "grpc";
+const KEY_STATE: &str = "state";
+const KEY_EPOCH: &str = "epoch";
+const KEY_DATA_VERSION: &str = "data_version";
+const SUSPECT_PREFIX: &str = "suspect/";
+
+/// Gossip membership of one node.
+pub struct Membership {
+    handle: ChitchatHandle,
+    view: watch::Sender<View>,
+}
+
+impl std::fmt::Debug for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Membership").finish_non_exhaustive()
+    }
+}
+
+/// Where and how a node gossips.
+#[derive(Debug, Clone)]
+pub struct GossipSettings {
+    /// The site's name: nodes of other sites are never members.
+    pub site: String,
+    /// Address to bind and advertise.
+    pub listen: SocketAddr,
+    /// Other nodes to contact first (addresses or DNS names, with ports).
+    pub seeds: Vec<String>,
+}
+
+impl Membership {
+    /// Starts gossiping as `me`; the view follows on the returned receiver.
+    pub async fn start(
+        me: &Member,
+        gossip: &GossipSettings,
+        timing: &Timing,
+    ) -> Result<(Membership, watch::Receiver<View>)> {
+        let chitchat_id = ChitchatId::new(me.name.to_string(), me.generation, gossip.listen);
+        let interval = timing.gossip_interval;
+        let config = ChitchatConfig {
+            chitchat_id,
+            cluster_id: format!("sitegrid/{}", gossip.site),
+            gossip_interval: interval,
+            listen_addr: gossip.listen,
+            seed_nodes: gossip.seeds.clone(),
+            failure_detector_config: FailureDetectorConfig {
+                phi_threshold: 8.0,
+                sampling_window_size: 1_000,
+                max_interval: interval * 20,
+                initial_interval: interval * 2,
+                dead_node_grace_period: std::time::Duration::from_secs(3_600),
+            },
+            marked_for_deletion_grace_period: std::time::Duration::from_secs(3_600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: chitchat::ProtocolVersion::V0,
+        };
+        let keys = vec![
+            (KEY_GRPC.to_string(), me.address.clone()),
+            (KEY_STATE.to_string(), me.state.as_str().to_string()),
+            (KEY_EPOCH.to_string(), me.epoch.to_string()),
+            (KEY_DATA_VERSION.to_string(), me.data_version.to_string()),
+        ];
+        let handle = spawn_chitchat(config, keys, &UdpTransport)
+            .await
+            .map_err(|error| Error::Io {
+                context: format!("cannot gossip on {} (node.gossip)", gossip.listen),
+                source: std::io::Error::other(error.to_string()),
+            })?;
+        let (view, receiver) = watch::channel(View {
+            members: vec![me.clone()],
+        });
+        Ok((Membership { handle, view }, receiver))
+    }
+
+    /// Follows the site every gossip interval until `shutdown` turns true.
+    pub async fn run(self, cluster: Cluster, mut shutdown: watch::Receiver<bool>) {
+        let timing = *cluster.timing();
+        let mut ticks = tokio::time::interval(timing.gossip_interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heartbeats: HashMap<(Arc<str>, u64), u64> = HashMap::new();
+        let mut last_tick = Instant::now();
+        let mut published: Vec<(String, String)> = Vec::new();
+        cluster.heard();
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            }
+            let frozen = last_tick.elapsed() > timing.lease;
+            last_tick = Instant::now();
+            let me = cluster.me();
+            let (view, suspected, heard) = self
+                .handle
+                .with_chitchat(|chitchat| {
+                    publish(
+                        chitchat.self_node_state(),
+                        &me,
+                        &cluster.suspects(),
+                        &mut published,
+                    );
+                    observe(chitchat, &me, &mut heartbeats)
+                })
+                .await;
+            if heard {
+                cluster.heard();
+            }
+            let alone = view.members.len() <= 1;
+            if me.state == MemberState::Ready && !alone {
+                if frozen {
+                    warn!("this node was frozen longer than its lease: catching up before serving");
+                    cluster.set_state(MemberState::Isolated);
+                } else if suspected {
+                    warn!("a member left this node out of replication: catching up before serving");
+                    cluster.set_state(MemberState::Isolated);
+                }
+            }
+            cluster.tidy(&view);
+            self.view.send_if_modified(|current| {
+                let changed = *current != view;
+                if changed {
+                    let names: Vec<String> = view
+                        .members
+                        .iter()
+                        .map(|m| format!("{}:{}", m.name, m.state.as_str()))
+                        .collect();
+                    info!(members = ?names, "site view");
+                    *current = view;
+                }
+                changed
+            });
+        }
+        if let Err(error) = self.handle.shutdown().await {
+            warn!(error = %error, "gossip did not stop cleanly");
+        }
+        info!("membership stopped");
+    }
+}
+
+/// Writes this node's keys into its chitchat state where they changed.
+fn publish(
+    state: &mut chitchat::NodeState,
+    me: &Member,
+    suspects: &[(Arc<str>, u64, u64)],
+    published: &mut Vec<(String, String)>,
+) {
+    let mut wanted = vec![
+        (KEY_STATE.to_string(), me.state.as_str().to_string()),
+        (KEY_EPOCH.to_string(), me.epoch.to_string()),
+    ];
+    for (name, generation, epoch) in suspects {
+        wanted.push((
+            format!("{SUSPECT_PREFIX}{name}/{generation}/{epoch}"),
+            "1".to_string(),
+        ));
+    }
+    for (key, value) in &wanted {
+        if state.get(key) != Some(value.as_str()) {
+            state.set(key, value);
+        }
+    }
+    for (key, _) in published.iter() {
+        if key.starts_with(SUSPECT_PREFIX) && !wanted.iter().any(|(k, _)| k == key) {
+            state.delete(key);
+        }
+    }
+    *published = wanted;
+}
+
+/// The view from chitchat's live nodes, whether any member suspects `me` (its current
+/// generation and epoch), and whether any peer's heartbeat moved since the last call.
+fn observe(
+    chitchat: &chitchat::Chitchat,
+    me: &Member,
+    heartbeats: &mut HashMap<(Arc<str>, u64), u64>,
+) -> (View, bool, bool) {
+    let suspicion = format!("{SUSPECT_PREFIX}{}/{}/{}", me.name, me.generation, me.epoch);
+    let mut members = vec![me.clone()];
+    let mut suspected = false;
+    let mut heard = false;
+    let live: Vec<ChitchatId> = chitchat.live_nodes().cloned().collect();
+    for id in &live {
+        if *id.node_id == *me.name {
+            continue;
+        }
+        let Some(state) = chitchat.node_state(id) else {
+            continue;
+        };
+        if state.get(&suspicion).is_some() {
+            suspected = true;
+        }
+        let key = (Arc::<str>::from(&*id.node_id), id.generation_id);
+        let beat = u64::from(state.heartbeat());
+        if heartbeats
+            .insert(key, beat)
+            .is_none_or(|previous| beat > previous)
+        {
+            heard = true;
+        }
+        let (Some(address), Some(member_state)) = (
+            state.get(KEY_GRPC),
+            state.get(KEY_STATE).and_then(MemberState::parse),
+        ) else {
+            continue;
+        };
+        members.push(Member {
+            name: Arc::from(&*id.node_id),
+            generation: id.generation_id,
+            epoch: state
+                .get(KEY_EPOCH)
+                .and_then(|e| e.parse().ok())
+                .unwrap_or(0),
+            address: address.to_string(),
+            state: member_state,
+            data_version: state
+                .get(KEY_DATA_VERSION)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        });
+    }
+    // A node seen twice (restarted, the old generation not yet dead) counts once: the
+    // newest generation.
+    members.sort_by(|a, b| a.name.cmp(&b.name).then(b.generation.cmp(&a.generation)));
+    members.dedup_by(|later, first| later.name == first.name);
+    heartbeats.retain(|(name, generation), _| {
+        live.iter()
+            .any(|id| *id.node_id == **name && id.generation_id == *generation)
+    });
+    (View { members }, suspected, heard)
+}

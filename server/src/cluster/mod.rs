@@ -1,0 +1,547 @@
+//! The nodes of one site: membership, a key's primary, replication, forwarding, joins.
+//!
+//! Membership comes from chitchat gossip ([`membership`]): every node publishes its gRPC
+//! address, its state (joining, ready, isolated) and generation; the live ones form the
+//! [`View`]. A key's primary is the ready member the rendezvous hash picks
+//! ([`View::primary`]). Writes run there (forwarded by any other node) and are sent to
+//! every other ready member, and to joiners that asked for them, before they are
+//! acknowledged ([`Cluster::replicate`]): an acknowledged write is on every ready node.
+//!
+//! A member that can't be reached is excluded from replication once it has been
+//! unreachable for `exclusion_timeout` (at once if its port is closed: it is gone), and a
+//! suspicion naming it is gossiped. A member serves nothing once it has heard nothing from
+//! the site for `lease` (shorter than `exclusion_timeout`), and a suspicion of itself makes
+//! it catch up again ([`join`]) before it serves: so a member that missed writes never
+//! answers a read with what it missed. (A site whose members can't reach each other while
+//! clients reach them all, an in-site network partition, is not handled.)
+
+pub mod codec;
+pub mod join;
+pub mod membership;
+pub mod peers;
+pub mod view;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::join_all;
+use parking_lot::Mutex;
+use sitegrid_proto::{Backoff, ErrorCode, v1};
+use tokio::sync::{RwLock as AsyncRwLock, watch};
+use tracing::{info, warn};
+
+use crate::error::{Error, Result};
+use crate::store::Store;
+use crate::store::cache::{WriteRequest, WriteResult};
+use crate::store::entry::Slot;
+use crate::store::mutation::Mutation;
+use crate::store::replication::{Replicated, SiteReplication};
+use crate::store::version::Version;
+use peers::Peers;
+pub use view::{Member, MemberState, View};
+
+/// Timing of a site's nodes.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// How often gossip rounds run.
+    pub gossip_interval: Duration,
+    /// A member that heard nothing from the site for this long stops serving.
+    pub lease: Duration,
+    /// A member unreachable this long is left out of replication (longer than `lease`, so
+    /// it has stopped serving by then).
+    pub exclusion_timeout: Duration,
+    /// How long one replication or forwarding call may take.
+    pub call_timeout: Duration,
+    /// How long a starting node waits for a ready member before the site's first node
+    /// is chosen among those starting.
+    pub discovery: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            gossip_interval: Duration::from_millis(100),
+            lease: Duration::from_millis(1_500),
+            exclusion_timeout: Duration::from_secs(3),
+            call_timeout: Duration::from_secs(2),
+            discovery: Duration::from_secs(2),
+        }
+    }
+}
+
+/// How forwarding retries while the site agrees on a key's primary.
+const FORWARD_RETRY: Backoff = Backoff {
+    initial_delay: Duration::from_millis(20),
+    max_delay: Duration::from_millis(200),
+    max_attempts: 8,
+};
+
+/// This node's part in its site.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// This node: name, generation, address (its state is in `state`).
+    me: Member,
+    store: Store,
+    timing: Timing,
+    view: watch::Receiver<View>,
+    state: watch::Sender<MemberState>,
+    epoch: AtomicU64,
+    peers: Peers,
+    /// Joining nodes that asked for every write (name -> generation, address).
+    joiners: Mutex<HashMap<Arc<str>, (u64, String)>>,
+    /// Members left out of replication: (name, generation, epoch).
+    suspects: Mutex<HashSet<(Arc<str>, u64, u64)>>,
+    /// Writes hold it shared while they replicate and apply; a joiner's confirmation takes
+    /// it exclusively, so it returns only once writes that did not include it are done.
+    write_barrier: Arc<AsyncRwLock<()>>,
+    /// Milliseconds (monotonic, since `started`) when this node last heard from the site.
+    heard_ms: AtomicU64,
+    started: Instant,
+    /// Whether other nodes were named to it (seeds): if so, a node that finds nobody waits
+    /// a while before starting the site on its own.
+    has_seeds: bool,
+}
+
+impl Cluster {
+    /// This node's part in a site whose view `view` follows; it starts as joining.
+    pub fn new(
+        me: Member,
+        store: Store,
+        timing: Timing,
+        view: watch::Receiver<View>,
+        max_message_bytes: usize,
+        has_seeds: bool,
+    ) -> Cluster {
+        let (state, _) = watch::channel(MemberState::Joining);
+        Cluster {
+            inner: Arc::new(Inner {
+                me,
+                store,
+                timing,
+                view,
+                state,
+                epoch: AtomicU64::new(0),
+                peers: Peers::new(max_message_bytes),
+                joiners: Mutex::new(HashMap::new()),
+                suspects: Mutex::new(HashSet::new()),
+                write_barrier: Arc::new(AsyncRwLock::new(())),
+                heard_ms: AtomicU64::new(0),
+                started: Instant::now(),
+                has_seeds,
+            }),
+        }
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.inner.me.name
+    }
+
+    /// This node as a member, with its current state and epoch.
+    pub fn me(&self) -> Member {
+        Member {
+            state: *self.inner.state.borrow(),
+            epoch: self.inner.epoch.load(Ordering::Acquire),
+            ..self.inner.me.clone()
+        }
+    }
+
+    /// The site as this node sees it.
+    pub fn view(&self) -> View {
+        self.inner.view.borrow().clone()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Timing settings.
+    pub fn timing(&self) -> &Timing {
+        &self.inner.timing
+    }
+
+    /// This node's state, to watch.
+    pub fn state(&self) -> watch::Receiver<MemberState> {
+        self.inner.state.subscribe()
+    }
+
+    pub(crate) fn set_state(&self, state: MemberState) {
+        if state == MemberState::Ready {
+            self.inner.epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        let previous = self.inner.state.send_replace(state);
+        if previous != state {
+            info!(from = previous.as_str(), to = state.as_str(), "node state");
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.started.elapsed().as_millis() as u64
+    }
+
+    /// Records that the site was heard from now.
+    pub(crate) fn heard(&self) {
+        self.inner.heard_ms.store(self.now_ms(), Ordering::Release);
+    }
+
+    /// Whether other nodes were named to this one.
+    pub fn has_seeds(&self) -> bool {
+        self.inner.has_seeds
+    }
+
+    /// Whether anything but this node is in the view.
+    pub fn has_peers(&self) -> bool {
+        self.inner
+            .view
+            .borrow()
+            .members
+            .iter()
+            .any(|m| m.name != self.inner.me.name)
+    }
+
+    /// Whether this node serves requests: ready, and (unless alone) it heard from the site
+    /// within the lease. A node that was frozen notices here before anything else runs.
+    pub fn serving(&self) -> bool {
+        if *self.inner.state.borrow() != MemberState::Ready {
+            return false;
+        }
+        if !self.has_peers() {
+            return true;
+        }
+        let silent = self
+            .now_ms()
+            .saturating_sub(self.inner.heard_ms.load(Ordering::Acquire));
+        silent <= self.inner.timing.lease.as_millis() as u64
+    }
+
+    pub(crate) fn peers(&self) -> &Peers {
+        &self.inner.peers
+    }
+
+    /// Members a primary's writes must reach: the other ready members and the joiners
+    /// that asked, minus suspects.
+    fn targets(&self) -> Vec<(Arc<str>, String)> {
+        let view = self.inner.view.borrow();
+        let suspects = self.inner.suspects.lock();
+        let joiners = self.inner.joiners.lock();
+        let mut targets: Vec<(Arc<str>, String)> = Vec::new();
+        for member in &view.members {
+            if member.name == self.inner.me.name
+                || suspects.contains(&(member.name.clone(), member.generation, member.epoch))
+            {
+                continue;
+            }
+            let joined = joiners
+                .get(&member.name)
+                .is_some_and(|(generation, _)| *generation == member.generation);
+            if member.is_ready() || joined {
+                targets.push((member.name.clone(), member.address.clone()));
+            }
+        }
+        targets
+    }
+
+    /// A joining node asks for every write from now on; returns once the writes under
+    /// way without it are done.
+    pub async fn confirm_joiner(&self, name: &str, generation: u64, address: String) {
+        self.inner
+            .joiners
+            .lock()
+            .insert(Arc::from(name), (generation, address));
+        drop(self.inner.write_barrier.write().await);
+        info!(joiner = name, generation, "joiner confirmed");
+    }
+
+    /// Forgets joiners that are gone or ready (the ready set includes them now), and
+    /// suspicions of generations that are gone.
+    pub(crate) fn tidy(&self, view: &View) {
+        self.inner.joiners.lock().retain(|name, (generation, _)| {
+            view.member(name)
+                .is_some_and(|m| m.generation == *generation && !m.is_ready())
+        });
+        self.inner.suspects.lock().retain(|(name, generation, _)| {
+            view.member(name)
+                .is_some_and(|m| m.generation == *generation)
+        });
+    }
+
+    /// Suspicions this node holds, to gossip.
+    pub(crate) fn suspects(&self) -> Vec<(Arc<str>, u64, u64)> {
+        self.inner.suspects.lock().iter().cloned().collect()
+    }
+
+    fn suspect(&self, name: &Arc<str>, reason: &str) {
+        let view = self.inner.view.borrow();
+        let Some(member) = view.member(name) else {
+            return;
+        };
+        let key = (member.name.clone(), member.generation, member.epoch);
+        if self.inner.suspects.lock().insert(key) {
+            warn!(member = %name, reason, "member left out of replication");
+            self.inner.peers.forget(&member.address);
+        }
+    }
+
+    fn member_gone(&self, name: &str) -> bool {
+        self.inner.view.borrow().member(name).is_none()
+    }
+
+    /// Sends `changes` of `cache` to one member until it answers, is gone, or has been
+    /// unreachable for the exclusion timeout. `None` means "left out".
+    async fn apply_on(
+        &self,
+        name: &Arc<str>,
+        address: &str,
+        request: v1::ApplyRequest,
+    ) -> Result<Option<v1::ApplyResponse>> {
+        let timing = self.inner.timing;
+        let first_failure = Instant::now();
+        let mut retry = 0u32;
+        loop {
+            let mut call = tonic::Request::new(request.clone());
+            call.set_timeout(timing.call_timeout);
+            let result = match self.inner.peers.client(address) {
+                Ok(mut client) => tokio::time::timeout(timing.call_timeout, client.apply(call))
+                    .await
+                    .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in time"))),
+                Err(error) => Err(tonic::Status::unavailable(error.to_string())),
+            };
+            match result {
+                Ok(response) => return Ok(Some(response.into_inner())),
+                Err(status) if refused(&status) => {
+                    self.suspect(name, "its port is closed");
+                    return Ok(None);
+                }
+                Err(status) => {
+                    if self.member_gone(name) {
+                        return Ok(None);
+                    }
+                    if first_failure.elapsed() >= timing.exclusion_timeout {
+                        self.suspect(name, status.message());
+                        return Ok(None);
+                    }
+                    let wait = Duration::from_millis(20 << retry.min(4));
+                    retry += 1;
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// Runs a write on `key`'s primary, retrying while the site settles who that is.
+    async fn forward_write(
+        &self,
+        cache: &str,
+        request: &WriteRequest,
+        request_id: Option<&str>,
+    ) -> Result<Arc<WriteResult>> {
+        let message = codec::encode_write(cache, request, request_id);
+        let mut retry = 0;
+        loop {
+            let primary = self.view().primary(&request.key).cloned();
+            let outcome = match primary {
+                Some(primary) if primary.name == self.inner.me.name => {
+                    // The site now says this node: run it here.
+                    return self
+                        .inner
+                        .store
+                        .write_as_primary(cache, request.clone(), request_id)
+                        .await;
+                }
+                Some(primary) => self.call_forward(&primary.address, message.clone()).await,
+                None => Err(Error::Unavailable("no ready member in the site".into())),
+            };
+            match outcome {
+                Ok(answer) => return Ok(answer),
+                Err(Error::Unavailable(reason)) => match FORWARD_RETRY.delay(retry) {
+                    Some(wait) => {
+                        tokio::time::sleep(wait).await;
+                        retry += 1;
+                    }
+                    None => return Err(Error::Unavailable(reason)),
+                },
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    async fn call_forward(
+        &self,
+        address: &str,
+        message: v1::ForwardWriteRequest,
+    ) -> Result<Arc<WriteResult>> {
+        let timeout = self.inner.timing.call_timeout + self.inner.timing.exclusion_timeout;
+        let mut client = self
+            .inner
+            .peers
+            .client(address)
+            .map_err(|error| Error::Unavailable(error.to_string()))?;
+        let mut call = tonic::Request::new(message);
+        call.set_timeout(timeout);
+        let response = tokio::time::timeout(timeout, client.forward_write(call))
+            .await
+            .map_err(|_| {
+                Error::Unavailable(format!("the primary {address} did not answer in time"))
+            })?;
+        match response {
+            Ok(response) => {
+                let answer = response.into_inner().answer.ok_or(Error::Internal(
+                    "a forwarded write came back without an answer",
+                ))?;
+                Ok(Arc::new(codec::decode_answer(
+                    &answer,
+                    self.inner.store.services(),
+                )?))
+            }
+            Err(status) => Err(status_to_error(status)),
+        }
+    }
+}
+
+/// Whether a failed call shows the member's port is closed (the process is gone).
+fn refused(status: &tonic::Status) -> bool {
+    let mut text = status.message().to_ascii_lowercase();
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        text.push_str(&cause.to_string().to_ascii_lowercase());
+        source = cause.source();
+    }
+    text.contains("connection refused")
+}
+
+/// A peer's error status as this node's error: what the caller should do is the same.
+fn status_to_error(status: tonic::Status) -> Error {
+    match ErrorCode::from_grpc(status.code()) {
+        ErrorCode::Aborted => Error::Aborted(status.message().to_string()),
+        ErrorCode::InvalidArgument => Error::InvalidArgument(status.message().to_string()),
+        ErrorCode::NotFound => Error::UnknownCache(status.message().to_string()),
+        _ => Error::Unavailable(format!(
+            "a member could not run the write: {}",
+            status.message()
+        )),
+    }
+}
+
+#[tonic::async_trait]
+impl SiteReplication for Cluster {
+    fn is_alone(&self) -> bool {
+        !self.has_peers()
+    }
+
+    fn is_primary(&self, key: &Bytes) -> bool {
+        let view = self.inner.view.borrow();
+        match view.primary(key) {
+            Some(primary) => primary.name == self.inner.me.name,
+            // Nobody is ready: a node alone and ready is; otherwise nobody is.
+            None => view.members.len() <= 1 && *self.inner.state.borrow() == MemberState::Ready,
+        }
+    }
+
+    async fn forward(
+        &self,
+        cache: &str,
+        request: WriteRequest,
+        request_id: Option<&str>,
+    ) -> Result<Arc<WriteResult>> {
+        self.forward_write(cache, &request, request_id).await
+    }
+
+    async fn replicate(
+        &self,
+        cache: &str,
+        mutation: &Mutation,
+        request_id: Option<&str>,
+        answer: Option<&WriteResult>,
+    ) -> Result<Replicated> {
+        let targets = self.targets();
+        if targets.is_empty() {
+            return Ok(Replicated::Done);
+        }
+        let request = v1::ApplyRequest {
+            cache: cache.to_string(),
+            mutations: vec![codec::encode_mutation(mutation, request_id, answer)],
+            from_node: self.inner.me.name.to_string(),
+        };
+        let calls = targets
+            .iter()
+            .map(|(name, address)| self.apply_on(name, address, request.clone()));
+        let mut newest: Option<(Option<Slot>, Option<Arc<WriteResult>>)> = None;
+        let mut busy = false;
+        for response in join_all(calls).await {
+            let Some(response) = response? else { continue };
+            let Some(outcome) = response.outcomes.into_iter().next() else {
+                return Err(Error::Internal("a member answered no outcome"));
+            };
+            match v1::ApplyResult::try_from(outcome.result) {
+                Ok(v1::ApplyResult::Applied | v1::ApplyResult::AlreadyApplied) => {}
+                Ok(v1::ApplyResult::Busy) => busy = true,
+                Ok(v1::ApplyResult::Conflict) => {
+                    let services = self.inner.store.services();
+                    let current = if outcome.current.is_empty() {
+                        None
+                    } else {
+                        Some(codec::decode_slot(&outcome.current, services)?)
+                    };
+                    let recorded = outcome
+                        .recorded_answer
+                        .map(|answer| codec::decode_answer(&answer, services).map(Arc::new))
+                        .transpose()?;
+                    let newer = current.as_ref().map_or(0, Slot::version);
+                    let known = newest
+                        .as_ref()
+                        .and_then(|(slot, _)| slot.as_ref())
+                        .map_or(0, Slot::version);
+                    if newest.is_none() || newer > known || recorded.is_some() {
+                        newest = Some((current, recorded));
+                    }
+                }
+                _ => return Err(Error::Internal("a member answered an unknown outcome")),
+            }
+        }
+        Ok(match (newest, busy) {
+            (Some((current, recorded)), _) => Replicated::Conflict { current, recorded },
+            (None, true) => Replicated::Busy,
+            (None, false) => Replicated::Done,
+        })
+    }
+
+    async fn replicate_clear(&self, cache: &str, version: Version) -> Result<()> {
+        let targets = self.targets();
+        let calls = targets.iter().map(|(name, address)| async move {
+            let request = v1::ApplyClearRequest {
+                cache: cache.to_string(),
+                version,
+            };
+            let mut client = self
+                .inner
+                .peers
+                .client(address)
+                .map_err(|error| Error::Unavailable(error.to_string()))?;
+            client
+                .apply_clear(request)
+                .await
+                .map(|_| ())
+                .map_err(|status| {
+                    Error::Unavailable(format!("{name} did not clear: {}", status.message()))
+                })
+        });
+        join_all(calls)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
+        Ok(())
+    }
+
+    async fn write_guard(&self) -> Option<tokio::sync::OwnedRwLockReadGuard<()>> {
+        Some(self.inner.write_barrier.clone().read_owned().await)
+    }
+}

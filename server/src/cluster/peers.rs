@@ -1,0 +1,58 @@
+//! Channels to the other members of the site, by gRPC address, made on first use.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use sitegrid_proto::v1::replication_service_client::ReplicationServiceClient;
+use tonic::transport::{Channel, Endpoint};
+
+/// How long opening a connection to a member may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Channels to members.
+#[derive(Debug, Default)]
+pub struct Peers {
+    channels: Mutex<HashMap<String, Channel>>,
+    max_message_bytes: usize,
+}
+
+impl Peers {
+    /// Channels carrying messages up to `max_message_bytes`.
+    pub fn new(max_message_bytes: usize) -> Peers {
+        Peers {
+            channels: Mutex::new(HashMap::new()),
+            max_message_bytes,
+        }
+    }
+
+    /// A replication client for the member at `address`.
+    pub fn client(
+        &self,
+        address: &str,
+    ) -> Result<ReplicationServiceClient<Channel>, tonic::transport::Error> {
+        let channel = {
+            let mut channels = self.channels.lock();
+            match channels.get(address) {
+                Some(channel) => channel.clone(),
+                None => {
+                    let endpoint = Endpoint::from_shared(format!("http://{address}"))?
+                        .connect_timeout(CONNECT_TIMEOUT)
+                        .http2_keep_alive_interval(Duration::from_secs(5))
+                        .keep_alive_timeout(Duration::from_secs(5));
+                    let channel = sitegrid_proto::transport::lazy_channel(&endpoint);
+                    channels.insert(address.to_string(), channel.clone());
+                    channel
+                }
+            }
+        };
+        Ok(ReplicationServiceClient::new(channel)
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes))
+    }
+
+    /// Forgets the channel to `address` (a member that left, or a restarted one).
+    pub fn forget(&self, address: &str) {
+        self.channels.lock().remove(address);
+    }
+}
