@@ -4,12 +4,15 @@
 //!   pause, stop and restart it; it dies with the test, whatever happens.
 //! - [`wait`]: poll a condition until a deadline, never sleep blindly.
 //! - [`ports`]: free loopback ports.
+//! - [`site`]: several nodes of one site, each told about the others.
 //! - [`http`]: a tiny HTTP/1.1 GET for `/ready` and `/metrics`.
 
 pub mod http;
 pub mod node;
 pub mod ports;
+pub mod site;
 pub mod wait;
 
-pub use node::{NodeProcess, NodeSpec};
+pub use node::{NodeAddrs, NodeProcess, NodeSpec};
+pub use site::Site;
 pub use wait::eventually;

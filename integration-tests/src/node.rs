@@ -53,6 +53,30 @@ pub struct NodeSpec {
     pub binary: Option<PathBuf>,
     /// `RUST_LOG` of the node; `None` = `SITEGRID_TEST_LOG` or `info`.
     pub log_filter: Option<String>,
+    /// Gossip addresses of the site's other nodes.
+    pub seeds: Vec<SocketAddr>,
+}
+
+/// The addresses a node listens on, chosen before it starts so peers can be told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeAddrs {
+    /// gRPC.
+    pub grpc: SocketAddr,
+    /// HTTP.
+    pub http: SocketAddr,
+    /// Gossip (UDP).
+    pub gossip: SocketAddr,
+}
+
+impl NodeAddrs {
+    /// Free loopback addresses.
+    pub fn free() -> NodeAddrs {
+        NodeAddrs {
+            grpc: free_loopback_addr(),
+            http: free_loopback_addr(),
+            gossip: free_loopback_addr(),
+        }
+    }
 }
 
 impl NodeSpec {
@@ -66,6 +90,7 @@ impl NodeSpec {
             without_config_file: false,
             binary: None,
             log_filter: None,
+            seeds: Vec::new(),
         }
     }
 
@@ -89,21 +114,27 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
-    /// Starts a node and waits until it reports ready.
+    /// Starts a node on free ports and waits until it reports ready.
     pub async fn start(spec: NodeSpec) -> anyhow::Result<NodeProcess> {
+        let mut node = NodeProcess::launch_at(spec, NodeAddrs::free())?;
+        node.wait_ready().await?;
+        Ok(node)
+    }
+
+    /// Starts a node on `addrs` without waiting for it to be ready.
+    pub fn launch_at(spec: NodeSpec, addrs: NodeAddrs) -> anyhow::Result<NodeProcess> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("sitegrid-{}-", spec.name))
             .tempdir()?;
         let mut node = NodeProcess {
             spec,
             dir,
-            grpc: free_loopback_addr(),
-            http: free_loopback_addr(),
-            gossip: free_loopback_addr(),
+            grpc: addrs.grpc,
+            http: addrs.http,
+            gossip: addrs.gossip,
             child: None,
         };
         node.launch()?;
-        node.wait_ready().await?;
         Ok(node)
     }
 
@@ -125,6 +156,35 @@ impl NodeProcess {
     /// HTTP address.
     pub fn http_addr(&self) -> SocketAddr {
         self.http
+    }
+
+    /// Its addresses.
+    pub fn addrs(&self) -> NodeAddrs {
+        NodeAddrs {
+            grpc: self.grpc,
+            http: self.http,
+            gossip: self.gossip,
+        }
+    }
+
+    /// Its spec.
+    pub fn spec(&self) -> &NodeSpec {
+        &self.spec
+    }
+
+    /// Whether `/ready` answers 200 now.
+    pub async fn is_ready(&self) -> bool {
+        matches!(crate::http::get(self.http, "/ready").await, Ok((200, _)))
+    }
+
+    /// Replaces this node's data with an empty directory (for "a brand-new node" tests;
+    /// the node must be stopped).
+    pub fn wipe_data(&mut self) -> anyhow::Result<()> {
+        let data = self.data_dir();
+        if data.exists() {
+            std::fs::remove_dir_all(&data)?;
+        }
+        Ok(())
     }
 
     /// gRPC endpoint URL.
@@ -155,9 +215,10 @@ impl NodeProcess {
 
     fn write_config(&self) -> anyhow::Result<()> {
         let spec = &self.spec;
+        let seeds: Vec<String> = spec.seeds.iter().map(|s| format!("\"{s}\"")).collect();
         let config = format!(
             "[node]\nname = {name:?}\nsite = {site:?}\nsite_id = {site_id}\nlisten = \"{grpc}\"\n\
-             http = \"{http}\"\ngossip = \"{gossip}\"\ndata_dir = {data:?}\n\n{extra}",
+             http = \"{http}\"\ngossip = \"{gossip}\"\ndata_dir = {data:?}\nseeds = [{seeds}]\n\n{extra}",
             name = spec.name,
             site = spec.site,
             site_id = spec.site_id,
@@ -165,6 +226,7 @@ impl NodeProcess {
             http = self.http,
             gossip = self.gossip,
             data = self.data_dir().display().to_string(),
+            seeds = seeds.join(", "),
             extra = spec.extra_toml,
         );
         std::fs::write(self.config_path(), config)?;

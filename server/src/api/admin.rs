@@ -42,20 +42,32 @@ impl Admin for AdminService {
                 .collect(),
             address: identity.address.clone(),
             server_version: env!("CARGO_PKG_VERSION").to_string(),
-            members: self
-                .state
-                .cluster()
-                .view()
-                .members
-                .iter()
-                .map(|member| v1::MemberStatus {
-                    node: member.name.to_string(),
-                    address: member.address.clone(),
-                    ready: member.is_ready(),
-                    state: member.state.as_str().to_string(),
-                    generation: member.generation,
-                })
-                .collect(),
+            members: {
+                let cluster = self.state.cluster();
+                let me = cluster.me();
+                cluster
+                    .view()
+                    .members
+                    .into_iter()
+                    // This node as it is now, not as of the last gossip round.
+                    .map(|member| {
+                        if member.name == me.name {
+                            me.clone()
+                        } else {
+                            member
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            }
+            .iter()
+            .map(|member| v1::MemberStatus {
+                node: member.name.to_string(),
+                address: member.address.clone(),
+                ready: member.is_ready(),
+                state: member.state.as_str().to_string(),
+                generation: member.generation,
+            })
+            .collect(),
         }))
     }
 }

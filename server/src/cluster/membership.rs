@@ -8,10 +8,11 @@
 //! - rebuilds the [`View`] from the live nodes and their keys;
 //! - notes whether any peer's heartbeat moved (the site was heard from: the lease);
 //! - isolates this node if it was frozen longer than the lease, or if a member suspects
-//!   it (it must catch up before it serves again);
+//!   it (it must catch up before it serves again); a member any live member suspects is
+//!   isolated in the view of all;
 //! - publishes this node's own keys.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -162,6 +163,11 @@ impl Membership {
     }
 }
 
+/// The gossip key of a suspicion of member `name`, generation `generation`, epoch `epoch`.
+fn suspicion_key(name: &str, generation: u64, epoch: u64) -> String {
+    format!("{SUSPECT_PREFIX}{name}/{generation}/{epoch}")
+}
+
 /// Writes this node's keys into its chitchat state where they changed.
 fn publish(
     state: &mut chitchat::NodeState,
@@ -199,11 +205,23 @@ fn observe(
     me: &Member,
     heartbeats: &mut HashMap<(Arc<str>, u64), u64>,
 ) -> (View, bool, bool) {
-    let suspicion = format!("{SUSPECT_PREFIX}{}/{}/{}", me.name, me.generation, me.epoch);
-    let mut members = vec![me.clone()];
-    let mut suspected = false;
-    let mut heard = false;
     let live: Vec<ChitchatId> = chitchat.live_nodes().cloned().collect();
+    // Suspicions gossiped by any live member, this node's own included: the site leaves a
+    // suspected member out as one.
+    let suspicions: HashSet<String> = live
+        .iter()
+        .filter_map(|id| chitchat.node_state(id))
+        .flat_map(|state| {
+            state
+                .key_values()
+                .filter(|(key, _)| key.starts_with(SUSPECT_PREFIX))
+                .map(|(key, _)| key.to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let suspected = suspicions.contains(&suspicion_key(&me.name, me.generation, me.epoch));
+    let mut members = vec![me.clone()];
+    let mut heard = false;
     for id in &live {
         if *id.node_id == *me.name {
             continue;
@@ -211,9 +229,6 @@ fn observe(
         let Some(state) = chitchat.node_state(id) else {
             continue;
         };
-        if state.get(&suspicion).is_some() {
-            suspected = true;
-        }
         let key = (Arc::<str>::from(&*id.node_id), id.generation_id);
         let beat = u64::from(state.heartbeat());
         if heartbeats
@@ -222,19 +237,26 @@ fn observe(
         {
             heard = true;
         }
-        let (Some(address), Some(member_state)) = (
+        let (Some(address), Some(gossiped)) = (
             state.get(KEY_GRPC),
             state.get(KEY_STATE).and_then(MemberState::parse),
         ) else {
             continue;
         };
+        let epoch = state
+            .get(KEY_EPOCH)
+            .and_then(|e| e.parse().ok())
+            .unwrap_or(0);
+        let member_state =
+            if suspicions.contains(&suspicion_key(&id.node_id, id.generation_id, epoch)) {
+                MemberState::Isolated
+            } else {
+                gossiped
+            };
         members.push(Member {
             name: Arc::from(&*id.node_id),
             generation: id.generation_id,
-            epoch: state
-                .get(KEY_EPOCH)
-                .and_then(|e| e.parse().ok())
-                .unwrap_or(0),
+            epoch,
             address: address.to_string(),
             state: member_state,
             data_version: state

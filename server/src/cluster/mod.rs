@@ -357,7 +357,15 @@ impl Cluster {
                         .write_as_primary(cache, request.clone(), request_id)
                         .await;
                 }
-                Some(primary) => self.call_forward(&primary.address, message.clone()).await,
+                Some(primary) => {
+                    let outcome = self.call_forward(&primary.address, message.clone()).await;
+                    if matches!(&outcome, Err(Error::Unavailable(reason)) if reason.to_ascii_lowercase().contains("connection refused"))
+                    {
+                        // Its port is closed: it is gone, whatever gossip says yet.
+                        self.suspect(&primary.name, "its port is closed");
+                    }
+                    outcome
+                }
                 None => Err(Error::Unavailable("no ready member in the site".into())),
             };
             match outcome {
@@ -402,6 +410,9 @@ impl Cluster {
                     self.inner.store.services(),
                 )?))
             }
+            Err(status) if refused(&status) => Err(Error::Unavailable(format!(
+                "the primary {address} is gone: connection refused"
+            ))),
             Err(status) => Err(status_to_error(status)),
         }
     }

@@ -1,0 +1,65 @@
+//! A site of several real nodes on loopback, each told about the others.
+
+use std::time::Duration;
+
+use crate::node::{NodeAddrs, NodeProcess, NodeSpec};
+use crate::wait::eventually;
+
+/// How long a site may take to have every node ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The nodes of one site.
+#[derive(Debug)]
+pub struct Site {
+    /// The nodes, `n1`, `n2`, ...
+    pub nodes: Vec<NodeProcess>,
+}
+
+impl Site {
+    /// Starts `count` nodes of site `site1` with `extra_toml` and waits until all are ready.
+    pub async fn start(count: usize, extra_toml: &str) -> anyhow::Result<Site> {
+        let addrs: Vec<NodeAddrs> = (0..count).map(|_| NodeAddrs::free()).collect();
+        let mut nodes = Vec::new();
+        for (index, own) in addrs.iter().enumerate() {
+            let spec = NodeSpec {
+                seeds: addrs
+                    .iter()
+                    .filter(|a| *a != own)
+                    .map(|a| a.gossip)
+                    .collect(),
+                ..NodeSpec::new(&format!("n{}", index + 1)).with_toml(extra_toml)
+            };
+            nodes.push(NodeProcess::launch_at(spec, *own)?);
+        }
+        let mut site = Site { nodes };
+        for node in &mut site.nodes {
+            node.wait_ready().await?;
+        }
+        site.wait_all_ready().await?;
+        Ok(site)
+    }
+
+    /// Waits until every running node reports ready.
+    pub async fn wait_all_ready(&self) -> anyhow::Result<()> {
+        eventually("every node ready", READY_TIMEOUT, || async {
+            for node in &self.nodes {
+                if !node.is_ready().await {
+                    return false;
+                }
+            }
+            true
+        })
+        .await
+    }
+
+    /// Adds a node `name` (brand new, empty data) told about every current node.
+    pub async fn add(&mut self, name: &str, extra_toml: &str) -> anyhow::Result<usize> {
+        let spec = NodeSpec {
+            seeds: self.nodes.iter().map(|n| n.addrs().gossip).collect(),
+            ..NodeSpec::new(name).with_toml(extra_toml)
+        };
+        let node = NodeProcess::start(spec).await?;
+        self.nodes.push(node);
+        Ok(self.nodes.len() - 1)
+    }
+}

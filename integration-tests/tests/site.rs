@@ -1,0 +1,293 @@
+//! A site of three real nodes: membership, forwarding, replication, failures, joins.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::{self, StreamExt};
+use sitegrid_integration_tests::{NodeProcess, Site, eventually};
+use sitegrid_proto::v1::admin_client::AdminClient;
+use sitegrid_proto::v1::cache_client::CacheClient;
+use sitegrid_proto::v1::*;
+use tonic::transport::Channel;
+
+async fn client(node: &NodeProcess) -> CacheClient<Channel> {
+    CacheClient::new(node.channel().await.unwrap())
+}
+
+fn put(cache: &str, key: &str, value: &str) -> PutRequest {
+    PutRequest {
+        cache: cache.into(),
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        value: Bytes::copy_from_slice(value.as_bytes()),
+        ..Default::default()
+    }
+}
+
+fn get(cache: &str, key: &str) -> GetRequest {
+    GetRequest {
+        cache: cache.into(),
+        key: Bytes::copy_from_slice(key.as_bytes()),
+    }
+}
+
+/// (value, version) of `key` on `node`, if present.
+async fn read(node: &NodeProcess, cache: &str, key: &str) -> Option<(Bytes, u64)> {
+    let got = client(node)
+        .await
+        .get(get(cache, key))
+        .await
+        .unwrap()
+        .into_inner();
+    got.found
+        .then(|| (got.value, got.metadata.unwrap().version))
+}
+
+/// Waits until every node sees `count` ready members.
+async fn wait_for_ready_members(site: &Site, count: usize) {
+    for node in &site.nodes {
+        let admin = AdminClient::new(node.channel().await.unwrap());
+        eventually(
+            "every node to see the ready members",
+            Duration::from_secs(30),
+            || {
+                let mut admin = admin.clone();
+                async move {
+                    let status = admin
+                        .cluster_status(ClusterStatusRequest {})
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    status.members.iter().filter(|m| m.ready).count() == count
+                }
+            },
+        )
+        .await
+        .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn three_nodes_form_a_site_and_every_acknowledged_write_is_on_every_node() {
+    let site = Site::start(3, "").await.unwrap();
+    wait_for_ready_members(&site, 3).await;
+    // Writes through every node, to keys whose primaries are spread over all three.
+    let mut written = HashMap::new();
+    for i in 0..60 {
+        let node = &site.nodes[i % 3];
+        let key = format!("k{i}");
+        let version = client(node)
+            .await
+            .put(put("work", &key, &format!("v{i}")))
+            .await
+            .unwrap()
+            .into_inner()
+            .version;
+        // Read-your-write on every node, right after the acknowledgement.
+        for other in &site.nodes {
+            let (value, seen) = read(other, "work", &key).await.expect("present everywhere");
+            assert_eq!(value, format!("v{i}").as_bytes());
+            assert_eq!(seen, version);
+        }
+        written.insert(key, version);
+    }
+    assert_eq!(written.len(), 60);
+}
+
+#[tokio::test]
+async fn racing_put_if_absent_through_different_nodes_has_exactly_one_winner_per_token() {
+    let site = Site::start(3, "").await.unwrap();
+    wait_for_ready_members(&site, 3).await;
+    let mut clients = Vec::new();
+    for i in 0..8 {
+        clients.push(client(&site.nodes[i % 3]).await);
+    }
+    const TOKENS: usize = 500;
+    // Every client tries every token, in a different order.
+    let attempts = clients.iter().enumerate().flat_map(|(c, client)| {
+        (0..TOKENS).map(move |t| {
+            let token = (t * 7 + c * 131) % TOKENS;
+            let mut client = client.clone();
+            async move {
+                let request = PutIfAbsentRequest {
+                    cache: "actionTokens".into(),
+                    key: Bytes::from(format!("token-{token}")),
+                    value: Bytes::from(format!("client-{c}")),
+                    ..Default::default()
+                };
+                (
+                    token,
+                    c,
+                    client.put_if_absent(request).await.unwrap().into_inner(),
+                )
+            }
+        })
+    });
+    let answers: Vec<_> = stream::iter(attempts).buffer_unordered(64).collect().await;
+    let mut winners: HashMap<usize, (usize, u64)> = HashMap::new();
+    for (token, c, answer) in &answers {
+        if answer.stored {
+            assert!(
+                winners.insert(*token, (*c, answer.version)).is_none(),
+                "token {token} won twice"
+            );
+        }
+    }
+    assert_eq!(winners.len(), TOKENS, "every token has a winner");
+    for (token, _, answer) in &answers {
+        if !answer.stored {
+            let existing = answer.existing.as_ref().expect("a loser sees the winner");
+            let (winner, version) = winners[token];
+            assert_eq!(existing.value, format!("client-{winner}").as_bytes());
+            assert_eq!(existing.metadata.as_ref().unwrap().version, version);
+        }
+    }
+    // And every node holds the winner.
+    for token in [0, TOKENS / 2, TOKENS - 1] {
+        let (winner, version) = winners[&token];
+        for node in &site.nodes {
+            let (value, seen) = read(node, "actionTokens", &format!("token-{token}"))
+                .await
+                .unwrap();
+            assert_eq!(value, format!("client-{winner}").as_bytes());
+            assert_eq!(seen, version);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_killed_node_is_left_out_and_catches_up_when_it_comes_back() {
+    let mut site = Site::start(3, "").await.unwrap();
+    wait_for_ready_members(&site, 3).await;
+    for i in 0..50 {
+        client(&site.nodes[0])
+            .await
+            .put(put("sessions", &format!("before-{i}"), "v"))
+            .await
+            .unwrap();
+    }
+    site.nodes[2].kill().unwrap();
+    // Writes go on without it (once it is left out), through both remaining nodes.
+    for i in 0..50 {
+        let node = &site.nodes[i % 2];
+        client(node)
+            .await
+            .put(put("sessions", &format!("during-{i}"), "v"))
+            .await
+            .unwrap();
+    }
+    client(&site.nodes[0])
+        .await
+        .remove(RemoveRequest {
+            cache: "sessions".into(),
+            key: Bytes::from("before-0"),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    site.nodes[2].restart().await.unwrap();
+    site.wait_all_ready().await.unwrap();
+    let back = &site.nodes[2];
+    for i in 1..50 {
+        assert!(
+            read(back, "sessions", &format!("before-{i}"))
+                .await
+                .is_some(),
+            "before-{i}"
+        );
+    }
+    for i in 0..50 {
+        let expected = read(&site.nodes[0], "sessions", &format!("during-{i}")).await;
+        assert_eq!(
+            read(back, "sessions", &format!("during-{i}")).await,
+            expected,
+            "during-{i}"
+        );
+    }
+    assert!(
+        read(back, "sessions", "before-0").await.is_none(),
+        "the removal reached it"
+    );
+}
+
+#[tokio::test]
+async fn a_brand_new_node_copies_everything_before_it_serves() {
+    let mut site = Site::start(2, "").await.unwrap();
+    wait_for_ready_members(&site, 2).await;
+    let mut versions = HashMap::new();
+    for i in 0..300 {
+        let cache = if i % 2 == 0 {
+            "work"
+        } else {
+            "offlineSessions"
+        };
+        let answer = client(&site.nodes[i % 2])
+            .await
+            .put(put(cache, &format!("k{i}"), "v"))
+            .await
+            .unwrap();
+        versions.insert((cache, format!("k{i}")), answer.into_inner().version);
+    }
+    let index = site.add("n3", "").await.unwrap();
+    wait_for_ready_members(&site, 3).await;
+    let new = &site.nodes[index];
+    for ((cache, key), version) in &versions {
+        assert_eq!(
+            read(new, cache, key).await.map(|(_, v)| v),
+            Some(*version),
+            "{cache}/{key}"
+        );
+    }
+    // And it takes part in writes from now on.
+    let version = client(new)
+        .await
+        .put(put("work", "after", "v"))
+        .await
+        .unwrap()
+        .into_inner()
+        .version;
+    for node in &site.nodes {
+        assert_eq!(
+            read(node, "work", "after").await.map(|(_, v)| v),
+            Some(version)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_listener_on_one_node_sees_writes_made_through_another() {
+    let site = Site::start(3, "").await.unwrap();
+    wait_for_ready_members(&site, 3).await;
+    let mut stream = client(&site.nodes[2])
+        .await
+        .listen(ListenRequest {
+            caches: vec!["work".into()],
+            with_values: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut written = HashMap::new();
+    for i in 0..30 {
+        let key = format!("k{i}");
+        let version = client(&site.nodes[i % 2])
+            .await
+            .put(put("work", &key, "v"))
+            .await
+            .unwrap()
+            .into_inner()
+            .version;
+        written.insert(Bytes::from(key), version);
+    }
+    let mut seen = HashMap::new();
+    while seen.len() < written.len() {
+        let event = tokio::time::timeout(Duration::from_secs(20), stream.message())
+            .await
+            .expect("events arrive")
+            .unwrap()
+            .unwrap();
+        seen.insert(event.key, event.version);
+    }
+    assert_eq!(seen, written);
+}
