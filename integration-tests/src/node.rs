@@ -330,9 +330,15 @@ impl NodeProcess {
 
     /// Starts the node again with the same config, ports and data, and waits for ready.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
-        self.kill()?;
-        self.launch()?;
+        self.restart_without_waiting()?;
         self.wait_ready().await
+    }
+
+    /// Starts the node again (killing it first if it runs) without waiting for ready:
+    /// for restarting several nodes that need each other.
+    pub fn restart_without_waiting(&mut self) -> anyhow::Result<()> {
+        self.kill()?;
+        self.launch()
     }
 
     /// Freezes the node (SIGSTOP).

@@ -216,7 +216,7 @@ async fn a_brand_new_node_copies_everything_before_it_serves() {
     wait_for_ready_members(&site, 2).await;
     let mut versions = HashMap::new();
     for i in 0..300 {
-        let cache = if i % 2 == 0 {
+        let cache = if i.is_multiple_of(2) {
             "work"
         } else {
             "offlineSessions"

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::cluster::{Cluster, codec};
+use crate::cluster::{Cluster, Target, codec};
 use crate::store::slot_key::RANGES;
 use crate::store::write::ReplicaOutcome;
 
@@ -161,8 +161,22 @@ impl ReplicationService for ReplicationApi {
     ) -> Result<Response<v1::ConfirmJoinResponse>, Status> {
         let request = request.into_inner();
         self.cluster
-            .confirm_joiner(&request.node, request.generation, request.address)
+            .confirm_joiner(Target {
+                name: request.node.as_str().into(),
+                generation: request.generation,
+                epoch: request.epoch,
+                address: request.address,
+            })
             .await;
-        Ok(Response::new(v1::ConfirmJoinResponse {}))
+        let ready_members = self
+            .cluster
+            .view()
+            .ready()
+            .map(|member| v1::KnownMember {
+                node: member.name.to_string(),
+                address: member.address.clone(),
+            })
+            .collect();
+        Ok(Response::new(v1::ConfirmJoinResponse { ready_members }))
     }
 }

@@ -32,11 +32,19 @@ use crate::store::version::Version;
 /// Keeps the node ready, catching up whenever it is not, until `shutdown` turns true.
 pub async fn run(cluster: Cluster, mut shutdown: watch::Receiver<bool>) {
     let mut state = cluster.state();
-    let started = Instant::now();
+    let mut was_ready = false;
     loop {
         if *state.borrow() != MemberState::Ready {
-            match catch_up(&cluster, started).await {
-                Ok(()) => cluster.set_state(MemberState::Ready),
+            cluster.begin_catch_up();
+            match catch_up(&cluster, Instant::now(), was_ready).await {
+                // Left out of a write meanwhile: what was copied may lack it.
+                Ok(()) if cluster.is_suspected() => {
+                    warn!("left out of a write while catching up: starting again");
+                }
+                Ok(()) => {
+                    cluster.set_state(MemberState::Ready);
+                    was_ready = true;
+                }
                 Err(error) => {
                     warn!(error = %error, "catching up failed, trying again");
                     tokio::select! {
@@ -54,8 +62,9 @@ pub async fn run(cluster: Cluster, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// One attempt at steps 1 to 4.
-async fn catch_up(cluster: &Cluster, started: Instant) -> Result<()> {
+/// One attempt at steps 1 to 4. `was_ready`: this node served before (it is catching up
+/// after losing contact), so its own data is known to lack writes.
+async fn catch_up(cluster: &Cluster, started: Instant, was_ready: bool) -> Result<()> {
     let donor = loop {
         let view = cluster.view();
         let ready: Vec<Member> = view
@@ -66,7 +75,7 @@ async fn catch_up(cluster: &Cluster, started: Instant) -> Result<()> {
         if let Some(donor) = ready.into_iter().next() {
             break donor;
         }
-        if first_of_site(cluster, started) {
+        if first_of_site(cluster, started, was_ready) {
             info!("no ready member: this node starts the site on its own data");
             return Ok(());
         }
@@ -75,32 +84,31 @@ async fn catch_up(cluster: &Cluster, started: Instant) -> Result<()> {
     info!(donor = %donor.name, "catching up");
     let began = cluster.store().clock().current();
     let copied = sync_from(cluster, &donor, began).await?;
-    for member in cluster.view().ready().filter(|m| m.name != *cluster.name()) {
-        confirm(cluster, member).await?;
-    }
+    confirm_all(cluster).await?;
     let again = sync_from(cluster, &donor, began).await?;
     info!(donor = %donor.name, copied, again, "caught up");
     Ok(())
 }
 
-/// Whether this node should start its site: nobody is ready, the discovery time passed
-/// (or no other node was ever named), and among the starting members it has the newest
-/// data, then the highest name.
-fn first_of_site(cluster: &Cluster, started: Instant) -> bool {
+/// Whether this node should start its site on its own data, nobody being ready:
+/// - alone, on its first start: at once if no other node was named to it, otherwise once
+///   the discovery time has passed;
+/// - alone after losing contact (`was_ready`): never; the others are only out of its sight
+///   (after a freeze its failure detector takes them all for dead), so it waits for them;
+/// - with other members in sight, none ready: once the discovery time has passed, if it
+///   has the newest data of them all (then the highest name).
+fn first_of_site(cluster: &Cluster, started: Instant, was_ready: bool) -> bool {
     let view = cluster.view();
-    if view.members.len() <= 1 && cluster.has_seeds() {
-        return started.elapsed() >= cluster.timing().discovery;
-    }
+    let discovered = started.elapsed() >= cluster.timing().discovery;
     if view.members.len() <= 1 {
-        return true;
-    }
-    if started.elapsed() < cluster.timing().discovery {
-        return false;
+        return !was_ready && (!cluster.has_seeds() || discovered);
     }
     let me = cluster.me();
-    view.members
-        .iter()
-        .all(|m| (me.data_version, &*me.name) >= (m.data_version, &*m.name))
+    discovered
+        && view
+            .members
+            .iter()
+            .all(|m| (me.data_version, &*me.name) >= (m.data_version, &*m.name))
 }
 
 /// Copies from `donor` every range of every cache whose digest differs; returns how many
@@ -245,26 +253,50 @@ async fn drop_missing(
     Ok(())
 }
 
-/// Asks a ready member for every write from now on.
-async fn confirm(cluster: &Cluster, member: &Member) -> Result<()> {
+/// Asks every ready member for every write from now on: those this node sees, and those
+/// any of them knows (this node's own view may lag behind gossip).
+async fn confirm_all(cluster: &Cluster) -> Result<()> {
+    let mut pending: Vec<(String, String)> = cluster
+        .view()
+        .ready()
+        .filter(|m| m.name != *cluster.name())
+        .map(|m| (m.name.to_string(), m.address.clone()))
+        .collect();
+    let mut confirmed: HashSet<String> = HashSet::new();
+    while let Some((name, address)) = pending.pop() {
+        if !confirmed.insert(name.clone()) {
+            continue;
+        }
+        for known in confirm(cluster, &name, &address).await? {
+            if known.node != **cluster.name() && !confirmed.contains(&known.node) {
+                pending.push((known.node, known.address));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Asks the member `name` at `address` for every write from now on; returns the ready
+/// members it knows.
+async fn confirm(cluster: &Cluster, name: &str, address: &str) -> Result<Vec<v1::KnownMember>> {
     let me = cluster.me();
     let mut client = cluster
         .peers()
-        .client(&member.address)
+        .client(address)
         .map_err(|error| Error::Unavailable(error.to_string()))?;
-    client
+    let answer = client
         .confirm_join(v1::ConfirmJoinRequest {
             node: me.name.to_string(),
             generation: me.generation,
             address: me.address.clone(),
+            epoch: me.epoch,
         })
         .await
         .map_err(|status| {
             Error::Unavailable(format!(
-                "{} did not confirm the join: {}",
-                member.name,
+                "{name} did not confirm the join: {}",
                 status.message()
             ))
         })?;
-    Ok(())
+    Ok(answer.into_inner().ready_members)
 }

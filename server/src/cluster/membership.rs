@@ -22,7 +22,7 @@ use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::cluster::{Cluster, Member, MemberState, Timing, View};
+use crate::cluster::{Cluster, Member, MemberState, Suspicion, Timing, View};
 use crate::error::{Error, Result};
 
 const KEY_GRPC: &str = "grpc";
@@ -115,6 +115,12 @@ impl Membership {
             }
             let frozen = last_tick.elapsed() > timing.lease;
             last_tick = Instant::now();
+            // Before anything refreshes the lease: a node that was frozen may have missed
+            // writes, so it stops serving first.
+            if frozen && cluster.has_peers() && cluster.me().state == MemberState::Ready {
+                warn!("this node was frozen longer than its lease: catching up before serving");
+                cluster.set_state(MemberState::Isolated);
+            }
             let me = cluster.me();
             let (view, suspected, heard) = self
                 .handle
@@ -128,18 +134,15 @@ impl Membership {
                     observe(chitchat, &me, &mut heartbeats)
                 })
                 .await;
-            if heard {
-                cluster.heard();
-            }
-            let alone = view.members.len() <= 1;
-            if me.state == MemberState::Ready && !alone {
-                if frozen {
-                    warn!("this node was frozen longer than its lease: catching up before serving");
-                    cluster.set_state(MemberState::Isolated);
-                } else if suspected {
+            if suspected {
+                cluster.suspected_in(me.epoch);
+                if me.state == MemberState::Ready {
                     warn!("a member left this node out of replication: catching up before serving");
                     cluster.set_state(MemberState::Isolated);
                 }
+            }
+            if heard {
+                cluster.heard();
             }
             cluster.tidy(&view);
             self.view.send_if_modified(|current| {
@@ -172,16 +175,16 @@ fn suspicion_key(name: &str, generation: u64, epoch: u64) -> String {
 fn publish(
     state: &mut chitchat::NodeState,
     me: &Member,
-    suspects: &[(Arc<str>, u64, u64)],
+    suspects: &[Suspicion],
     published: &mut Vec<(String, String)>,
 ) {
     let mut wanted = vec![
         (KEY_STATE.to_string(), me.state.as_str().to_string()),
         (KEY_EPOCH.to_string(), me.epoch.to_string()),
     ];
-    for (name, generation, epoch) in suspects {
+    for suspicion in suspects {
         wanted.push((
-            format!("{SUSPECT_PREFIX}{name}/{generation}/{epoch}"),
+            suspicion_key(&suspicion.name, suspicion.generation, suspicion.epoch),
             "1".to_string(),
         ));
     }

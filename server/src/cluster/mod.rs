@@ -21,7 +21,7 @@ pub mod membership;
 pub mod peers;
 pub mod view;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -72,6 +72,50 @@ impl Default for Timing {
     }
 }
 
+/// A member a write must reach, as it was when the write began.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Node name.
+    pub name: Arc<str>,
+    /// Its generation.
+    pub generation: u64,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Its gRPC address.
+    pub address: String,
+}
+
+impl Target {
+    /// The target a member is.
+    pub fn of(member: &Member) -> Target {
+        Target {
+            name: member.name.clone(),
+            generation: member.generation,
+            epoch: member.epoch,
+            address: member.address.clone(),
+        }
+    }
+
+    fn suspicion(&self) -> Suspicion {
+        Suspicion {
+            name: self.name.clone(),
+            generation: self.generation,
+            epoch: self.epoch,
+        }
+    }
+}
+
+/// A member left out of replication in one of its epochs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Suspicion {
+    /// Node name.
+    pub name: Arc<str>,
+    /// Its generation.
+    pub generation: u64,
+    /// The epoch it was left out in.
+    pub epoch: u64,
+}
+
 /// How forwarding retries while the site agrees on a key's primary.
 const FORWARD_RETRY: Backoff = Backoff {
     initial_delay: Duration::from_millis(20),
@@ -95,10 +139,13 @@ struct Inner {
     state: watch::Sender<MemberState>,
     epoch: AtomicU64,
     peers: Peers,
-    /// Joining nodes that asked for every write (name -> generation, address).
-    joiners: Mutex<HashMap<Arc<str>, (u64, String)>>,
-    /// Members left out of replication: (name, generation, epoch).
-    suspects: Mutex<HashSet<(Arc<str>, u64, u64)>>,
+    /// Joining nodes that asked for every write.
+    joiners: Mutex<HashMap<Arc<str>, Target>>,
+    /// Members left out of replication, with when.
+    suspects: Mutex<HashMap<Suspicion, Instant>>,
+    /// The epoch this node was last seen suspected in (by the membership task), or
+    /// `u64::MAX`.
+    suspected_in: AtomicU64,
     /// Writes hold it shared while they replicate and apply; a joiner's confirmation takes
     /// it exclusively, so it returns only once writes that did not include it are done.
     write_barrier: Arc<AsyncRwLock<()>>,
@@ -131,7 +178,8 @@ impl Cluster {
                 epoch: AtomicU64::new(0),
                 peers: Peers::new(max_message_bytes),
                 joiners: Mutex::new(HashMap::new()),
-                suspects: Mutex::new(HashSet::new()),
+                suspects: Mutex::new(HashMap::new()),
+                suspected_in: AtomicU64::new(u64::MAX),
                 write_barrier: Arc::new(AsyncRwLock::new(())),
                 heard_ms: AtomicU64::new(0),
                 started: Instant::now(),
@@ -175,13 +223,27 @@ impl Cluster {
     }
 
     pub(crate) fn set_state(&self, state: MemberState) {
-        if state == MemberState::Ready {
-            self.inner.epoch.fetch_add(1, Ordering::AcqRel);
-        }
         let previous = self.inner.state.send_replace(state);
         if previous != state {
             info!(from = previous.as_str(), to = state.as_str(), "node state");
         }
+    }
+
+    /// Starts a catch-up: a new epoch, so suspicions from before it no longer count and
+    /// suspicions during it do.
+    pub(crate) fn begin_catch_up(&self) {
+        self.inner.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Records that a member suspects this node in `epoch` (from gossip).
+    pub(crate) fn suspected_in(&self, epoch: u64) {
+        self.inner.suspected_in.store(epoch, Ordering::Release);
+    }
+
+    /// Whether a member suspects this node in its current epoch: it was left out of a
+    /// write since its catch-up began.
+    pub fn is_suspected(&self) -> bool {
+        self.inner.suspected_in.load(Ordering::Acquire) == self.inner.epoch.load(Ordering::Acquire)
     }
 
     fn now_ms(&self) -> u64 {
@@ -228,23 +290,22 @@ impl Cluster {
     }
 
     /// Members a primary's writes must reach: the other ready members and the joiners
-    /// that asked, minus suspects.
-    fn targets(&self) -> Vec<(Arc<str>, String)> {
+    /// that asked (even if gossip does not show them at the moment), minus suspects.
+    fn targets(&self) -> Vec<Target> {
         let view = self.inner.view.borrow();
         let suspects = self.inner.suspects.lock();
         let joiners = self.inner.joiners.lock();
-        let mut targets: Vec<(Arc<str>, String)> = Vec::new();
-        for member in &view.members {
-            if member.name == self.inner.me.name
-                || suspects.contains(&(member.name.clone(), member.generation, member.epoch))
+        let mut targets: Vec<Target> = Vec::new();
+        let candidates = view
+            .ready()
+            .map(Target::of)
+            .chain(joiners.values().cloned());
+        for target in candidates {
+            if target.name != self.inner.me.name
+                && !suspects.contains_key(&target.suspicion())
+                && !targets.iter().any(|t| t.name == target.name)
             {
-                continue;
-            }
-            let joined = joiners
-                .get(&member.name)
-                .is_some_and(|(generation, _)| *generation == member.generation);
-            if member.is_ready() || joined {
-                targets.push((member.name.clone(), member.address.clone()));
+                targets.push(target);
             }
         }
         targets
@@ -252,57 +313,63 @@ impl Cluster {
 
     /// A joining node asks for every write from now on; returns once the writes under
     /// way without it are done.
-    pub async fn confirm_joiner(&self, name: &str, generation: u64, address: String) {
+    pub async fn confirm_joiner(&self, joiner: Target) {
+        let name = joiner.name.clone();
+        let (generation, epoch) = (joiner.generation, joiner.epoch);
+        self.inner.joiners.lock().insert(name.clone(), joiner);
+        drop(self.inner.write_barrier.write().await);
+        info!(joiner = %name, generation, epoch, "joiner confirmed");
+    }
+
+    /// Forgets joiners that are ready (the ready set includes them now) or replaced by a
+    /// newer generation; a joiner missing from the view for a moment stays (if it is
+    /// really gone, replicating to it fails and it is suspected). Forgets suspicions the
+    /// suspected node has moved past (a newer generation or epoch), or that are an hour
+    /// old.
+    pub(crate) fn tidy(&self, view: &View) {
         self.inner
             .joiners
             .lock()
-            .insert(Arc::from(name), (generation, address));
-        drop(self.inner.write_barrier.write().await);
-        info!(joiner = name, generation, "joiner confirmed");
-    }
-
-    /// Forgets joiners that are gone or ready (the ready set includes them now), and
-    /// suspicions of generations that are gone.
-    pub(crate) fn tidy(&self, view: &View) {
-        self.inner.joiners.lock().retain(|name, (generation, _)| {
-            view.member(name)
-                .is_some_and(|m| m.generation == *generation && !m.is_ready())
-        });
-        self.inner.suspects.lock().retain(|(name, generation, _)| {
-            view.member(name)
-                .is_some_and(|m| m.generation == *generation)
+            .retain(|name, joiner| match view.member(name) {
+                Some(member) => member.generation == joiner.generation && !member.is_ready(),
+                None => true,
+            });
+        self.inner.suspects.lock().retain(|suspicion, since| {
+            let moved_on = view
+                .member(&suspicion.name)
+                .is_some_and(|m| (m.generation, m.epoch) > (suspicion.generation, suspicion.epoch));
+            !moved_on && since.elapsed() < Duration::from_secs(3_600)
         });
     }
 
     /// Suspicions this node holds, to gossip.
-    pub(crate) fn suspects(&self) -> Vec<(Arc<str>, u64, u64)> {
-        self.inner.suspects.lock().iter().cloned().collect()
+    pub(crate) fn suspects(&self) -> Vec<Suspicion> {
+        self.inner.suspects.lock().keys().cloned().collect()
     }
 
-    fn suspect(&self, name: &Arc<str>, reason: &str) {
-        let view = self.inner.view.borrow();
-        let Some(member) = view.member(name) else {
-            return;
-        };
-        let key = (member.name.clone(), member.generation, member.epoch);
-        if self.inner.suspects.lock().insert(key) {
-            warn!(member = %name, reason, "member left out of replication");
-            self.inner.peers.forget(&member.address);
+    /// Leaves `target` out of replication and says so in gossip: it must catch up before
+    /// it serves again.
+    fn suspect(&self, target: &Target, reason: &str) {
+        if self
+            .inner
+            .suspects
+            .lock()
+            .insert(target.suspicion(), Instant::now())
+            .is_none()
+        {
+            warn!(member = %target.name, generation = target.generation, epoch = target.epoch, reason, "member left out of replication");
+            self.inner.peers.forget(&target.address);
         }
-    }
-
-    fn member_gone(&self, name: &str) -> bool {
-        self.inner.view.borrow().member(name).is_none()
     }
 
     /// Sends `changes` of `cache` to one member until it answers, is gone, or has been
     /// unreachable for the exclusion timeout. `None` means "left out".
     async fn apply_on(
         &self,
-        name: &Arc<str>,
-        address: &str,
+        target: &Target,
         request: v1::ApplyRequest,
     ) -> Result<Option<v1::ApplyResponse>> {
+        let address = target.address.as_str();
         let timing = self.inner.timing;
         let first_failure = Instant::now();
         let mut retry = 0u32;
@@ -318,15 +385,18 @@ impl Cluster {
             match result {
                 Ok(response) => return Ok(Some(response.into_inner())),
                 Err(status) if refused(&status) => {
-                    self.suspect(name, "its port is closed");
+                    self.suspect(target, "its port is closed");
                     return Ok(None);
                 }
                 Err(status) => {
-                    if self.member_gone(name) {
+                    // Gone from the view, or unreachable too long: left out, and told so
+                    // (if it comes back it must catch up first).
+                    if self.inner.view.borrow().member(&target.name).is_none() {
+                        self.suspect(target, "gone from the site's view");
                         return Ok(None);
                     }
                     if first_failure.elapsed() >= timing.exclusion_timeout {
-                        self.suspect(name, status.message());
+                        self.suspect(target, status.message());
                         return Ok(None);
                     }
                     let wait = Duration::from_millis(20 << retry.min(4));
@@ -362,7 +432,7 @@ impl Cluster {
                     if matches!(&outcome, Err(Error::Unavailable(reason)) if reason.to_ascii_lowercase().contains("connection refused"))
                     {
                         // Its port is closed: it is gone, whatever gossip says yet.
-                        self.suspect(&primary.name, "its port is closed");
+                        self.suspect(&Target::of(&primary), "its port is closed");
                     }
                     outcome
                 }
@@ -484,7 +554,7 @@ impl SiteReplication for Cluster {
         };
         let calls = targets
             .iter()
-            .map(|(name, address)| self.apply_on(name, address, request.clone()));
+            .map(|target| self.apply_on(target, request.clone()));
         let mut newest: Option<(Option<Slot>, Option<Arc<WriteResult>>)> = None;
         let mut busy = false;
         for response in join_all(calls).await {
@@ -527,7 +597,8 @@ impl SiteReplication for Cluster {
 
     async fn replicate_clear(&self, cache: &str, version: Version) -> Result<()> {
         let targets = self.targets();
-        let calls = targets.iter().map(|(name, address)| async move {
+        let calls = targets.iter().map(|target| async move {
+            let (name, address) = (&target.name, &target.address);
             let request = v1::ApplyClearRequest {
                 cache: cache.to_string(),
                 version,

@@ -1,0 +1,419 @@
+//! A site of three real nodes under failures: pauses, kills, whole-site restarts and the
+//! replacement of every node, with histories checked afterwards.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use sitegrid_integration_tests::{NodeProcess, Site, eventually};
+use sitegrid_proto::v1::cache_client::CacheClient;
+use sitegrid_proto::v1::*;
+use tokio::sync::Mutex;
+use tonic::Code;
+use tonic::transport::Channel;
+
+fn client_for(endpoint: String) -> CacheClient<Channel> {
+    let endpoint = tonic::transport::Endpoint::from_shared(endpoint)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(10));
+    CacheClient::new(endpoint.connect_lazy())
+}
+
+fn put(cache: &str, key: &str, value: &str, request_id: &str) -> PutRequest {
+    PutRequest {
+        cache: cache.into(),
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        value: Bytes::copy_from_slice(value.as_bytes()),
+        request_id: request_id.into(),
+        ..Default::default()
+    }
+}
+
+fn get(cache: &str, key: &str) -> GetRequest {
+    GetRequest {
+        cache: cache.into(),
+        key: Bytes::copy_from_slice(key.as_bytes()),
+    }
+}
+
+/// Writes `request` through the nodes in turn until one acknowledges it (same request id
+/// each time, so it applies once); `None` if none does within a minute.
+async fn put_until_acknowledged(
+    clients: &[CacheClient<Channel>],
+    request: PutRequest,
+) -> Option<u64> {
+    for attempt in 0..600 {
+        let mut client = clients[attempt % clients.len()].clone();
+        match client.put(request.clone()).await {
+            Ok(answer) => return Some(answer.into_inner().version),
+            Err(status)
+                if matches!(
+                    status.code(),
+                    Code::Unavailable
+                        | Code::Aborted
+                        | Code::DeadlineExceeded
+                        | Code::Cancelled
+                        | Code::Unknown
+                ) =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("unexpected error: {status:?}"),
+        }
+    }
+    None
+}
+
+/// The version of `key` on a node that serves reads; `Err` if the node does not serve.
+async fn version_on(
+    client: &mut CacheClient<Channel>,
+    cache: &str,
+    key: &str,
+) -> Result<Option<u64>, tonic::Status> {
+    let got = client.get(get(cache, key)).await?.into_inner();
+    Ok(got.found.then(|| got.metadata.unwrap().version))
+}
+
+#[tokio::test]
+async fn a_paused_node_never_answers_with_what_it_missed_and_catches_up() {
+    let site = Site::start(3, "").await.unwrap();
+    let clients: Vec<_> = site
+        .nodes
+        .iter()
+        .map(|n| client_for(n.endpoint()))
+        .collect();
+    let mut versions = HashMap::new();
+    for i in 0..20 {
+        let key = format!("k{i}");
+        let version =
+            put_until_acknowledged(&clients, put("sessions", &key, "old", &format!("old-{i}")))
+                .await
+                .unwrap();
+        versions.insert(key, version);
+    }
+    site.nodes[2].pause().unwrap();
+    // The two others go on (after leaving the paused one out).
+    for i in 0..20 {
+        let key = format!("k{i}");
+        let version = put_until_acknowledged(
+            &clients[..2],
+            put("sessions", &key, "new", &format!("new-{i}")),
+        )
+        .await
+        .unwrap();
+        versions.insert(key, version);
+    }
+    site.nodes[2].resume().unwrap();
+    // From the moment it runs again, it answers a read with the newest acknowledged
+    // version (or a newer one) or not at all, until it serves again with everything.
+    let mut paused = clients[2].clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut all_current = true;
+        for (key, version) in &versions {
+            match version_on(&mut paused, "sessions", key).await {
+                Ok(seen) => {
+                    assert!(
+                        seen >= Some(*version),
+                        "{key}: a stale read from the resumed node: {seen:?} < {version}; its log:\n{}",
+                        site.nodes[2].log()
+                    );
+                }
+                Err(status) => {
+                    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                    all_current = false;
+                }
+            }
+        }
+        if all_current {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the resumed node never served again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One ReplaceWithVersion attempt and what came of it.
+#[derive(Debug, Clone)]
+struct Attempt {
+    key: usize,
+    expected: u64,
+    outcome: Outcome,
+}
+
+#[derive(Debug, Clone)]
+enum Outcome {
+    Replaced(u64),
+    NotReplaced,
+    /// Failed or timed out: may or may not have happened.
+    Unknown,
+}
+
+#[tokio::test]
+async fn versioned_replaces_never_fork_while_nodes_are_killed_and_restarted() {
+    let mut site = Site::start(3, "").await.unwrap();
+    let endpoints: Vec<String> = site.nodes.iter().map(|n| n.endpoint()).collect();
+    const KEYS: usize = 20;
+    let clients: Vec<_> = endpoints.iter().map(|e| client_for(e.clone())).collect();
+    for key in 0..KEYS {
+        put_until_acknowledged(
+            &clients,
+            put(
+                "sessions",
+                &format!("hot-{key}"),
+                "0",
+                &format!("hot-{key}"),
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    let history = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..8)
+        .map(|worker| {
+            let clients = clients.clone();
+            let history = history.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let key = (worker * 7 + n) % KEYS;
+                    let name = format!("hot-{key}");
+                    let mut client = clients[(worker + n) % clients.len()].clone();
+                    // Read the current version, then try to move it on by one.
+                    let Ok(Some(expected)) = version_on(&mut client, "sessions", &name).await
+                    else {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    };
+                    let request = ReplaceWithVersionRequest {
+                        cache: "sessions".into(),
+                        key: Bytes::from(name),
+                        value: Bytes::from(format!("w{worker}-{n}")),
+                        expected_version: expected,
+                        request_id: format!("w{worker}-{n}"),
+                        ..Default::default()
+                    };
+                    let outcome = match client.replace_with_version(request).await {
+                        Ok(answer) if answer.get_ref().replaced => {
+                            Outcome::Replaced(answer.into_inner().version)
+                        }
+                        Ok(_) => Outcome::NotReplaced,
+                        Err(_) => Outcome::Unknown,
+                    };
+                    history.lock().await.push(Attempt {
+                        key,
+                        expected,
+                        outcome,
+                    });
+                }
+            })
+        })
+        .collect();
+    // Kill and restart a node, twice, while the workers run.
+    for victim in [1, 2] {
+        let mut count = history.lock().await.len();
+        eventually("progress", Duration::from_secs(60), || {
+            let history = history.clone();
+            async move { history.lock().await.len() > count + 50 }
+        })
+        .await
+        .unwrap();
+        site.nodes[victim].kill().unwrap();
+        count = history.lock().await.len();
+        eventually(
+            "progress without the killed node",
+            Duration::from_secs(60),
+            || {
+                let history = history.clone();
+                async move { history.lock().await.len() > count + 50 }
+            },
+        )
+        .await
+        .unwrap();
+        site.nodes[victim].restart().await.unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    site.wait_all_ready().await.unwrap();
+
+    // No fork: at most one success per (key, expected version).
+    let history = history.lock().await.clone();
+    let mut successes: HashMap<(usize, u64), u64> = HashMap::new();
+    let mut newest: HashMap<usize, u64> = HashMap::new();
+    for attempt in &history {
+        if let Outcome::Replaced(version) = attempt.outcome {
+            assert!(version > attempt.expected);
+            if let Some(other) = successes.insert((attempt.key, attempt.expected), version) {
+                panic!(
+                    "fork on key {}: {other} and {version} both replaced {}",
+                    attempt.key, attempt.expected
+                );
+            }
+            let entry = newest.entry(attempt.key).or_insert(0);
+            *entry = (*entry).max(version);
+        }
+    }
+    let replaced = history
+        .iter()
+        .filter(|a| matches!(a.outcome, Outcome::Replaced(_)))
+        .count();
+    assert!(replaced > 100, "only {replaced} successes");
+    // No acknowledged write missing: every key is at its newest acknowledged version or
+    // later (a later write whose answer was lost), on every node.
+    for node in &site.nodes {
+        let mut client = client_for(node.endpoint());
+        for key in 0..KEYS {
+            let seen = version_on(&mut client, "sessions", &format!("hot-{key}"))
+                .await
+                .unwrap()
+                .unwrap();
+            let acknowledged = newest.get(&key).copied().unwrap_or(0);
+            assert!(
+                seen >= acknowledged,
+                "hot-{key} on {}: {seen} < {acknowledged}",
+                node.endpoint()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_whole_site_killed_and_restarted_keeps_its_persistent_data() {
+    let mut site = Site::start(3, "").await.unwrap();
+    let clients: Vec<_> = site
+        .nodes
+        .iter()
+        .map(|n| client_for(n.endpoint()))
+        .collect();
+    let mut versions = HashMap::new();
+    for i in 0..200 {
+        let cache = if i.is_multiple_of(2) {
+            "sessions"
+        } else {
+            "offlineSessions"
+        };
+        let key = format!("k{i}");
+        let version = put_until_acknowledged(&clients, put(cache, &key, "v", &format!("r{i}")))
+            .await
+            .unwrap();
+        versions.insert((cache, key), version);
+    }
+    for node in &mut site.nodes {
+        node.kill().unwrap();
+    }
+    for node in &mut site.nodes {
+        node.restart_without_waiting().unwrap();
+    }
+    site.wait_all_ready().await.unwrap();
+    for node in &site.nodes {
+        let mut client = client_for(node.endpoint());
+        for ((cache, key), version) in &versions {
+            let seen = version_on(&mut client, cache, key).await.unwrap();
+            assert_eq!(seen, Some(*version), "{cache}/{key} on {}", node.endpoint());
+        }
+    }
+}
+
+#[tokio::test]
+async fn replacing_every_node_with_an_empty_one_under_writes_loses_nothing() {
+    let mut site = Site::start(3, "").await.unwrap();
+    let endpoints: Vec<String> = site.nodes.iter().map(|n| n.endpoint()).collect();
+    let clients: Vec<_> = endpoints.iter().map(|e| client_for(e.clone())).collect();
+    let acknowledged = Arc::new(Mutex::new(HashMap::<String, (String, u64)>::new()));
+    for i in 0..500 {
+        let cache = if i.is_multiple_of(2) {
+            "sessions"
+        } else {
+            "work"
+        };
+        let key = format!("s{i}");
+        let version =
+            put_until_acknowledged(&clients, put(cache, &key, "v0", &format!("first-{i}")))
+                .await
+                .unwrap();
+        acknowledged
+            .lock()
+            .await
+            .insert(key, (cache.to_string(), version));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let stale_reads = Arc::new(Mutex::new(Vec::new()));
+    let writer = {
+        let clients = clients.clone();
+        let acknowledged = acknowledged.clone();
+        let stop = stop.clone();
+        let stale_reads = stale_reads.clone();
+        tokio::spawn(async move {
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let i = n % 500;
+                let cache = if i.is_multiple_of(2) {
+                    "sessions"
+                } else {
+                    "work"
+                };
+                let key = format!("s{i}");
+                let Some(version) = put_until_acknowledged(
+                    &clients,
+                    put(cache, &key, &format!("v{n}"), &format!("w{n}")),
+                )
+                .await
+                else {
+                    continue;
+                };
+                acknowledged
+                    .lock()
+                    .await
+                    .insert(key.clone(), (cache.to_string(), version));
+                // Read it back from another node: never older than what was acknowledged.
+                let mut reader = clients[n % clients.len()].clone();
+                if let Ok(Some(seen)) = version_on(&mut reader, cache, &key).await
+                    && seen < version
+                {
+                    stale_reads.lock().await.push((key, seen, version));
+                }
+            }
+        })
+    };
+    for round in 0..2 {
+        for index in 0..site.nodes.len() {
+            let node: &mut NodeProcess = &mut site.nodes[index];
+            node.kill().unwrap();
+            node.wipe_data().unwrap();
+            node.restart().await.unwrap();
+            site.wait_all_ready().await.unwrap();
+            let _ = round;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    assert!(
+        stale_reads.lock().await.is_empty(),
+        "stale reads: {:?}",
+        stale_reads.lock().await
+    );
+    let acknowledged = acknowledged.lock().await.clone();
+    for node in &site.nodes {
+        let mut client = client_for(node.endpoint());
+        for (key, (cache, version)) in &acknowledged {
+            let seen = version_on(&mut client, cache, key).await.unwrap();
+            assert!(
+                seen >= Some(*version),
+                "{cache}/{key} on {}: {seen:?} < {version}",
+                node.endpoint()
+            );
+        }
+    }
+}
