@@ -215,7 +215,7 @@ async fn a_brand_new_node_copies_everything_before_it_serves() {
     let mut site = Site::start(2, "").await.unwrap();
     wait_for_ready_members(&site, 2).await;
     let mut versions = HashMap::new();
-    for i in 0..300 {
+    for i in 0..300usize {
         let cache = if i.is_multiple_of(2) {
             "work"
         } else {

@@ -297,7 +297,7 @@ async fn a_whole_site_killed_and_restarted_keeps_its_persistent_data() {
         .map(|n| client_for(n.endpoint()))
         .collect();
     let mut versions = HashMap::new();
-    for i in 0..200 {
+    for i in 0..200usize {
         let cache = if i.is_multiple_of(2) {
             "sessions"
         } else {
@@ -331,7 +331,7 @@ async fn replacing_every_node_with_an_empty_one_under_writes_loses_nothing() {
     let endpoints: Vec<String> = site.nodes.iter().map(|n| n.endpoint()).collect();
     let clients: Vec<_> = endpoints.iter().map(|e| client_for(e.clone())).collect();
     let acknowledged = Arc::new(Mutex::new(HashMap::<String, (String, u64)>::new()));
-    for i in 0..500 {
+    for i in 0..500usize {
         let cache = if i.is_multiple_of(2) {
             "sessions"
         } else {
