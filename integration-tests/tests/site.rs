@@ -291,3 +291,73 @@ async fn a_listener_on_one_node_sees_writes_made_through_another() {
     }
     assert_eq!(seen, written);
 }
+
+#[tokio::test]
+async fn racing_tokens_through_different_nodes_during_a_node_kill_have_one_winner_each() {
+    let mut site = Site::start(3, "").await.unwrap();
+    wait_for_ready_members(&site, 3).await;
+    let endpoints: Vec<String> = site.nodes.iter().map(|n| n.endpoint()).collect();
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            let endpoint = tonic::transport::Endpoint::from_shared(endpoints[i % 3].clone())
+                .unwrap()
+                .timeout(Duration::from_secs(10));
+            CacheClient::new(endpoint.connect_lazy())
+        })
+        .collect();
+    const TOKENS: usize = 1_000;
+    let mut attempts = Vec::new();
+    for c in 0..clients.len() {
+        for t in 0..TOKENS {
+            let all = clients.clone();
+            attempts.push(async move {
+                let token = (t * 7 + c * 131) % TOKENS;
+                let request = PutIfAbsentRequest {
+                    cache: "actionTokens".into(),
+                    key: Bytes::from(format!("token-{token}")),
+                    value: Bytes::from(format!("client-{c}")),
+                    // The same id on every retry: the attempt applies once.
+                    request_id: format!("client-{c}-token-{token}"),
+                    ..Default::default()
+                };
+                // Retry through the nodes until the answer is known.
+                for attempt in 0..200 {
+                    let mut client = all[(c + attempt) % all.len()].clone();
+                    if let Ok(answer) = client.put_if_absent(request.clone()).await {
+                        return (token, c, answer.into_inner());
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                panic!("token {token} of client {c} never got an answer");
+            });
+        }
+    }
+    let racing = tokio::spawn(
+        stream::iter(attempts)
+            .buffer_unordered(64)
+            .collect::<Vec<_>>(),
+    );
+    // Kill a node while the race is on.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    site.nodes[1].kill().unwrap();
+    let answers = racing.await.unwrap();
+    let mut winners: HashMap<usize, (usize, u64)> = HashMap::new();
+    for (token, c, answer) in &answers {
+        if answer.stored {
+            assert!(
+                winners.insert(*token, (*c, answer.version)).is_none(),
+                "token {token} won twice"
+            );
+        }
+    }
+    assert_eq!(winners.len(), TOKENS, "every token has a winner");
+    for (token, c, answer) in &answers {
+        if !answer.stored {
+            let existing = answer.existing.as_ref().expect("a loser sees the winner");
+            let (winner, version) = winners[token];
+            assert_ne!(*c, winner, "the winner was told it lost");
+            assert_eq!(existing.value, format!("client-{winner}").as_bytes());
+            assert_eq!(existing.metadata.as_ref().unwrap().version, version);
+        }
+    }
+}
