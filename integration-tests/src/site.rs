@@ -18,6 +18,12 @@ pub struct Site {
 impl Site {
     /// Starts `count` nodes of site `site1` with `extra_toml` and waits until all are ready.
     pub async fn start(count: usize, extra_toml: &str) -> anyhow::Result<Site> {
+        Site::start_with(count, |name| NodeSpec::new(name).with_toml(extra_toml)).await
+    }
+
+    /// Starts `count` nodes whose specs `spec` makes from their names (`n1`, `n2`, ...;
+    /// seeds are filled in), and waits until all are ready.
+    pub async fn start_with(count: usize, spec: impl Fn(&str) -> NodeSpec) -> anyhow::Result<Site> {
         let addrs: Vec<NodeAddrs> = (0..count).map(|_| NodeAddrs::free()).collect();
         let mut nodes = Vec::new();
         for (index, own) in addrs.iter().enumerate() {
@@ -27,7 +33,7 @@ impl Site {
                     .filter(|a| *a != own)
                     .map(|a| a.gossip)
                     .collect(),
-                ..NodeSpec::new(&format!("n{}", index + 1)).with_toml(extra_toml)
+                ..spec(&format!("n{}", index + 1))
             };
             nodes.push(NodeProcess::launch_at(spec, *own)?);
         }

@@ -19,6 +19,7 @@ pub mod codec;
 pub mod join;
 pub mod membership;
 pub mod peers;
+mod sender;
 pub mod view;
 
 use std::collections::HashMap;
@@ -41,6 +42,7 @@ use crate::store::mutation::Mutation;
 use crate::store::replication::{Replicated, SiteReplication};
 use crate::store::version::Version;
 use peers::Peers;
+use sender::Sender;
 pub use view::{Member, MemberState, View};
 
 /// Timing of a site's nodes.
@@ -73,7 +75,7 @@ impl Default for Timing {
 }
 
 /// A member a write must reach, as it was when the write began.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {
     /// Node name.
     pub name: Arc<str>,
@@ -139,6 +141,9 @@ struct Inner {
     state: watch::Sender<MemberState>,
     epoch: AtomicU64,
     peers: Peers,
+    /// The sender task of each member written to.
+    senders: Mutex<HashMap<Target, Sender>>,
+    max_message_bytes: usize,
     /// Joining nodes that asked for every write.
     joiners: Mutex<HashMap<Arc<str>, Target>>,
     /// Members left out of replication, with when.
@@ -177,6 +182,8 @@ impl Cluster {
                 state,
                 epoch: AtomicU64::new(0),
                 peers: Peers::new(max_message_bytes),
+                senders: Mutex::new(HashMap::new()),
+                max_message_bytes,
                 joiners: Mutex::new(HashMap::new()),
                 suspects: Mutex::new(HashMap::new()),
                 suspected_in: AtomicU64::new(u64::MAX),
@@ -327,13 +334,18 @@ impl Cluster {
     /// suspected node has moved past (a newer generation or epoch), or that are an hour
     /// old.
     pub(crate) fn tidy(&self, view: &View) {
-        self.inner
-            .joiners
-            .lock()
-            .retain(|name, joiner| match view.member(name) {
-                Some(member) => member.generation == joiner.generation && !member.is_ready(),
-                None => true,
-            });
+        let mut joiners = self.inner.joiners.lock();
+        joiners.retain(|name, joiner| match view.member(name) {
+            Some(member) => member.generation == joiner.generation && !member.is_ready(),
+            None => true,
+        });
+        // A sender whose member moved on ends once the writes it holds are answered.
+        self.inner.senders.lock().retain(|target, _| {
+            view.member(&target.name)
+                .is_some_and(|member| Target::of(member) == *target)
+                || joiners.get(&target.name) == Some(target)
+        });
+        drop(joiners);
         self.inner.suspects.lock().retain(|suspicion, since| {
             let moved_on = view
                 .member(&suspicion.name)
@@ -362,13 +374,26 @@ impl Cluster {
         }
     }
 
-    /// Sends `changes` of `cache` to one member until it answers, is gone, or has been
+    /// The sender task writing to `target`, started on first use.
+    fn sender(&self, target: &Target) -> Sender {
+        self.inner
+            .senders
+            .lock()
+            .entry(target.clone())
+            .or_insert_with(|| {
+                let cluster = Arc::downgrade(&self.inner);
+                Sender::start(cluster, target.clone(), self.inner.max_message_bytes)
+            })
+            .clone()
+    }
+
+    /// Sends changes of one cache to one member until it answers, is gone, or has been
     /// unreachable for the exclusion timeout. `None` means "left out".
     async fn apply_on(
         &self,
         target: &Target,
         request: v1::ApplyRequest,
-    ) -> Result<Option<v1::ApplyResponse>> {
+    ) -> Option<v1::ApplyResponse> {
         let address = target.address.as_str();
         let timing = self.inner.timing;
         let first_failure = Instant::now();
@@ -383,21 +408,21 @@ impl Cluster {
                 Err(error) => Err(tonic::Status::unavailable(error.to_string())),
             };
             match result {
-                Ok(response) => return Ok(Some(response.into_inner())),
+                Ok(response) => return Some(response.into_inner()),
                 Err(status) if refused(&status) => {
                     self.suspect(target, "its port is closed");
-                    return Ok(None);
+                    return None;
                 }
                 Err(status) => {
                     // Gone from the view, or unreachable too long: left out, and told so
                     // (if it comes back it must catch up first).
                     if self.inner.view.borrow().member(&target.name).is_none() {
                         self.suspect(target, "gone from the site's view");
-                        return Ok(None);
+                        return None;
                     }
                     if first_failure.elapsed() >= timing.exclusion_timeout {
                         self.suspect(target, status.message());
-                        return Ok(None);
+                        return None;
                     }
                     let wait = Duration::from_millis(20 << retry.min(4));
                     retry += 1;
@@ -547,21 +572,15 @@ impl SiteReplication for Cluster {
         if targets.is_empty() {
             return Ok(Replicated::Done);
         }
-        let request = v1::ApplyRequest {
-            cache: cache.to_string(),
-            mutations: vec![codec::encode_mutation(mutation, request_id, answer)],
-            from_node: self.inner.me.name.to_string(),
-        };
+        let encoded = codec::encode_mutation(mutation, request_id, answer);
         let calls = targets
             .iter()
-            .map(|target| self.apply_on(target, request.clone()));
+            .map(|target| (self.sender(target), encoded.clone()))
+            .map(|(sender, encoded)| async move { sender.send(cache, encoded).await });
         let mut newest: Option<(Option<Slot>, Option<Arc<WriteResult>>)> = None;
         let mut busy = false;
-        for response in join_all(calls).await {
-            let Some(response) = response? else { continue };
-            let Some(outcome) = response.outcomes.into_iter().next() else {
-                return Err(Error::Internal("a member answered no outcome"));
-            };
+        for reply in join_all(calls).await {
+            let Some(outcome) = reply? else { continue };
             match v1::ApplyResult::try_from(outcome.result) {
                 Ok(v1::ApplyResult::Applied | v1::ApplyResult::AlreadyApplied) => {}
                 Ok(v1::ApplyResult::Busy) => busy = true,

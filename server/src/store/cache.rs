@@ -163,6 +163,18 @@ impl CacheStore {
         &self.services
     }
 
+    /// Stores several slots if the cache is persistent, and waits until they are durable.
+    pub(crate) async fn persist_slots(&self, slots: &[(Bytes, Slot)]) -> Result<()> {
+        if !self.config.persistent || slots.is_empty() {
+            return Ok(());
+        }
+        let ops = slots
+            .iter()
+            .map(|(key, slot)| self.storage_op(key, slot))
+            .collect();
+        self.persist(ops).await
+    }
+
     /// Stores `slot` under `key` if the cache is persistent; with `wait_durable`, only
     /// returns once it is on disk.
     pub(crate) async fn persist_slot(

@@ -339,9 +339,13 @@ impl Store {
         changes: Vec<ReceivedChange>,
     ) -> Result<Vec<ChangeReply>> {
         let cache = self.cache(cache)?;
-        let mut replies = Vec::with_capacity(changes.len());
-        for ReceivedChange { mutation, answer } in changes {
-            let outcome = cache.apply_replicated(&mutation).await?;
+        let (mutations, answers): (Vec<_>, Vec<_>) = changes
+            .into_iter()
+            .map(|change| (change.mutation, change.answer))
+            .unzip();
+        let outcomes = cache.apply_replicated(&mutations).await?;
+        let mut replies = Vec::with_capacity(outcomes.len());
+        for (outcome, answer) in outcomes.into_iter().zip(answers) {
             let recorded = match (&outcome, answer) {
                 (ReplicaOutcome::Applied | ReplicaOutcome::AlreadyApplied, Some((id, answer))) => {
                     self.inner.idempotency.record(cache.name(), &id, answer);

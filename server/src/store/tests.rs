@@ -707,3 +707,75 @@ async fn a_persistent_write_is_acknowledged_only_once_durable_and_only_then_visi
             .is_some()
     );
 }
+
+/// A change as a primary would send it: `key` becomes `value` at `next`, replacing `prev`.
+fn replicated(key: &str, value: &str, prev: u64, next: u64) -> super::mutation::Mutation {
+    super::mutation::Mutation {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        prev,
+        change: super::mutation::Change::Write(Arc::new(super::entry::Entry::new(
+            Bytes::copy_from_slice(value.as_bytes()),
+            next,
+            Arc::from("site1"),
+            T0,
+            0,
+            0,
+            Box::new([]),
+        ))),
+    }
+}
+
+#[tokio::test]
+async fn a_batch_of_replicated_changes_answers_each_change_and_survives_a_crash() {
+    use super::write::ReplicaOutcome;
+    let mut replica = Harness::new();
+    let v = |n: u64| ((T0 + n) << 12) + 1;
+    // "stale" already holds something newer than the change sent for it.
+    let cache = replica.store.cache("sessions").unwrap().clone();
+    let newer = replicated("stale", "newer", 0, v(5));
+    assert!(matches!(
+        cache
+            .apply_replicated(std::slice::from_ref(&newer))
+            .await
+            .unwrap()[..],
+        [ReplicaOutcome::Applied]
+    ));
+    let again = replicated("again", "once", 0, v(1));
+    cache
+        .apply_replicated(std::slice::from_ref(&again))
+        .await
+        .unwrap();
+    // "busy" is locked by a write of the replica's own.
+    let held = cache.locks.try_lock(&Bytes::from_static(b"busy")).unwrap();
+
+    let batch = [
+        replicated("a", "1", 0, v(2)),
+        replicated("stale", "older", 0, v(3)),
+        again.clone(),
+        replicated("busy", "x", 0, v(4)),
+        replicated("b", "2", 0, v(6)),
+    ];
+    let outcomes = cache.apply_replicated(&batch).await.unwrap();
+    drop(held);
+    assert!(
+        matches!(
+            &outcomes[..],
+            [
+                ReplicaOutcome::Applied,
+                ReplicaOutcome::Conflict(Some(current)),
+                ReplicaOutcome::AlreadyApplied,
+                ReplicaOutcome::Busy,
+                ReplicaOutcome::Applied,
+            ] if current.version() == v(5)
+        ),
+        "{outcomes:?}"
+    );
+
+    // What was taken was made durable before the answer.
+    drop(cache);
+    replica.crash_and_restart();
+    assert_eq!(replica.value("sessions", "a").as_deref(), Some("1"));
+    assert_eq!(replica.value("sessions", "b").as_deref(), Some("2"));
+    assert_eq!(replica.value("sessions", "stale").as_deref(), Some("newer"));
+    assert_eq!(replica.value("sessions", "busy"), None);
+}

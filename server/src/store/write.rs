@@ -306,23 +306,50 @@ impl CacheStore {
         }
     }
 
-    /// Takes a change sent by another member, with the one rule, never waiting for a lock:
-    /// the key busy here (a write of this node's own, a clear, upkeep) refuses it.
-    pub async fn apply_replicated(&self, mutation: &Mutation) -> Result<ReplicaOutcome> {
+    /// Takes changes sent by another member, with the one rule, never waiting for a lock:
+    /// a key busy here (a write of this node's own, a clear, upkeep) refuses its change.
+    /// The changes taken are made durable together, with one wait.
+    pub async fn apply_replicated(&self, mutations: &[Mutation]) -> Result<Vec<ReplicaOutcome>> {
         let Ok(_clear) = self.clear_barrier.try_read() else {
-            return Ok(ReplicaOutcome::Busy);
+            return Ok(mutations.iter().map(|_| ReplicaOutcome::Busy).collect());
         };
-        let Some(_lock) = self.locks.try_lock(&mutation.key) else {
-            return Ok(ReplicaOutcome::Busy);
-        };
-        self.services().clock.observe(mutation.next());
-        match self.keyspace.read().check(mutation) {
-            ApplyOutcome::Applied { .. } => {}
-            ApplyOutcome::AlreadyApplied => return Ok(ReplicaOutcome::AlreadyApplied),
-            ApplyOutcome::Conflict { current } => return Ok(ReplicaOutcome::Conflict(current)),
+        let mut outcomes = Vec::with_capacity(mutations.len());
+        let mut taken = Vec::new();
+        let mut locks = Vec::new();
+        for (index, mutation) in mutations.iter().enumerate() {
+            let Some(lock) = self.locks.try_lock(&mutation.key) else {
+                outcomes.push(ReplicaOutcome::Busy);
+                continue;
+            };
+            self.services().clock.observe(mutation.next());
+            outcomes.push(match self.keyspace.read().check(mutation) {
+                ApplyOutcome::Applied { .. } => {
+                    taken.push(index);
+                    locks.push(lock);
+                    ReplicaOutcome::Applied
+                }
+                ApplyOutcome::AlreadyApplied => ReplicaOutcome::AlreadyApplied,
+                ApplyOutcome::Conflict { current } => ReplicaOutcome::Conflict(current),
+            });
         }
-        self.commit(mutation, true).await?;
-        Ok(ReplicaOutcome::Applied)
+        // The keys taken stay locked until applied, so the rule's answer holds.
+        let slots: Vec<_> = taken
+            .iter()
+            .map(|index| (mutations[*index].key.clone(), mutations[*index].slot()))
+            .collect();
+        self.persist_slots(&slots).await?;
+        for index in taken {
+            let mutation = &mutations[index];
+            match self.keyspace.write().apply(mutation) {
+                ApplyOutcome::Applied { replaced } => self.publish(mutation, replaced),
+                ApplyOutcome::AlreadyApplied => {}
+                ApplyOutcome::Conflict { .. } => {
+                    return Err(Error::Internal("a locked key changed under its writer"));
+                }
+            }
+        }
+        drop(locks);
+        Ok(outcomes)
     }
 }
 

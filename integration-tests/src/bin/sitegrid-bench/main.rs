@@ -6,6 +6,7 @@
 //! as the median of the per-round ratios: this machine is shared, and its speed drifts
 //! by more than the effects measured.
 
+mod cluster;
 mod ctl;
 mod listeners;
 mod machine;
@@ -46,6 +47,7 @@ struct Args {
 enum Suite {
     SingleNode,
     Listeners,
+    Site,
 }
 
 /// The settings every benchmark shares.
@@ -82,17 +84,23 @@ async fn main() -> anyhow::Result<()> {
             println!("{:#?}", listeners::run(&settings).await?);
             return Ok(());
         }
+        Some(Suite::Site) => {
+            println!("{:#?}", cluster::run(&settings).await?);
+            return Ok(());
+        }
         None => {}
     }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let single = single_node::run(&settings).await?;
     let listeners = listeners::run(&settings).await?;
+    let site = cluster::run(&settings).await?;
     let markdown = report::render(
         &machine::describe(),
         &command,
         &settings,
         &single,
         &listeners,
+        &site,
     );
     std::fs::write(&args.output, markdown)?;
     println!("wrote {}", args.output.display());

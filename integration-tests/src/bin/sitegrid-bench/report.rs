@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use crate::Settings;
+use crate::cluster;
 use crate::listeners;
 use crate::single_node::Results;
 
@@ -13,6 +14,7 @@ pub(crate) fn render(
     settings: &Settings,
     single: &Results,
     listeners: &listeners::Results,
+    site: &cluster::Results,
 ) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# sitegrid benchmarks\n");
@@ -79,7 +81,42 @@ pub(crate) fn render(
         gib(memory.limit_bytes),
     );
     render_listeners(&mut out, listeners);
+    render_site(&mut out, site);
     out
+}
+
+fn render_site(out: &mut String, s: &cluster::Results) {
+    let met = |ok: bool| if ok { "met" } else { "**missed**" };
+    let _ = writeln!(out, "\n## A site of three nodes\n");
+    let _ = writeln!(
+        out,
+        "`Put` of 256-byte values to the in-memory cache `work`, concurrency 64, on a fresh \
+         single node and on a 3-node site (every write applied on all three before it is \
+         acknowledged; the client sends each write to its key's primary), measured \
+         alternately; all four nodes and the load generator share this machine's cores.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| figure | single node | 3-node site | ratio | target |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---|");
+    let _ = writeln!(
+        out,
+        "| Put ops/s | {:.0} | {:.0} | {:.2}x | >= 0.5x: {} |",
+        s.single_ops,
+        s.site_ops,
+        s.ops_ratio,
+        met(s.ops_ratio >= 0.5)
+    );
+    let _ = writeln!(
+        out,
+        "| Put p50 | {} us | {} us (p99 {} us) | {:.2}x | <= 2x: {} |",
+        s.single_p50_us,
+        s.site_p50_us,
+        s.site_p99_us,
+        s.p50_ratio,
+        met(s.p50_ratio <= 2.0)
+    );
 }
 
 fn render_listeners(out: &mut String, l: &listeners::Results) {
