@@ -29,6 +29,25 @@ pub struct ClusterStatus {
     pub server_version: String,
     /// Its caches.
     pub caches: Vec<CacheStatus>,
+    /// The members of its site as it sees them, itself included; empty from a server
+    /// that does not report them.
+    pub members: Vec<MemberStatus>,
+}
+
+/// One member of a site, as a node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberStatus {
+    /// Node name.
+    pub node: String,
+    /// Its gRPC address (`host:port`).
+    pub address: String,
+    /// Whether it serves requests and may be a key's primary.
+    pub ready: bool,
+    /// What it is doing: `ready`, `joining` (copying data before it serves) or
+    /// `isolated` (lost contact with the site; it will copy what it missed).
+    pub state: String,
+    /// When it started, so that a restarted node is told from its old self.
+    pub generation: u64,
 }
 
 /// One cache as seen by a node.
@@ -47,7 +66,8 @@ impl RemoteAdmin {
         RemoteAdmin { client }
     }
 
-    /// The status of the node that answers (the current endpoint).
+    /// The status of the node that answers (the current endpoint). The client also
+    /// takes its members in, as a refresh of the topology would.
     pub async fn cluster_status(&self) -> Result<ClusterStatus> {
         let response = self
             .client
@@ -55,6 +75,7 @@ impl RemoteAdmin {
                 AdminClient::new(channel).cluster_status(request).await
             })
             .await?;
+        self.client.learn(&response);
         Ok(response.into())
     }
 }
@@ -75,6 +96,17 @@ impl From<v1::ClusterStatusResponse> for ClusterStatus {
                     name: c.name,
                     size: c.size,
                     persistent: c.persistent,
+                })
+                .collect(),
+            members: r
+                .members
+                .into_iter()
+                .map(|m| MemberStatus {
+                    node: m.node,
+                    address: m.address,
+                    ready: m.ready,
+                    state: m.state,
+                    generation: m.generation,
                 })
                 .collect(),
         }

@@ -33,7 +33,8 @@ macro_rules! put_like {
 /// A named cache on the server; get it with [`Client::cache`]. Cheap to clone.
 ///
 /// Every method is one request, retried as described in the crate docs. Writes carry a
-/// request id (the options' or a random one) that stays the same across retries.
+/// request id (the options' or a random one) that stays the same across retries; writes
+/// of one key go first to that key's primary once the client knows the site's members.
 #[derive(Debug, Clone)]
 pub struct RemoteCache {
     client: Client,
@@ -85,10 +86,11 @@ impl RemoteCache {
         value: impl Into<Bytes>,
         options: WriteOptions,
     ) -> Result<PutOutcome> {
-        let request = put_like!(PutRequest, self, key, value, options);
+        let key: Bytes = key.into();
+        let request = put_like!(PutRequest, self, key.clone(), value, options);
         let response = self
             .client
-            .unary(request, |channel, request| async move {
+            .write(&key, request, |channel, request| async move {
                 CacheClient::new(channel).put(request).await
             })
             .await?;
@@ -102,10 +104,11 @@ impl RemoteCache {
         value: impl Into<Bytes>,
         options: WriteOptions,
     ) -> Result<PutIfAbsentOutcome> {
-        let request = put_like!(PutIfAbsentRequest, self, key, value, options);
+        let key: Bytes = key.into();
+        let request = put_like!(PutIfAbsentRequest, self, key.clone(), value, options);
         let response = self
             .client
-            .unary(request, |channel, request| async move {
+            .write(&key, request, |channel, request| async move {
                 CacheClient::new(channel).put_if_absent(request).await
             })
             .await?;
@@ -119,10 +122,11 @@ impl RemoteCache {
         value: impl Into<Bytes>,
         options: WriteOptions,
     ) -> Result<ReplaceOutcome> {
-        let request = put_like!(ReplaceRequest, self, key, value, options);
+        let key: Bytes = key.into();
+        let request = put_like!(ReplaceRequest, self, key.clone(), value, options);
         let response = self
             .client
-            .unary(request, |channel, request| async move {
+            .write(&key, request, |channel, request| async move {
                 CacheClient::new(channel).replace(request).await
             })
             .await?;
@@ -138,9 +142,10 @@ impl RemoteCache {
         expected_version: u64,
         mut options: WriteOptions,
     ) -> Result<ReplaceWithVersionOutcome> {
+        let key: Bytes = key.into();
         let request = v1::ReplaceWithVersionRequest {
             cache: self.name.clone(),
-            key: key.into(),
+            key: key.clone(),
             value: value.into(),
             expected_version,
             lifespan_ms: options.lifespan_ms(),
@@ -150,7 +155,7 @@ impl RemoteCache {
         };
         let response = self
             .client
-            .unary(request, |channel, request| async move {
+            .write(&key, request, |channel, request| async move {
                 CacheClient::new(channel)
                     .replace_with_version(request)
                     .await
@@ -166,14 +171,15 @@ impl RemoteCache {
         key: impl Into<Bytes>,
         mut options: WriteOptions,
     ) -> Result<RemoveOutcome> {
+        let key: Bytes = key.into();
         let request = v1::RemoveRequest {
             cache: self.name.clone(),
-            key: key.into(),
+            key: key.clone(),
             request_id: options.take_request_id(),
         };
         let response = self
             .client
-            .unary(request, |channel, request| async move {
+            .write(&key, request, |channel, request| async move {
                 CacheClient::new(channel).remove(request).await
             })
             .await?;
@@ -188,15 +194,16 @@ impl RemoteCache {
         expected_version: u64,
         mut options: WriteOptions,
     ) -> Result<RemoveWithVersionOutcome> {
+        let key: Bytes = key.into();
         let request = v1::RemoveWithVersionRequest {
             cache: self.name.clone(),
-            key: key.into(),
+            key: key.clone(),
             expected_version,
             request_id: options.take_request_id(),
         };
         let response = self
             .client
-            .unary(request, |channel, request| async move {
+            .write(&key, request, |channel, request| async move {
                 CacheClient::new(channel).remove_with_version(request).await
             })
             .await?;
@@ -223,7 +230,8 @@ impl RemoteCache {
 
     /// Writes several entries unconditionally, each on its own (not atomically), all with
     /// the options' lifespan, max idle and tags; the request id covers the whole batch.
-    /// Answers the version of each write, in order.
+    /// Answers the version of each write, in order. The batch goes to any ready node,
+    /// which forwards each entry to its primary.
     pub async fn put_all<K, V>(
         &self,
         entries: impl IntoIterator<Item = (K, V)>,

@@ -1,112 +1,23 @@
-//! The client handle: endpoints, their channels, timeouts, and sending one request with
-//! retries and failover.
+//! The client handle: endpoints, their channels, the site's topology, timeouts, and
+//! sending one request with retries and failover.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
-use sitegrid_proto::Backoff;
-use tonic::transport::{Channel, Endpoint};
+use sitegrid_proto::{Backoff, v1};
+use tonic::transport::Channel;
 
 use crate::admin::RemoteAdmin;
+use crate::builder::{ClientBuilder, lazy_channel};
 use crate::cache::RemoteCache;
-use crate::endpoint::{Failover, normalize_endpoint};
+use crate::endpoint::Failover;
 use crate::error::{Error, Result};
 use crate::event_stream::EventStream;
 use crate::options::ListenOptions;
+use crate::refresh::Refresher;
 use crate::retry::{RetryPolicy, send_with_retries};
-
-/// Default for [`ClientBuilder::request_timeout`].
-const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default for [`ClientBuilder::connect_timeout`].
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often an idle-looking connection with a call in flight is pinged. A listener's
-/// stream may carry nothing for hours; without pings, a node that vanished without
-/// closing its connections (power loss, partition) would leave it waiting forever.
-const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
-/// How long a ping may go unanswered before the connection counts as broken.
-const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Options of a [`Client`]; start with [`Client::builder`].
-#[derive(Debug, Clone)]
-pub struct ClientBuilder {
-    endpoints: Vec<String>,
-    request_timeout: Duration,
-    connect_timeout: Duration,
-    backoff: Backoff,
-}
-
-impl ClientBuilder {
-    /// A builder for a client of `endpoints` (`host:port` or `http://host:port`), with a
-    /// 10 s request timeout, a 5 s connect timeout and the default [`Backoff`].
-    pub fn new(endpoints: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        ClientBuilder {
-            endpoints: endpoints.into_iter().map(Into::into).collect(),
-            request_timeout: DEFAULT_REQUEST_TIMEOUT,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            backoff: Backoff::default(),
-        }
-    }
-
-    /// How long one attempt of a request may take; it is also sent to the server as the
-    /// call's deadline. For `entries`, it bounds the wait for each batch instead.
-    #[must_use]
-    pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
-        self
-    }
-
-    /// How long opening a connection to an endpoint may take.
-    #[must_use]
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// How failed requests are retried; `max_attempts: 1` turns retries off.
-    #[must_use]
-    pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.backoff = backoff;
-        self
-    }
-
-    /// Makes the client. Connections open lazily, on the first request to each endpoint,
-    /// so this fails only on malformed endpoints; an unreachable node shows up as a
-    /// (retried) error on the requests themselves.
-    ///
-    /// Async only because the channels need a running tokio runtime.
-    pub async fn connect(self) -> Result<Client> {
-        if self.endpoints.is_empty() {
-            return Err(Error::NoEndpoint);
-        }
-        let nodes = self
-            .endpoints
-            .iter()
-            .map(|endpoint| {
-                let uri = normalize_endpoint(endpoint)?;
-                let endpoint = Endpoint::from_shared(uri.clone())
-                    .map_err(|e| Error::InvalidEndpoint {
-                        endpoint: endpoint.clone(),
-                        reason: e.to_string(),
-                    })?
-                    .connect_timeout(self.connect_timeout)
-                    .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
-                    .keep_alive_timeout(KEEP_ALIVE_TIMEOUT);
-                // Connections are `CoalescingStream`s: small requests share system calls.
-                let channel = sitegrid_proto::transport::lazy_channel(&endpoint);
-                Ok(Node { uri, channel })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Client {
-            shared: Arc::new(Shared {
-                failover: Failover::new(nodes.len()),
-                nodes,
-                request_timeout: self.request_timeout,
-                backoff: self.backoff,
-            }),
-        })
-    }
-}
+use crate::topology::Topology;
 
 /// A connection to a sitegrid site (one or more nodes); cheap to clone, and clones share
 /// the connections.
@@ -115,19 +26,56 @@ pub struct Client {
     shared: Arc<Shared>,
 }
 
-#[derive(Debug)]
-struct Shared {
-    nodes: Vec<Node>,
-    failover: Failover,
-    request_timeout: Duration,
-    backoff: Backoff,
+/// A client that does not keep the connections alive; what the refresh task holds.
+#[derive(Debug, Clone)]
+pub(crate) struct WeakClient {
+    shared: Weak<Shared>,
+}
+
+impl WeakClient {
+    /// The client, unless its last clone was dropped.
+    pub(crate) fn upgrade(&self) -> Option<Client> {
+        self.shared.upgrade().map(|shared| Client { shared })
+    }
 }
 
 #[derive(Debug)]
-struct Node {
-    /// Normalized URI, also used to name the endpoint in errors.
-    uri: String,
-    channel: Channel,
+struct Shared {
+    /// The topology and the endpoints' channels, replaced whole when a refresh learns
+    /// something, so that an attempt reads one consistent snapshot.
+    nodes: RwLock<Arc<Nodes>>,
+    failover: Failover,
+    settings: Settings,
+    /// The topology's refresh task, unless discovery is off; set once, just after the
+    /// client is made, and stopped when the last clone of the client drops it.
+    refresher: OnceLock<Refresher>,
+}
+
+/// What the builder sets once for good.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) request_timeout: Duration,
+    /// Also for the channels of endpoints learned later.
+    pub(crate) connect_timeout: Duration,
+    pub(crate) backoff: Backoff,
+}
+
+/// Every endpoint known and how to reach it.
+#[derive(Debug)]
+pub(crate) struct Nodes {
+    pub(crate) topology: Topology,
+    /// The channel of every endpoint of `topology`, by index.
+    pub(crate) channels: Vec<Channel>,
+}
+
+/// Where a request goes first.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Target<'a> {
+    /// The current endpoint: any ready node can answer.
+    AnyNode,
+    /// The primary of this key if it is known, else the current endpoint: a write, which
+    /// any node would forward there.
+    PrimaryOf(&'a [u8]),
 }
 
 /// How long a call may take.
@@ -141,6 +89,27 @@ pub(crate) enum Deadline {
 }
 
 impl Client {
+    /// A client of the endpoints of `topology`, whose channels are `channels` (by index),
+    /// without refresh task.
+    pub(crate) fn new(topology: Topology, channels: Vec<Channel>, settings: Settings) -> Client {
+        Client {
+            shared: Arc::new(Shared {
+                nodes: RwLock::new(Arc::new(Nodes { topology, channels })),
+                failover: Failover::default(),
+                settings,
+                refresher: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Starts refreshing the topology every `interval`, beginning now.
+    pub(crate) fn start_refresher(&self, interval: Duration) {
+        let _ = self
+            .shared
+            .refresher
+            .set(Refresher::spawn(self.downgrade(), interval));
+    }
+
     /// A client of `endpoints` with default options; see [`ClientBuilder::connect`].
     pub async fn connect(endpoints: impl IntoIterator<Item = impl Into<String>>) -> Result<Client> {
         ClientBuilder::new(endpoints).connect().await
@@ -204,27 +173,106 @@ impl Client {
         EventStream::open(self.clone(), &options).await
     }
 
-    /// The endpoints, normalized, in failover order.
-    pub fn endpoints(&self) -> impl Iterator<Item = &str> {
-        self.shared.nodes.iter().map(|node| node.uri.as_str())
+    /// The endpoints requests may go to, normalized, in failover order: those given,
+    /// until the site's ready members are known; then the ready members (their
+    /// advertised addresses), followed by any given endpoint that is no member's.
+    pub fn endpoints(&self) -> Vec<String> {
+        let nodes = self.nodes();
+        let topology = &nodes.topology;
+        topology
+            .endpoints_for_read()
+            .iter()
+            .map(|&index| topology.uri(index).to_owned())
+            .collect()
+    }
+
+    /// The current snapshot of the topology and channels.
+    pub(crate) fn nodes(&self) -> Arc<Nodes> {
+        Arc::clone(
+            &self
+                .shared
+                .nodes
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakClient {
+        WeakClient {
+            shared: Arc::downgrade(&self.shared),
+        }
+    }
+
+    /// Takes in the site's members as one node lists them: they replace the topology's
+    /// members, and their addresses become endpoints. Ignored unless that node is ready:
+    /// a node cut off from its site (isolated, or joining) may see it wrongly.
+    pub(crate) fn learn(&self, status: &v1::ClusterStatusResponse) {
+        if !status.ready {
+            return;
+        }
+        let mut nodes = self
+            .shared
+            .nodes
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let topology = nodes.topology.refreshed(&status.members);
+        if topology == nodes.topology {
+            return;
+        }
+        let mut channels = nodes.channels.clone();
+        for uri in &topology.endpoints()[channels.len()..] {
+            match lazy_channel(uri, self.shared.settings.connect_timeout) {
+                Ok(channel) => channels.push(channel),
+                Err(error) => {
+                    tracing::warn!(endpoint = %uri, error = %error, "member address unusable, topology not updated");
+                    return;
+                }
+            }
+        }
+        tracing::debug!(
+            from = %status.node,
+            ready = ?topology.ready_members().collect::<Vec<_>>(),
+            "site topology changed"
+        );
+        *nodes = Arc::new(Nodes { topology, channels });
+    }
+
+    /// The endpoint that requests any node can answer go to now.
+    pub(crate) fn current_endpoint(&self) -> usize {
+        let nodes = self.nodes();
+        self.shared
+            .failover
+            .current(nodes.topology.endpoints_for_read())
+    }
+
+    /// Asks the refresh task for the topology at once, if there is one.
+    fn refresh_soon(&self) {
+        if let Some(refresher) = self.shared.refresher.get() {
+            refresher.wake();
+        }
     }
 
     pub(crate) fn request_timeout(&self) -> Duration {
-        self.shared.request_timeout
+        self.shared.settings.request_timeout
     }
 
     pub(crate) fn backoff(&self) -> &Backoff {
-        &self.shared.backoff
+        &self.shared.settings.backoff
     }
 
     /// The normalized URI of endpoint number `index`.
-    pub(crate) fn endpoint_uri(&self, index: usize) -> &str {
-        &self.shared.nodes[index].uri
+    pub(crate) fn endpoint_uri(&self, index: usize) -> String {
+        self.nodes().topology.uri(index).to_owned()
     }
 
-    /// Sends later requests to the endpoint after `index`, which failed.
-    pub(crate) fn fail_over_from(&self, index: usize) {
-        self.shared.failover.fail_over_from(index);
+    /// Sends later requests to the endpoint after `index`, which failed, and asks for
+    /// the topology again; returns where the next request goes.
+    pub(crate) fn fail_over_from(&self, index: usize) -> usize {
+        self.refresh_soon();
+        let nodes = self.nodes();
+        self.shared
+            .failover
+            .fail_over_from(index, nodes.topology.endpoints_for_read())
     }
 
     /// Sends a unary request with retries and failover; `call` makes one attempt on the
@@ -235,9 +283,41 @@ impl Client {
         F: Fn(Channel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<Resp>, tonic::Status>>,
     {
-        self.send(request, Deadline::WholeCall, call)
-            .await
-            .map(|(response, _)| response)
+        self.send_with(
+            Target::AnyNode,
+            request,
+            Deadline::WholeCall,
+            RetryPolicy::Request,
+            &self.shared.settings.backoff,
+            call,
+        )
+        .await
+        .map(|(response, _)| response)
+    }
+
+    /// Sends a unary write of `key`, to its primary first, with retries and failover;
+    /// `call` makes one attempt on the given channel.
+    pub(crate) async fn write<Req, Resp, F, Fut>(
+        &self,
+        key: &[u8],
+        request: Req,
+        call: F,
+    ) -> Result<Resp>
+    where
+        Req: Clone,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        self.send_with(
+            Target::PrimaryOf(key),
+            request,
+            Deadline::WholeCall,
+            RetryPolicy::Request,
+            &self.shared.settings.backoff,
+            call,
+        )
+        .await
+        .map(|(response, _)| response)
     }
 
     /// Sends a request with retries and failover, and returns the answer with the
@@ -247,7 +327,7 @@ impl Client {
         request: Req,
         deadline: Deadline,
         call: F,
-    ) -> Result<(Resp, &str)>
+    ) -> Result<(Resp, String)>
     where
         Req: Clone,
         F: Fn(Channel, tonic::Request<Req>) -> Fut,
@@ -255,20 +335,22 @@ impl Client {
     {
         let (response, index) = self
             .send_with(
+                Target::AnyNode,
                 request,
                 deadline,
                 RetryPolicy::Request,
-                &self.shared.backoff,
+                &self.shared.settings.backoff,
                 call,
             )
             .await?;
         Ok((response, self.endpoint_uri(index)))
     }
 
-    /// Sends a request retried by `policy` with `backoff`, and returns the answer with
-    /// the index of the endpoint that gave it.
+    /// Sends a request retried by `policy` with `backoff`, first to `target`, and
+    /// returns the answer with the index of the endpoint that gave it.
     pub(crate) async fn send_with<Req, Resp, F, Fut>(
         &self,
+        target: Target<'_>,
         request: Req,
         deadline: Deadline,
         policy: RetryPolicy,
@@ -280,33 +362,249 @@ impl Client {
         F: Fn(Channel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<Resp>, tonic::Status>>,
     {
-        let shared = &*self.shared;
-        let timeout = shared.request_timeout;
+        let timeout = self.shared.settings.request_timeout;
+        let first = {
+            let nodes = self.nodes();
+            let topology = &nodes.topology;
+            let primary = match target {
+                Target::AnyNode => None,
+                Target::PrimaryOf(key) => topology.endpoint_for_write(key),
+            };
+            primary.unwrap_or_else(|| self.shared.failover.current(topology.endpoints_for_read()))
+        };
         send_with_retries(
             backoff,
-            &shared.failover,
             policy,
             request,
+            first,
+            |failed| self.fail_over_from(failed),
             |index, message| {
-                let node = &shared.nodes[index];
+                // Indexes stay valid across refreshes: endpoints are only ever added.
+                let nodes = self.nodes();
+                let channel = nodes.channels[index].clone();
                 let mut request = tonic::Request::new(message);
                 if deadline == Deadline::WholeCall {
                     request.set_timeout(timeout);
                 }
-                let answer = tokio::time::timeout(timeout, call(node.channel.clone(), request));
+                let answer = tokio::time::timeout(timeout, call(channel, request));
                 async move {
-                    match answer.await {
-                        Ok(Ok(response)) => Ok((response.into_inner(), index)),
-                        Ok(Err(status)) => Err(Error::from_status(status, &node.uri, timeout)),
-                        Err(_elapsed) => Err(Error::Timeout {
-                            endpoint: node.uri.clone(),
+                    let error = match answer.await {
+                        Ok(Ok(response)) => return Ok((response.into_inner(), index)),
+                        Ok(Err(status)) => {
+                            Error::from_status(status, nodes.topology.uri(index), timeout)
+                        }
+                        Err(_elapsed) => Error::Timeout {
+                            endpoint: nodes.topology.uri(index).to_owned(),
                             after: timeout,
-                        }),
+                        },
+                    };
+                    if error.calls_for_refresh() {
+                        self.refresh_soon();
                     }
+                    Err(error)
                 }
             },
             tokio::time::sleep,
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sitegrid_proto::routing;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A client without refresh task, whose retries do not wait.
+    async fn client(endpoints: &[&str]) -> Client {
+        Client::builder(endpoints.iter().copied())
+            .discover_topology(false)
+            .backoff(Backoff {
+                initial_delay: Duration::ZERO,
+                max_delay: Duration::ZERO,
+                max_attempts: 5,
+            })
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// A ready node's `ClusterStatus` listing `members` as (name, address, ready).
+    fn status(members: &[(&str, &str, bool)]) -> v1::ClusterStatusResponse {
+        v1::ClusterStatusResponse {
+            node: "n1".into(),
+            ready: true,
+            members: members
+                .iter()
+                .map(|&(node, address, ready)| v1::MemberStatus {
+                    node: node.into(),
+                    address: address.into(),
+                    ready,
+                    state: if ready { "ready" } else { "joining" }.into(),
+                    generation: 1,
+                })
+                .collect(),
+            ..v1::ClusterStatusResponse::default()
+        }
+    }
+
+    /// Sends a request to `target` whose first `failures` attempts fail with UNAVAILABLE,
+    /// without touching the network, and answers the endpoint of the attempt that
+    /// succeeded.
+    async fn answering_endpoint(client: &Client, target: Target<'_>, failures: u32) -> String {
+        let attempts = AtomicU32::new(0);
+        let (_, index) = client
+            .send_with(
+                target,
+                (),
+                Deadline::WholeCall,
+                RetryPolicy::Request,
+                client.backoff(),
+                |_channel, _request| {
+                    let attempt = attempts.fetch_add(1, Ordering::Relaxed);
+                    async move {
+                        if attempt < failures {
+                            Err(tonic::Status::unavailable("node not ready"))
+                        } else {
+                            Ok(tonic::Response::new(()))
+                        }
+                    }
+                },
+            )
+            .await
+            .unwrap();
+        client.endpoint_uri(index)
+    }
+
+    /// A key whose primary among `nodes` is `primary`.
+    fn key_with_primary(primary: &str, nodes: [&str; 3]) -> Vec<u8> {
+        (0..)
+            .map(|i| format!("key{i}").into_bytes())
+            .find(|key| routing::primary(routing::key_hash(key), nodes) == Some(primary))
+            .unwrap()
+    }
+
+    const THREE_READY: [(&str, &str, bool); 3] = [
+        ("n1", "127.0.0.1:1", true),
+        ("n2", "127.0.0.1:2", true),
+        ("n3", "127.0.0.1:3", true),
+    ];
+
+    #[tokio::test]
+    async fn learned_members_become_endpoints() {
+        let client = client(&["127.0.0.1:1"]).await;
+        assert_eq!(client.endpoints(), ["http://127.0.0.1:1"]);
+        client.learn(&status(&THREE_READY));
+        assert_eq!(
+            client.endpoints(),
+            [
+                "http://127.0.0.1:1",
+                "http://127.0.0.1:2",
+                "http://127.0.0.1:3"
+            ]
+        );
+        let nodes = client.nodes();
+        assert_eq!(nodes.channels.len(), nodes.topology.endpoints().len());
+    }
+
+    #[tokio::test]
+    async fn a_refresh_replaces_the_members() {
+        let client = client(&["127.0.0.1:1"]).await;
+        client.learn(&status(&THREE_READY));
+        client.learn(&status(&[
+            ("n1", "127.0.0.1:1", true),
+            ("n2", "127.0.0.1:2", false),
+            ("n3", "127.0.0.1:3", true),
+        ]));
+        assert_eq!(
+            client.endpoints(),
+            ["http://127.0.0.1:1", "http://127.0.0.1:3"]
+        );
+        // A server that reports no members: back to the endpoints given.
+        client.learn(&status(&[]));
+        assert_eq!(client.endpoints(), ["http://127.0.0.1:1"]);
+    }
+
+    #[tokio::test]
+    async fn a_node_that_is_not_ready_is_not_learned_from() {
+        let client = client(&["127.0.0.1:1"]).await;
+        let isolated = v1::ClusterStatusResponse {
+            ready: false,
+            ..status(&THREE_READY)
+        };
+        client.learn(&isolated);
+        assert_eq!(client.endpoints(), ["http://127.0.0.1:1"]);
+    }
+
+    #[tokio::test]
+    async fn a_write_goes_to_its_primary_and_fails_over_to_the_current_endpoint() {
+        let client = client(&["127.0.0.1:1"]).await;
+        client.learn(&status(&THREE_READY));
+        let key = key_with_primary("n2", ["n1", "n2", "n3"]);
+        let primary = Target::PrimaryOf(&key);
+        assert_eq!(
+            answering_endpoint(&client, primary, 0).await,
+            "http://127.0.0.1:2"
+        );
+        assert_eq!(
+            answering_endpoint(&client, primary, 1).await,
+            "http://127.0.0.1:1",
+            "the retry goes to the endpoint in use"
+        );
+        // Reads stay where they were.
+        assert_eq!(
+            answering_endpoint(&client, Target::AnyNode, 0).await,
+            "http://127.0.0.1:1"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_primary_is_the_current_endpoint_fails_over_to_the_next_member() {
+        let client = client(&["127.0.0.1:1"]).await;
+        client.learn(&status(&THREE_READY));
+        let key = key_with_primary("n1", ["n1", "n2", "n3"]);
+        assert_eq!(
+            answering_endpoint(&client, Target::PrimaryOf(&key), 1).await,
+            "http://127.0.0.1:2"
+        );
+        assert_eq!(
+            answering_endpoint(&client, Target::AnyNode, 0).await,
+            "http://127.0.0.1:2"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_topology_every_request_goes_to_the_configured_endpoints() {
+        let client = client(&["127.0.0.1:1", "127.0.0.1:2"]).await;
+        let key = b"k".to_vec();
+        assert_eq!(
+            answering_endpoint(&client, Target::PrimaryOf(&key), 0).await,
+            "http://127.0.0.1:1"
+        );
+        assert_eq!(
+            answering_endpoint(&client, Target::AnyNode, 2).await,
+            "http://127.0.0.1:1",
+            "two failures went round both endpoints"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_refresh_task_ends_with_the_last_clone_of_the_client() {
+        let client = Client::connect(["127.0.0.1:1"]).await.unwrap();
+        let task = client.shared.refresher.get().unwrap().task_handle();
+        let clone = client.clone();
+        drop(client);
+        tokio::task::yield_now().await;
+        assert!(!task.is_finished());
+        drop(clone);
+        // The abort takes effect when the task is next polled.
+        for _ in 0..1000 {
+            if task.is_finished() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(task.is_finished());
     }
 }

@@ -92,6 +92,12 @@ impl Error {
         }
     }
 
+    /// Whether the site's membership may have changed: the node is down, not ready, or
+    /// not answering, so the client asks for the topology again at once.
+    pub(crate) fn calls_for_refresh(&self) -> bool {
+        self.calls_for_failover() || matches!(self, Error::Timeout { .. })
+    }
+
     /// Whether a listener should open its stream again after this error: every failure
     /// but the server refusing the subscription itself. A listener is long-lived and
     /// reads nothing twice (it resumes), so a timeout or a server fault is worth another
@@ -202,6 +208,7 @@ mod tests {
         assert_eq!(error.code(), ErrorCode::Unavailable);
         assert!(error.is_retryable());
         assert!(error.calls_for_failover());
+        assert!(error.calls_for_refresh());
     }
 
     #[test]
@@ -210,6 +217,7 @@ mod tests {
         assert_eq!(error.code(), ErrorCode::Aborted);
         assert!(error.is_retryable());
         assert!(!error.calls_for_failover());
+        assert!(!error.calls_for_refresh());
     }
 
     #[test]
@@ -221,6 +229,7 @@ mod tests {
         assert!(matches!(error, Error::Timeout { after: TIMEOUT, .. }));
         assert_eq!(error.code(), ErrorCode::DeadlineExceeded);
         assert!(!error.is_retryable());
+        assert!(error.calls_for_refresh(), "the node may hang for good");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use sitegrid_proto::v1;
 use sitegrid_proto::v1::cache_client::CacheClient;
 use tonic::codec::Streaming;
 
-use crate::client::{Client, Deadline};
+use crate::client::{Client, Deadline, Target};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::options::ListenOptions;
@@ -145,7 +145,7 @@ impl Driver {
             Ok(None) => self.broken(None),
             Err(status) => {
                 let endpoint = self.client.endpoint_uri(open.endpoint);
-                let error = Error::from_status(status, endpoint, self.client.request_timeout());
+                let error = Error::from_status(status, &endpoint, self.client.request_timeout());
                 if !RetryPolicy::Listen.retries(&error) {
                     return Err(error);
                 }
@@ -199,6 +199,7 @@ impl Driver {
         let (streaming, endpoint) = self
             .client
             .send_with(
+                Target::AnyNode,
                 request,
                 // No deadline on the call: a listener's stream lasts as long as it is read.
                 Deadline::FirstAnswer,

@@ -18,6 +18,12 @@
 //!
 //! - [`Client`] holds one lazily connected channel per endpoint and is cheap to clone;
 //!   [`ClientBuilder`] sets timeouts and the retry [`Backoff`].
+//! - The client learns the site's members from the nodes, in the background and again
+//!   whenever a node fails it: the ready members become endpoints, even those it was not
+//!   given, and a write of a key goes first to the key's primary (the ready member that
+//!   orders its writes), which saves the node a forwarding hop. Until the members are
+//!   known, or when a server does not report them, requests go to the given endpoints.
+//!   See [`ClientBuilder::discover_topology`].
 //! - [`RemoteCache`] mirrors every `Cache` RPC with typed results; a condition that does
 //!   not hold (`put_if_absent` on a present key...) is an outcome, not an error.
 //! - [`RemoteAdmin`] reads the cluster status.
@@ -25,11 +31,12 @@
 //!   [`Event`]s, which resumes by itself after failures without losing or repeating a
 //!   change, and says [`Event::InvalidateAll`] when it cannot rule out having missed some.
 //! - Every failure is an [`Error`] that knows its [`ErrorCode`]. UNAVAILABLE, ABORTED and
-//!   transport failures are retried with the [`Backoff`], moving to the next endpoint
-//!   after UNAVAILABLE or a transport failure; every write carries a request id, kept
+//!   transport failures are retried with the [`Backoff`], moving to the next ready
+//!   endpoint after UNAVAILABLE or a transport failure; every write carries a request id, kept
 //!   across retries, so the server applies it once.
 
 mod admin;
+mod builder;
 mod cache;
 mod client;
 mod endpoint;
@@ -38,13 +45,16 @@ mod error;
 mod event;
 mod event_stream;
 mod options;
+mod refresh;
 mod resume;
 mod retry;
+mod topology;
 mod types;
 
-pub use admin::{CacheStatus, ClusterStatus, RemoteAdmin};
+pub use admin::{CacheStatus, ClusterStatus, MemberStatus, RemoteAdmin};
+pub use builder::ClientBuilder;
 pub use cache::RemoteCache;
-pub use client::{Client, ClientBuilder};
+pub use client::Client;
 pub use entry_stream::EntryStream;
 pub use error::{Error, Result};
 pub use event::{Change, ChangeKind, Event};

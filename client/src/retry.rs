@@ -6,11 +6,11 @@
 //! server applies it once.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sitegrid_proto::Backoff;
 
-use crate::endpoint::Failover;
 use crate::error::{Error, Result};
 
 /// Which failures a call retries, and which of those move it to the next endpoint.
@@ -43,13 +43,16 @@ impl RetryPolicy {
 
 /// Runs `attempt(endpoint_index, request)` until it succeeds or fails for good.
 ///
-/// Retries the errors `policy` retries, waiting with `backoff` (through `sleep`, so tests
-/// need no timer), and moves to the next endpoint after an error the policy fails over on.
-pub(crate) async fn send_with_retries<Req, T, F, Fut, S, SFut>(
+/// The first attempt goes to endpoint `first` (a write's primary, or the current
+/// endpoint). Retries the errors `policy` retries, waiting with `backoff` (through
+/// `sleep`, so tests need no timer): after an error the policy fails over on, the next
+/// attempt goes where `fail_over(failed_endpoint)` says, otherwise to the same endpoint.
+pub(crate) async fn send_with_retries<Req, T, F, Fut, O, S, SFut>(
     backoff: &Backoff,
-    failover: &Failover,
     policy: RetryPolicy,
     request: Req,
+    first: usize,
+    fail_over: O,
     mut attempt: F,
     sleep: S,
 ) -> Result<T>
@@ -57,19 +60,23 @@ where
     Req: Clone,
     F: FnMut(usize, Req) -> Fut,
     Fut: Future<Output = Result<T>>,
+    O: Fn(usize) -> usize,
     S: Fn(Duration) -> SFut,
     SFut: Future<Output = ()>,
 {
+    // An atomic rather than a `Cell` so that the request's future stays `Send`.
+    let next = AtomicUsize::new(first);
+    let (next, fail_over) = (&next, &fail_over);
     backoff
         .retry(
             || {
-                let endpoint = failover.current();
+                let endpoint = next.load(Ordering::Relaxed);
                 let sent = attempt(endpoint, request.clone());
                 async move {
                     let result = sent.await;
                     if let Err(error) = &result {
                         if policy.fails_over(error) {
-                            failover.fail_over_from(endpoint);
+                            next.store(fail_over(endpoint), Ordering::Relaxed);
                         }
                         if policy.retries(error) {
                             tracing::debug!(endpoint, error = %error, "request failed, may retry");
@@ -87,6 +94,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::endpoint::Failover;
     use crate::options::WriteOptions;
     use sitegrid_proto::ErrorCode;
     use sitegrid_proto::v1::PutRequest;
@@ -142,23 +150,42 @@ mod tests {
         failures: usize,
         error: fn() -> Error,
     ) -> (Result<u64>, Vec<(usize, String)>) {
-        run(RetryPolicy::Request, endpoints, failures, error)
+        run(RetryPolicy::Request, endpoints, None, failures, error)
+    }
+
+    /// Like `run_put`, for a write whose first attempt goes to its primary.
+    fn run_put_to(
+        primary: usize,
+        endpoints: usize,
+        failures: usize,
+        error: fn() -> Error,
+    ) -> (Result<u64>, Vec<(usize, String)>) {
+        run(
+            RetryPolicy::Request,
+            endpoints,
+            Some(primary),
+            failures,
+            error,
+        )
     }
 
     fn run(
         policy: RetryPolicy,
         endpoints: usize,
+        primary: Option<usize>,
         failures: usize,
         error: fn() -> Error,
     ) -> (Result<u64>, Vec<(usize, String)>) {
-        let failover = Failover::new(endpoints);
+        let failover = Failover::default();
+        let order: Vec<usize> = (0..endpoints).collect();
         let attempts = RefCell::new(Vec::new());
         let request = put_request(&mut WriteOptions::new());
         let result = block_on(send_with_retries(
             &backoff(10),
-            &failover,
             policy,
             request,
+            primary.unwrap_or_else(|| failover.current(&order)),
+            |failed| failover.fail_over_from(failed, &order),
             |endpoint, request: PutRequest| {
                 attempts.borrow_mut().push((endpoint, request.request_id));
                 let n = attempts.borrow().len();
@@ -196,6 +223,24 @@ mod tests {
     }
 
     #[test]
+    fn a_write_that_fails_on_its_primary_fails_over_to_the_current_endpoint() {
+        let (result, attempts) = run_put_to(2, 3, 2, || server_error(ErrorCode::Unavailable));
+        assert!(result.is_ok());
+        let endpoints: Vec<usize> = attempts.iter().map(|(e, _)| *e).collect();
+        assert_eq!(endpoints, [2, 0, 1]);
+        let first_id = &attempts[0].1;
+        assert!(attempts.iter().all(|(_, id)| id == first_id));
+    }
+
+    #[test]
+    fn a_write_aborted_on_its_primary_is_retried_there() {
+        let (result, attempts) = run_put_to(1, 3, 2, || server_error(ErrorCode::Aborted));
+        assert!(result.is_ok());
+        let endpoints: Vec<usize> = attempts.iter().map(|(e, _)| *e).collect();
+        assert_eq!(endpoints, [1, 1, 1]);
+    }
+
+    #[test]
     fn aborted_retries_stay_on_the_same_endpoint() {
         let (_, attempts) = run_put(3, 2, || server_error(ErrorCode::Aborted));
         let endpoints: Vec<usize> = attempts.iter().map(|(e, _)| *e).collect();
@@ -225,7 +270,7 @@ mod tests {
                 after: Duration::from_secs(1),
             }
         }
-        let (result, attempts) = run(RetryPolicy::Listen, 2, 2, timeout);
+        let (result, attempts) = run(RetryPolicy::Listen, 2, None, 2, timeout);
         assert!(result.is_ok());
         let endpoints: Vec<usize> = attempts.iter().map(|(e, _)| *e).collect();
         assert_eq!(endpoints, [0, 1, 0]);
@@ -236,7 +281,7 @@ mod tests {
 
     #[test]
     fn a_listener_gives_up_at_once_on_an_unknown_cache() {
-        let (result, attempts) = run(RetryPolicy::Listen, 2, 5, || {
+        let (result, attempts) = run(RetryPolicy::Listen, 2, None, 5, || {
             server_error(ErrorCode::NotFound)
         });
         assert_eq!(result.unwrap_err().code(), ErrorCode::NotFound);

@@ -238,7 +238,8 @@ pub(crate) struct RemoveByTagArgs {
 /// Cluster subcommands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum ClusterCommand {
-    /// The answering node: its site, readiness, version and caches.
+    /// The answering node: its site, readiness, version, the site's members and its
+    /// caches.
     Status,
 }
 

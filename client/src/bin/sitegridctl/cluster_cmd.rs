@@ -1,10 +1,11 @@
-//! `sitegridctl cluster ...`: the answering node's view of its cluster.
+//! `sitegridctl cluster ...`: the answering node's view of its cluster: itself, the
+//! members of its site, and its caches.
 
 use std::fmt::Write as _;
 use std::io::Write;
 
 use serde_json::{Value, json};
-use sitegrid_client::{Client, ClusterStatus};
+use sitegrid_client::{Client, ClusterStatus, MemberStatus};
 
 use crate::args::ClusterCommand;
 use crate::error::CliError;
@@ -34,6 +35,10 @@ impl Show for ClusterStatus {
         let _ = writeln!(text, "ready     {}", if self.ready { "yes" } else { "no" });
         let _ = writeln!(text, "address   {}", self.address);
         let _ = writeln!(text, "version   {}", self.server_version);
+        if !self.members.is_empty() {
+            text.push('\n');
+            text.push_str(&members_table(&self.members));
+        }
         let width = self
             .caches
             .iter()
@@ -66,14 +71,61 @@ impl Show for ClusterStatus {
                 "size": c.size,
                 "persistent": c.persistent,
             })).collect::<Vec<_>>(),
+            "members": self.members.iter().map(|m| json!({
+                "node": m.node,
+                "address": m.address,
+                "state": m.state,
+                "ready": m.ready,
+                "generation": m.generation,
+            })).collect::<Vec<_>>(),
         })
     }
+}
+
+/// The members as aligned columns under a header line.
+fn members_table(members: &[MemberStatus]) -> String {
+    let width = |header: &str, field: fn(&MemberStatus) -> &str| {
+        members
+            .iter()
+            .map(|m| field(m).len())
+            .chain([header.len()])
+            .max()
+            .unwrap_or_default()
+    };
+    let node = width("NODE", |m| &m.node);
+    let address = width("ADDRESS", |m| &m.address);
+    let state = width("STATE", |m| &m.state);
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "{:<node$}  {:<address$}  {:<state$}  READY  GENERATION",
+        "NODE", "ADDRESS", "STATE"
+    );
+    for member in members {
+        let ready = if member.ready { "yes" } else { "no" };
+        let _ = writeln!(
+            text,
+            "{:<node$}  {:<address$}  {:<state$}  {ready:<5}  {}",
+            member.node, member.address, member.state, member.generation
+        );
+    }
+    text
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use sitegrid_client::CacheStatus;
+
+    fn member(node: &str, address: &str, state: &str, generation: u64) -> MemberStatus {
+        MemberStatus {
+            node: node.into(),
+            address: address.into(),
+            ready: state == "ready",
+            state: state.into(),
+            generation,
+        }
+    }
 
     fn status() -> ClusterStatus {
         ClusterStatus {
@@ -95,11 +147,15 @@ mod tests {
                     persistent: false,
                 },
             ],
+            members: vec![
+                member("node11", "127.0.0.1:11222", "ready", 1_700_000_000_001),
+                member("node12", "127.0.0.1:11223", "joining", 1_700_000_000_002),
+            ],
         }
     }
 
     #[test]
-    fn cluster_status_table_lists_the_node_and_its_caches() {
+    fn cluster_status_table_lists_the_node_its_members_and_its_caches() {
         assert_eq!(
             status().table(),
             "node      node11\n\
@@ -107,6 +163,10 @@ mod tests {
              ready     yes\n\
              address   127.0.0.1:11222\n\
              version   0.1.0\n\
+             \n\
+             NODE    ADDRESS          STATE    READY  GENERATION\n\
+             node11  127.0.0.1:11222  ready    yes    1700000000001\n\
+             node12  127.0.0.1:11223  joining  no     1700000000002\n\
              \n\
              CACHE                  SIZE  PERSISTENT\n\
              offlineSessions          12  yes\n\
@@ -124,5 +184,34 @@ mod tests {
             json["caches"][0],
             json!({ "name": "offlineSessions", "size": 12, "persistent": true })
         );
+        assert_eq!(
+            json["members"],
+            json!([
+                {
+                    "node": "node11",
+                    "address": "127.0.0.1:11222",
+                    "state": "ready",
+                    "ready": true,
+                    "generation": 1_700_000_000_001_u64,
+                },
+                {
+                    "node": "node12",
+                    "address": "127.0.0.1:11223",
+                    "state": "joining",
+                    "ready": false,
+                    "generation": 1_700_000_000_002_u64,
+                },
+            ])
+        );
+    }
+
+    #[test]
+    fn a_server_without_members_prints_no_member_table() {
+        let status = ClusterStatus {
+            members: Vec::new(),
+            ..status()
+        };
+        assert!(!status.table().contains("NODE"));
+        assert_eq!(status.json()["members"], json!([]));
     }
 }

@@ -59,18 +59,22 @@ async fn run(cli: Cli, out: &mut impl Write) -> Result<(), CliError> {
     match cli.command {
         Command::Bench(args) => bench::run(global, &args, out).await,
         Command::Cache(command) => {
-            cache_cmd::run(&connect(global).await?, command, global.output, out).await
+            cache_cmd::run(&connect(global, true).await?, command, global.output, out).await
         }
+        // A node's status is asked of the node named, never of a member learned from it.
         Command::Cluster(command) => {
-            cluster_cmd::run(&connect(global).await?, command, global.output, out).await
+            cluster_cmd::run(&connect(global, false).await?, command, global.output, out).await
         }
     }
 }
 
-async fn connect(global: &GlobalArgs) -> Result<Client, CliError> {
+/// A client of the endpoints given; `discover_topology` lets it learn the site's other
+/// members and send writes to their keys' primaries.
+async fn connect(global: &GlobalArgs, discover_topology: bool) -> Result<Client, CliError> {
     let client = Client::builder(global.endpoint.iter().cloned())
         .request_timeout(global.timeout)
         .connect_timeout(global.timeout)
+        .discover_topology(discover_topology)
         .connect()
         .await?;
     Ok(client)

@@ -1,0 +1,147 @@
+//! [`ClientBuilder`]: a client's options, and making its channels.
+
+use std::time::Duration;
+
+use sitegrid_proto::Backoff;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::client::{Client, Settings};
+use crate::endpoint::normalize_endpoint;
+use crate::error::{Error, Result};
+use crate::topology::Topology;
+
+/// Default for [`ClientBuilder::request_timeout`].
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for [`ClientBuilder::connect_timeout`].
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an idle-looking connection with a call in flight is pinged. A listener's
+/// stream may carry nothing for hours; without pings, a node that vanished without
+/// closing its connections (power loss, partition) would leave it waiting forever.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a ping may go unanswered before the connection counts as broken.
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for [`ClientBuilder::topology_refresh_interval`].
+const DEFAULT_TOPOLOGY_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Options of a [`Client`]; start with [`Client::builder`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    endpoints: Vec<String>,
+    request_timeout: Duration,
+    connect_timeout: Duration,
+    backoff: Backoff,
+    discover_topology: bool,
+    topology_refresh_interval: Duration,
+}
+
+impl ClientBuilder {
+    /// A builder for a client of `endpoints` (`host:port` or `http://host:port`), with a
+    /// 10 s request timeout, a 5 s connect timeout, the default [`Backoff`], and the
+    /// site's topology discovered and refreshed every 5 s.
+    pub fn new(endpoints: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        ClientBuilder {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            backoff: Backoff::default(),
+            discover_topology: true,
+            topology_refresh_interval: DEFAULT_TOPOLOGY_REFRESH_INTERVAL,
+        }
+    }
+
+    /// How long one attempt of a request may take; it is also sent to the server as the
+    /// call's deadline. For `entries`, it bounds the wait for each batch instead.
+    #[must_use]
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// How long opening a connection to an endpoint may take.
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How failed requests are retried; `max_attempts: 1` turns retries off.
+    #[must_use]
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Whether the client learns the site's members from the nodes (on by default).
+    ///
+    /// When on, a background task asks a ready node for the members (`ClusterStatus`)
+    /// right away, every [`topology_refresh_interval`](Self::topology_refresh_interval),
+    /// and as soon as a request meets an unreachable, not ready or silent node. Members
+    /// the client was not given become endpoints too; writes of a key go first to its
+    /// primary (saving the node a forwarding hop), and other requests to any ready
+    /// member. Turn it off when the addresses the nodes advertise cannot be reached from
+    /// here, or to pin every request to the given endpoints.
+    #[must_use]
+    pub fn discover_topology(mut self, discover: bool) -> Self {
+        self.discover_topology = discover;
+        self
+    }
+
+    /// How often the site's members are asked for again when nothing suggests they
+    /// changed; 5 s by default.
+    #[must_use]
+    pub fn topology_refresh_interval(mut self, interval: Duration) -> Self {
+        self.topology_refresh_interval = interval;
+        self
+    }
+
+    /// Makes the client. Connections open lazily, on the first request to each endpoint,
+    /// so this fails only on malformed endpoints; an unreachable node shows up as a
+    /// (retried) error on the requests themselves. The topology is learned in the
+    /// background: until it is, requests go to the given endpoints.
+    ///
+    /// Async only because the channels and the refresh task need a running tokio
+    /// runtime.
+    pub async fn connect(self) -> Result<Client> {
+        if self.endpoints.is_empty() {
+            return Err(Error::NoEndpoint);
+        }
+        let mut configured = Vec::with_capacity(self.endpoints.len());
+        let mut channels = Vec::with_capacity(self.endpoints.len());
+        for endpoint in &self.endpoints {
+            let uri = normalize_endpoint(endpoint)?;
+            let channel =
+                lazy_channel(&uri, self.connect_timeout).map_err(|e| Error::InvalidEndpoint {
+                    endpoint: endpoint.clone(),
+                    reason: e.to_string(),
+                })?;
+            configured.push(uri);
+            channels.push(channel);
+        }
+        let client = Client::new(
+            Topology::new(configured),
+            channels,
+            Settings {
+                request_timeout: self.request_timeout,
+                connect_timeout: self.connect_timeout,
+                backoff: self.backoff,
+            },
+        );
+        if self.discover_topology {
+            client.start_refresher(self.topology_refresh_interval);
+        }
+        Ok(client)
+    }
+}
+
+/// A channel to the normalized endpoint `uri`; it connects on first use.
+pub(crate) fn lazy_channel(
+    uri: &str,
+    connect_timeout: Duration,
+) -> Result<Channel, tonic::transport::Error> {
+    let endpoint = Endpoint::from_shared(uri.to_owned())?
+        .connect_timeout(connect_timeout)
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT);
+    // Connections are `CoalescingStream`s: small requests share system calls.
+    Ok(sitegrid_proto::transport::lazy_channel(&endpoint))
+}
