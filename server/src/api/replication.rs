@@ -36,6 +36,9 @@ impl ReplicationService for ReplicationApi {
         request: Request<v1::ApplyRequest>,
     ) -> Result<Response<v1::ApplyResponse>, Status> {
         let request = request.into_inner();
+        metrics::counter!("sitegrid_replication_batches_received_total").increment(1);
+        metrics::counter!("sitegrid_replication_changes_received_total")
+            .increment(request.mutations.len() as u64);
         let store = self.cluster.store();
         let changes = request
             .mutations

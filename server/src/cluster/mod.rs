@@ -482,6 +482,7 @@ impl Cluster {
         address: &str,
         message: v1::ForwardWriteRequest,
     ) -> Result<Arc<WriteResult>> {
+        metrics::counter!("sitegrid_writes_forwarded_total").increment(1);
         let timeout = self.inner.timing.call_timeout + self.inner.timing.exclusion_timeout;
         let mut client = self
             .inner

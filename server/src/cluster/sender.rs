@@ -89,6 +89,8 @@ async fn run(
                 None => return,
             },
         };
+        // Writers about to queue get one turn first, so the batch carries them too.
+        tokio::task::yield_now().await;
         let mut bytes = first.size;
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
