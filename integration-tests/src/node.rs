@@ -53,8 +53,8 @@ pub struct NodeSpec {
     pub binary: Option<PathBuf>,
     /// `RUST_LOG` of the node; `None` = `SITEGRID_TEST_LOG` or `info`.
     pub log_filter: Option<String>,
-    /// Gossip addresses of the site's other nodes.
-    pub seeds: Vec<SocketAddr>,
+    /// Gossip addresses (`IP:PORT` or `NAME:PORT`) of the site's other nodes.
+    pub seeds: Vec<String>,
 }
 
 /// The addresses a node listens on, chosen before it starts so peers can be told.

@@ -31,7 +31,7 @@ impl Site {
                 seeds: addrs
                     .iter()
                     .filter(|a| *a != own)
-                    .map(|a| a.gossip)
+                    .map(|a| a.gossip.to_string())
                     .collect(),
                 ..spec(&format!("n{}", index + 1))
             };
@@ -61,7 +61,11 @@ impl Site {
     /// Adds a node `name` (brand new, empty data) told about every current node.
     pub async fn add(&mut self, name: &str, extra_toml: &str) -> anyhow::Result<usize> {
         let spec = NodeSpec {
-            seeds: self.nodes.iter().map(|n| n.addrs().gossip).collect(),
+            seeds: self
+                .nodes
+                .iter()
+                .map(|n| n.addrs().gossip.to_string())
+                .collect(),
             ..NodeSpec::new(name).with_toml(extra_toml)
         };
         let node = NodeProcess::start(spec).await?;

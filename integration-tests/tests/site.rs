@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
-use sitegrid_integration_tests::{NodeProcess, Site, eventually};
+use sitegrid_client::WriteOptions;
+use sitegrid_integration_tests::{NodeAddrs, NodeProcess, NodeSpec, Site, eventually, http};
 use sitegrid_proto::v1::admin_client::AdminClient;
 use sitegrid_proto::v1::cache_client::CacheClient;
 use sitegrid_proto::v1::*;
@@ -360,4 +361,106 @@ async fn racing_tokens_through_different_nodes_during_a_node_kill_have_one_winne
             assert_eq!(existing.metadata.as_ref().unwrap().version, version);
         }
     }
+}
+
+/// The sum over the site's nodes of the counter `name` on `/metrics` (0 where absent).
+async fn counter_total(site: &Site, name: &str) -> u64 {
+    let mut total = 0;
+    for node in &site.nodes {
+        let (status, body) = http::get(node.http_addr(), "/metrics").await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        total += body
+            .lines()
+            .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .map(|value| value.trim().parse::<f64>().unwrap() as u64)
+            .sum::<u64>();
+    }
+    total
+}
+
+#[tokio::test]
+async fn a_client_given_one_node_learns_the_site_writes_to_primaries_and_outlives_that_node() {
+    let mut site = Site::start(3, "").await.unwrap();
+    wait_for_ready_members(&site, 3).await;
+    let client = sitegrid_client::Client::builder([site.nodes[0].endpoint()])
+        .topology_refresh_interval(Duration::from_millis(200))
+        .connect()
+        .await
+        .unwrap();
+    eventually(
+        "the client to learn every member",
+        Duration::from_secs(30),
+        || {
+            let client = client.clone();
+            async move { client.endpoints().len() == 3 }
+        },
+    )
+    .await
+    .unwrap();
+    let mut learned = client.endpoints();
+    learned.sort();
+    let mut expected: Vec<String> = site.nodes.iter().map(NodeProcess::endpoint).collect();
+    expected.sort();
+    assert_eq!(learned, expected);
+
+    // Writes go straight to their primaries: no node forwards any of them.
+    let sessions = client.cache("sessions");
+    let forwarded_before = counter_total(&site, "sitegrid_writes_forwarded_total").await;
+    for i in 0..90 {
+        let key = format!("s{i}");
+        sessions
+            .put(key.clone(), key, WriteOptions::default())
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        counter_total(&site, "sitegrid_writes_forwarded_total").await,
+        forwarded_before,
+        "a topology-aware client sent writes to nodes that had to forward them"
+    );
+
+    // The node the client was given dies; the client goes on through the others.
+    site.nodes[0].kill().unwrap();
+    for i in 90..150 {
+        let key = format!("s{i}");
+        sessions
+            .put(key.clone(), key, WriteOptions::default())
+            .await
+            .unwrap();
+    }
+    for node in &site.nodes[1..] {
+        for i in 0..150 {
+            let key = format!("s{i}");
+            let (value, _) = read(node, "sessions", &key).await.expect("written");
+            assert_eq!(value, key.as_bytes());
+        }
+    }
+}
+
+#[tokio::test]
+async fn seeds_given_by_dns_name_form_a_site() {
+    // Node 1 is the only seed, named `localhost` rather than by address.
+    let first = NodeAddrs::free();
+    let seed = format!("localhost:{}", first.gossip.port());
+    let mut nodes = vec![NodeProcess::launch_at(NodeSpec::new("n1"), first).unwrap()];
+    for name in ["n2", "n3"] {
+        let spec = NodeSpec {
+            seeds: vec![seed.clone()],
+            ..NodeSpec::new(name)
+        };
+        nodes.push(NodeProcess::launch_at(spec, NodeAddrs::free()).unwrap());
+    }
+    let site = Site { nodes };
+    site.wait_all_ready().await.unwrap();
+    wait_for_ready_members(&site, 3).await;
+    // n2 and n3 met each other through the seed, and replicate to each other.
+    let version = client(&site.nodes[1])
+        .await
+        .put(put("sessions", "by-name", "v"))
+        .await
+        .unwrap()
+        .into_inner()
+        .version;
+    let (_, seen) = read(&site.nodes[2], "sessions", "by-name").await.unwrap();
+    assert_eq!(seen, version);
 }
