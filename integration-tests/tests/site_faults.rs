@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::stream::{self, StreamExt};
 use sitegrid_integration_tests::{NodeProcess, Site, eventually};
 use sitegrid_proto::v1::cache_client::CacheClient;
 use sitegrid_proto::v1::*;
@@ -325,28 +326,115 @@ async fn a_whole_site_killed_and_restarted_keeps_its_persistent_data() {
     }
 }
 
+/// Sessions a rolling replacement starts with, written in `PutAll` batches of `LOAD_BATCH`.
+const LOADED: usize = 100_000;
+const LOAD_BATCH: usize = 1_000;
+/// Keys the writer keeps rewriting while nodes are replaced.
+const REWRITTEN: usize = 2_000;
+
+/// The cache of loaded key `i`: persistent `sessions` for even batches, in-memory `work`
+/// for odd ones.
+fn loaded_cache(i: usize) -> &'static str {
+    if (i / LOAD_BATCH).is_multiple_of(2) {
+        "sessions"
+    } else {
+        "work"
+    }
+}
+
+/// Writes keys `s0`..`s{LOADED}` in batches through the nodes; returns each key's version.
+async fn load_sessions(clients: &[CacheClient<Channel>]) -> HashMap<String, u64> {
+    let batches = (0..LOADED / LOAD_BATCH).map(|batch| {
+        let mut client = clients[batch % clients.len()].clone();
+        async move {
+            let keys: Vec<String> = (batch * LOAD_BATCH..(batch + 1) * LOAD_BATCH)
+                .map(|i| format!("s{i}"))
+                .collect();
+            let request = PutAllRequest {
+                cache: loaded_cache(batch * LOAD_BATCH).into(),
+                entries: keys
+                    .iter()
+                    .map(|key| PutAllEntry {
+                        key: Bytes::from(key.clone()),
+                        value: Bytes::from_static(b"v0"),
+                        ..Default::default()
+                    })
+                    .collect(),
+                request_id: format!("load-{batch}"),
+            };
+            let versions = client.put_all(request).await.unwrap().into_inner().versions;
+            assert_eq!(versions.len(), keys.len());
+            keys.into_iter().zip(versions).collect::<Vec<_>>()
+        }
+    });
+    stream::iter(batches)
+        .buffer_unordered(4)
+        .flat_map(stream::iter)
+        .collect()
+        .await
+}
+
+/// Every key of `acknowledged` read back from `node` in `GetAll` batches: the keys
+/// missing there or older than their acknowledged version, with what the node has.
+async fn lost_on(
+    node: &NodeProcess,
+    acknowledged: &HashMap<String, u64>,
+) -> Vec<(String, Option<u64>, u64)> {
+    let mut lost = Vec::new();
+    let mut client = client_for(node.endpoint());
+    for batch in 0..LOADED / LOAD_BATCH {
+        let keys: Vec<String> = (batch * LOAD_BATCH..(batch + 1) * LOAD_BATCH)
+            .map(|i| format!("s{i}"))
+            .collect();
+        let request = GetAllRequest {
+            cache: loaded_cache(batch * LOAD_BATCH).into(),
+            keys: keys.iter().map(|k| Bytes::from(k.clone())).collect(),
+        };
+        let found: HashMap<Bytes, u64> = client
+            .get_all(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .entries
+            .into_iter()
+            .map(|entry| (entry.key, entry.metadata.unwrap().version))
+            .collect();
+        for key in &keys {
+            let seen = found.get(key.as_bytes()).copied();
+            let version = acknowledged[key];
+            if seen < Some(version) {
+                lost.push((key.clone(), seen, version));
+            }
+        }
+    }
+    lost
+}
+
+/// Fails unless every node has every key of `acknowledged` at its version or newer.
+async fn assert_none_lost(nodes: &[NodeProcess], acknowledged: &HashMap<String, u64>) {
+    let mut report = Vec::new();
+    for node in nodes {
+        let lost = lost_on(node, acknowledged).await;
+        if !lost.is_empty() {
+            report.push(format!(
+                "{} keys lost or stale on {}, first: {:?}",
+                lost.len(),
+                node.spec().name,
+                &lost[..lost.len().min(5)]
+            ));
+        }
+    }
+    assert!(report.is_empty(), "{report:#?}");
+}
+
 #[tokio::test]
 async fn replacing_every_node_with_an_empty_one_under_writes_loses_nothing() {
     let mut site = Site::start(3, "").await.unwrap();
     let endpoints: Vec<String> = site.nodes.iter().map(|n| n.endpoint()).collect();
     let clients: Vec<_> = endpoints.iter().map(|e| client_for(e.clone())).collect();
-    let acknowledged = Arc::new(Mutex::new(HashMap::<String, (String, u64)>::new()));
-    for i in 0..500usize {
-        let cache = if i.is_multiple_of(2) {
-            "sessions"
-        } else {
-            "work"
-        };
-        let key = format!("s{i}");
-        let version =
-            put_until_acknowledged(&clients, put(cache, &key, "v0", &format!("first-{i}")))
-                .await
-                .unwrap();
-        acknowledged
-            .lock()
-            .await
-            .insert(key, (cache.to_string(), version));
-    }
+    let loaded = load_sessions(&clients).await;
+    assert_none_lost(&site.nodes, &loaded).await;
+    let acknowledged = Arc::new(Mutex::new(loaded));
     let stop = Arc::new(AtomicBool::new(false));
     let stale_reads = Arc::new(Mutex::new(Vec::new()));
     let writer = {
@@ -358,12 +446,9 @@ async fn replacing_every_node_with_an_empty_one_under_writes_loses_nothing() {
             let mut n = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
-                let i = n % 500;
-                let cache = if i.is_multiple_of(2) {
-                    "sessions"
-                } else {
-                    "work"
-                };
+                // Spread over the loaded keys of both caches.
+                let i = (n * 997) % REWRITTEN * (LOADED / REWRITTEN);
+                let cache = loaded_cache(i);
                 let key = format!("s{i}");
                 let Some(version) = put_until_acknowledged(
                     &clients,
@@ -373,10 +458,7 @@ async fn replacing_every_node_with_an_empty_one_under_writes_loses_nothing() {
                 else {
                     continue;
                 };
-                acknowledged
-                    .lock()
-                    .await
-                    .insert(key.clone(), (cache.to_string(), version));
+                acknowledged.lock().await.insert(key.clone(), version);
                 // Read it back from another node: never older than what was acknowledged.
                 let mut reader = clients[n % clients.len()].clone();
                 if let Ok(Some(seen)) = version_on(&mut reader, cache, &key).await
@@ -387,14 +469,16 @@ async fn replacing_every_node_with_an_empty_one_under_writes_loses_nothing() {
             }
         })
     };
-    for round in 0..2 {
-        for index in 0..site.nodes.len() {
-            let node: &mut NodeProcess = &mut site.nodes[index];
+    // Each node in turn replaced by a brand-new one (same address, empty data dir),
+    // waiting only for its readiness; twice over.
+    for _round in 0..2 {
+        for node in &mut site.nodes {
             node.kill().unwrap();
             node.wipe_data().unwrap();
             node.restart().await.unwrap();
-            site.wait_all_ready().await.unwrap();
-            let _ = round;
+            // Ready means it has everything acknowledged so far.
+            let so_far = acknowledged.lock().await.clone();
+            assert_none_lost(std::slice::from_ref(node), &so_far).await;
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -405,15 +489,5 @@ async fn replacing_every_node_with_an_empty_one_under_writes_loses_nothing() {
         stale_reads.lock().await
     );
     let acknowledged = acknowledged.lock().await.clone();
-    for node in &site.nodes {
-        let mut client = client_for(node.endpoint());
-        for (key, (cache, version)) in &acknowledged {
-            let seen = version_on(&mut client, cache, key).await.unwrap();
-            assert!(
-                seen >= Some(*version),
-                "{cache}/{key} on {}: {seen:?} < {version}",
-                node.endpoint()
-            );
-        }
-    }
+    assert_none_lost(&site.nodes, &acknowledged).await;
 }

@@ -162,24 +162,26 @@ impl ReplicationService for ReplicationApi {
         &self,
         request: Request<v1::ConfirmJoinRequest>,
     ) -> Result<Response<v1::ConfirmJoinResponse>, Status> {
-        let request = request.into_inner();
-        self.cluster
-            .confirm_joiner(Target {
-                name: request.node.as_str().into(),
-                generation: request.generation,
-                epoch: request.epoch,
-                address: request.address,
-            })
-            .await;
+        let joiner = request
+            .into_inner()
+            .joiner
+            .ok_or_else(|| Status::invalid_argument("ConfirmJoin names no joiner"))?;
+        let joiners = self
+            .cluster
+            .confirm_joiner(Target::of_known(joiner))
+            .await
+            .iter()
+            .map(Target::to_known)
+            .collect();
         let ready_members = self
             .cluster
             .view()
             .ready()
-            .map(|member| v1::KnownMember {
-                node: member.name.to_string(),
-                address: member.address.clone(),
-            })
+            .map(|member| Target::of(member).to_known())
             .collect();
-        Ok(Response::new(v1::ConfirmJoinResponse { ready_members }))
+        Ok(Response::new(v1::ConfirmJoinResponse {
+            ready_members,
+            joiners,
+        }))
     }
 }

@@ -7,7 +7,8 @@
 //!    differ, newest version winning per key; keys the donor no longer has (and that did
 //!    not arrive since the copy began) are dropped.
 //! 3. Ask every ready member for every write from now on (`ConfirmJoin`); each answers
-//!    once the writes under way without this node are done.
+//!    once the writes under way without this node are done, naming the other nodes
+//!    catching up, which are asked too and get this node's writes once it is ready.
 //! 4. Compare and copy once more, for what was written between 2 and 3.
 //! 5. Become ready: now a primary for some keys, and serving.
 //!
@@ -15,6 +16,7 @@
 //! keeps a copied older state from overwriting them) but serves nothing.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,7 +25,7 @@ use sitegrid_proto::v1;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::cluster::{Cluster, Member, MemberState, codec};
+use crate::cluster::{Cluster, Member, MemberState, Target, codec};
 use crate::error::{Error, Result};
 use crate::store::mutation::Mutation;
 use crate::store::slot_key::{RANGES, key_hash, range_of};
@@ -254,49 +256,69 @@ async fn drop_missing(
 }
 
 /// Asks every ready member for every write from now on: those this node sees, and those
-/// any of them knows (this node's own view may lag behind gossip).
+/// any of them knows (this node's own view may lag behind gossip). The other joiners they
+/// name are asked too: two nodes catching up at once learn of each other at every member
+/// they both ask, whichever asks first, and each sends the other its writes once ready.
+/// Everyone confirmed is kept as a target until the view shows it ready. A joiner that
+/// does not answer and is gone from the view is left out: it is not catching up anymore.
 async fn confirm_all(cluster: &Cluster) -> Result<()> {
-    let mut pending: Vec<(String, String)> = cluster
+    let me = cluster.me();
+    let mut pending: Vec<(Target, bool)> = cluster
         .view()
         .ready()
-        .filter(|m| m.name != *cluster.name())
-        .map(|m| (m.name.to_string(), m.address.clone()))
+        .filter(|m| m.name != me.name)
+        .map(|m| (Target::of(m), false))
         .collect();
-    let mut confirmed: HashSet<String> = HashSet::new();
-    while let Some((name, address)) = pending.pop() {
-        if !confirmed.insert(name.clone()) {
+    let mut confirmed: HashSet<Arc<str>> = HashSet::new();
+    while let Some((member, joining)) = pending.pop() {
+        if !confirmed.insert(member.name.clone()) {
             continue;
         }
-        for known in confirm(cluster, &name, &address).await? {
-            if known.node != **cluster.name() && !confirmed.contains(&known.node) {
-                pending.push((known.node, known.address));
+        let answer = match confirm(cluster, &member).await {
+            Ok(answer) => answer,
+            Err(error) if joining && cluster.view().member(&member.name).is_none() => {
+                info!(joiner = %member.name, error = %error, "a joiner gone from the view is left out");
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        cluster.adopt_joiner(member);
+        let ready = answer.ready_members.into_iter().map(|m| (m, false));
+        let joiners = answer.joiners.into_iter().map(|m| (m, true));
+        for (known, joining) in ready.chain(joiners) {
+            if known.node != *me.name && !confirmed.contains(known.node.as_str()) {
+                pending.push((Target::of_known(known), joining));
             }
         }
     }
     Ok(())
 }
 
-/// Asks the member `name` at `address` for every write from now on; returns the ready
-/// members it knows.
-async fn confirm(cluster: &Cluster, name: &str, address: &str) -> Result<Vec<v1::KnownMember>> {
+/// Asks `member` for every write from now on; returns the ready members and the other
+/// joiners it knows.
+async fn confirm(cluster: &Cluster, member: &Target) -> Result<v1::ConfirmJoinResponse> {
     let me = cluster.me();
     let mut client = cluster
         .peers()
-        .client(address)
+        .client(&member.address)
         .map_err(|error| Error::Unavailable(error.to_string()))?;
+    let joiner = v1::KnownMember {
+        node: me.name.to_string(),
+        address: me.address.clone(),
+        generation: me.generation,
+        epoch: me.epoch,
+    };
     let answer = client
         .confirm_join(v1::ConfirmJoinRequest {
-            node: me.name.to_string(),
-            generation: me.generation,
-            address: me.address.clone(),
-            epoch: me.epoch,
+            joiner: Some(joiner),
         })
         .await
         .map_err(|status| {
             Error::Unavailable(format!(
-                "{name} did not confirm the join: {}",
+                "{} did not confirm the join: {}",
+                member.name,
                 status.message()
             ))
         })?;
-    Ok(answer.into_inner().ready_members)
+    Ok(answer.into_inner())
 }

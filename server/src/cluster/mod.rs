@@ -98,6 +98,26 @@ impl Target {
         }
     }
 
+    /// The target a member named in a `ConfirmJoin` is.
+    pub fn of_known(known: v1::KnownMember) -> Target {
+        Target {
+            name: known.node.as_str().into(),
+            generation: known.generation,
+            epoch: known.epoch,
+            address: known.address,
+        }
+    }
+
+    /// This target as named in a `ConfirmJoin`.
+    pub fn to_known(&self) -> v1::KnownMember {
+        v1::KnownMember {
+            node: self.name.to_string(),
+            generation: self.generation,
+            address: self.address.clone(),
+            epoch: self.epoch,
+        }
+    }
+
     fn suspicion(&self) -> Suspicion {
         Suspicion {
             name: self.name.clone(),
@@ -318,14 +338,35 @@ impl Cluster {
         targets
     }
 
-    /// A joining node asks for every write from now on; returns once the writes under
-    /// way without it are done.
-    pub async fn confirm_joiner(&self, joiner: Target) {
+    /// A joining node asks for every write from now on; returns, once the writes under
+    /// way without it are done, the other joiners in the view that asked before it.
+    pub async fn confirm_joiner(&self, joiner: Target) -> Vec<Target> {
         let name = joiner.name.clone();
         let (generation, epoch) = (joiner.generation, joiner.epoch);
-        self.inner.joiners.lock().insert(name.clone(), joiner);
+        let others = {
+            let mut joiners = self.inner.joiners.lock();
+            joiners.insert(name.clone(), joiner);
+            let view = self.inner.view.borrow();
+            joiners
+                .values()
+                .filter(|other| other.name != name && view.member(&other.name).is_some())
+                .cloned()
+                .collect()
+        };
         drop(self.inner.write_barrier.write().await);
         info!(joiner = %name, generation, epoch, "joiner confirmed");
+        others
+    }
+
+    /// While catching up, this node confirmed `member` (ready, or catching up too): once
+    /// ready, it sends it every write, whether or not its view shows it ready yet.
+    pub fn adopt_joiner(&self, member: Target) {
+        if member.name != self.inner.me.name {
+            self.inner
+                .joiners
+                .lock()
+                .insert(member.name.clone(), member);
+        }
     }
 
     /// Forgets joiners that are ready (the ready set includes them now) or replaced by a
