@@ -1,6 +1,8 @@
 //! A site of three real nodes: membership, forwarding, replication, failures, joins.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -306,11 +308,14 @@ async fn racing_tokens_through_different_nodes_during_a_node_kill_have_one_winne
             CacheClient::new(endpoint.connect_lazy())
         })
         .collect();
-    const TOKENS: usize = 1_000;
+    const TOKENS: usize = 10_000;
+    let total = TOKENS * clients.len();
+    let answered = Arc::new(AtomicUsize::new(0));
     let mut attempts = Vec::new();
     for c in 0..clients.len() {
         for t in 0..TOKENS {
             let all = clients.clone();
+            let answered = answered.clone();
             attempts.push(async move {
                 let token = (t * 7 + c * 131) % TOKENS;
                 let request = PutIfAbsentRequest {
@@ -325,6 +330,7 @@ async fn racing_tokens_through_different_nodes_during_a_node_kill_have_one_winne
                 for attempt in 0..200 {
                     let mut client = all[(c + attempt) % all.len()].clone();
                     if let Ok(answer) = client.put_if_absent(request.clone()).await {
+                        answered.fetch_add(1, Ordering::Relaxed);
                         return (token, c, answer.into_inner());
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -339,8 +345,21 @@ async fn racing_tokens_through_different_nodes_during_a_node_kill_have_one_winne
             .collect::<Vec<_>>(),
     );
     // Kill a node while the race is on.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(
+        "a tenth of the race answered",
+        Duration::from_secs(120),
+        || {
+            let answered = answered.clone();
+            async move { answered.load(Ordering::Relaxed) > total / 10 }
+        },
+    )
+    .await
+    .unwrap();
     site.nodes[1].kill().unwrap();
+    assert!(
+        answered.load(Ordering::Relaxed) < total / 2,
+        "the race was mostly over before the kill"
+    );
     let answers = racing.await.unwrap();
     let mut winners: HashMap<usize, (usize, u64)> = HashMap::new();
     for (token, c, answer) in &answers {

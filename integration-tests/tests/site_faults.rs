@@ -160,7 +160,9 @@ enum Outcome {
 async fn versioned_replaces_never_fork_while_nodes_are_killed_and_restarted() {
     let mut site = Site::start(3, "").await.unwrap();
     let endpoints: Vec<String> = site.nodes.iter().map(|n| n.endpoint()).collect();
-    const KEYS: usize = 20;
+    const KEYS: usize = 100;
+    const WORKERS: usize = 16;
+    const KILLS: usize = 6;
     let clients: Vec<_> = endpoints.iter().map(|e| client_for(e.clone())).collect();
     for key in 0..KEYS {
         put_until_acknowledged(
@@ -177,7 +179,7 @@ async fn versioned_replaces_never_fork_while_nodes_are_killed_and_restarted() {
     }
     let history = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (0..8)
+    let workers: Vec<_> = (0..WORKERS)
         .map(|worker| {
             let clients = clients.clone();
             let history = history.clone();
@@ -219,12 +221,16 @@ async fn versioned_replaces_never_fork_while_nodes_are_killed_and_restarted() {
             })
         })
         .collect();
-    // Kill and restart a node, twice, while the workers run.
-    for victim in [1, 2] {
+    // Kill and restart a random node, again and again, while the workers run.
+    let seed = fastrand::u64(..);
+    eprintln!("victims chosen with seed {seed}");
+    let mut random = fastrand::Rng::with_seed(seed);
+    for _ in 0..KILLS {
+        let victim = random.usize(..site.nodes.len());
         let mut count = history.lock().await.len();
         eventually("progress", Duration::from_secs(60), || {
             let history = history.clone();
-            async move { history.lock().await.len() > count + 50 }
+            async move { history.lock().await.len() > count + 300 }
         })
         .await
         .unwrap();
@@ -235,7 +241,7 @@ async fn versioned_replaces_never_fork_while_nodes_are_killed_and_restarted() {
             Duration::from_secs(60),
             || {
                 let history = history.clone();
-                async move { history.lock().await.len() > count + 50 }
+                async move { history.lock().await.len() > count + 300 }
             },
         )
         .await
