@@ -10,9 +10,11 @@
 pub mod http;
 pub mod node;
 pub mod ports;
+pub mod proxy;
 pub mod site;
 pub mod wait;
 
 pub use node::{NodeAddrs, NodeProcess, NodeSpec};
+pub use proxy::{Direction, FaultProxy, ProxyStats};
 pub use site::Site;
 pub use wait::eventually;
