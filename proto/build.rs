@@ -8,6 +8,7 @@ use prost::Message;
 const PROTOS: &[&str] = &[
     "sitegrid/v1/sitegrid.proto",
     "sitegrid/v1/replication.proto",
+    "sitegrid/v1/sites.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

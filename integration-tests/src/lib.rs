@@ -5,6 +5,7 @@
 //! - [`wait`]: poll a condition until a deadline, never sleep blindly.
 //! - [`ports`]: free loopback ports.
 //! - [`site`]: several nodes of one site, each told about the others.
+//! - [`sites`]: two sites, each naming the other as its peer.
 //! - [`http`]: a tiny HTTP/1.1 GET for `/ready` and `/metrics`.
 
 pub mod http;
@@ -12,9 +13,11 @@ pub mod node;
 pub mod ports;
 pub mod proxy;
 pub mod site;
+pub mod sites;
 pub mod wait;
 
 pub use node::{NodeAddrs, NodeProcess, NodeSpec};
 pub use proxy::{Direction, FaultProxy, ProxyStats};
 pub use site::Site;
+pub use sites::TwoSites;
 pub use wait::eventually;

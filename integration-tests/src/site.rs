@@ -25,6 +25,14 @@ impl Site {
     /// seeds are filled in), and waits until all are ready.
     pub async fn start_with(count: usize, spec: impl Fn(&str) -> NodeSpec) -> anyhow::Result<Site> {
         let addrs: Vec<NodeAddrs> = (0..count).map(|_| NodeAddrs::free()).collect();
+        let mut site = Site::launch_at(&addrs, spec)?;
+        site.wait_started().await?;
+        Ok(site)
+    }
+
+    /// Launches a node on each of `addrs` (named `n1`, `n2`, ...; specs from `spec`,
+    /// seeds filled in) without waiting for them.
+    pub fn launch_at(addrs: &[NodeAddrs], spec: impl Fn(&str) -> NodeSpec) -> anyhow::Result<Site> {
         let mut nodes = Vec::new();
         for (index, own) in addrs.iter().enumerate() {
             let spec = NodeSpec {
@@ -37,12 +45,15 @@ impl Site {
             };
             nodes.push(NodeProcess::launch_at(spec, *own)?);
         }
-        let mut site = Site { nodes };
-        for node in &mut site.nodes {
+        Ok(Site { nodes })
+    }
+
+    /// Waits until every node launched is ready (failing early if one exits).
+    pub async fn wait_started(&mut self) -> anyhow::Result<()> {
+        for node in &mut self.nodes {
             node.wait_ready().await?;
         }
-        site.wait_all_ready().await?;
-        Ok(site)
+        self.wait_all_ready().await
     }
 
     /// Waits until every running node reports ready.

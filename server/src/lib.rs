@@ -9,6 +9,7 @@ pub mod error;
 pub mod events;
 pub mod metrics;
 pub mod node;
+pub mod sites;
 pub mod store;
 
 pub use error::{Error, Result};

@@ -30,6 +30,10 @@ use crate::store::storage::{SledStorage, Storage};
 use crate::store::time::SystemTimeSource;
 use crate::store::{Store, reaper};
 use sitegrid_proto::v1::replication_service_server::ReplicationServiceServer;
+use sitegrid_proto::v1::site_link_server::SiteLinkServer;
+use sitegrid_relay::{Relay, SiteLinkService};
+
+use crate::sites::{NodeSite, RelayPeers};
 
 /// The sockets a node serves on, bound by the caller (tests bind port 0).
 #[derive(Debug)]
@@ -241,6 +245,8 @@ pub async fn run(
         !config.node.seeds.is_empty(),
     );
     store.set_site(Arc::new(cluster.clone()));
+    let relay = Relay::new(&config).map_err(|error| Error::InvalidArgument(error.to_string()))?;
+    store.set_peers(Arc::new(RelayPeers::new(relay.clone())));
 
     let (stop, stopped) = watch::channel(false);
     let state = NodeState::new(
@@ -357,6 +363,13 @@ fn serve_grpc<H: Health>(
     let replication = ReplicationServiceServer::new(ReplicationApi::new(state.cluster().clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
+    let site_link = SiteLinkServer::new(SiteLinkService::new(
+        Arc::new(NodeSite::new(state.cluster().clone(), &config.node.site)),
+        &config.node.site,
+        config.sites.iter().map(|site| site.name.clone()),
+    ))
+    .max_decoding_message_size(max_message)
+    .max_encoding_message_size(max_message);
     let admin = AdminServer::new(AdminService::new(store, state));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(sitegrid_proto::FILE_DESCRIPTOR_SET)
@@ -372,6 +385,7 @@ fn serve_grpc<H: Health>(
             .add_service(cache)
             .add_service(admin)
             .add_service(replication)
+            .add_service(site_link)
             .add_service(health)
             .add_service(reflection)
             .serve_with_incoming_shutdown(incoming, async move {

@@ -1,5 +1,22 @@
-//! sitegrid's cross-site relay (backups to peer sites, site state, resync).
+//! sitegrid's cross-site relay: backups of writes to peer sites.
 //!
-//! Not built yet: cross-site backups are their own issue. The relay will talk to the
-//! local node only through a small trait that the server implements, so that this crate
-//! never depends on `sitegrid-server`.
+//! The relay talks to its own node only through [`LocalSite`], which the server
+//! implements, so this crate never depends on `sitegrid-server`. It has two sides:
+//! - sending ([`Relay`]): a key's primary hands it each write to a cache with `sync`
+//!   backups before applying the write in its own site; the relay sends it to every such
+//!   peer site in parallel and sums up their answers under each cache's failure policy;
+//! - receiving ([`SiteLinkService`]): the backups peer sites send, handed to the node,
+//!   whose primary of the key applies them with the one replication rule.
+//!
+//! Not built yet: `async` backups (the outbox), heartbeats, site state and resync.
+
+mod error;
+mod link;
+mod local;
+mod peer;
+mod relay;
+
+pub use error::RelayError;
+pub use link::SiteLinkService;
+pub use local::LocalSite;
+pub use relay::{InDoubt, Relay, SyncOutcome};

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use sitegrid_proto::v1::replication_service_client::ReplicationServiceClient;
+use sitegrid_proto::v1::site_link_client::SiteLinkClient;
 use tonic::transport::{Channel, Endpoint};
 
 /// How long opening a connection to a member may take.
@@ -31,24 +32,34 @@ impl Peers {
         &self,
         address: &str,
     ) -> Result<ReplicationServiceClient<Channel>, tonic::transport::Error> {
-        let channel = {
-            let mut channels = self.channels.lock();
-            match channels.get(address) {
-                Some(channel) => channel.clone(),
-                None => {
-                    let endpoint = Endpoint::from_shared(format!("http://{address}"))?
-                        .connect_timeout(CONNECT_TIMEOUT)
-                        .http2_keep_alive_interval(Duration::from_secs(5))
-                        .keep_alive_timeout(Duration::from_secs(5));
-                    let channel = sitegrid_proto::transport::lazy_channel(&endpoint);
-                    channels.insert(address.to_string(), channel.clone());
-                    channel
-                }
-            }
-        };
-        Ok(ReplicationServiceClient::new(channel)
+        Ok(ReplicationServiceClient::new(self.channel(address)?)
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes))
+    }
+
+    /// A client of the cross-site service of the member at `address`.
+    pub fn site_link(
+        &self,
+        address: &str,
+    ) -> Result<SiteLinkClient<Channel>, tonic::transport::Error> {
+        Ok(SiteLinkClient::new(self.channel(address)?)
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes))
+    }
+
+    /// The channel to the member at `address`, made on first use.
+    fn channel(&self, address: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut channels = self.channels.lock();
+        if let Some(channel) = channels.get(address) {
+            return Ok(channel.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let channel = sitegrid_proto::transport::lazy_channel(&endpoint);
+        channels.insert(address.to_string(), channel.clone());
+        Ok(channel)
     }
 
     /// Forgets the channel to `address` (a member that left, or a restarted one).

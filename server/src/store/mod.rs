@@ -20,6 +20,7 @@ pub mod keyspace;
 mod load;
 pub mod locks;
 pub mod mutation;
+pub(crate) mod peers;
 pub mod reaper;
 pub mod record;
 pub mod replication;
@@ -46,6 +47,7 @@ use entry::{Entry, SiteName};
 use idempotency::{Idempotency, Ran};
 use keyspace::Page;
 use mutation::Mutation;
+use peers::PeerSites;
 use replication::{Alone, ChangeReply, ReceivedChange, SiteReplication};
 use storage::Storage;
 use time::TimeSource;
@@ -66,6 +68,8 @@ pub(crate) struct Services {
     pub(crate) hub: Hub,
     /// Site names seen in entries, shared so each is stored once.
     site_names: Mutex<HashSet<SiteName>>,
+    /// The peer sites, set once the relay is up; until then there are none.
+    peers: OnceLock<Arc<dyn PeerSites>>,
 }
 
 impl Services {
@@ -73,6 +77,14 @@ impl Services {
         self.durability
             .as_ref()
             .ok_or(Error::Internal("persistent cache without storage"))
+    }
+
+    /// The peer sites writes to `cache` must reach before they are acknowledged, if any.
+    pub(crate) fn sync_peers(&self, cache: &str) -> Option<&dyn PeerSites> {
+        self.peers
+            .get()
+            .map(|peers| &**peers)
+            .filter(|peers| peers.has_sync_backups(cache))
     }
 
     /// The shared copy of a site name.
@@ -141,6 +153,7 @@ impl Store {
             durability,
             hub,
             site_names: Mutex::new(HashSet::new()),
+            peers: OnceLock::new(),
         });
         let caches = config
             .caches
@@ -243,6 +256,13 @@ impl Store {
         }
     }
 
+    /// Sets the node's peer sites; writes with sync backups go to them from now on.
+    pub(crate) fn set_peers(&self, peers: Arc<dyn PeerSites>) {
+        if self.inner.services.peers.set(peers).is_err() {
+            tracing::error!("the peer sites of a store can only be set once");
+        }
+    }
+
     /// The node's site.
     pub fn site(&self) -> &dyn SiteReplication {
         static ALONE: Alone = Alone;
@@ -329,6 +349,35 @@ impl Store {
             .replicate(cache.name(), &mutation, None, None)
             .await
             .map(|_| ())
+    }
+
+    /// Takes a change a peer site's primary is making (a sync backup) as this site's
+    /// primary of the key, in its own task (see [`CacheStore::apply_backup`]); keeps the
+    /// answer of the write it came from, for a retry that fails over to this site.
+    pub async fn apply_backup(
+        &self,
+        cache: &str,
+        change: ReceivedChange,
+    ) -> Result<ReplicaOutcome> {
+        let cache = self.cache(cache)?.clone();
+        let store = self.clone();
+        tokio::spawn(async move {
+            let answer = change
+                .answer
+                .as_ref()
+                .map(|(id, answer)| (id.as_str(), &**answer));
+            let outcome = cache
+                .apply_backup(&change.mutation, answer, store.site())
+                .await?;
+            if let (ReplicaOutcome::Applied | ReplicaOutcome::AlreadyApplied, Some((id, answer))) =
+                (&outcome, change.answer)
+            {
+                store.inner.idempotency.record(cache.name(), &id, answer);
+            }
+            Ok(outcome)
+        })
+        .await
+        .map_err(Error::TaskFailed)?
     }
 
     /// Takes changes another member sent (the key's primary, or a joining node's donor)

@@ -33,6 +33,7 @@ use crate::error::{Error, Result};
 use crate::store::cache::{CacheStore, Condition, WriteOp, WriteRequest, WriteResult};
 use crate::store::entry::{Entry, Slot, Tombstone, TombstoneCause};
 use crate::store::mutation::{ApplyOutcome, Change, Mutation};
+use crate::store::peers::Backed;
 use crate::store::replication::{Replicated, SiteReplication};
 use crate::store::time::UnixMillis;
 use crate::store::version::Version;
@@ -140,6 +141,23 @@ impl CacheStore {
             version,
             previous: previous.filter(|_| request.keep_previous),
         };
+        if let Some(peers) = self.services().sync_peers(self.name()) {
+            // The peer sites first: if one refuses, nothing is applied in this site.
+            match peers
+                .backup(self.name(), &mutation, request_id, &answer, self.services())
+                .await?
+            {
+                Backed::Done => {}
+                Backed::Busy => return Ok(Attempt::Again),
+                Backed::Conflict(current) => {
+                    // The peer has a newer state: take it and evaluate the write again
+                    // (a `PutIfAbsent` then finds the peer's entry, a versioned write a
+                    // version that moved on).
+                    self.adopt(&request.key, current).await?;
+                    return Ok(Attempt::Again);
+                }
+            }
+        }
         match site
             .replicate(self.name(), &mutation, request_id, Some(&answer))
             .await
@@ -354,6 +372,65 @@ impl CacheStore {
 }
 
 impl CacheStore {
+    /// Takes a change a peer site's primary is making (a sync backup), as this site's
+    /// primary of the key: the one rule against this node's copy, never waiting for a
+    /// lock (a key busy here refuses it, so two sites writing one key can't deadlock),
+    /// then on every member of the site before it answers. Not cancel-safe: callers run
+    /// it in its own task.
+    pub async fn apply_backup(
+        &self,
+        mutation: &Mutation,
+        answer: Option<(&str, &WriteResult)>,
+        site: &dyn SiteReplication,
+    ) -> Result<ReplicaOutcome> {
+        let _site = site.write_guard().await;
+        let Ok(_clear) = self.clear_barrier.try_read() else {
+            return Ok(ReplicaOutcome::Busy);
+        };
+        let Some(_lock) = self.locks.try_lock(&mutation.key) else {
+            return Ok(ReplicaOutcome::Busy);
+        };
+        self.services().clock.observe(mutation.next());
+        let here = {
+            let keyspace = self.keyspace.read();
+            match keyspace.check(mutation) {
+                ApplyOutcome::Applied { .. } => keyspace.state_version(&mutation.key),
+                ApplyOutcome::AlreadyApplied => return Ok(ReplicaOutcome::AlreadyApplied),
+                ApplyOutcome::Conflict { current } => return Ok(ReplicaOutcome::Conflict(current)),
+            }
+        };
+        // In this site the change replaces exactly what this primary holds.
+        let local = Mutation {
+            key: mutation.key.clone(),
+            prev: here,
+            change: mutation.change.clone(),
+        };
+        let (request_id, answer) = answer.unzip();
+        match site
+            .replicate(self.name(), &local, request_id, answer)
+            .await
+        {
+            Ok(Replicated::Done) => {
+                self.commit(&local, true).await?;
+                Ok(ReplicaOutcome::Applied)
+            }
+            Ok(Replicated::Busy) => Ok(ReplicaOutcome::Busy),
+            Ok(Replicated::Conflict { current, .. }) => {
+                // A member has something newer than this primary: take it; the sender
+                // tries again against it.
+                self.adopt(&mutation.key, current).await?;
+                Ok(ReplicaOutcome::Busy)
+            }
+            Err(error @ Error::Unavailable(_)) => {
+                // Some members may have it: so does this primary; the sender has it in
+                // doubt and reconciles it.
+                self.commit(&local, true).await?;
+                Err(error)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
     /// Drops `key` here, without a tombstone, if it still holds `version` (a key a donor
     /// no longer has: its removal is older than the tombstone time).
     pub async fn forget_if_unchanged(&self, key: &Bytes, version: Version) -> Result<bool> {

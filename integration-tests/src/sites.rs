@@ -1,0 +1,61 @@
+//! Two sites on loopback, each naming the other as its peer site.
+
+use std::net::SocketAddr;
+
+use crate::node::{NodeAddrs, NodeSpec};
+use crate::site::Site;
+
+/// Two sites, `site1` (id 1) and `site2` (id 2).
+#[derive(Debug)]
+pub struct TwoSites {
+    /// `site1`, then `site2`.
+    pub sites: [Site; 2],
+}
+
+impl TwoSites {
+    /// Starts two sites of `per_site` nodes each and waits until all are ready. Each
+    /// names the other in `[[sites]]` with the endpoints `endpoints` gives for the other
+    /// site's gRPC addresses (the addresses themselves, or proxies in front of them), and
+    /// `extra_toml` is appended to every node's config.
+    pub async fn start(
+        per_site: usize,
+        extra_toml: &str,
+        endpoints: impl Fn(usize, &[SocketAddr]) -> Vec<String>,
+    ) -> anyhow::Result<TwoSites> {
+        let addrs: [Vec<NodeAddrs>; 2] =
+            std::array::from_fn(|_| (0..per_site).map(|_| NodeAddrs::free()).collect());
+        let mut sites = Vec::new();
+        for (index, own) in addrs.iter().enumerate() {
+            let other = 1 - index;
+            let peer_grpc: Vec<SocketAddr> = addrs[other].iter().map(|a| a.grpc).collect();
+            let peer_endpoints: Vec<String> = endpoints(index, &peer_grpc)
+                .iter()
+                .map(|e| format!("{e:?}"))
+                .collect();
+            let toml = format!(
+                "{extra_toml}\n[[sites]]\nname = \"site{}\"\nendpoints = [{}]\n",
+                other + 1,
+                peer_endpoints.join(", ")
+            );
+            sites.push(Site::launch_at(own, |name| NodeSpec {
+                site: format!("site{}", index + 1),
+                site_id: index as u8 + 1,
+                ..NodeSpec::new(name).with_toml(&toml)
+            })?);
+        }
+        let [mut first, mut second]: [Site; 2] = sites.try_into().expect("two sites");
+        first.wait_started().await?;
+        second.wait_started().await?;
+        Ok(TwoSites {
+            sites: [first, second],
+        })
+    }
+
+    /// Two sites whose nodes reach each other directly.
+    pub async fn start_direct(per_site: usize, extra_toml: &str) -> anyhow::Result<TwoSites> {
+        TwoSites::start(per_site, extra_toml, |_, peers| {
+            peers.iter().map(|a| a.to_string()).collect()
+        })
+        .await
+    }
+}

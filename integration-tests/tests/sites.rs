@@ -1,0 +1,233 @@
+//! Two sites of real nodes backing each other up synchronously.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::{self, StreamExt};
+use sitegrid_integration_tests::{NodeProcess, TwoSites};
+use sitegrid_proto::v1::cache_client::CacheClient;
+use sitegrid_proto::v1::*;
+use tonic::Code;
+use tonic::transport::Channel;
+
+async fn client(node: &NodeProcess) -> CacheClient<Channel> {
+    CacheClient::new(node.channel().await.unwrap())
+}
+
+fn put(cache: &str, key: &str, value: &str) -> PutRequest {
+    PutRequest {
+        cache: cache.into(),
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        value: Bytes::copy_from_slice(value.as_bytes()),
+        ..Default::default()
+    }
+}
+
+fn get(cache: &str, key: &str) -> GetRequest {
+    GetRequest {
+        cache: cache.into(),
+        key: Bytes::copy_from_slice(key.as_bytes()),
+    }
+}
+
+#[tokio::test]
+async fn a_write_in_one_site_is_in_the_other_before_it_is_acknowledged() {
+    let sites = TwoSites::start_direct(1, "").await.unwrap();
+    let [first, second] = &sites.sites;
+    let mut in_first = client(&first.nodes[0]).await;
+    let mut in_second = client(&second.nodes[0]).await;
+    let mut events = in_second
+        .listen(ListenRequest {
+            caches: vec!["sessions".into()],
+            with_values: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let version = in_first
+        .put(put("sessions", "s1", "from site1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .version;
+    let seen = in_second
+        .get(get("sessions", "s1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(seen.found, "site2 lacks an acknowledged write of site1");
+    assert_eq!(seen.value, "from site1".as_bytes());
+    let metadata = seen.metadata.unwrap();
+    assert_eq!(metadata.version, version);
+    assert_eq!(metadata.origin_site, "site1");
+    let event = loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("an event in site2")
+            .unwrap()
+            .unwrap();
+        if event.key == "s1".as_bytes() {
+            break event;
+        }
+    };
+    assert_eq!(event.version, version);
+    assert_eq!(event.origin_site, "site1");
+
+    // A removal in site2 is in site1 once acknowledged.
+    let removed = in_second
+        .remove(RemoveRequest {
+            cache: "sessions".into(),
+            key: Bytes::from_static(b"s1"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(removed.removed);
+    assert!(
+        !in_first
+            .get(get("sessions", "s1"))
+            .await
+            .unwrap()
+            .into_inner()
+            .found
+    );
+    // A write in site2 after site1's write gets a newer version.
+    let newer = in_second
+        .put(put("sessions", "s1", "from site2"))
+        .await
+        .unwrap()
+        .into_inner()
+        .version;
+    assert!(newer > version);
+}
+
+#[tokio::test]
+async fn racing_tokens_from_both_sites_have_one_winner_each_and_both_sites_agree() {
+    let sites = TwoSites::start_direct(2, "").await.unwrap();
+    const TOKENS: usize = 2_000;
+    const CLIENTS_PER_SITE: usize = 4;
+    let nodes: Vec<&NodeProcess> = sites.sites.iter().flat_map(|s| &s.nodes).collect();
+    let mut attempts = Vec::new();
+    for c in 0..2 * CLIENTS_PER_SITE {
+        // Clients 0..4 in site1, 4..8 in site2, spread over each site's nodes.
+        let site = c / CLIENTS_PER_SITE;
+        let node = nodes[site * 2 + c % 2];
+        let client = client(node).await;
+        for t in 0..TOKENS {
+            let mut client = client.clone();
+            attempts.push(async move {
+                let token = (t * 7 + c * 131) % TOKENS;
+                let request = PutIfAbsentRequest {
+                    cache: "actionTokens".into(),
+                    key: Bytes::from(format!("token-{token}")),
+                    value: Bytes::from(format!("client-{c}")),
+                    request_id: format!("client-{c}-token-{token}"),
+                    ..Default::default()
+                };
+                loop {
+                    match client.put_if_absent(request.clone()).await {
+                        Ok(answer) => return (token, c, answer.into_inner()),
+                        Err(status) if status.code() == Code::Aborted => continue,
+                        Err(status) => panic!("token {token} of client {c}: {status:?}"),
+                    }
+                }
+            });
+        }
+    }
+    let answers: Vec<_> = stream::iter(attempts).buffer_unordered(64).collect().await;
+    let mut winners: HashMap<usize, (usize, u64)> = HashMap::new();
+    for (token, c, answer) in &answers {
+        if answer.stored {
+            assert!(
+                winners.insert(*token, (*c, answer.version)).is_none(),
+                "token {token} won twice"
+            );
+        }
+    }
+    assert_eq!(winners.len(), TOKENS, "every token has a winner");
+    for (token, c, answer) in &answers {
+        if !answer.stored {
+            let existing = answer.existing.as_ref().expect("a loser sees the winner");
+            let (winner, version) = winners[token];
+            assert_ne!(*c, winner);
+            assert_eq!(existing.value, format!("client-{winner}").as_bytes());
+            assert_eq!(existing.metadata.as_ref().unwrap().version, version);
+        }
+    }
+    // Every node of both sites holds every winner.
+    for node in &nodes {
+        let mut reader = client(node).await;
+        for chunk in (0..TOKENS).collect::<Vec<_>>().chunks(500) {
+            let found = reader
+                .get_all(GetAllRequest {
+                    cache: "actionTokens".into(),
+                    keys: chunk
+                        .iter()
+                        .map(|t| Bytes::from(format!("token-{t}")))
+                        .collect(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .entries;
+            assert_eq!(found.len(), chunk.len());
+            for (token, entry) in chunk.iter().zip(found) {
+                let (winner, version) = winners[token];
+                assert_eq!(entry.value, format!("client-{winner}").as_bytes());
+                assert_eq!(entry.metadata.unwrap().version, version);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn with_the_fail_policy_a_write_fails_while_the_peer_site_is_down_and_is_applied_nowhere() {
+    let mut sites = TwoSites::start_direct(1, "").await.unwrap();
+    sites.sites[1].nodes[0].kill().unwrap();
+    let mut in_first = client(&sites.sites[0].nodes[0]).await;
+    let status = in_first
+        .put_if_absent(PutIfAbsentRequest {
+            cache: "actionTokens".into(),
+            key: Bytes::from_static(b"t1"),
+            value: Bytes::from_static(b"v"),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("site2"), "{}", status.message());
+    assert!(
+        !in_first
+            .get(get("actionTokens", "t1"))
+            .await
+            .unwrap()
+            .into_inner()
+            .found,
+        "a failed write was applied in its own site"
+    );
+    sites.sites[1].nodes[0].restart().await.unwrap();
+    let stored = in_first
+        .put_if_absent(PutIfAbsentRequest {
+            cache: "actionTokens".into(),
+            key: Bytes::from_static(b"t1"),
+            value: Bytes::from_static(b"v"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stored.stored);
+    let mut in_second = client(&sites.sites[1].nodes[0]).await;
+    assert!(
+        in_second
+            .get(get("actionTokens", "t1"))
+            .await
+            .unwrap()
+            .into_inner()
+            .found
+    );
+}

@@ -1,0 +1,143 @@
+//! The node's side of the cross-site relay: the peer sites as the store sees them, and
+//! the node as the relay's receiving side sees it.
+
+use bytes::Bytes;
+use sitegrid_proto::v1;
+use sitegrid_relay::{LocalSite, Relay, SyncOutcome};
+use tonic::Status;
+
+use crate::cluster::{Cluster, codec};
+use crate::error::{Error, Result};
+use crate::store::Services;
+use crate::store::cache::WriteResult;
+use crate::store::mutation::Mutation;
+use crate::store::peers::{Backed, PeerSites};
+use crate::store::write::ReplicaOutcome;
+
+/// The relay's peer sites, for the store's write path.
+#[derive(Debug)]
+pub(crate) struct RelayPeers {
+    relay: Relay,
+}
+
+impl RelayPeers {
+    pub(crate) fn new(relay: Relay) -> RelayPeers {
+        RelayPeers { relay }
+    }
+}
+
+#[tonic::async_trait]
+impl PeerSites for RelayPeers {
+    fn has_sync_backups(&self, cache: &str) -> bool {
+        self.relay.has_sync_backups(cache)
+    }
+
+    async fn backup(
+        &self,
+        cache: &str,
+        mutation: &Mutation,
+        request_id: Option<&str>,
+        answer: &WriteResult,
+        services: &Services,
+    ) -> Result<Backed> {
+        let message = codec::encode_mutation(mutation, request_id, Some(answer));
+        match self.relay.backup(cache, message, mutation.next()).await {
+            SyncOutcome::Done => Ok(Backed::Done),
+            SyncOutcome::Busy => Ok(Backed::Busy),
+            SyncOutcome::Conflict { current, .. } if current.is_empty() => {
+                Ok(Backed::Conflict(None))
+            }
+            SyncOutcome::Conflict { current, .. } => Ok(Backed::Conflict(Some(
+                codec::decode_slot(&current, services)?,
+            ))),
+            SyncOutcome::Unavailable { site, reason } => Err(Error::Unavailable(format!(
+                "cache {cache}: the sync backup to site {site} failed ({reason}); the write \
+                 was not applied"
+            ))),
+        }
+    }
+}
+
+/// The node, for the relay's receiving side: a peer site's backup goes to this site's
+/// primary of the key.
+#[derive(Debug, Clone)]
+pub struct NodeSite {
+    cluster: Cluster,
+    site: String,
+}
+
+impl NodeSite {
+    /// The node whose part in its site (`site`) is `cluster`.
+    pub fn new(cluster: Cluster, site: &str) -> NodeSite {
+        NodeSite {
+            cluster,
+            site: site.to_string(),
+        }
+    }
+
+    /// Hands the backup to the key's primary, another member of this site.
+    async fn forward(
+        &self,
+        address: &str,
+        cache: &str,
+        from_site: &str,
+        mutation: v1::ReplicatedMutation,
+    ) -> std::result::Result<v1::ApplyOutcome, Status> {
+        let mut client = self
+            .cluster
+            .peers()
+            .site_link(address)
+            .map_err(|error| Status::unavailable(error.to_string()))?;
+        let answer = client
+            .backup(v1::BackupRequest {
+                cache: cache.to_string(),
+                mutation: Some(mutation),
+                from_site: from_site.to_string(),
+            })
+            .await?;
+        answer
+            .into_inner()
+            .outcome
+            .ok_or_else(|| Status::internal("a member answered a backup without an outcome"))
+    }
+}
+
+#[tonic::async_trait]
+impl LocalSite for NodeSite {
+    async fn apply_backup(
+        &self,
+        cache: &str,
+        from_site: &str,
+        mutation: v1::ReplicatedMutation,
+    ) -> std::result::Result<v1::ApplyOutcome, Status> {
+        let store = self.cluster.store();
+        store.cache(cache)?;
+        let key = Bytes::copy_from_slice(&mutation.key);
+        if !crate::store::replication::SiteReplication::is_primary(&self.cluster, &key) {
+            let primary = self.cluster.view().primary(&key).cloned();
+            return match primary {
+                Some(primary) if primary.name != self.cluster.me().name => {
+                    self.forward(&primary.address, cache, from_site, mutation)
+                        .await
+                }
+                _ => Err(Status::unavailable(format!(
+                    "site {}: no ready primary for the key",
+                    self.site
+                ))),
+            };
+        }
+        let change = codec::decode_mutation(mutation, store.services())?;
+        let outcome = store.apply_backup(cache, change).await?;
+        let (result, current) = match outcome {
+            ReplicaOutcome::Applied => (v1::ApplyResult::Applied, None),
+            ReplicaOutcome::AlreadyApplied => (v1::ApplyResult::AlreadyApplied, None),
+            ReplicaOutcome::Busy => (v1::ApplyResult::Busy, None),
+            ReplicaOutcome::Conflict(current) => (v1::ApplyResult::Conflict, current),
+        };
+        Ok(v1::ApplyOutcome {
+            result: result as i32,
+            current: current.as_ref().map(codec::encode_slot).unwrap_or_default(),
+            recorded_answer: None,
+        })
+    }
+}

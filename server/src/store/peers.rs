@@ -1,0 +1,45 @@
+//! What the store needs from the peer sites, as a trait the relay's adapter implements.
+//!
+//! A key's primary hands each write to a cache with `sync` backups to the peer sites
+//! before it applies the write in its own site; their answer decides whether it does.
+
+use std::fmt::Debug;
+
+use crate::error::Result;
+use crate::store::Services;
+use crate::store::cache::WriteResult;
+use crate::store::entry::Slot;
+use crate::store::mutation::Mutation;
+
+/// What the sync peer sites did with a primary's change.
+#[derive(Debug)]
+pub(crate) enum Backed {
+    /// Every peer site that must have it has it (or may go without, by its policy).
+    Done,
+    /// A peer site holds something newer than the change's `prev`: the write must not
+    /// happen as it is; that state (`None`: only a clear).
+    Conflict(Option<Slot>),
+    /// A peer site was busy with a write of its own to the key: try again.
+    Busy,
+}
+
+/// The peer sites of a node, as the store sees them.
+#[tonic::async_trait]
+pub(crate) trait PeerSites: Send + Sync + Debug {
+    /// Whether writes to `cache` go to some peer site before they are acknowledged.
+    fn has_sync_backups(&self, cache: &str) -> bool;
+
+    /// Sends a primary's change to the sync peer sites of `cache`. `Err(Unavailable)`
+    /// when one with the `fail` policy did not answer: the write must fail, and nothing
+    /// is applied in this site (the peer may have it; the relay reconciles it later).
+    /// The write's request id and answer go along, so a retry that fails over to the
+    /// peer site gets the same answer.
+    async fn backup(
+        &self,
+        cache: &str,
+        mutation: &Mutation,
+        request_id: Option<&str>,
+        answer: &WriteResult,
+        services: &Services,
+    ) -> Result<Backed>;
+}

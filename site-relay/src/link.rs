@@ -1,0 +1,60 @@
+//! The receiving side: the `SiteLink` service peer sites call.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use sitegrid_proto::v1;
+use sitegrid_proto::v1::site_link_server::SiteLink;
+use tonic::{Request, Response, Status};
+
+use crate::LocalSite;
+
+/// Serves `SiteLink` for the node `local`, to the peer sites of its config.
+#[derive(Debug)]
+pub struct SiteLinkService<L> {
+    local: Arc<L>,
+    site: String,
+    peers: HashSet<String>,
+}
+
+impl<L: LocalSite> SiteLinkService<L> {
+    /// The service of a node of `site`, taking backups from the sites named in `peers`.
+    pub fn new(local: Arc<L>, site: &str, peers: impl IntoIterator<Item = String>) -> Self {
+        SiteLinkService {
+            local,
+            site: site.to_string(),
+            peers: peers.into_iter().collect(),
+        }
+    }
+
+    fn check_peer(&self, from_site: &str) -> Result<(), Status> {
+        if self.peers.contains(from_site) {
+            return Ok(());
+        }
+        Err(Status::not_found(format!(
+            "site {from_site:?} is not a peer of site {:?}: name it in [[sites]] there",
+            self.site
+        )))
+    }
+}
+
+#[tonic::async_trait]
+impl<L: LocalSite> SiteLink for SiteLinkService<L> {
+    async fn backup(
+        &self,
+        request: Request<v1::BackupRequest>,
+    ) -> Result<Response<v1::BackupResponse>, Status> {
+        let request = request.into_inner();
+        self.check_peer(&request.from_site)?;
+        let mutation = request
+            .mutation
+            .ok_or_else(|| Status::invalid_argument("a backup needs a mutation"))?;
+        let outcome = self
+            .local
+            .apply_backup(&request.cache, &request.from_site, mutation)
+            .await?;
+        Ok(Response::new(v1::BackupResponse {
+            outcome: Some(outcome),
+        }))
+    }
+}

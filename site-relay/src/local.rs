@@ -1,0 +1,19 @@
+//! What the relay needs from its own node.
+
+use sitegrid_proto::v1;
+use tonic::Status;
+
+/// The node a relay runs in, as the receiving side of backups sees it.
+#[tonic::async_trait]
+pub trait LocalSite: Send + Sync + 'static {
+    /// Applies a change a peer site's primary is making to `cache`, on this site's
+    /// primary of the key (the node forwards it there if it is not) and every ready
+    /// member of the site, with the one replication rule, never waiting for a lock.
+    /// `from_site` is the sending site (already checked to be a peer).
+    async fn apply_backup(
+        &self,
+        cache: &str,
+        from_site: &str,
+        mutation: v1::ReplicatedMutation,
+    ) -> Result<v1::ApplyOutcome, Status>;
+}

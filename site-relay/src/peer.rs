@@ -1,0 +1,120 @@
+//! One peer site: channels to its endpoints, tried in turn.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use sitegrid_config::SiteConfig;
+use sitegrid_proto::v1;
+use sitegrid_proto::v1::site_link_client::SiteLinkClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::RelayError;
+
+/// How long opening a connection to a peer site's node may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a call to a peer site got no answer.
+#[derive(Debug, Clone)]
+pub(crate) enum Failure {
+    /// Every endpoint failed; the last error.
+    Unreachable(String),
+    /// No answer within the timeout.
+    TimedOut(Duration),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Unreachable(error) => write!(f, "unreachable ({error})"),
+            Failure::TimedOut(timeout) => write!(f, "no answer within {timeout:?}"),
+        }
+    }
+}
+
+/// A peer site.
+#[derive(Debug)]
+pub(crate) struct PeerSite {
+    pub(crate) name: Arc<str>,
+    endpoints: Vec<(String, Channel)>,
+    /// The endpoint that answered last; calls start there.
+    preferred: AtomicUsize,
+    max_message_bytes: usize,
+}
+
+impl PeerSite {
+    /// The peer site of `config`, connecting lazily.
+    pub(crate) fn new(config: &SiteConfig, max_message_bytes: usize) -> Result<Self, RelayError> {
+        let endpoints = config
+            .endpoints
+            .iter()
+            .map(|endpoint| {
+                let uri = if endpoint.contains("://") {
+                    endpoint.clone()
+                } else {
+                    format!("http://{endpoint}")
+                };
+                let invalid = |reason: String| RelayError::InvalidEndpoint {
+                    site: config.name.clone(),
+                    endpoint: endpoint.clone(),
+                    reason,
+                };
+                let channel = Endpoint::from_shared(uri)
+                    .map_err(|error| invalid(error.to_string()))?
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .http2_keep_alive_interval(Duration::from_secs(5))
+                    .keep_alive_timeout(Duration::from_secs(5));
+                Ok((
+                    endpoint.clone(),
+                    sitegrid_proto::transport::lazy_channel(&channel),
+                ))
+            })
+            .collect::<Result<Vec<_>, RelayError>>()?;
+        Ok(PeerSite {
+            name: config.name.as_str().into(),
+            endpoints,
+            preferred: AtomicUsize::new(0),
+            max_message_bytes,
+        })
+    }
+
+    fn client(&self, index: usize) -> SiteLinkClient<Channel> {
+        SiteLinkClient::new(self.endpoints[index].1.clone())
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes)
+    }
+
+    /// Sends a backup, trying the endpoints in turn from the one that answered last,
+    /// until one answers or `timeout` passes.
+    pub(crate) async fn backup(
+        &self,
+        request: v1::BackupRequest,
+        timeout: Duration,
+    ) -> Result<v1::ApplyOutcome, Failure> {
+        let attempts = async {
+            let first = self.preferred.load(Ordering::Relaxed);
+            let mut last_error = String::new();
+            for step in 0..self.endpoints.len() {
+                let index = (first + step) % self.endpoints.len();
+                match self.client(index).backup(request.clone()).await {
+                    Ok(answer) => {
+                        self.preferred.store(index, Ordering::Relaxed);
+                        return answer.into_inner().outcome.ok_or_else(|| {
+                            Failure::Unreachable(format!(
+                                "{} answered a backup without an outcome",
+                                self.endpoints[index].0
+                            ))
+                        });
+                    }
+                    Err(status) => {
+                        last_error = format!("{}: {}", self.endpoints[index].0, status.message());
+                    }
+                }
+            }
+            Err(Failure::Unreachable(last_error))
+        };
+        tokio::time::timeout(timeout, attempts)
+            .await
+            .unwrap_or(Err(Failure::TimedOut(timeout)))
+    }
+}

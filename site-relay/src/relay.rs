@@ -1,0 +1,275 @@
+//! The sending side: sync backups of a primary's writes to peer sites.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use sitegrid_config::{BackupConfig, Config, FailurePolicy, Strategy};
+use sitegrid_proto::v1;
+use tracing::warn;
+
+use crate::RelayError;
+use crate::peer::{Failure, PeerSite};
+
+/// A `warn` policy logs a peer's failures at most once per this long.
+const WARN_INTERVAL: Duration = Duration::from_secs(30);
+
+/// What the sync peer sites of a cache did with a write, all answers summed up.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SyncOutcome {
+    /// Every sync peer site took it, or the ones that failed have a `warn` or `ignore`
+    /// policy (the key is recorded for them).
+    Done,
+    /// A peer site holds something newer than the write's `prev`: the write must not
+    /// happen; `current` is the peer's slot as a stored record (empty: only a clear).
+    Conflict {
+        /// The peer site.
+        site: String,
+        /// Its state of the key.
+        current: Bytes,
+    },
+    /// A peer site was busy with a write of its own to the key: try again.
+    Busy,
+    /// A peer site with the `fail` policy did not answer: the write must fail. The peer
+    /// may have applied it (the key is recorded as in doubt).
+    Unavailable {
+        /// The peer site.
+        site: String,
+        /// What happened, for the client's message.
+        reason: String,
+    },
+}
+
+/// A key a peer site may or may not have taken a write to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InDoubt {
+    /// The peer site.
+    pub site: String,
+    /// The cache.
+    pub cache: String,
+    /// The key.
+    pub key: Bytes,
+    /// The version of the write in doubt.
+    pub version: u64,
+}
+
+/// A peer site and one of the caches backed up to it.
+type PeerCache = (Arc<str>, String);
+
+/// Backups to the peer sites of a node's config. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    site: String,
+    peers: Vec<PeerSite>,
+    /// Per cache: the peers it has sync backups to (index in `peers`) and how.
+    sync: HashMap<String, Vec<(usize, BackupConfig)>>,
+    /// Keys whose backup got no answer, per (site, cache): the version sent.
+    in_doubt: Mutex<HashMap<PeerCache, HashMap<Bytes, u64>>>,
+    /// When each peer's failures were last logged under `warn`.
+    warned: Mutex<HashMap<Arc<str>, Instant>>,
+}
+
+impl Relay {
+    /// The relay of a node configured by `config`.
+    pub fn new(config: &Config) -> Result<Relay, RelayError> {
+        let max_message_bytes = config.limits.max_message_bytes();
+        let peers = config
+            .sites
+            .iter()
+            .map(|site| PeerSite::new(site, max_message_bytes))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut sync = HashMap::new();
+        for (cache, cache_config) in &config.caches {
+            let targets: Vec<(usize, BackupConfig)> = peers
+                .iter()
+                .enumerate()
+                .filter_map(|(index, peer)| {
+                    cache_config
+                        .backup_for(cache, &peer.name)
+                        .filter(|backup| backup.strategy == Strategy::Sync)
+                        .map(|backup| (index, backup))
+                })
+                .collect();
+            if !targets.is_empty() {
+                sync.insert(cache.clone(), targets);
+            }
+        }
+        Ok(Relay {
+            inner: Arc::new(Inner {
+                site: config.node.site.clone(),
+                peers,
+                sync,
+                in_doubt: Mutex::new(HashMap::new()),
+                warned: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The names of the peer sites.
+    pub fn peer_names(&self) -> Vec<String> {
+        self.inner
+            .peers
+            .iter()
+            .map(|p| p.name.to_string())
+            .collect()
+    }
+
+    /// Whether writes to `cache` are backed up synchronously to some peer site.
+    pub fn has_sync_backups(&self, cache: &str) -> bool {
+        self.inner.sync.contains_key(cache)
+    }
+
+    /// Sends a primary's write to every sync peer site of `cache` in parallel and sums up
+    /// their answers. `next` is the write's version (inside `mutation`'s record).
+    pub async fn backup(
+        &self,
+        cache: &str,
+        mutation: v1::ReplicatedMutation,
+        next: u64,
+    ) -> SyncOutcome {
+        let Some(targets) = self.inner.sync.get(cache) else {
+            return SyncOutcome::Done;
+        };
+        let key = mutation.key.clone();
+        let request = v1::BackupRequest {
+            cache: cache.to_string(),
+            mutation: Some(mutation),
+            from_site: self.inner.site.clone(),
+        };
+        let calls = targets.iter().map(|(index, backup)| {
+            let peer = &self.inner.peers[*index];
+            let request = request.clone();
+            async move {
+                let started = Instant::now();
+                let answer = peer.backup(request, backup.timeout).await;
+                metrics::histogram!(
+                    "sitegrid_backup_duration_seconds",
+                    "site" => peer.name.to_string(),
+                    "cache" => cache.to_string()
+                )
+                .record(started.elapsed().as_secs_f64());
+                (peer, backup, answer)
+            }
+        });
+        let answers = futures::future::join_all(calls).await;
+        let mut outcome = SyncOutcome::Done;
+        for (peer, backup, answer) in answers {
+            let this = match answer {
+                Ok(applied) => self.judge(peer, cache, applied),
+                Err(failure) => self.failed(peer, cache, backup, &key, next, failure),
+            };
+            outcome = worse(outcome, this);
+        }
+        outcome
+    }
+
+    /// What one peer's answer means.
+    fn judge(&self, peer: &PeerSite, cache: &str, applied: v1::ApplyOutcome) -> SyncOutcome {
+        let (label, outcome) = match applied.result() {
+            v1::ApplyResult::Applied | v1::ApplyResult::AlreadyApplied => {
+                ("applied", SyncOutcome::Done)
+            }
+            v1::ApplyResult::Conflict => (
+                "conflict",
+                SyncOutcome::Conflict {
+                    site: peer.name.to_string(),
+                    current: applied.current,
+                },
+            ),
+            v1::ApplyResult::Busy | v1::ApplyResult::Unspecified => ("busy", SyncOutcome::Busy),
+        };
+        count(peer, cache, label);
+        outcome
+    }
+
+    /// A peer that did not answer: the key is in doubt there; the cache's policy says
+    /// whether the write fails.
+    fn failed(
+        &self,
+        peer: &PeerSite,
+        cache: &str,
+        backup: &BackupConfig,
+        key: &Bytes,
+        next: u64,
+        failure: Failure,
+    ) -> SyncOutcome {
+        count(peer, cache, "failed");
+        let in_doubt = {
+            let mut in_doubt = self.inner.in_doubt.lock();
+            let keys = in_doubt
+                .entry((peer.name.clone(), cache.to_string()))
+                .or_default();
+            keys.insert(key.clone(), next);
+            in_doubt.values().map(HashMap::len).sum::<usize>()
+        };
+        metrics::gauge!("sitegrid_backup_in_doubt_keys", "site" => peer.name.to_string())
+            .set(in_doubt as f64);
+        match backup.failure_policy {
+            FailurePolicy::Fail => SyncOutcome::Unavailable {
+                site: peer.name.to_string(),
+                reason: failure.to_string(),
+            },
+            FailurePolicy::Warn => {
+                let mut warned = self.inner.warned.lock();
+                let due = warned
+                    .get(&peer.name)
+                    .is_none_or(|last| last.elapsed() >= WARN_INTERVAL);
+                if due {
+                    warned.insert(peer.name.clone(), Instant::now());
+                    warn!(site = %peer.name, cache, %failure,
+                        "backup to a peer site failed; writes go on (policy warn)");
+                }
+                SyncOutcome::Done
+            }
+            FailurePolicy::Ignore => SyncOutcome::Done,
+        }
+    }
+
+    /// The keys in doubt at peer sites.
+    pub fn in_doubt(&self) -> Vec<InDoubt> {
+        let in_doubt = self.inner.in_doubt.lock();
+        let mut all: Vec<InDoubt> = in_doubt
+            .iter()
+            .flat_map(|((site, cache), keys)| {
+                keys.iter().map(|(key, version)| InDoubt {
+                    site: site.to_string(),
+                    cache: cache.clone(),
+                    key: key.clone(),
+                    version: *version,
+                })
+            })
+            .collect();
+        all.sort_by(|a, b| (&a.site, &a.cache, &a.key).cmp(&(&b.site, &b.cache, &b.key)));
+        all
+    }
+}
+
+fn count(peer: &PeerSite, cache: &str, outcome: &'static str) {
+    metrics::counter!(
+        "sitegrid_backups_total",
+        "site" => peer.name.to_string(),
+        "cache" => cache.to_string(),
+        "outcome" => outcome
+    )
+    .increment(1);
+}
+
+/// The outcome that decides, of two: a failure under `fail`, then a conflict, then busy.
+fn worse(a: SyncOutcome, b: SyncOutcome) -> SyncOutcome {
+    fn rank(outcome: &SyncOutcome) -> u8 {
+        match outcome {
+            SyncOutcome::Done => 0,
+            SyncOutcome::Busy => 1,
+            SyncOutcome::Conflict { .. } => 2,
+            SyncOutcome::Unavailable { .. } => 3,
+        }
+    }
+    if rank(&b) > rank(&a) { b } else { a }
+}
