@@ -16,10 +16,10 @@ impl TwoSites {
     /// Starts two sites of `per_site` nodes each and waits until all are ready. Each
     /// names the other in `[[sites]]` with the endpoints `endpoints` gives for the other
     /// site's gRPC addresses (the addresses themselves, or proxies in front of them), and
-    /// `extra_toml` is appended to every node's config.
+    /// `extra_toml` gives, by site index (0, 1), what to add to each node's config.
     pub async fn start(
         per_site: usize,
-        extra_toml: &str,
+        extra_toml: impl Fn(usize) -> String,
         endpoints: impl Fn(usize, &[SocketAddr]) -> Vec<String>,
     ) -> anyhow::Result<TwoSites> {
         let addrs: [Vec<NodeAddrs>; 2] =
@@ -33,7 +33,8 @@ impl TwoSites {
                 .map(|e| format!("{e:?}"))
                 .collect();
             let toml = format!(
-                "{extra_toml}\n[[sites]]\nname = \"site{}\"\nendpoints = [{}]\n",
+                "{}\n[[sites]]\nname = \"site{}\"\nendpoints = [{}]\n",
+                extra_toml(index),
                 other + 1,
                 peer_endpoints.join(", ")
             );
@@ -53,9 +54,11 @@ impl TwoSites {
 
     /// Two sites whose nodes reach each other directly.
     pub async fn start_direct(per_site: usize, extra_toml: &str) -> anyhow::Result<TwoSites> {
-        TwoSites::start(per_site, extra_toml, |_, peers| {
-            peers.iter().map(|a| a.to_string()).collect()
-        })
+        TwoSites::start(
+            per_site,
+            |_| extra_toml.to_string(),
+            |_, peers| peers.iter().map(|a| a.to_string()).collect(),
+        )
         .await
     }
 }

@@ -1,11 +1,11 @@
 //! Two sites of real nodes backing each other up synchronously.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
-use sitegrid_integration_tests::{NodeProcess, TwoSites};
+use sitegrid_integration_tests::{Direction, FaultProxy, NodeProcess, TwoSites, eventually};
 use sitegrid_proto::v1::cache_client::CacheClient;
 use sitegrid_proto::v1::*;
 use tonic::Code;
@@ -230,4 +230,119 @@ async fn with_the_fail_policy_a_write_fails_while_the_peer_site_is_down_and_is_a
             .into_inner()
             .found
     );
+}
+
+/// Site `index`'s backup settings for `actionTokens`: sync, `fail`, a short timeout.
+fn short_timeout(index: usize) -> String {
+    format!(
+        "[caches.actionTokens]\nbackup = {{ site{} = {{ timeout = \"1s\" }} }}\n",
+        2 - index
+    )
+}
+
+async fn found(node: &NodeProcess, cache: &str, key: &str) -> bool {
+    client(node)
+        .await
+        .get(get(cache, key))
+        .await
+        .unwrap()
+        .into_inner()
+        .found
+}
+
+#[tokio::test]
+async fn writes_in_doubt_behind_a_blackholed_link_fail_in_time_and_converge_once_it_heals() {
+    // Site 1 reaches site 2 through a proxy; site 2 reaches site 1 directly.
+    let proxies = std::sync::Mutex::new(Vec::new());
+    let sites = TwoSites::start(1, short_timeout, |index, peers| {
+        if index == 1 {
+            return peers.iter().map(|a| a.to_string()).collect();
+        }
+        let proxy = FaultProxy::start(peers[0]).unwrap();
+        let endpoint = proxy.addr().to_string();
+        proxies.lock().unwrap().push(proxy);
+        vec![endpoint]
+    })
+    .await
+    .unwrap();
+    let proxy = proxies.lock().unwrap().pop().unwrap();
+    let [first, second] = &sites.sites;
+    let (first, second) = (&first.nodes[0], &second.nodes[0]);
+    let mut in_first = client(first).await;
+    let token = |key: &str| PutIfAbsentRequest {
+        cache: "actionTokens".into(),
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        value: Bytes::from_static(b"used"),
+        ..Default::default()
+    };
+    assert!(
+        in_first
+            .put_if_absent(token("before"))
+            .await
+            .unwrap()
+            .into_inner()
+            .stored
+    );
+
+    // Nothing gets through: each write fails within the timeout, applied nowhere.
+    proxy.blackhole(Direction::Both);
+    for key in ["lost-1", "lost-2"] {
+        let started = Instant::now();
+        let status = in_first.put_if_absent(token(key)).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(!found(first, "actionTokens", key).await);
+        assert!(!found(second, "actionTokens", key).await);
+    }
+    // Only the answers are lost: site 2 takes the write, site 1 tells the client it
+    // failed and applies nothing.
+    proxy.heal();
+    proxy.reset_all();
+    eventually("the link back", Duration::from_secs(30), || {
+        let mut in_first = in_first.clone();
+        async move { in_first.put_if_absent(token("warm")).await.is_ok() }
+    })
+    .await
+    .unwrap();
+    proxy.blackhole(Direction::FromTarget);
+    let status = in_first.put_if_absent(token("in-doubt")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(!found(first, "actionTokens", "in-doubt").await);
+    assert!(
+        found(second, "actionTokens", "in-doubt").await,
+        "the peer should have taken the write whose answer was lost"
+    );
+
+    // Once the link heals, the keys in doubt converge on what the client was told: no
+    // site keeps the write that failed.
+    proxy.heal();
+    proxy.reset_all();
+    eventually(
+        "the write in doubt undone in site 2",
+        Duration::from_secs(30),
+        || async { !found(second, "actionTokens", "in-doubt").await },
+    )
+    .await
+    .unwrap();
+    for key in ["before", "lost-1", "lost-2", "warm", "in-doubt"] {
+        assert_eq!(
+            found(first, "actionTokens", key).await,
+            found(second, "actionTokens", key).await,
+            "{key}"
+        );
+    }
+    // And the link works again.
+    assert!(
+        in_first
+            .put_if_absent(token("after"))
+            .await
+            .unwrap()
+            .into_inner()
+            .stored
+    );
+    assert!(found(second, "actionTokens", "after").await);
 }

@@ -263,6 +263,10 @@ pub async fn run(
     let reaper = tokio::spawn(reaper::run(store.clone(), stopped.clone()));
     let membership = tokio::spawn(membership.run(cluster.clone(), stopped.clone()));
     let joining = tokio::spawn(join::run(cluster.clone(), stopped.clone()));
+    let reconciling = tokio::spawn(relay.reconcile(
+        Arc::new(NodeSite::new(cluster.clone(), &config.node.site)),
+        stopped.clone(),
+    ));
     let http = tokio::spawn(crate::metrics::serve(
         listeners.http,
         state.clone(),
@@ -301,6 +305,7 @@ pub async fn run(
     let _ = http.await;
     let _ = reaper.await;
     let _ = joining.await;
+    let _ = reconciling.await;
     let _ = membership.await;
     let _ = health_task.await;
     drop(state);

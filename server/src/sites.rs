@@ -140,4 +140,13 @@ impl LocalSite for NodeSite {
             recorded_answer: None,
         })
     }
+
+    async fn reconcile(
+        &self,
+        cache: &str,
+        key: Bytes,
+        in_doubt: u64,
+    ) -> std::result::Result<(), Status> {
+        Ok(self.cluster.store().restamp(cache, key, in_doubt).await?)
+    }
 }

@@ -57,4 +57,14 @@ impl<L: LocalSite> SiteLink for SiteLinkService<L> {
             outcome: Some(outcome),
         }))
     }
+
+    async fn heartbeat(
+        &self,
+        request: Request<v1::HeartbeatRequest>,
+    ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        self.check_peer(&request.into_inner().from_site)?;
+        Ok(Response::new(v1::HeartbeatResponse {
+            site: self.site.clone(),
+        }))
+    }
 }

@@ -1,5 +1,6 @@
 //! What the relay needs from its own node.
 
+use bytes::Bytes;
 use sitegrid_proto::v1;
 use tonic::Status;
 
@@ -16,4 +17,10 @@ pub trait LocalSite: Send + Sync + 'static {
         from_site: &str,
         mutation: v1::ReplicatedMutation,
     ) -> Result<v1::ApplyOutcome, Status>;
+
+    /// Reconciles `key` of `cache` after a write to it, at version `in_doubt`, got no
+    /// answer from a peer site: this site's state of the key gets a new version that
+    /// replaces the write in doubt at the peer sites (unless one holds something newer,
+    /// which this site then takes).
+    async fn reconcile(&self, cache: &str, key: Bytes, in_doubt: u64) -> Result<(), Status>;
 }

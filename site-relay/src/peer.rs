@@ -84,27 +84,56 @@ impl PeerSite {
             .max_encoding_message_size(self.max_message_bytes)
     }
 
-    /// Sends a backup, trying the endpoints in turn from the one that answered last,
-    /// until one answers or `timeout` passes.
+    /// Sends a backup; see [`PeerSite::call`].
     pub(crate) async fn backup(
         &self,
         request: v1::BackupRequest,
         timeout: Duration,
     ) -> Result<v1::ApplyOutcome, Failure> {
+        let answer = self
+            .call(timeout, |mut client| {
+                let request = request.clone();
+                async move { client.backup(request).await }
+            })
+            .await?;
+        answer
+            .outcome
+            .ok_or_else(|| Failure::Unreachable("a backup was answered without an outcome".into()))
+    }
+
+    /// Asks whether the peer site answers; see [`PeerSite::call`].
+    pub(crate) async fn heartbeat(
+        &self,
+        from_site: &str,
+        timeout: Duration,
+    ) -> Result<(), Failure> {
+        let request = v1::HeartbeatRequest {
+            from_site: from_site.to_string(),
+        };
+        self.call(timeout, |mut client| {
+            let request = request.clone();
+            async move { client.heartbeat(request).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Makes a call, trying the endpoints in turn from the one that answered last, until
+    /// one answers or `timeout` passes.
+    async fn call<T, F, Fut>(&self, timeout: Duration, call: F) -> Result<T, Failure>
+    where
+        F: Fn(SiteLinkClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let attempts = async {
             let first = self.preferred.load(Ordering::Relaxed);
             let mut last_error = String::new();
             for step in 0..self.endpoints.len() {
                 let index = (first + step) % self.endpoints.len();
-                match self.client(index).backup(request.clone()).await {
+                match call(self.client(index)).await {
                     Ok(answer) => {
                         self.preferred.store(index, Ordering::Relaxed);
-                        return answer.into_inner().outcome.ok_or_else(|| {
-                            Failure::Unreachable(format!(
-                                "{} answered a backup without an outcome",
-                                self.endpoints[index].0
-                            ))
-                        });
+                        return Ok(answer.into_inner());
                     }
                     Err(status) => {
                         last_error = format!("{}: {}", self.endpoints[index].0, status.message());

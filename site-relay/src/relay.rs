@@ -5,16 +5,28 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::{StreamExt, stream};
 use parking_lot::Mutex;
 use sitegrid_config::{BackupConfig, Config, FailurePolicy, Strategy};
 use sitegrid_proto::v1;
-use tracing::warn;
+use tokio::sync::watch;
+use tonic::Status;
+use tracing::{debug, info, warn};
 
-use crate::RelayError;
 use crate::peer::{Failure, PeerSite};
+use crate::{LocalSite, RelayError};
 
 /// A `warn` policy logs a peer's failures at most once per this long.
 const WARN_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How often keys in doubt at a peer site are tried again.
+const RECONCILE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How long a peer site may take to answer a heartbeat before reconciling is put off.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Keys reconciled at once.
+const RECONCILE_CONCURRENCY: usize = 16;
 
 /// What the sync peer sites of a cache did with a write, all answers summed up.
 #[derive(Debug, Clone, PartialEq)]
@@ -207,7 +219,11 @@ impl Relay {
                 .entry((peer.name.clone(), cache.to_string()))
                 .or_default();
             keys.insert(key.clone(), next);
-            in_doubt.values().map(HashMap::len).sum::<usize>()
+            in_doubt
+                .iter()
+                .filter(|((site, _), _)| *site == peer.name)
+                .map(|(_, keys)| keys.len())
+                .sum::<usize>()
         };
         metrics::gauge!("sitegrid_backup_in_doubt_keys", "site" => peer.name.to_string())
             .set(in_doubt as f64);
@@ -230,6 +246,82 @@ impl Relay {
             }
             FailurePolicy::Ignore => SyncOutcome::Done,
         }
+    }
+
+    /// Reconciles the keys in doubt at each peer site whenever it answers again, until
+    /// `stopped` turns true.
+    pub async fn reconcile<L: LocalSite>(self, local: Arc<L>, mut stopped: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(RECONCILE_INTERVAL) => {}
+                _ = stopped.wait_for(|stop| *stop) => return,
+            }
+            for peer in &self.inner.peers {
+                let keys: Vec<InDoubt> = self
+                    .in_doubt()
+                    .into_iter()
+                    .filter(|k| *k.site == *peer.name)
+                    .collect();
+                if keys.is_empty() {
+                    continue;
+                }
+                if let Err(failure) = peer.heartbeat(&self.inner.site, HEARTBEAT_TIMEOUT).await {
+                    debug!(site = %peer.name, %failure, keys = keys.len(), "keys in doubt wait for the peer site");
+                    continue;
+                }
+                let results: Vec<(InDoubt, Result<(), Status>)> = stream::iter(keys)
+                    .map(|key| {
+                        let local = local.clone();
+                        async move {
+                            let result = local
+                                .reconcile(&key.cache, key.key.clone(), key.version)
+                                .await;
+                            (key, result)
+                        }
+                    })
+                    .buffer_unordered(RECONCILE_CONCURRENCY)
+                    .collect()
+                    .await;
+                let mut settled = 0;
+                for (key, result) in results {
+                    match result {
+                        Ok(()) => {
+                            self.settle(&peer.name, &key);
+                            settled += 1;
+                        }
+                        Err(status) => {
+                            debug!(site = %peer.name, cache = %key.cache, error = %status.message(), "a key in doubt is not reconciled yet");
+                        }
+                    }
+                }
+                if settled > 0 {
+                    info!(site = %peer.name, settled, "keys in doubt reconciled");
+                }
+            }
+        }
+    }
+
+    /// Forgets `key` in doubt at `site`, unless a newer write to it went in doubt since.
+    fn settle(&self, site: &Arc<str>, key: &InDoubt) {
+        let total = {
+            let mut in_doubt = self.inner.in_doubt.lock();
+            let peer_cache = (site.clone(), key.cache.clone());
+            if let Some(keys) = in_doubt.get_mut(&peer_cache) {
+                if keys.get(&key.key) == Some(&key.version) {
+                    keys.remove(&key.key);
+                }
+                if keys.is_empty() {
+                    in_doubt.remove(&peer_cache);
+                }
+            }
+            in_doubt
+                .iter()
+                .filter(|((s, _), _)| s == site)
+                .map(|(_, keys)| keys.len())
+                .sum::<usize>()
+        };
+        metrics::gauge!("sitegrid_backup_in_doubt_keys", "site" => site.to_string())
+            .set(total as f64);
     }
 
     /// The keys in doubt at peer sites.

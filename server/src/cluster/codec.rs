@@ -117,6 +117,7 @@ pub(crate) fn encode_write(
     };
     match &request.op {
         WriteOp::Remove => forwarded.remove = true,
+        WriteOp::Restamp { in_doubt } => forwarded.restamp_in_doubt = *in_doubt,
         WriteOp::Put(new) => {
             forwarded.value = new.value.clone();
             forwarded.lifespan_ms = new.lifespan_ms;
@@ -137,7 +138,11 @@ pub(crate) fn decode_write(request: &v1::ForwardWriteRequest) -> Result<WriteReq
         Ok(v1::WriteCondition::VersionIs) => Condition::VersionIs(request.expected_version),
         _ => return Err(Error::InvalidArgument("unknown write condition".into())),
     };
-    let op = if request.remove {
+    let op = if request.restamp_in_doubt != 0 {
+        WriteOp::Restamp {
+            in_doubt: request.restamp_in_doubt,
+        }
+    } else if request.remove {
         WriteOp::Remove
     } else {
         WriteOp::Put(NewValue {

@@ -58,6 +58,14 @@ pub enum WriteOp {
     Put(NewValue),
     /// Remove the key.
     Remove,
+    /// Give the key's current state (its entry, or its absence as a tombstone) a new
+    /// version, sent to the peer sites as replacing `in_doubt`: a write they may or may
+    /// not have taken, which the client was told failed. Reconciles the key: the peer
+    /// takes this site's state unless it holds something newer, which this site takes.
+    Restamp {
+        /// The version of the write in doubt.
+        in_doubt: Version,
+    },
 }
 
 /// A write to one key.

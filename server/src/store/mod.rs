@@ -351,6 +351,19 @@ impl Store {
             .map(|_| ())
     }
 
+    /// Reconciles `key` with the peer sites after a write to it, at `in_doubt`, got no
+    /// answer from one: the key's state here gets a new version that replaces the write
+    /// in doubt there ([`WriteOp::Restamp`]), on the key's primary.
+    pub async fn restamp(&self, cache: &str, key: Bytes, in_doubt: Version) -> Result<()> {
+        let request = WriteRequest {
+            key,
+            op: WriteOp::Restamp { in_doubt },
+            condition: Condition::Always,
+            keep_previous: false,
+        };
+        self.write(cache, request, None).await.map(|_| ())
+    }
+
     /// Takes a change a peer site's primary is making (a sync backup) as this site's
     /// primary of the key, in its own task (see [`CacheStore::apply_backup`]); keeps the
     /// answer of the write it came from, for a retry that fails over to this site.

@@ -134,7 +134,7 @@ impl CacheStore {
         let mutation = Mutation {
             key: request.key.clone(),
             prev,
-            change: self.change(&request.op, version, now),
+            change: self.change(&request.op, version, now, previous.as_ref()),
         };
         let answer = WriteResult {
             applied: true,
@@ -142,18 +142,43 @@ impl CacheStore {
             previous: previous.filter(|_| request.keep_previous),
         };
         if let Some(peers) = self.services().sync_peers(self.name()) {
-            // The peer sites first: if one refuses, nothing is applied in this site.
-            match peers
-                .backup(self.name(), &mutation, request_id, &answer, self.services())
-                .await?
-            {
+            // The peer sites first: if one refuses, nothing is applied in this site. A
+            // restamp replaces, there, the write in doubt (or anything older).
+            let for_peers = match request.op {
+                WriteOp::Restamp { in_doubt } => Mutation {
+                    prev: prev.max(in_doubt),
+                    ..mutation.clone()
+                },
+                _ => mutation.clone(),
+            };
+            let backed = peers
+                .backup(
+                    self.name(),
+                    &for_peers,
+                    request_id,
+                    &answer,
+                    self.services(),
+                )
+                .await?;
+            match backed {
                 Backed::Done => {}
                 Backed::Busy => return Ok(Attempt::Again),
                 Backed::Conflict(current) => {
-                    // The peer has a newer state: take it and evaluate the write again
-                    // (a `PutIfAbsent` then finds the peer's entry, a versioned write a
-                    // version that moved on).
+                    // The peer has a newer state: take it. A restamp is then done (the
+                    // sites agree); another write is evaluated again (a `PutIfAbsent`
+                    // then finds the peer's entry, a versioned write a version that
+                    // moved on).
                     self.adopt(&request.key, current).await?;
+                    if matches!(request.op, WriteOp::Restamp { .. }) {
+                        return Ok(Attempt::Done((
+                            WriteResult {
+                                applied: false,
+                                version: 0,
+                                previous: None,
+                            },
+                            None,
+                        )));
+                    }
                     return Ok(Attempt::Again);
                 }
             }
@@ -186,9 +211,34 @@ impl CacheStore {
         }
     }
 
-    fn change(&self, op: &WriteOp, version: Version, now: UnixMillis) -> Change {
+    /// The change `op` makes, at `version`, to a key whose live entry is `current`.
+    fn change(
+        &self,
+        op: &WriteOp,
+        version: Version,
+        now: UnixMillis,
+        current: Option<&Arc<Entry>>,
+    ) -> Change {
         let site = self.services().site.clone();
         match op {
+            WriteOp::Restamp { .. } => match current {
+                Some(entry) => Change::Write(Arc::new(Entry::restore(
+                    entry.value.clone(),
+                    version,
+                    entry.origin_site.clone(),
+                    entry.created_ms,
+                    entry.last_used_ms(),
+                    entry.lifespan_ms,
+                    entry.max_idle_ms,
+                    entry.tags.clone(),
+                ))),
+                None => Change::Remove(Arc::new(Tombstone {
+                    version,
+                    origin_site: site,
+                    removed_ms: now,
+                    cause: TombstoneCause::Removed,
+                })),
+            },
             WriteOp::Put(new) => Change::Write(Arc::new(Entry::new(
                 new.value.clone(),
                 version,
