@@ -47,6 +47,23 @@ pub struct CacheConfig {
     /// default (see [`CacheConfig::backup_for`]).
     #[serde(default)]
     pub backup: BTreeMap<String, BackupConfig>,
+    /// How an `async` backup from a peer site meets this site's state of the key.
+    #[serde(default)]
+    pub merge: MergePolicy,
+}
+
+/// How a change a peer site sent asynchronously meets this site's state of the key. In
+/// every policy an expiry never wins over a live entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MergePolicy {
+    /// The newer version wins.
+    #[default]
+    NewerVersion,
+    /// A live entry wins over a removal, whatever their versions; otherwise the newer.
+    PreferNonNull,
+    /// A removal wins over a live entry, whatever their versions; otherwise the newer.
+    PreferNull,
 }
 
 /// How writes to one cache reach one peer site.
@@ -103,6 +120,7 @@ impl CacheConfig {
             max_idle: None,
             local_only: false,
             backup: BTreeMap::new(),
+            merge: MergePolicy::default(),
         }
     }
 
@@ -178,6 +196,7 @@ struct CacheSection {
     max_idle: Option<Duration>,
     local_only: Option<bool>,
     backup: Option<BTreeMap<String, BackupConfig>>,
+    merge: Option<MergePolicy>,
 }
 
 /// Reads `[caches.*]` on top of the default caches.
@@ -199,6 +218,7 @@ where
                 max_idle: section.max_idle.or(defaults.max_idle),
                 local_only: section.local_only.unwrap_or(defaults.local_only),
                 backup: section.backup.unwrap_or(defaults.backup),
+                merge: section.merge.unwrap_or(defaults.merge),
             },
         );
     }
@@ -221,6 +241,24 @@ mod tests {
             assert_eq!(backup.strategy, Strategy::Sync, "{name}");
             assert_eq!(backup.failure_policy, FailurePolicy::Fail, "{name}");
         }
+    }
+
+    #[test]
+    fn merge_policies_are_read_by_name() {
+        let config = crate::Config::from_toml(
+            "[caches.loginFailures]\nmerge = \"prefer-non-null\"\n",
+            "test",
+        )
+        .unwrap();
+        assert_eq!(
+            config.caches["loginFailures"].merge,
+            MergePolicy::PreferNonNull
+        );
+        assert_eq!(config.caches["work"].merge, MergePolicy::NewerVersion);
+        let error = crate::Config::from_toml("[caches.work]\nmerge = \"newest\"\n", "test")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("newest"), "{error}");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use cache::{BackupConfig, CacheConfig, FailurePolicy, Strategy, default_caches};
+pub use cache::{BackupConfig, CacheConfig, FailurePolicy, MergePolicy, Strategy, default_caches};
 pub use env::Environment;
 pub use error::{ConfigError, Result};
 pub use node::NodeConfig;
@@ -56,6 +56,39 @@ pub struct Config {
     /// Peer sites and how to reach them.
     #[serde(default)]
     pub sites: Vec<SiteConfig>,
+    /// Backups to peer sites.
+    #[serde(default)]
+    pub relay: RelayConfig,
+}
+
+/// Backups to peer sites.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Keys an `async` backup may hold for one peer site before it is full: then writes
+    /// with the `fail` policy fail, others go on and their keys wait for a resync.
+    #[serde(default = "default_outbox_capacity")]
+    pub outbox_capacity: usize,
+    /// Changes sent to a peer site in one `async` batch.
+    #[serde(default = "default_async_batch")]
+    pub async_batch: usize,
+}
+
+fn default_outbox_capacity() -> usize {
+    1_000_000
+}
+
+fn default_async_batch() -> usize {
+    512
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            outbox_capacity: default_outbox_capacity(),
+            async_batch: default_async_batch(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -67,6 +100,7 @@ impl Default for Config {
             events: EventsConfig::default(),
             caches: default_caches(),
             sites: Vec::new(),
+            relay: RelayConfig::default(),
         }
     }
 }
@@ -245,6 +279,12 @@ impl Config {
             problems.push("events.listener_buffer", "must be > 0");
         }
         site::validate_sites(&self.sites, &self.node.site, &mut problems);
+        if self.relay.outbox_capacity == 0 {
+            problems.push("relay.outbox_capacity", "must be > 0");
+        }
+        if self.relay.async_batch == 0 {
+            problems.push("relay.async_batch", "must be > 0");
+        }
         for (name, cache) in &self.caches {
             cache.validate(name, &self.sites, &mut problems);
         }

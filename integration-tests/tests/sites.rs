@@ -346,3 +346,118 @@ async fn writes_in_doubt_behind_a_blackholed_link_fail_in_time_and_converge_once
     );
     assert!(found(second, "actionTokens", "after").await);
 }
+
+/// Every key `prefix0`..`prefix{count}` of `cache` on `node`, as (value, version).
+async fn contents(
+    node: &NodeProcess,
+    cache: &str,
+    prefix: &str,
+    count: usize,
+) -> Vec<(Bytes, u64)> {
+    let mut reader = client(node).await;
+    let mut all = Vec::new();
+    for chunk in (0..count).collect::<Vec<_>>().chunks(500) {
+        let entries = reader
+            .get_all(GetAllRequest {
+                cache: cache.into(),
+                keys: chunk
+                    .iter()
+                    .map(|i| Bytes::from(format!("{prefix}{i}")))
+                    .collect(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .entries;
+        all.extend(
+            entries
+                .into_iter()
+                .map(|e| (e.key, e.metadata.unwrap().version)),
+        );
+    }
+    all
+}
+
+#[tokio::test]
+async fn async_backups_cross_a_slow_link_converge_and_survive_a_kill_of_the_sender() {
+    // `loginFailures` is backed up asynchronously by default. Site 1 reaches site 2
+    // through a proxy that delays each direction by 50 ms.
+    let proxies = std::sync::Mutex::new(Vec::new());
+    let mut sites = TwoSites::start(
+        1,
+        |_| String::new(),
+        |index, peers| {
+            if index == 1 {
+                return peers.iter().map(|a| a.to_string()).collect();
+            }
+            let proxy = FaultProxy::start(peers[0]).unwrap();
+            let endpoint = proxy.addr().to_string();
+            proxies.lock().unwrap().push(proxy);
+            vec![endpoint]
+        },
+    )
+    .await
+    .unwrap();
+    let proxy = proxies.lock().unwrap().pop().unwrap();
+    proxy.set_delay(Direction::Both, Duration::from_millis(50));
+    const KEYS: usize = 2_000;
+    let writer = client(&sites.sites[0].nodes[0]).await;
+    let writes = (0..KEYS).map(|i| {
+        let mut writer = writer.clone();
+        async move {
+            // Each key written twice: the outbox keeps only the newest.
+            for round in 0..2 {
+                writer
+                    .put(put("loginFailures", &format!("f{i}"), &format!("{round}")))
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    stream::iter(writes)
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+    let expected = contents(&sites.sites[0].nodes[0], "loginFailures", "f", KEYS).await;
+    assert_eq!(expected.len(), KEYS);
+    eventually("site 2 to converge", Duration::from_secs(60), || {
+        let expected = expected.clone();
+        let second = &sites.sites[1].nodes[0];
+        async move { contents(second, "loginFailures", "f", KEYS).await == expected }
+    })
+    .await
+    .unwrap();
+
+    // Nothing gets through, the sender is killed with writes queued, then restarted: the
+    // queued writes arrive.
+    proxy.blackhole(Direction::Both);
+    for i in 0..200 {
+        writer
+            .clone()
+            .put(put("loginFailures", &format!("g{i}"), "queued"))
+            .await
+            .unwrap();
+    }
+    let queued = contents(&sites.sites[0].nodes[0], "loginFailures", "g", 200).await;
+    assert_eq!(queued.len(), 200);
+    assert!(
+        contents(&sites.sites[1].nodes[0], "loginFailures", "g", 200)
+            .await
+            .is_empty()
+    );
+    sites.sites[0].nodes[0].kill().unwrap();
+    proxy.heal();
+    proxy.reset_all();
+    sites.sites[0].nodes[0].restart().await.unwrap();
+    eventually(
+        "the queued writes in site 2",
+        Duration::from_secs(60),
+        || {
+            let queued = queued.clone();
+            let second = &sites.sites[1].nodes[0];
+            async move { contents(second, "loginFailures", "g", 200).await == queued }
+        },
+    )
+    .await
+    .unwrap();
+}

@@ -263,6 +263,7 @@ pub async fn run(
     let reaper = tokio::spawn(reaper::run(store.clone(), stopped.clone()));
     let membership = tokio::spawn(membership.run(cluster.clone(), stopped.clone()));
     let joining = tokio::spawn(join::run(cluster.clone(), stopped.clone()));
+    let sending = tokio::spawn(relay.clone().send_async(stopped.clone()));
     let reconciling = tokio::spawn(relay.reconcile(
         Arc::new(NodeSite::new(cluster.clone(), &config.node.site)),
         stopped.clone(),
@@ -306,6 +307,7 @@ pub async fn run(
     let _ = reaper.await;
     let _ = joining.await;
     let _ = reconciling.await;
+    let _ = sending.await;
     let _ = membership.await;
     let _ = health_task.await;
     drop(state);

@@ -12,7 +12,7 @@ use crate::store::Services;
 use crate::store::cache::WriteResult;
 use crate::store::mutation::Mutation;
 use crate::store::peers::{Backed, PeerSites};
-use crate::store::write::ReplicaOutcome;
+use crate::store::write::{Merged, ReplicaOutcome};
 
 /// The relay's peer sites, for the store's write path.
 #[derive(Debug)]
@@ -30,6 +30,21 @@ impl RelayPeers {
 impl PeerSites for RelayPeers {
     fn has_sync_backups(&self, cache: &str) -> bool {
         self.relay.has_sync_backups(cache)
+    }
+
+    fn full_outbox(&self, cache: &str) -> Option<String> {
+        self.relay.full_outbox(cache)
+    }
+
+    async fn enqueue(&self, cache: &str, mutation: &Mutation) -> Result<()> {
+        if !self.relay.has_async_backups(cache) {
+            return Ok(());
+        }
+        let message = codec::encode_mutation(mutation, None, None);
+        self.relay
+            .enqueue(cache, &message)
+            .await
+            .map_err(|error| Error::Unavailable(error.to_string()))
     }
 
     async fn backup(
@@ -138,6 +153,52 @@ impl LocalSite for NodeSite {
             result: result as i32,
             current: current.as_ref().map(codec::encode_slot).unwrap_or_default(),
             recorded_answer: None,
+        })
+    }
+
+    async fn apply_async(
+        &self,
+        cache: &str,
+        from_site: &str,
+        mutation: v1::ReplicatedMutation,
+        forwarded: bool,
+    ) -> std::result::Result<v1::AsyncResult, Status> {
+        let store = self.cluster.store();
+        store.cache(cache)?;
+        let key = Bytes::copy_from_slice(&mutation.key);
+        if !crate::store::replication::SiteReplication::is_primary(&self.cluster, &key) {
+            let primary = self.cluster.view().primary(&key).cloned();
+            let Some(primary) = primary.filter(|p| p.name != self.cluster.me().name && !forwarded)
+            else {
+                return Ok(v1::AsyncResult::Busy);
+            };
+            let mut client = self
+                .cluster
+                .peers()
+                .site_link(&primary.address)
+                .map_err(|error| Status::unavailable(error.to_string()))?;
+            let answer = client
+                .apply_async(v1::ApplyAsyncRequest {
+                    from_site: from_site.to_string(),
+                    changes: vec![v1::AsyncChange {
+                        cache: cache.to_string(),
+                        mutation: Some(mutation),
+                    }],
+                    forwarded: true,
+                })
+                .await?
+                .into_inner();
+            return Ok(answer
+                .results
+                .first()
+                .and_then(|r| v1::AsyncResult::try_from(*r).ok())
+                .unwrap_or(v1::AsyncResult::Busy));
+        }
+        let slot = codec::decode_slot(&mutation.record, store.services())?;
+        Ok(match store.merge_backup(cache, key, slot).await? {
+            Merged::Taken => v1::AsyncResult::Taken,
+            Merged::Kept | Merged::Restamped(_) => v1::AsyncResult::Kept,
+            Merged::Busy => v1::AsyncResult::Busy,
         })
     }
 

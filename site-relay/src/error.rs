@@ -13,4 +13,7 @@ pub enum RelayError {
         /// Why.
         reason: String,
     },
+    /// The outbox of async backups failed on disk.
+    #[error("the outbox of async backups: {0}")]
+    Outbox(String),
 }

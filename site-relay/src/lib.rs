@@ -13,6 +13,7 @@
 mod error;
 mod link;
 mod local;
+mod outbox;
 mod peer;
 mod relay;
 

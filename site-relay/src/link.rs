@@ -3,11 +3,16 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use futures::{StreamExt, stream};
+
 use sitegrid_proto::v1;
 use sitegrid_proto::v1::site_link_server::SiteLink;
 use tonic::{Request, Response, Status};
 
 use crate::LocalSite;
+
+/// Changes of one async batch merged at once.
+const ASYNC_CONCURRENCY: usize = 32;
 
 /// Serves `SiteLink` for the node `local`, to the peer sites of its config.
 #[derive(Debug)]
@@ -56,6 +61,32 @@ impl<L: LocalSite> SiteLink for SiteLinkService<L> {
         Ok(Response::new(v1::BackupResponse {
             outcome: Some(outcome),
         }))
+    }
+
+    async fn apply_async(
+        &self,
+        request: Request<v1::ApplyAsyncRequest>,
+    ) -> Result<Response<v1::ApplyAsyncResponse>, Status> {
+        let request = request.into_inner();
+        self.check_peer(&request.from_site)?;
+        let (from_site, forwarded) = (request.from_site.as_str(), request.forwarded);
+        let results: Vec<Result<v1::AsyncResult, Status>> = stream::iter(request.changes)
+            .map(|change| async move {
+                let mutation = change
+                    .mutation
+                    .ok_or_else(|| Status::invalid_argument("an async change needs a mutation"))?;
+                self.local
+                    .apply_async(&change.cache, from_site, mutation, forwarded)
+                    .await
+            })
+            .buffered(ASYNC_CONCURRENCY)
+            .collect()
+            .await;
+        let results = results
+            .into_iter()
+            .map(|result| result.map(|r| r as i32))
+            .collect::<Result<Vec<_>, Status>>()?;
+        Ok(Response::new(v1::ApplyAsyncResponse { results }))
     }
 
     async fn heartbeat(

@@ -18,6 +18,18 @@ pub trait LocalSite: Send + Sync + 'static {
         mutation: v1::ReplicatedMutation,
     ) -> Result<v1::ApplyOutcome, Status>;
 
+    /// Merges a change a peer site queued for this site (an async backup) with this
+    /// site's state of the key, by the cache's merge policy, on this site's primary of
+    /// the key (the node sends it there unless `forwarded`, when it answers busy if it is
+    /// not the primary) and every ready member of the site; never waits for a lock.
+    async fn apply_async(
+        &self,
+        cache: &str,
+        from_site: &str,
+        mutation: v1::ReplicatedMutation,
+        forwarded: bool,
+    ) -> Result<v1::AsyncResult, Status>;
+
     /// Reconciles `key` of `cache` after a write to it, at version `in_doubt`, got no
     /// answer from a peer site: this site's state of the key gets a new version that
     /// replaces the write in doubt at the peer sites (unless one holds something newer,

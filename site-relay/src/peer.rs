@@ -101,6 +101,32 @@ impl PeerSite {
             .ok_or_else(|| Failure::Unreachable("a backup was answered without an outcome".into()))
     }
 
+    /// Sends a batch of queued changes; see [`PeerSite::call`].
+    pub(crate) async fn apply_async(
+        &self,
+        request: v1::ApplyAsyncRequest,
+        timeout: Duration,
+    ) -> Result<Vec<v1::AsyncResult>, Failure> {
+        let expected = request.changes.len();
+        let answer = self
+            .call(timeout, |mut client| {
+                let request = request.clone();
+                async move { client.apply_async(request).await }
+            })
+            .await?;
+        if answer.results.len() != expected {
+            return Err(Failure::Unreachable(format!(
+                "{} results for {expected} changes",
+                answer.results.len()
+            )));
+        }
+        Ok(answer
+            .results
+            .into_iter()
+            .map(|result| v1::AsyncResult::try_from(result).unwrap_or(v1::AsyncResult::Busy))
+            .collect())
+    }
+
     /// Asks whether the peer site answers; see [`PeerSite::call`].
     pub(crate) async fn heartbeat(
         &self,

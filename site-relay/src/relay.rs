@@ -8,11 +8,12 @@ use bytes::Bytes;
 use futures::{StreamExt, stream};
 use parking_lot::Mutex;
 use sitegrid_config::{BackupConfig, Config, FailurePolicy, Strategy};
-use sitegrid_proto::v1;
+use sitegrid_proto::{Backoff, v1};
 use tokio::sync::watch;
 use tonic::Status;
 use tracing::{debug, info, warn};
 
+use crate::outbox::{self, Outbox};
 use crate::peer::{Failure, PeerSite};
 use crate::{LocalSite, RelayError};
 
@@ -27,6 +28,16 @@ const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Keys reconciled at once.
 const RECONCILE_CONCURRENCY: usize = 16;
+
+/// How long a peer site may take to answer one async batch.
+const ASYNC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits between async batches that failed, or whose keys were all busy.
+const ASYNC_RETRY: Backoff = Backoff {
+    initial_delay: Duration::from_millis(10),
+    max_delay: Duration::from_secs(2),
+    max_attempts: u32::MAX,
+};
 
 /// What the sync peer sites of a cache did with a write, all answers summed up.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,6 +93,12 @@ struct Inner {
     peers: Vec<PeerSite>,
     /// Per cache: the peers it has sync backups to (index in `peers`) and how.
     sync: HashMap<String, Vec<(usize, BackupConfig)>>,
+    /// Per cache: the peers it has async backups to and how.
+    asynchronous: HashMap<String, Vec<(usize, BackupConfig)>>,
+    /// Per peer, its outbox if some cache has async backups to it.
+    outboxes: Vec<Option<Outbox>>,
+    /// Changes sent to a peer in one async batch.
+    async_batch: usize,
     /// Keys whose backup got no answer, per (site, cache): the version sent.
     in_doubt: Mutex<HashMap<PeerCache, HashMap<Bytes, u64>>>,
     /// When each peer's failures were last logged under `warn`.
@@ -97,27 +114,29 @@ impl Relay {
             .iter()
             .map(|site| PeerSite::new(site, max_message_bytes))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut sync = HashMap::new();
+        let mut sync: HashMap<String, Vec<(usize, BackupConfig)>> = HashMap::new();
+        let mut asynchronous: HashMap<String, Vec<(usize, BackupConfig)>> = HashMap::new();
         for (cache, cache_config) in &config.caches {
-            let targets: Vec<(usize, BackupConfig)> = peers
-                .iter()
-                .enumerate()
-                .filter_map(|(index, peer)| {
-                    cache_config
-                        .backup_for(cache, &peer.name)
-                        .filter(|backup| backup.strategy == Strategy::Sync)
-                        .map(|backup| (index, backup))
-                })
-                .collect();
-            if !targets.is_empty() {
-                sync.insert(cache.clone(), targets);
+            for (index, peer) in peers.iter().enumerate() {
+                let Some(backup) = cache_config.backup_for(cache, &peer.name) else {
+                    continue;
+                };
+                let targets = match backup.strategy {
+                    Strategy::Sync => sync.entry(cache.clone()).or_default(),
+                    Strategy::Async => asynchronous.entry(cache.clone()).or_default(),
+                };
+                targets.push((index, backup));
             }
         }
+        let outboxes = open_outboxes(config, &peers, &asynchronous)?;
         Ok(Relay {
             inner: Arc::new(Inner {
                 site: config.node.site.clone(),
                 peers,
                 sync,
+                asynchronous,
+                outboxes,
+                async_batch: config.relay.async_batch,
                 in_doubt: Mutex::new(HashMap::new()),
                 warned: Mutex::new(HashMap::new()),
             }),
@@ -233,18 +252,150 @@ impl Relay {
                 reason: failure.to_string(),
             },
             FailurePolicy::Warn => {
-                let mut warned = self.inner.warned.lock();
-                let due = warned
-                    .get(&peer.name)
-                    .is_none_or(|last| last.elapsed() >= WARN_INTERVAL);
-                if due {
-                    warned.insert(peer.name.clone(), Instant::now());
-                    warn!(site = %peer.name, cache, %failure,
-                        "backup to a peer site failed; writes go on (policy warn)");
-                }
+                self.warn_at_most_every_interval(peer, &format!("{cache}: {failure}"));
                 SyncOutcome::Done
             }
             FailurePolicy::Ignore => SyncOutcome::Done,
+        }
+    }
+
+    /// Whether writes to `cache` are backed up asynchronously to some peer site.
+    pub fn has_async_backups(&self, cache: &str) -> bool {
+        self.inner.asynchronous.contains_key(cache)
+    }
+
+    /// A peer site whose outbox for `cache` is full and whose policy is `fail`: a write
+    /// must fail rather than be applied without it.
+    pub fn full_outbox(&self, cache: &str) -> Option<String> {
+        self.inner
+            .asynchronous
+            .get(cache)?
+            .iter()
+            .find_map(|(index, backup)| {
+                let full = self.inner.outboxes[*index]
+                    .as_ref()
+                    .is_some_and(Outbox::is_full);
+                (full && backup.failure_policy == FailurePolicy::Fail)
+                    .then(|| self.inner.peers[*index].name.to_string())
+            })
+    }
+
+    /// Queues a write applied in this site for the async peer sites of `cache`, durably.
+    /// A full outbox takes no more keys; they are counted (a resync brings them over).
+    pub async fn enqueue(
+        &self,
+        cache: &str,
+        mutation: &v1::ReplicatedMutation,
+    ) -> Result<(), RelayError> {
+        let Some(targets) = self.inner.asynchronous.get(cache) else {
+            return Ok(());
+        };
+        for (index, _) in targets {
+            let Some(outbox) = &self.inner.outboxes[*index] else {
+                continue;
+            };
+            let site = self.inner.peers[*index].name.to_string();
+            if outbox.is_full() {
+                metrics::counter!("sitegrid_outbox_overflow_total", "site" => site).increment(1);
+                continue;
+            }
+            outbox.push(cache, mutation).await?;
+            metrics::gauge!("sitegrid_outbox_keys", "site" => site).set(outbox.len() as f64);
+        }
+        Ok(())
+    }
+
+    /// Sends each peer site's outbox in batches, as long as it has changes, until
+    /// `stopped` turns true; what is not sent stays on disk for the next start.
+    pub async fn send_async(self, stopped: watch::Receiver<bool>) {
+        let senders = self
+            .inner
+            .outboxes
+            .iter()
+            .enumerate()
+            .filter_map(|(index, outbox)| Some((index, outbox.as_ref()?)))
+            .map(|(index, outbox)| self.drain(index, outbox, stopped.clone()));
+        futures::future::join_all(senders).await;
+    }
+
+    async fn drain(&self, index: usize, outbox: &Outbox, mut stopped: watch::Receiver<bool>) {
+        let peer = &self.inner.peers[index];
+        let site = peer.name.to_string();
+        let mut retry = 0;
+        loop {
+            let pending = match outbox.peek(self.inner.async_batch) {
+                Ok(pending) => pending,
+                Err(error) => {
+                    warn!(site = %peer.name, %error, "cannot read the outbox");
+                    Vec::new()
+                }
+            };
+            if pending.is_empty() {
+                tokio::select! {
+                    _ = outbox.queued() => continue,
+                    _ = stopped.wait_for(|stop| *stop) => return,
+                }
+            }
+            let request = v1::ApplyAsyncRequest {
+                from_site: self.inner.site.clone(),
+                changes: pending
+                    .iter()
+                    .map(|p| v1::AsyncChange {
+                        cache: p.cache.clone(),
+                        mutation: Some(p.mutation.clone()),
+                    })
+                    .collect(),
+                forwarded: false,
+            };
+            let sent = tokio::select! {
+                sent = peer.apply_async(request, ASYNC_TIMEOUT) => sent,
+                _ = stopped.wait_for(|stop| *stop) => return,
+            };
+            let mut progressed = false;
+            match sent {
+                Ok(results) => {
+                    let now = outbox::now_ms();
+                    for (change, result) in pending.iter().zip(results) {
+                        if result == v1::AsyncResult::Busy {
+                            continue;
+                        }
+                        progressed = true;
+                        if let Err(error) = outbox.settle(change) {
+                            warn!(site = %peer.name, %error, "cannot settle an outbox entry");
+                        }
+                        metrics::histogram!("sitegrid_async_lag_seconds", "site" => site.clone())
+                            .record(now.saturating_sub(change.queued_ms) as f64 / 1000.0);
+                    }
+                    metrics::gauge!("sitegrid_outbox_keys", "site" => site.clone())
+                        .set(outbox.len() as f64);
+                }
+                Err(failure) => {
+                    metrics::counter!("sitegrid_async_batch_failures_total", "site" => site.clone())
+                        .increment(1);
+                    self.warn_at_most_every_interval(peer, &failure.to_string());
+                }
+            }
+            if progressed {
+                retry = 0;
+                continue;
+            }
+            let wait = ASYNC_RETRY.delay(retry).unwrap_or(ASYNC_RETRY.max_delay);
+            retry = retry.saturating_add(1);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stopped.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+
+    fn warn_at_most_every_interval(&self, peer: &PeerSite, failure: &str) {
+        let mut warned = self.inner.warned.lock();
+        let due = warned
+            .get(&peer.name)
+            .is_none_or(|last| last.elapsed() >= WARN_INTERVAL);
+        if due {
+            warned.insert(peer.name.clone(), Instant::now());
+            warn!(site = %peer.name, %failure, "a peer site did not take backups");
         }
     }
 
@@ -342,6 +493,40 @@ impl Relay {
         all
     }
 }
+
+/// The outboxes of the peers that some cache backs up to asynchronously, in one sled
+/// database under the data dir.
+fn open_outboxes(
+    config: &Config,
+    peers: &[PeerSite],
+    asynchronous: &HashMap<String, Vec<(usize, BackupConfig)>>,
+) -> Result<Vec<Option<Outbox>>, RelayError> {
+    let used: std::collections::HashSet<usize> = asynchronous
+        .values()
+        .flat_map(|targets| targets.iter().map(|(index, _)| *index))
+        .collect();
+    if used.is_empty() {
+        return Ok(peers.iter().map(|_| None).collect());
+    }
+    let path = config.node.data_dir.join("outbox");
+    let db = sled::Config::new()
+        .path(&path)
+        .cache_capacity(OUTBOX_CACHE_BYTES)
+        .open()
+        .map_err(|error| RelayError::Outbox(format!("{}: {error}", path.display())))?;
+    peers
+        .iter()
+        .enumerate()
+        .map(|(index, peer)| {
+            used.contains(&index)
+                .then(|| Outbox::open(&db, &peer.name, config.relay.outbox_capacity))
+                .transpose()
+        })
+        .collect()
+}
+
+/// Memory sled may use to cache the outboxes.
+const OUTBOX_CACHE_BYTES: u64 = 32 << 20;
 
 fn count(peer: &PeerSite, cache: &str, outcome: &'static str) {
     metrics::counter!(

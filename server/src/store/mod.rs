@@ -43,7 +43,7 @@ use crate::error::{Error, Result};
 use crate::events::Hub;
 use cache::{CacheStore, Condition, NewValue, WriteOp, WriteRequest, WriteResult};
 use durability::Durability;
-use entry::{Entry, SiteName};
+use entry::{Entry, SiteName, Slot};
 use idempotency::{Idempotency, Ran};
 use keyspace::Page;
 use mutation::Mutation;
@@ -52,7 +52,7 @@ use replication::{Alone, ChangeReply, ReceivedChange, SiteReplication};
 use storage::Storage;
 use time::TimeSource;
 use version::{Version, VersionClock};
-use write::ReplicaOutcome;
+use write::{Merged, ReplicaOutcome};
 
 /// How many keys `PutAll` and `RemoveByTag` write at once.
 const BATCH_CONCURRENCY: usize = 32;
@@ -77,6 +77,11 @@ impl Services {
         self.durability
             .as_ref()
             .ok_or(Error::Internal("persistent cache without storage"))
+    }
+
+    /// The peer sites, once set.
+    pub(crate) fn peers(&self) -> Option<&dyn PeerSites> {
+        self.peers.get().map(|peers| &**peers)
     }
 
     /// The peer sites writes to `cache` must reach before they are acknowledged, if any.
@@ -349,6 +354,23 @@ impl Store {
             .replicate(cache.name(), &mutation, None, None)
             .await
             .map(|_| ())
+    }
+
+    /// Merges a state a peer site sent asynchronously, as this site's primary of the key,
+    /// in its own task (see [`CacheStore::merge_backup`]); a state kept by policy but
+    /// restamped goes back to the peer sites.
+    pub async fn merge_backup(&self, cache: &str, key: Bytes, incoming: Slot) -> Result<Merged> {
+        let cache = self.cache(cache)?.clone();
+        let store = self.clone();
+        tokio::spawn(async move {
+            let merged = cache.merge_backup(&key, incoming, store.site()).await?;
+            if let Merged::Restamped(mutation) = &merged {
+                cache.enqueue(mutation).await?;
+            }
+            Ok(merged)
+        })
+        .await
+        .map_err(Error::TaskFailed)?
     }
 
     /// Reconciles `key` with the peer sites after a write to it, at `in_doubt`, got no

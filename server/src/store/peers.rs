@@ -32,6 +32,13 @@ pub(crate) trait PeerSites: Send + Sync + Debug {
     /// Sends a primary's change to the sync peer sites of `cache`. `Err(Unavailable)`
     /// when one with the `fail` policy did not answer: the write must fail, and nothing
     /// is applied in this site (the peer may have it; the relay reconciles it later).
+    /// A peer site whose async outbox for `cache` is full under the `fail` policy.
+    fn full_outbox(&self, cache: &str) -> Option<String>;
+
+    /// Queues a change applied in this site for the async peer sites of `cache`, and
+    /// returns once it is on disk.
+    async fn enqueue(&self, cache: &str, mutation: &Mutation) -> Result<()>;
+
     /// The write's request id and answer go along, so a retry that fails over to the
     /// peer site gets the same answer.
     async fn backup(

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use sitegrid_config::MergePolicy;
 use sitegrid_proto::Backoff;
 
 use crate::error::{Error, Result};
@@ -130,6 +131,17 @@ impl CacheStore {
                 None,
             )));
         }
+        if let Some(site) = self
+            .services()
+            .peers()
+            .and_then(|p| p.full_outbox(self.name()))
+        {
+            return Err(Error::Unavailable(format!(
+                "cache {}: the async backup to site {site} is full (relay.outbox_capacity); \
+                 the write was not applied",
+                self.name()
+            )));
+        }
         let version = self.services().clock.next();
         let mutation = Mutation {
             key: request.key.clone(),
@@ -189,6 +201,7 @@ impl CacheStore {
         {
             Ok(Replicated::Done) => {
                 self.commit(&mutation, true).await?;
+                self.enqueue(&mutation).await?;
                 Ok(Attempt::Done((answer, None)))
             }
             Ok(Replicated::Busy) => Ok(Attempt::Again),
@@ -205,6 +218,7 @@ impl CacheStore {
                 // Some members may have it: apply it here too, so this primary agrees
                 // with them, and let a retry of the request get this answer.
                 self.commit(&mutation, true).await?;
+                self.enqueue(&mutation).await?;
                 Ok(Attempt::Done((answer, Some(error))))
             }
             Err(error) => Err(error),
@@ -455,26 +469,108 @@ impl CacheStore {
             prev: here,
             change: mutation.change.clone(),
         };
+        self.apply_in_site(&local, answer, site).await
+    }
+
+    /// Merges a state a peer site sent asynchronously with this site's state of the key,
+    /// by the cache's merge policy, as the key's primary: never waiting for a lock, then
+    /// on every member of the site. An expiry never wins over a live entry. When the
+    /// policy keeps the older of the two states, that state gets a new version (versions
+    /// of a key only grow), and the caller sends it back to the peer sites. Not
+    /// cancel-safe.
+    pub async fn merge_backup(
+        &self,
+        key: &Bytes,
+        incoming: Slot,
+        site: &dyn SiteReplication,
+    ) -> Result<Merged> {
+        let _site = site.write_guard().await;
+        let Ok(_clear) = self.clear_barrier.try_read() else {
+            return Ok(Merged::Busy);
+        };
+        let Some(_lock) = self.locks.try_lock(key) else {
+            return Ok(Merged::Busy);
+        };
+        self.services().clock.observe(incoming.version());
+        let now = self.now_ms();
+        let (current, here) = {
+            let keyspace = self.keyspace.read();
+            (keyspace.slot(key).cloned(), keyspace.state_version(key))
+        };
+        let (winner, restamped) =
+            match merge(self.config().merge, current.as_ref(), &incoming, here, now) {
+                Winner::Current => return Ok(Merged::Kept),
+                Winner::Incoming => (incoming, false),
+                Winner::Older(state) => (self.restamp_slot(&state, now), true),
+            };
+        let local = Mutation {
+            key: key.clone(),
+            prev: here,
+            change: Change::from_slot(winner),
+        };
+        match self.apply_in_site(&local, None, site).await? {
+            ReplicaOutcome::Applied if restamped => Ok(Merged::Restamped(local)),
+            ReplicaOutcome::Applied => Ok(Merged::Taken),
+            _ => Ok(Merged::Busy),
+        }
+    }
+
+    /// Queues a change applied in this site for the async peer sites, if any.
+    pub(crate) async fn enqueue(&self, mutation: &Mutation) -> Result<()> {
+        match self.services().peers() {
+            Some(peers) => peers.enqueue(self.name(), mutation).await,
+            None => Ok(()),
+        }
+    }
+
+    /// `state` at a new version.
+    fn restamp_slot(&self, state: &Slot, now: UnixMillis) -> Slot {
+        let version = self.services().clock.next();
+        match state {
+            Slot::Live(entry) => Slot::Live(Arc::new(Entry::restore(
+                entry.value.clone(),
+                version,
+                entry.origin_site.clone(),
+                entry.created_ms,
+                entry.last_used_ms(),
+                entry.lifespan_ms,
+                entry.max_idle_ms,
+                entry.tags.clone(),
+            ))),
+            Slot::Tombstone(tombstone) => Slot::Tombstone(Arc::new(Tombstone {
+                version,
+                origin_site: tombstone.origin_site.clone(),
+                removed_ms: now,
+                cause: tombstone.cause,
+            })),
+        }
+    }
+
+    /// Applies `local`, whose `prev` is what this primary holds, on every member of the
+    /// site and then here; the caller holds the key's lock.
+    async fn apply_in_site(
+        &self,
+        local: &Mutation,
+        answer: Option<(&str, &WriteResult)>,
+        site: &dyn SiteReplication,
+    ) -> Result<ReplicaOutcome> {
         let (request_id, answer) = answer.unzip();
-        match site
-            .replicate(self.name(), &local, request_id, answer)
-            .await
-        {
+        match site.replicate(self.name(), local, request_id, answer).await {
             Ok(Replicated::Done) => {
-                self.commit(&local, true).await?;
+                self.commit(local, true).await?;
                 Ok(ReplicaOutcome::Applied)
             }
             Ok(Replicated::Busy) => Ok(ReplicaOutcome::Busy),
             Ok(Replicated::Conflict { current, .. }) => {
                 // A member has something newer than this primary: take it; the sender
                 // tries again against it.
-                self.adopt(&mutation.key, current).await?;
+                self.adopt(&local.key, current).await?;
                 Ok(ReplicaOutcome::Busy)
             }
             Err(error @ Error::Unavailable(_)) => {
                 // Some members may have it: so does this primary; the sender has it in
                 // doubt and reconciles it.
-                self.commit(&local, true).await?;
+                self.commit(local, true).await?;
                 Err(error)
             }
             Err(error) => Err(error),
@@ -518,5 +614,169 @@ impl Mutation {
             prev: slot.version().saturating_sub(1),
             change: Change::from_slot(slot),
         }
+    }
+}
+
+/// What became of a state a peer site sent asynchronously.
+#[derive(Debug)]
+pub enum Merged {
+    /// This site took it.
+    Taken,
+    /// This site's state won (or it was already here).
+    Kept,
+    /// The policy kept the older state, which now has a new version: this change, to be
+    /// sent to the peer sites.
+    Restamped(Mutation),
+    /// The key was busy here: send it again.
+    Busy,
+}
+
+/// Which state of a key a merge keeps.
+#[derive(Debug)]
+enum Winner {
+    /// This site's.
+    Current,
+    /// The peer's, newer.
+    Incoming,
+    /// The older of the two (this site's or the peer's), by policy.
+    Older(Slot),
+}
+
+/// Merges `incoming` with `current` (`here` is the key's state version, or the clear
+/// floor when it has no slot) by `policy`.
+fn merge(
+    policy: MergePolicy,
+    current: Option<&Slot>,
+    incoming: &Slot,
+    here: Version,
+    now: UnixMillis,
+) -> Winner {
+    let newer = if incoming.version() > here {
+        Winner::Incoming
+    } else {
+        Winner::Current
+    };
+    let Some(current) = current else {
+        return newer;
+    };
+    let live = |slot: &Slot| matches!(slot, Slot::Live(entry) if !entry.is_expired(now));
+    let expiry = |slot: &Slot| matches!(slot, Slot::Tombstone(t) if matches!(t.cause, TombstoneCause::Expired { .. }));
+    // An expiry never wins over a live entry.
+    if live(current) && expiry(incoming) {
+        return Winner::Current;
+    }
+    if live(incoming) && expiry(current) {
+        return if incoming.version() > here {
+            Winner::Incoming
+        } else {
+            Winner::Older(incoming.clone())
+        };
+    }
+    let preferred = |slot: &Slot| match policy {
+        MergePolicy::NewerVersion => false,
+        MergePolicy::PreferNonNull => live(slot),
+        MergePolicy::PreferNull => matches!(slot, Slot::Tombstone(_)),
+    };
+    match (preferred(current), preferred(incoming)) {
+        (true, false) if incoming.version() > here => Winner::Older(current.clone()),
+        (true, false) => Winner::Current,
+        (false, true) if incoming.version() <= here => Winner::Older(incoming.clone()),
+        (false, true) => Winner::Incoming,
+        _ => newer,
+    }
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::*;
+
+    fn live(version: Version) -> Slot {
+        Slot::Live(Arc::new(Entry::new(
+            Bytes::from_static(b"v"),
+            version,
+            Arc::from("site1"),
+            1_000,
+            0,
+            0,
+            Box::new([]),
+        )))
+    }
+
+    fn removed(version: Version, cause: TombstoneCause) -> Slot {
+        Slot::Tombstone(Arc::new(Tombstone {
+            version,
+            origin_site: Arc::from("site2"),
+            removed_ms: 1_000,
+            cause,
+        }))
+    }
+
+    fn winner(policy: MergePolicy, current: Option<Slot>, incoming: Slot) -> String {
+        let here = current.as_ref().map_or(0, Slot::version);
+        match merge(policy, current.as_ref(), &incoming, here, 2_000) {
+            Winner::Current => "current".into(),
+            Winner::Incoming => "incoming".into(),
+            Winner::Older(slot) => format!("older {}", slot.version()),
+        }
+    }
+
+    #[test]
+    fn the_newer_version_wins_by_default() {
+        let policy = MergePolicy::NewerVersion;
+        assert_eq!(winner(policy, Some(live(5)), live(7)), "incoming");
+        assert_eq!(winner(policy, Some(live(7)), live(5)), "current");
+        assert_eq!(winner(policy, Some(live(7)), live(7)), "current");
+        assert_eq!(
+            winner(policy, None, removed(3, TombstoneCause::Removed)),
+            "incoming"
+        );
+        assert_eq!(
+            winner(policy, Some(live(5)), removed(7, TombstoneCause::Removed)),
+            "incoming"
+        );
+    }
+
+    #[test]
+    fn an_expiry_never_wins_over_a_live_entry() {
+        let expired = TombstoneCause::Expired { base: 0 };
+        for policy in [
+            MergePolicy::NewerVersion,
+            MergePolicy::PreferNonNull,
+            MergePolicy::PreferNull,
+        ] {
+            assert_eq!(
+                winner(policy, Some(live(5)), removed(9, expired)),
+                "current"
+            );
+        }
+    }
+
+    #[test]
+    fn preferences_keep_the_preferred_state_even_when_older_at_a_new_version() {
+        let removal = TombstoneCause::Removed;
+        assert_eq!(
+            winner(
+                MergePolicy::PreferNonNull,
+                Some(live(5)),
+                removed(9, removal)
+            ),
+            "older 5"
+        );
+        assert_eq!(
+            winner(
+                MergePolicy::PreferNonNull,
+                Some(removed(5, removal)),
+                live(9)
+            ),
+            "incoming"
+        );
+        assert_eq!(
+            winner(MergePolicy::PreferNull, Some(live(9)), removed(5, removal)),
+            "older 5"
+        );
+        assert_eq!(
+            winner(MergePolicy::PreferNull, Some(removed(9, removal)), live(5)),
+            "current"
+        );
     }
 }
