@@ -461,3 +461,78 @@ async fn async_backups_cross_a_slow_link_converge_and_survive_a_kill_of_the_send
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn versioned_replaces_from_both_sites_never_fork_and_the_sites_end_equal() {
+    let sites = TwoSites::start_direct(2, "").await.unwrap();
+    const KEYS: usize = 100;
+    const ATTEMPTS_PER_WORKER: usize = 300;
+    let nodes: Vec<&NodeProcess> = sites.sites.iter().flat_map(|s| &s.nodes).collect();
+    let mut first = client(nodes[0]).await;
+    for key in 0..KEYS {
+        first
+            .put(put("sessions", &format!("hot-{key}"), "0"))
+            .await
+            .unwrap();
+    }
+    // Eight workers, four per site, spread over each site's two nodes.
+    let mut workers = Vec::new();
+    for worker in 0..8usize {
+        let mut client = client(nodes[worker % 4]).await;
+        workers.push(tokio::spawn(async move {
+            let mut history = Vec::new();
+            for n in 0..ATTEMPTS_PER_WORKER {
+                let key = (worker * 13 + n * 7) % KEYS;
+                let name = format!("hot-{key}");
+                let got = client
+                    .get(get("sessions", &name))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let expected = got.metadata.unwrap().version;
+                let request = ReplaceWithVersionRequest {
+                    cache: "sessions".into(),
+                    key: Bytes::from(name),
+                    value: Bytes::from(format!("w{worker}-{n}")),
+                    expected_version: expected,
+                    request_id: format!("w{worker}-{n}"),
+                    ..Default::default()
+                };
+                let outcome = match client.replace_with_version(request).await {
+                    Ok(answer) if answer.get_ref().replaced => Some(answer.into_inner().version),
+                    Ok(_) => None,
+                    Err(status) if status.code() == Code::Aborted => None,
+                    Err(status) => panic!("worker {worker}: {status:?}"),
+                };
+                history.push((key, expected, outcome));
+            }
+            history
+        }));
+    }
+    let mut successes: HashMap<(usize, u64), u64> = HashMap::new();
+    let mut newest: HashMap<usize, u64> = HashMap::new();
+    for worker in workers {
+        for (key, expected, outcome) in worker.await.unwrap() {
+            if let Some(version) = outcome {
+                assert!(version > expected);
+                if let Some(other) = successes.insert((key, expected), version) {
+                    panic!("fork on hot-{key}: {other} and {version} both replaced {expected}");
+                }
+                let entry = newest.entry(key).or_insert(0);
+                *entry = (*entry).max(version);
+            }
+        }
+    }
+    assert!(successes.len() > KEYS, "only {} successes", successes.len());
+    // Both sites hold the same version of every key, the newest acknowledged one.
+    let reference = contents(nodes[0], "sessions", "hot-", KEYS).await;
+    for node in &nodes[1..] {
+        assert_eq!(contents(node, "sessions", "hot-", KEYS).await, reference);
+    }
+    assert_eq!(reference.len(), KEYS);
+    for (key, (_, version)) in reference.iter().enumerate() {
+        if let Some(acknowledged) = newest.get(&key) {
+            assert_eq!(version, acknowledged, "hot-{key}");
+        }
+    }
+}

@@ -1,13 +1,14 @@
 //! Async backups: per peer site a durable outbox holding the newest state of each key
 //! written (so several writes to one key coalesce into the latest), drained in batches.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use prost::Message;
 use sitegrid_proto::v1;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use crate::RelayError;
 
@@ -28,11 +29,65 @@ pub(crate) struct Pending {
 /// One peer site's outbox.
 #[derive(Debug)]
 pub(crate) struct Outbox {
-    db: sled::Db,
     tree: sled::Tree,
     capacity: usize,
     len: AtomicUsize,
     queued: Notify,
+    disk: Arc<GroupFlush>,
+}
+
+/// Flushes to disk on behalf of every writer waiting, one flush at a time: writers that
+/// arrive during a flush share the next one.
+#[derive(Debug)]
+struct GroupFlush {
+    db: sled::Db,
+    /// Inserts made so far.
+    written: AtomicU64,
+    /// Inserts known to be on disk.
+    flushed: watch::Sender<u64>,
+    wanted: Notify,
+    /// The outbox was dropped: the flusher ends.
+    closed: AtomicBool,
+}
+
+impl GroupFlush {
+    /// Flushes whenever asked, until the outbox is dropped.
+    async fn run(self: Arc<GroupFlush>) {
+        let this = self;
+        loop {
+            this.wanted.notified().await;
+            if this.closed.load(Ordering::Acquire) {
+                return;
+            }
+            let target = this.written.load(Ordering::Acquire);
+            let db = this.db.clone();
+            match tokio::task::spawn_blocking(move || db.flush()).await {
+                Ok(Ok(_)) => {
+                    this.flushed.send_if_modified(|flushed| {
+                        let moved = target > *flushed;
+                        *flushed = (*flushed).max(target);
+                        moved
+                    });
+                }
+                Ok(Err(error)) => {
+                    tracing::error!(%error, "cannot flush the outbox; trying again");
+                    this.wanted.notify_one();
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "the outbox flush failed; trying again");
+                    this.wanted.notify_one();
+                }
+            }
+        }
+    }
+
+    /// Returns once insert number `seq` is on disk.
+    async fn wait(&self, seq: u64) {
+        let mut flushed = self.flushed.subscribe();
+        self.wanted.notify_one();
+        let _ = flushed.wait_for(|flushed| *flushed >= seq).await;
+    }
 }
 
 impl Outbox {
@@ -42,12 +97,20 @@ impl Outbox {
             .open_tree(format!("outbox/{site}"))
             .map_err(|error| RelayError::Outbox(error.to_string()))?;
         let len = tree.len();
-        Ok(Outbox {
+        let disk = Arc::new(GroupFlush {
             db: db.clone(),
+            written: AtomicU64::new(0),
+            flushed: watch::channel(0).0,
+            wanted: Notify::new(),
+            closed: AtomicBool::new(false),
+        });
+        tokio::spawn(disk.clone().run());
+        Ok(Outbox {
             tree,
             capacity,
             len: AtomicUsize::new(len),
             queued: Notify::new(),
+            disk,
         })
     }
 
@@ -79,12 +142,9 @@ impl Outbox {
         if replaced.is_none() {
             self.len.fetch_add(1, Ordering::Relaxed);
         }
-        // sled's own `flush_async` can wait forever; a blocking flush cannot.
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|error| RelayError::Outbox(error.to_string()))?
-            .map_err(|error| RelayError::Outbox(error.to_string()))?;
+        let seq = self.disk.written.fetch_add(1, Ordering::AcqRel) + 1;
+        // sled's own `flush_async` can wait forever; the group flush cannot.
+        self.disk.wait(seq).await;
         self.queued.notify_one();
         Ok(())
     }
@@ -129,6 +189,13 @@ impl Outbox {
             self.len.fetch_sub(1, Ordering::Relaxed);
         }
         Ok(())
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.disk.closed.store(true, Ordering::Release);
+        self.disk.wanted.notify_one();
     }
 }
 
@@ -180,7 +247,18 @@ mod tests {
             outbox.push("sessions", &mutation("a", "3")).await.unwrap();
             assert_eq!(outbox.len(), 2);
         }
-        let db = sled::open(dir.path()).unwrap();
+        // The dropped outbox's flusher lets go of the database once it runs.
+        let mut attempts = 0;
+        let db = loop {
+            match sled::open(dir.path()) {
+                Ok(db) => break db,
+                Err(_) if attempts < 1_000 => {
+                    attempts += 1;
+                    tokio::task::yield_now().await;
+                }
+                Err(error) => panic!("the outbox still holds the database: {error}"),
+            }
+        };
         let outbox = Outbox::open(&db, "site2", 10).unwrap();
         let pending = outbox.peek(10).unwrap();
         let mut seen: Vec<(String, Bytes)> = pending
