@@ -13,13 +13,14 @@ pub struct TwoSites {
 }
 
 impl TwoSites {
-    /// Starts two sites of `per_site` nodes each and waits until all are ready. Each
-    /// names the other in `[[sites]]` with the endpoints `endpoints` gives for the other
-    /// site's gRPC addresses (the addresses themselves, or proxies in front of them), and
-    /// `extra_toml` gives, by site index (0, 1), what to add to each node's config.
+    /// Starts two sites of `per_site` nodes each and waits until all are ready. `spec`
+    /// makes each node's spec from its site's index (0, 1) and its name (site, site id,
+    /// seeds and `[[sites]]` are filled in). Each site names the other in `[[sites]]` with
+    /// the endpoints `endpoints` gives for the other site's gRPC addresses (the addresses
+    /// themselves, or proxies in front of them).
     pub async fn start(
         per_site: usize,
-        extra_toml: impl Fn(usize) -> String,
+        spec: impl Fn(usize, &str) -> NodeSpec,
         endpoints: impl Fn(usize, &[SocketAddr]) -> Vec<String>,
     ) -> anyhow::Result<TwoSites> {
         let addrs: [Vec<NodeAddrs>; 2] =
@@ -32,16 +33,15 @@ impl TwoSites {
                 .iter()
                 .map(|e| format!("{e:?}"))
                 .collect();
-            let toml = format!(
-                "{}\n[[sites]]\nname = \"site{}\"\nendpoints = [{}]\n",
-                extra_toml(index),
+            let peer = format!(
+                "[[sites]]\nname = \"site{}\"\nendpoints = [{}]\n",
                 other + 1,
                 peer_endpoints.join(", ")
             );
             sites.push(Site::launch_at(own, |name| NodeSpec {
                 site: format!("site{}", index + 1),
                 site_id: index as u8 + 1,
-                ..NodeSpec::new(name).with_toml(&toml)
+                ..spec(index, name).with_toml(&peer)
             })?);
         }
         let [mut first, mut second]: [Site; 2] = sites.try_into().expect("two sites");
@@ -56,7 +56,7 @@ impl TwoSites {
     pub async fn start_direct(per_site: usize, extra_toml: &str) -> anyhow::Result<TwoSites> {
         TwoSites::start(
             per_site,
-            |_| extra_toml.to_string(),
+            |_, name| NodeSpec::new(name).with_toml(extra_toml),
             |_, peers| peers.iter().map(|a| a.to_string()).collect(),
         )
         .await

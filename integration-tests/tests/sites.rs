@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
-use sitegrid_integration_tests::{Direction, FaultProxy, NodeProcess, TwoSites, eventually};
+use sitegrid_integration_tests::{
+    Direction, FaultProxy, NodeProcess, NodeSpec, TwoSites, eventually,
+};
 use sitegrid_proto::v1::cache_client::CacheClient;
 use sitegrid_proto::v1::*;
 use tonic::Code;
@@ -254,7 +256,8 @@ async fn found(node: &NodeProcess, cache: &str, key: &str) -> bool {
 async fn writes_in_doubt_behind_a_blackholed_link_fail_in_time_and_converge_once_it_heals() {
     // Site 1 reaches site 2 through a proxy; site 2 reaches site 1 directly.
     let proxies = std::sync::Mutex::new(Vec::new());
-    let sites = TwoSites::start(1, short_timeout, |index, peers| {
+    let spec = |index, name: &str| NodeSpec::new(name).with_toml(&short_timeout(index));
+    let sites = TwoSites::start(1, spec, |index, peers| {
         if index == 1 {
             return peers.iter().map(|a| a.to_string()).collect();
         }
@@ -385,7 +388,7 @@ async fn async_backups_cross_a_slow_link_converge_and_survive_a_kill_of_the_send
     let proxies = std::sync::Mutex::new(Vec::new());
     let mut sites = TwoSites::start(
         1,
-        |_| String::new(),
+        |_, name| NodeSpec::new(name),
         |index, peers| {
             if index == 1 {
                 return peers.iter().map(|a| a.to_string()).collect();

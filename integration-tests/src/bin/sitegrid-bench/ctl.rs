@@ -7,7 +7,7 @@ use anyhow::Context;
 use serde::Deserialize;
 
 /// One `sitegridctl bench` result (its `--output json` fields).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub(crate) struct Measurement {
     pub(crate) errors: u64,
     pub(crate) ops_per_sec: f64,

@@ -12,6 +12,7 @@ mod listeners;
 mod machine;
 mod report;
 mod single_node;
+mod sites;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -48,6 +49,7 @@ enum Suite {
     SingleNode,
     Listeners,
     Site,
+    Sites,
 }
 
 /// The settings every benchmark shares.
@@ -88,12 +90,17 @@ async fn main() -> anyhow::Result<()> {
             println!("{:#?}", cluster::run(&settings).await?);
             return Ok(());
         }
+        Some(Suite::Sites) => {
+            println!("{:#?}", sites::run(&settings).await?);
+            return Ok(());
+        }
         None => {}
     }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let single = single_node::run(&settings).await?;
     let listeners = listeners::run(&settings).await?;
     let site = cluster::run(&settings).await?;
+    let two_sites = sites::run(&settings).await?;
     let markdown = report::render(
         &machine::describe(),
         &command,
@@ -101,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
         &single,
         &listeners,
         &site,
+        &two_sites,
     );
     std::fs::write(&args.output, markdown)?;
     println!("wrote {}", args.output.display());

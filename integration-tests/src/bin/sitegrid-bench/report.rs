@@ -6,6 +6,7 @@ use crate::Settings;
 use crate::cluster;
 use crate::listeners;
 use crate::single_node::Results;
+use crate::sites;
 
 /// The report as Markdown.
 pub(crate) fn render(
@@ -15,6 +16,7 @@ pub(crate) fn render(
     single: &Results,
     listeners: &listeners::Results,
     site: &cluster::Results,
+    two_sites: &sites::Results,
 ) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# sitegrid benchmarks\n");
@@ -82,7 +84,56 @@ pub(crate) fn render(
     );
     render_listeners(&mut out, listeners);
     render_site(&mut out, site);
+    render_sites(&mut out, two_sites);
     out
+}
+
+fn render_sites(out: &mut String, s: &sites::Results) {
+    let met = |ok: bool| if ok { "met" } else { "**missed**" };
+    let sync_ms = sites::SYNC_DELAY.as_millis() as u64;
+    let async_ms = sites::ASYNC_DELAY.as_millis() as u64;
+    let _ = writeln!(out, "\n## Two sites\n");
+    let _ = writeln!(
+        out,
+        "Two sites of one node each; site 1 reaches site 2 through the test suite's TCP \
+         proxy, which delays each direction. Sync: `Put` of 256-byte values at concurrency \
+         16 to `work` (sync backup, `fail`) with {sync_ms} ms each way, next to `Put` to a \
+         `local_only` cache (no backup) on the same node in the same rounds (the median \
+         round by sync p50). Async: `Put` to `loginFailures` (async backup) at {} writes/s \
+         for {:.1} s with {async_ms} ms each way; lag is from the write's acknowledgement in \
+         site 1 to its event on a listener in site 2.\n",
+        sites::ASYNC_RATE,
+        s.async_seconds
+    );
+    let _ = writeln!(out, "| figure | p50 | p99 | target |");
+    let _ = writeln!(out, "|---|---:|---:|---|");
+    let _ = writeln!(
+        out,
+        "| Put, no backup | {} us | {} us |  |",
+        s.local.p50_us, s.local.p99_us
+    );
+    let target_us = (2 * sync_ms + 2) * 1_000;
+    let _ = writeln!(
+        out,
+        "| Put, sync backup ({sync_ms} ms each way) | {} us | {} us | p50 <= {} ms: {} |",
+        s.sync.p50_us,
+        s.sync.p99_us,
+        2 * sync_ms + 2,
+        met(s.sync.p50_us <= target_us)
+    );
+    let lag_target_us = (async_ms + 10) * 1_000;
+    let _ = writeln!(
+        out,
+        "| async lag ({} writes sent, {} acknowledged, {} seen in site 2) | {} us | {} us (max {} us) | p99 <= {} ms: {} |",
+        s.async_writes,
+        s.lag_samples,
+        s.lag_seen,
+        s.lag_p50_us,
+        s.lag_p99_us,
+        s.lag_max_us,
+        async_ms + 10,
+        met(s.lag_p99_us <= lag_target_us)
+    );
 }
 
 fn render_site(out: &mut String, s: &cluster::Results) {

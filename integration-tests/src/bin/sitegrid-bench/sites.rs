@@ -1,0 +1,205 @@
+//! Two-site figures (issue "cross-site backups"): sync `Put` latency over a link with
+//! 10 ms one-way delay, next to `Put` with no backup on the same node in the same
+//! rounds; and async replication lag at 5,000 writes/s over a link with 50 ms one-way
+//! delay (from the write's acknowledgement in site 1 to its event in site 2).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use sitegrid_integration_tests::{Direction, FaultProxy, NodeSpec, TwoSites};
+use sitegrid_proto::v1::cache_client::CacheClient;
+use sitegrid_proto::v1::{EventKind, ListenRequest, PutRequest};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::Settings;
+use crate::ctl::{Load, Measurement, measure};
+
+/// One-way delay of the link for the sync figure.
+pub(crate) const SYNC_DELAY: Duration = Duration::from_millis(10);
+/// One-way delay of the link for the async figure.
+pub(crate) const ASYNC_DELAY: Duration = Duration::from_millis(50);
+/// Writes per second for the async figure.
+pub(crate) const ASYNC_RATE: u64 = 5_000;
+
+/// What the two-site benchmark measured (medians over rounds for the sync figures).
+#[derive(Debug, Clone)]
+pub(crate) struct Results {
+    pub(crate) local: Measurement,
+    pub(crate) sync: Measurement,
+    pub(crate) async_writes: u64,
+    pub(crate) async_seconds: f64,
+    pub(crate) lag_samples: u64,
+    pub(crate) lag_seen: u64,
+    pub(crate) lag_p50_us: u64,
+    pub(crate) lag_p99_us: u64,
+    pub(crate) lag_max_us: u64,
+}
+
+fn client(endpoint: &str) -> anyhow::Result<CacheClient<Channel>> {
+    let endpoint = Endpoint::from_shared(endpoint.to_string())?;
+    Ok(CacheClient::new(sitegrid_proto::transport::lazy_channel(
+        &endpoint,
+    )))
+}
+
+/// Runs the two-site benchmark.
+pub(crate) async fn run(settings: &Settings) -> anyhow::Result<Results> {
+    let spec = |_, name: &str| NodeSpec {
+        binary: Some(settings.bin_dir.join("sitegrid")),
+        log_filter: Some("warn".into()),
+        ..NodeSpec::new(name).with_toml("[caches.scratch]\nlocal_only = true\n")
+    };
+    // Site 1 reaches site 2 through a proxy that delays both directions.
+    let proxies = Mutex::new(Vec::new());
+    let sites = TwoSites::start(1, spec, |index, peers| {
+        if index == 1 {
+            return peers.iter().map(|a| a.to_string()).collect();
+        }
+        let proxy = FaultProxy::start(peers[0]).expect("a proxy on loopback");
+        let endpoint = proxy.addr().to_string();
+        proxies.lock().expect("not poisoned").push(proxy);
+        vec![endpoint]
+    })
+    .await?;
+    let proxy = proxies
+        .lock()
+        .expect("not poisoned")
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("no proxy"))?;
+    let first = sites.sites[0].nodes[0].endpoint();
+    let second = sites.sites[1].nodes[0].endpoint();
+
+    proxy.set_delay(Direction::Both, SYNC_DELAY);
+    let load = |cache| Load {
+        op: "put",
+        cache,
+        concurrency: 16,
+        value_size: 256,
+        keys: 100_000,
+    };
+    let mut rounds = Vec::new();
+    for round in 1..=settings.rounds {
+        println!("sites: round {round} of {}", settings.rounds);
+        let local = measure(
+            &settings.bin_dir,
+            &first,
+            &load("scratch"),
+            settings.duration,
+        )?;
+        let sync = measure(&settings.bin_dir, &first, &load("work"), settings.duration)?;
+        println!(
+            "  no backup p50 {:>6} us p99 {:>6} us | sync backup ({} ms each way) p50 {:>6} us p99 {:>6} us",
+            local.p50_us,
+            local.p99_us,
+            SYNC_DELAY.as_millis(),
+            sync.p50_us,
+            sync.p99_us
+        );
+        rounds.push((local, sync));
+    }
+    rounds.sort_by_key(|(_, sync)| sync.p50_us);
+    let (local, sync) = rounds[rounds.len() / 2].clone();
+
+    proxy.set_delay(Direction::Both, ASYNC_DELAY);
+    let lag = async_lag(&first, &second, settings.duration).await?;
+    println!(
+        "  async lag at {ASYNC_RATE} writes/s ({} ms each way): p50 {} us p99 {} us over {} writes",
+        ASYNC_DELAY.as_millis(),
+        lag.lag_p50_us,
+        lag.lag_p99_us,
+        lag.lag_samples
+    );
+    Ok(Results { local, sync, ..lag })
+}
+
+/// Writes `loginFailures` (async backups) in site 1 at [`ASYNC_RATE`] for `duration`
+/// and times each write from its acknowledgement to its event in site 2.
+async fn async_lag(first: &str, second: &str, duration: Duration) -> anyhow::Result<Results> {
+    let mut events = client(second)?
+        .listen(ListenRequest {
+            caches: vec!["loginFailures".into()],
+            with_values: false,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let arrivals: Arc<Mutex<HashMap<Bytes, Instant>>> = Arc::default();
+    let listener = {
+        let arrivals = arrivals.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(event)) = events.message().await {
+                if matches!(event.kind(), EventKind::Created | EventKind::Modified) {
+                    arrivals
+                        .lock()
+                        .expect("not poisoned")
+                        .insert(event.key, Instant::now());
+                }
+            }
+        })
+    };
+    let writer = client(first)?;
+    let acks: Arc<Mutex<HashMap<Bytes, Instant>>> = Arc::default();
+    let started = Instant::now();
+    let mut ticks = tokio::time::interval(Duration::from_millis(1));
+    let per_tick = ASYNC_RATE / 1_000;
+    let mut writes = Vec::new();
+    let mut sent = 0u64;
+    while started.elapsed() < duration {
+        ticks.tick().await;
+        for _ in 0..per_tick {
+            let key = Bytes::from(format!("lag-{sent}"));
+            sent += 1;
+            let mut writer = writer.clone();
+            let acks = acks.clone();
+            writes.push(tokio::spawn(async move {
+                let request = PutRequest {
+                    cache: "loginFailures".into(),
+                    key: key.clone(),
+                    value: Bytes::from_static(b"1"),
+                    ..Default::default()
+                };
+                if writer.put(request).await.is_ok() {
+                    acks.lock()
+                        .expect("not poisoned")
+                        .insert(key, Instant::now());
+                }
+            }));
+        }
+    }
+    for write in writes {
+        write.await?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let acked = acks.lock().expect("not poisoned").len();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while arrivals.lock().expect("not poisoned").len() < acked && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    listener.abort();
+    let acks = acks.lock().expect("not poisoned");
+    let arrivals = arrivals.lock().expect("not poisoned");
+    let mut lag = Histogram::<u64>::new(3)?;
+    let seen = acks
+        .keys()
+        .filter(|key| arrivals.contains_key(*key))
+        .count() as u64;
+    for (key, acked_at) in acks.iter() {
+        // A write never seen in site 2 counts as lagging by the whole wait.
+        let arrived = arrivals.get(key).copied().unwrap_or(deadline);
+        lag.record(arrived.saturating_duration_since(*acked_at).as_micros() as u64)?;
+    }
+    Ok(Results {
+        local: Measurement::default(),
+        sync: Measurement::default(),
+        async_writes: sent,
+        async_seconds: seconds,
+        lag_samples: lag.len(),
+        lag_seen: seen,
+        lag_p50_us: lag.value_at_quantile(0.5),
+        lag_p99_us: lag.value_at_quantile(0.99),
+        lag_max_us: lag.max(),
+    })
+}
