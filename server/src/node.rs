@@ -353,6 +353,11 @@ async fn follow_health(
     }
 }
 
+/// HTTP/2 flow-control window of one stream, in bytes.
+const STREAM_WINDOW: u32 = 4 << 20;
+/// HTTP/2 flow-control window of one connection, in bytes.
+const CONNECTION_WINDOW: u32 = 16 << 20;
+
 /// Builds the gRPC server; the returned future serves until `stopped` turns true.
 fn serve_grpc<H: Health>(
     config: &Config,
@@ -388,7 +393,11 @@ fn serve_grpc<H: Health>(
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener)
         .map(|accepted| accepted.and_then(CoalescingStream::new));
     Ok(async move {
+        // Windows wide enough that a peer site's batches are not held back by HTTP/2
+        // flow control over a link with a long round trip (64 KiB per round trip is not).
         let result = tonic::transport::Server::builder()
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
             .add_service(cache)
             .add_service(admin)
             .add_service(replication)

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use parking_lot::Mutex;
 use prost::Message;
 use sitegrid_proto::v1;
 use tokio::sync::{Notify, watch};
@@ -15,9 +15,10 @@ use crate::RelayError;
 /// A change waiting in an outbox.
 #[derive(Debug, Clone)]
 pub(crate) struct Pending {
-    /// Its key in the outbox tree, and the value it was read with (to settle it only if
-    /// no newer write replaced it meanwhile).
-    slot: (sled::IVec, sled::IVec),
+    /// Its place in the queue.
+    pub(crate) seq: u64,
+    /// The queue entry as read, to settle it only if it is still the same.
+    value: sled::IVec,
     /// The cache.
     pub(crate) cache: String,
     /// The change.
@@ -26,16 +27,22 @@ pub(crate) struct Pending {
     pub(crate) queued_ms: u64,
 }
 
-/// One peer site's outbox.
+/// One peer site's outbox: a queue in write order, and an index from each key to its
+/// place in the queue, so a newer write to a key replaces the older one.
 #[derive(Debug)]
 pub(crate) struct Outbox {
-    tree: sled::Tree,
+    /// seq (u64, big-endian) -> queued ms (8 bytes), cache length (2), cache, change.
+    queue: sled::Tree,
+    /// outbox key (cache length, cache, key) -> seq.
+    index: sled::Tree,
+    /// Serializes queue and index updates.
+    updating: Mutex<()>,
+    next_seq: AtomicU64,
     capacity: usize,
     len: AtomicUsize,
     queued: Notify,
     disk: Arc<GroupFlush>,
 }
-
 /// Flushes to disk on behalf of every writer waiting, one flush at a time: writers that
 /// arrive during a flush share the next one.
 #[derive(Debug)]
@@ -93,10 +100,17 @@ impl GroupFlush {
 impl Outbox {
     /// The outbox of `site` in `db`, holding at most `capacity` keys.
     pub(crate) fn open(db: &sled::Db, site: &str, capacity: usize) -> Result<Outbox, RelayError> {
-        let tree = db
-            .open_tree(format!("outbox/{site}"))
-            .map_err(|error| RelayError::Outbox(error.to_string()))?;
-        let len = tree.len();
+        let queue = db
+            .open_tree(format!("outbox/{site}/queue"))
+            .map_err(outbox_error)?;
+        let index = db
+            .open_tree(format!("outbox/{site}/index"))
+            .map_err(outbox_error)?;
+        let next_seq = match queue.last().map_err(outbox_error)? {
+            Some((seq, _)) => decode_seq(&seq) + 1,
+            None => 1,
+        };
+        let len = index.len();
         let disk = Arc::new(GroupFlush {
             db: db.clone(),
             written: AtomicU64::new(0),
@@ -106,7 +120,10 @@ impl Outbox {
         });
         tokio::spawn(disk.clone().run());
         Ok(Outbox {
-            tree,
+            queue,
+            index,
+            updating: Mutex::new(()),
+            next_seq: AtomicU64::new(next_seq),
             capacity,
             len: AtomicUsize::new(len),
             queued: Notify::new(),
@@ -132,19 +149,31 @@ impl Outbox {
         mutation: &v1::ReplicatedMutation,
     ) -> Result<(), RelayError> {
         let mut value = now_ms().to_be_bytes().to_vec();
-        mutation
-            .encode(&mut value)
-            .map_err(|error| RelayError::Outbox(error.to_string()))?;
-        let replaced = self
-            .tree
-            .insert(tree_key(cache, &mutation.key), value)
-            .map_err(|error| RelayError::Outbox(error.to_string()))?;
-        if replaced.is_none() {
-            self.len.fetch_add(1, Ordering::Relaxed);
+        value.extend_from_slice(&(cache.len() as u16).to_be_bytes());
+        value.extend_from_slice(cache.as_bytes());
+        mutation.encode(&mut value).map_err(outbox_error)?;
+        {
+            let _updating = self.updating.lock();
+            let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+            let replaced = self
+                .index
+                .insert(index_key(cache, &mutation.key), &seq.to_be_bytes())
+                .map_err(outbox_error)?;
+            match replaced {
+                Some(old) => {
+                    self.queue.remove(old).map_err(outbox_error)?;
+                }
+                None => {
+                    self.len.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            self.queue
+                .insert(seq.to_be_bytes(), value)
+                .map_err(outbox_error)?;
         }
-        let seq = self.disk.written.fetch_add(1, Ordering::AcqRel) + 1;
+        let written = self.disk.written.fetch_add(1, Ordering::AcqRel) + 1;
         // sled's own `flush_async` can wait forever; the group flush cannot.
-        self.disk.wait(seq).await;
+        self.disk.wait(written).await;
         self.queued.notify_one();
         Ok(())
     }
@@ -154,25 +183,22 @@ impl Outbox {
         self.queued.notified().await;
     }
 
-    /// Up to `limit` changes waiting, oldest keys first in key order.
-    pub(crate) fn peek(&self, limit: usize) -> Result<Vec<Pending>, RelayError> {
+    /// Up to `limit` changes queued after `after`, oldest first.
+    pub(crate) fn peek_after(&self, after: u64, limit: usize) -> Result<Vec<Pending>, RelayError> {
         let mut pending = Vec::new();
-        for item in self.tree.iter().take(limit) {
-            let (key, value) = item.map_err(|error| RelayError::Outbox(error.to_string()))?;
-            let Some((cache, _)) = split_key(&key) else {
+        let start = (after + 1).to_be_bytes();
+        for item in self.queue.range(start..).take(limit) {
+            let (seq, value) = item.map_err(outbox_error)?;
+            let Some((queued_ms, cache, encoded)) = split_value(&value) else {
                 continue;
             };
-            if value.len() < 8 {
-                continue;
-            }
-            let queued_ms = u64::from_be_bytes(value[..8].try_into().expect("8 bytes"));
-            let mutation = v1::ReplicatedMutation::decode(&value[8..])
-                .map_err(|error| RelayError::Outbox(error.to_string()))?;
+            let mutation = v1::ReplicatedMutation::decode(encoded).map_err(outbox_error)?;
             pending.push(Pending {
-                slot: (key, value),
-                cache,
+                seq: decode_seq(&seq),
+                cache: cache.to_string(),
                 mutation,
                 queued_ms,
+                value: value.clone(),
             });
         }
         Ok(pending)
@@ -180,13 +206,21 @@ impl Outbox {
 
     /// Removes a change the peer answered, unless a newer one for its key replaced it.
     pub(crate) fn settle(&self, pending: &Pending) -> Result<(), RelayError> {
-        let (key, value) = &pending.slot;
-        let swapped = self
-            .tree
-            .compare_and_swap(key, Some(value), None as Option<&[u8]>)
-            .map_err(|error| RelayError::Outbox(error.to_string()))?;
-        if swapped.is_ok() {
-            self.len.fetch_sub(1, Ordering::Relaxed);
+        let _updating = self.updating.lock();
+        let seq = pending.seq.to_be_bytes();
+        let removed = self
+            .queue
+            .compare_and_swap(seq, Some(&pending.value), None as Option<&[u8]>)
+            .map_err(outbox_error)?;
+        if removed.is_ok() {
+            let key = index_key(&pending.cache, &pending.mutation.key);
+            let forgot = self
+                .index
+                .compare_and_swap(key, Some(&seq), None as Option<&[u8]>)
+                .map_err(outbox_error)?;
+            if forgot.is_ok() {
+                self.len.fetch_sub(1, Ordering::Relaxed);
+            }
         }
         Ok(())
     }
@@ -206,27 +240,35 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
-/// The outbox key of `key` of `cache`: the cache's name, length first, then the key.
-fn tree_key(cache: &str, key: &[u8]) -> Vec<u8> {
-    let mut tree_key = Vec::with_capacity(2 + cache.len() + key.len());
-    tree_key.extend_from_slice(&(cache.len() as u16).to_be_bytes());
-    tree_key.extend_from_slice(cache.as_bytes());
-    tree_key.extend_from_slice(key);
-    tree_key
+fn outbox_error(error: impl std::fmt::Display) -> RelayError {
+    RelayError::Outbox(error.to_string())
 }
 
-fn split_key(tree_key: &[u8]) -> Option<(String, Bytes)> {
-    let length = u16::from_be_bytes(tree_key.get(..2)?.try_into().ok()?) as usize;
-    let cache = std::str::from_utf8(tree_key.get(2..2 + length)?).ok()?;
-    Some((
-        cache.to_string(),
-        Bytes::copy_from_slice(&tree_key[2 + length..]),
-    ))
+fn decode_seq(bytes: &[u8]) -> u64 {
+    bytes.try_into().map(u64::from_be_bytes).unwrap_or_default()
+}
+
+/// The index key of `key` of `cache`: the cache's name, length first, then the key.
+fn index_key(cache: &str, key: &[u8]) -> Vec<u8> {
+    let mut index_key = Vec::with_capacity(2 + cache.len() + key.len());
+    index_key.extend_from_slice(&(cache.len() as u16).to_be_bytes());
+    index_key.extend_from_slice(cache.as_bytes());
+    index_key.extend_from_slice(key);
+    index_key
+}
+
+/// A queue entry's parts: when it was queued, its cache, the encoded change.
+fn split_value(value: &[u8]) -> Option<(u64, &str, &[u8])> {
+    let queued_ms = u64::from_be_bytes(value.get(..8)?.try_into().ok()?);
+    let length = u16::from_be_bytes(value.get(8..10)?.try_into().ok()?) as usize;
+    let cache = std::str::from_utf8(value.get(10..10 + length)?).ok()?;
+    Some((queued_ms, cache, value.get(10 + length..)?))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn mutation(key: &str, record: &str) -> v1::ReplicatedMutation {
         v1::ReplicatedMutation {
@@ -260,7 +302,7 @@ mod tests {
             }
         };
         let outbox = Outbox::open(&db, "site2", 10).unwrap();
-        let pending = outbox.peek(10).unwrap();
+        let pending = outbox.peek_after(0, 10).unwrap();
         let mut seen: Vec<(String, Bytes)> = pending
             .iter()
             .map(|p| (p.cache.clone(), p.mutation.record.clone()))
@@ -276,20 +318,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn changes_come_out_oldest_first_and_a_rewritten_key_moves_to_the_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let outbox = Outbox::open(&db, "site2", 10).unwrap();
+        for (key, record) in [("z", "1"), ("a", "2"), ("m", "3"), ("z", "4")] {
+            outbox.push("work", &mutation(key, record)).await.unwrap();
+        }
+        let order = |pending: &[Pending]| -> Vec<Bytes> {
+            pending.iter().map(|p| p.mutation.record.clone()).collect()
+        };
+        let all = outbox.peek_after(0, 10).unwrap();
+        assert_eq!(
+            order(&all),
+            ["2", "3", "4"].map(|r| Bytes::from(r.to_string()))
+        );
+        // Reading on from a place in the queue skips what came before it.
+        let rest = outbox.peek_after(all[0].seq, 10).unwrap();
+        assert_eq!(order(&rest), ["3", "4"].map(|r| Bytes::from(r.to_string())));
+    }
+
+    #[tokio::test]
     async fn a_change_replaced_while_in_flight_stays_queued() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
         let outbox = Outbox::open(&db, "site2", 1).unwrap();
         outbox.push("work", &mutation("a", "1")).await.unwrap();
         assert!(outbox.is_full());
-        let sent = outbox.peek(10).unwrap();
+        let sent = outbox.peek_after(0, 10).unwrap();
         outbox.push("work", &mutation("a", "2")).await.unwrap();
         outbox.settle(&sent[0]).unwrap();
-        let left = outbox.peek(10).unwrap();
+        let left = outbox.peek_after(0, 10).unwrap();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].mutation.record, Bytes::from_static(b"2"));
         outbox.settle(&left[0]).unwrap();
         assert_eq!(outbox.len(), 0);
-        assert!(outbox.peek(10).unwrap().is_empty());
+        assert!(outbox.peek_after(0, 10).unwrap().is_empty());
     }
 }

@@ -63,7 +63,10 @@ impl PeerSite {
                     .map_err(|error| invalid(error.to_string()))?
                     .connect_timeout(CONNECT_TIMEOUT)
                     .http2_keep_alive_interval(Duration::from_secs(5))
-                    .keep_alive_timeout(Duration::from_secs(5));
+                    .keep_alive_timeout(Duration::from_secs(5))
+                    // Wide windows: a long round trip must not throttle batches.
+                    .initial_stream_window_size(4 << 20)
+                    .initial_connection_window_size(16 << 20);
                 Ok((
                     endpoint.clone(),
                     sitegrid_proto::transport::lazy_channel(&channel),

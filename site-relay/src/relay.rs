@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::stream::FuturesUnordered;
 use futures::{StreamExt, stream};
 use parking_lot::Mutex;
 use sitegrid_config::{BackupConfig, Config, FailurePolicy, Strategy};
@@ -13,7 +14,7 @@ use tokio::sync::watch;
 use tonic::Status;
 use tracing::{debug, info, warn};
 
-use crate::outbox::{self, Outbox};
+use crate::outbox::{self, Outbox, Pending};
 use crate::peer::{Failure, PeerSite};
 use crate::{LocalSite, RelayError};
 
@@ -28,6 +29,13 @@ const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Keys reconciled at once.
 const RECONCILE_CONCURRENCY: usize = 16;
+
+/// Async batches in flight to one peer site at once: enough to cover a long round trip
+/// with a batch every [`ASYNC_LINGER`].
+const ASYNC_WINDOW: usize = 128;
+
+/// While batches are in flight, new changes wait this long to go out together.
+const ASYNC_LINGER: Duration = Duration::from_millis(1);
 
 /// How long a peer site may take to answer one async batch.
 const ASYNC_TIMEOUT: Duration = Duration::from_secs(10);
@@ -318,48 +326,56 @@ impl Relay {
         futures::future::join_all(senders).await;
     }
 
+    /// Sends `outbox` to peer `index`: up to [`ASYNC_WINDOW`] batches in flight, oldest
+    /// changes first. A failed batch, or a busy key, sends everything not yet settled
+    /// again once the batches in flight are answered (a change sent twice merges once).
     async fn drain(&self, index: usize, outbox: &Outbox, mut stopped: watch::Receiver<bool>) {
         let peer = &self.inner.peers[index];
         let site = peer.name.to_string();
+        let mut cursor = 0;
         let mut retry = 0;
+        let mut in_flight = FuturesUnordered::new();
         loop {
-            let pending = match outbox.peek(self.inner.async_batch) {
-                Ok(pending) => pending,
-                Err(error) => {
-                    warn!(site = %peer.name, %error, "cannot read the outbox");
-                    Vec::new()
-                }
-            };
-            if pending.is_empty() {
+            while in_flight.len() < ASYNC_WINDOW {
+                let pending = match outbox.peek_after(cursor, self.inner.async_batch) {
+                    Ok(pending) => pending,
+                    Err(error) => {
+                        warn!(site = %peer.name, %error, "cannot read the outbox");
+                        Vec::new()
+                    }
+                };
+                let Some(last) = pending.last() else { break };
+                cursor = last.seq;
+                in_flight.push(self.send_batch(peer, pending));
+            }
+            if in_flight.is_empty() {
                 tokio::select! {
                     _ = outbox.queued() => continue,
                     _ = stopped.wait_for(|stop| *stop) => return,
                 }
             }
-            let request = v1::ApplyAsyncRequest {
-                from_site: self.inner.site.clone(),
-                changes: pending
-                    .iter()
-                    .map(|p| v1::AsyncChange {
-                        cache: p.cache.clone(),
-                        mutation: Some(p.mutation.clone()),
-                    })
-                    .collect(),
-                forwarded: false,
-            };
-            let sent = tokio::select! {
-                sent = peer.apply_async(request, ASYNC_TIMEOUT) => sent,
+            let answered = tokio::select! {
+                answered = in_flight.next() => Some(answered),
+                // New changes go out soon while the window has room, together.
+                _ = outbox.queued(), if in_flight.len() < ASYNC_WINDOW => None,
                 _ = stopped.wait_for(|stop| *stop) => return,
             };
-            let mut progressed = false;
+            let Some(answered) = answered else {
+                tokio::time::sleep(ASYNC_LINGER).await;
+                continue;
+            };
+            let Some((pending, sent)) = answered else {
+                continue;
+            };
+            let mut again = false;
             match sent {
                 Ok(results) => {
                     let now = outbox::now_ms();
                     for (change, result) in pending.iter().zip(results) {
                         if result == v1::AsyncResult::Busy {
+                            again = true;
                             continue;
                         }
-                        progressed = true;
                         if let Err(error) = outbox.settle(change) {
                             warn!(site = %peer.name, %error, "cannot settle an outbox entry");
                         }
@@ -370,15 +386,27 @@ impl Relay {
                         .set(outbox.len() as f64);
                 }
                 Err(failure) => {
+                    again = true;
                     metrics::counter!("sitegrid_async_batch_failures_total", "site" => site.clone())
                         .increment(1);
                     self.warn_at_most_every_interval(peer, &failure.to_string());
                 }
             }
-            if progressed {
+            if !again {
                 retry = 0;
                 continue;
             }
+            // Let the batches in flight finish, then start over from the oldest change.
+            while let Some((pending, sent)) = in_flight.next().await {
+                if let Ok(results) = sent {
+                    for (change, result) in pending.iter().zip(results) {
+                        if result != v1::AsyncResult::Busy {
+                            let _ = outbox.settle(change);
+                        }
+                    }
+                }
+            }
+            cursor = 0;
             let wait = ASYNC_RETRY.delay(retry).unwrap_or(ASYNC_RETRY.max_delay);
             retry = retry.saturating_add(1);
             tokio::select! {
@@ -386,6 +414,27 @@ impl Relay {
                 _ = stopped.wait_for(|stop| *stop) => return,
             }
         }
+    }
+
+    /// Sends one batch; answers with the batch, for settling.
+    async fn send_batch(
+        &self,
+        peer: &PeerSite,
+        pending: Vec<Pending>,
+    ) -> (Vec<Pending>, Result<Vec<v1::AsyncResult>, Failure>) {
+        let request = v1::ApplyAsyncRequest {
+            from_site: self.inner.site.clone(),
+            changes: pending
+                .iter()
+                .map(|p| v1::AsyncChange {
+                    cache: p.cache.clone(),
+                    mutation: Some(p.mutation.clone()),
+                })
+                .collect(),
+            forwarded: false,
+        };
+        let sent = peer.apply_async(request, ASYNC_TIMEOUT).await;
+        (pending, sent)
     }
 
     fn warn_at_most_every_interval(&self, peer: &PeerSite, failure: &str) {
