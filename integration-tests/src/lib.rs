@@ -7,11 +7,13 @@
 //! - [`site`]: several nodes of one site, each told about the others.
 //! - [`sites`]: two sites, each naming the other as its peer.
 //! - [`http`]: a tiny HTTP/1.1 GET for `/ready` and `/metrics`.
+//! - [`requests`]: the requests tests build over and over.
 
 pub mod http;
 pub mod node;
 pub mod ports;
 pub mod proxy;
+pub mod requests;
 pub mod site;
 pub mod sites;
 pub mod wait;

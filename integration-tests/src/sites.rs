@@ -2,7 +2,10 @@
 
 use std::net::SocketAddr;
 
+use parking_lot::Mutex;
+
 use crate::node::{NodeAddrs, NodeSpec};
+use crate::proxy::FaultProxy;
 use crate::site::Site;
 
 /// Two sites, `site1` (id 1) and `site2` (id 2).
@@ -50,6 +53,29 @@ impl TwoSites {
         Ok(TwoSites {
             sites: [first, second],
         })
+    }
+
+    /// Two sites where site 1 reaches site 2 through a [`FaultProxy`] in front of site 2's
+    /// first node, which the test drives; site 2 reaches site 1 directly.
+    pub async fn start_behind_proxy(
+        per_site: usize,
+        spec: impl Fn(usize, &str) -> NodeSpec,
+    ) -> anyhow::Result<(TwoSites, FaultProxy)> {
+        let proxy: Mutex<Option<anyhow::Result<FaultProxy>>> = Mutex::new(None);
+        let sites = TwoSites::start(per_site, spec, |index, peers| {
+            if index == 1 {
+                return peers.iter().map(|a| a.to_string()).collect();
+            }
+            let started = FaultProxy::start(peers[0]);
+            let endpoint = started.as_ref().ok().map(|p| p.addr().to_string());
+            *proxy.lock() = Some(started);
+            endpoint.into_iter().collect()
+        })
+        .await?;
+        let proxy = proxy
+            .into_inner()
+            .ok_or_else(|| anyhow::anyhow!("no proxy was started"))??;
+        Ok((sites, proxy))
     }
 
     /// Two sites whose nodes reach each other directly.

@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use sitegrid_integration_tests::requests::{get, put};
 use sitegrid_integration_tests::{NodeProcess, NodeSpec, eventually, http};
 use sitegrid_proto::v1::admin_client::AdminClient;
 use sitegrid_proto::v1::cache_client::CacheClient;
@@ -31,28 +32,12 @@ fn b(text: &str) -> Bytes {
     Bytes::copy_from_slice(text.as_bytes())
 }
 
-fn put(cache: &str, key: &str, value: &str) -> PutRequest {
-    PutRequest {
-        cache: cache.into(),
-        key: b(key),
-        value: b(value),
-        ..Default::default()
-    }
-}
-
 fn put_if_absent(cache: &str, key: &str, value: &str) -> PutIfAbsentRequest {
     PutIfAbsentRequest {
         cache: cache.into(),
         key: b(key),
         value: b(value),
         ..Default::default()
-    }
-}
-
-fn get(cache: &str, key: &str) -> GetRequest {
-    GetRequest {
-        cache: cache.into(),
-        key: b(key),
     }
 }
 

@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use sitegrid_integration_tests::requests::put;
 use sitegrid_integration_tests::{NodeProcess, NodeSpec};
 use sitegrid_proto::v1::cache_client::CacheClient;
 use sitegrid_proto::v1::*;
@@ -23,15 +24,6 @@ fn listen(caches: &[&str]) -> ListenRequest {
     ListenRequest {
         caches: caches.iter().map(|c| c.to_string()).collect(),
         with_values: true,
-        ..Default::default()
-    }
-}
-
-fn put(cache: &str, key: &str, value: &str) -> PutRequest {
-    PutRequest {
-        cache: cache.into(),
-        key: Bytes::copy_from_slice(key.as_bytes()),
-        value: Bytes::copy_from_slice(value.as_bytes()),
         ..Default::default()
     }
 }

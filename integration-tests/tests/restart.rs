@@ -6,9 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use sitegrid_integration_tests::requests::{get, put};
 use sitegrid_integration_tests::{NodeProcess, NodeSpec, eventually};
+use sitegrid_proto::v1::RemoveRequest;
 use sitegrid_proto::v1::cache_client::CacheClient;
-use sitegrid_proto::v1::{GetRequest, PutRequest, RemoveRequest};
 
 /// Writers keep writing while the node is killed.
 const WRITERS: usize = 64;
@@ -115,22 +116,6 @@ async fn a_node_sigkilled_mid_load_keeps_every_acknowledged_write() {
         .into_inner()
         .version;
     assert!(after > newest, "version went back: {after} <= {newest}");
-}
-
-fn put(cache: &str, key: &str, value: &str) -> PutRequest {
-    PutRequest {
-        cache: cache.into(),
-        key: Bytes::copy_from_slice(key.as_bytes()),
-        value: Bytes::copy_from_slice(value.as_bytes()),
-        ..Default::default()
-    }
-}
-
-fn get(cache: &str, key: &str) -> GetRequest {
-    GetRequest {
-        cache: cache.into(),
-        key: Bytes::copy_from_slice(key.as_bytes()),
-    }
 }
 
 #[tokio::test]

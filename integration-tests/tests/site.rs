@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use sitegrid_client::WriteOptions;
+use sitegrid_integration_tests::requests::{get, put};
 use sitegrid_integration_tests::{NodeAddrs, NodeProcess, NodeSpec, Site, eventually, http};
 use sitegrid_proto::v1::admin_client::AdminClient;
 use sitegrid_proto::v1::cache_client::CacheClient;
@@ -16,22 +17,6 @@ use tonic::transport::Channel;
 
 async fn client(node: &NodeProcess) -> CacheClient<Channel> {
     CacheClient::new(node.channel().await.unwrap())
-}
-
-fn put(cache: &str, key: &str, value: &str) -> PutRequest {
-    PutRequest {
-        cache: cache.into(),
-        key: Bytes::copy_from_slice(key.as_bytes()),
-        value: Bytes::copy_from_slice(value.as_bytes()),
-        ..Default::default()
-    }
-}
-
-fn get(cache: &str, key: &str) -> GetRequest {
-    GetRequest {
-        cache: cache.into(),
-        key: Bytes::copy_from_slice(key.as_bytes()),
-    }
 }
 
 /// (value, version) of `key` on `node`, if present.

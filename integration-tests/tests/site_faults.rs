@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
+use sitegrid_integration_tests::requests::get;
 use sitegrid_integration_tests::{NodeProcess, Site, eventually};
 use sitegrid_proto::v1::cache_client::CacheClient;
 use sitegrid_proto::v1::*;
@@ -30,13 +31,6 @@ fn put(cache: &str, key: &str, value: &str, request_id: &str) -> PutRequest {
         value: Bytes::copy_from_slice(value.as_bytes()),
         request_id: request_id.into(),
         ..Default::default()
-    }
-}
-
-fn get(cache: &str, key: &str) -> GetRequest {
-    GetRequest {
-        cache: cache.into(),
-        key: Bytes::copy_from_slice(key.as_bytes()),
     }
 }
 

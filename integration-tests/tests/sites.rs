@@ -5,9 +5,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
-use sitegrid_integration_tests::{
-    Direction, FaultProxy, NodeProcess, NodeSpec, TwoSites, eventually,
-};
+use sitegrid_integration_tests::requests::{get, put};
+use sitegrid_integration_tests::{Direction, NodeProcess, NodeSpec, TwoSites, eventually};
 use sitegrid_proto::v1::cache_client::CacheClient;
 use sitegrid_proto::v1::*;
 use tonic::Code;
@@ -15,22 +14,6 @@ use tonic::transport::Channel;
 
 async fn client(node: &NodeProcess) -> CacheClient<Channel> {
     CacheClient::new(node.channel().await.unwrap())
-}
-
-fn put(cache: &str, key: &str, value: &str) -> PutRequest {
-    PutRequest {
-        cache: cache.into(),
-        key: Bytes::copy_from_slice(key.as_bytes()),
-        value: Bytes::copy_from_slice(value.as_bytes()),
-        ..Default::default()
-    }
-}
-
-fn get(cache: &str, key: &str) -> GetRequest {
-    GetRequest {
-        cache: cache.into(),
-        key: Bytes::copy_from_slice(key.as_bytes()),
-    }
 }
 
 #[tokio::test]
@@ -255,20 +238,8 @@ async fn found(node: &NodeProcess, cache: &str, key: &str) -> bool {
 #[tokio::test]
 async fn writes_in_doubt_behind_a_blackholed_link_fail_in_time_and_converge_once_it_heals() {
     // Site 1 reaches site 2 through a proxy; site 2 reaches site 1 directly.
-    let proxies = std::sync::Mutex::new(Vec::new());
     let spec = |index, name: &str| NodeSpec::new(name).with_toml(&short_timeout(index));
-    let sites = TwoSites::start(1, spec, |index, peers| {
-        if index == 1 {
-            return peers.iter().map(|a| a.to_string()).collect();
-        }
-        let proxy = FaultProxy::start(peers[0]).unwrap();
-        let endpoint = proxy.addr().to_string();
-        proxies.lock().unwrap().push(proxy);
-        vec![endpoint]
-    })
-    .await
-    .unwrap();
-    let proxy = proxies.lock().unwrap().pop().unwrap();
+    let (sites, proxy) = TwoSites::start_behind_proxy(1, spec).await.unwrap();
     let [first, second] = &sites.sites;
     let (first, second) = (&first.nodes[0], &second.nodes[0]);
     let mut in_first = client(first).await;
@@ -385,23 +356,9 @@ async fn contents(
 async fn async_backups_cross_a_slow_link_converge_and_survive_a_kill_of_the_sender() {
     // `loginFailures` is backed up asynchronously by default. Site 1 reaches site 2
     // through a proxy that delays each direction by 50 ms.
-    let proxies = std::sync::Mutex::new(Vec::new());
-    let mut sites = TwoSites::start(
-        1,
-        |_, name| NodeSpec::new(name),
-        |index, peers| {
-            if index == 1 {
-                return peers.iter().map(|a| a.to_string()).collect();
-            }
-            let proxy = FaultProxy::start(peers[0]).unwrap();
-            let endpoint = proxy.addr().to_string();
-            proxies.lock().unwrap().push(proxy);
-            vec![endpoint]
-        },
-    )
-    .await
-    .unwrap();
-    let proxy = proxies.lock().unwrap().pop().unwrap();
+    let (mut sites, proxy) = TwoSites::start_behind_proxy(1, |_, name| NodeSpec::new(name))
+        .await
+        .unwrap();
     proxy.set_delay(Direction::Both, Duration::from_millis(50));
     const KEYS: usize = 2_000;
     let writer = client(&sites.sites[0].nodes[0]).await;

@@ -236,16 +236,9 @@ impl CacheStore {
         let site = self.services().site.clone();
         match op {
             WriteOp::Restamp { .. } => match current {
-                Some(entry) => Change::Write(Arc::new(Entry::restore(
-                    entry.value.clone(),
-                    version,
-                    entry.origin_site.clone(),
-                    entry.created_ms,
-                    entry.last_used_ms(),
-                    entry.lifespan_ms,
-                    entry.max_idle_ms,
-                    entry.tags.clone(),
-                ))),
+                Some(entry) => {
+                    Change::from_slot(restamped(&Slot::Live(entry.clone()), version, now))
+                }
                 None => Change::Remove(Arc::new(Tombstone {
                     version,
                     origin_site: site,
@@ -501,7 +494,9 @@ impl CacheStore {
             match merge(self.config().merge, current.as_ref(), &incoming, here, now) {
                 Winner::Current => return Ok(Merged::Kept),
                 Winner::Incoming => (incoming, false),
-                Winner::Older(state) => (self.restamp_slot(&state, now), true),
+                Winner::Older(state) => {
+                    (restamped(&state, self.services().clock.next(), now), true)
+                }
             };
         let local = Mutation {
             key: key.clone(),
@@ -522,30 +517,31 @@ impl CacheStore {
             None => Ok(()),
         }
     }
+}
 
-    /// `state` at a new version.
-    fn restamp_slot(&self, state: &Slot, now: UnixMillis) -> Slot {
-        let version = self.services().clock.next();
-        match state {
-            Slot::Live(entry) => Slot::Live(Arc::new(Entry::restore(
-                entry.value.clone(),
-                version,
-                entry.origin_site.clone(),
-                entry.created_ms,
-                entry.last_used_ms(),
-                entry.lifespan_ms,
-                entry.max_idle_ms,
-                entry.tags.clone(),
-            ))),
-            Slot::Tombstone(tombstone) => Slot::Tombstone(Arc::new(Tombstone {
-                version,
-                origin_site: tombstone.origin_site.clone(),
-                removed_ms: now,
-                cause: tombstone.cause,
-            })),
-        }
+/// `state` at `version`, a new one: the same entry (or removal), newer.
+fn restamped(state: &Slot, version: Version, now: UnixMillis) -> Slot {
+    match state {
+        Slot::Live(entry) => Slot::Live(Arc::new(Entry::restore(
+            entry.value.clone(),
+            version,
+            entry.origin_site.clone(),
+            entry.created_ms,
+            entry.last_used_ms(),
+            entry.lifespan_ms,
+            entry.max_idle_ms,
+            entry.tags.clone(),
+        ))),
+        Slot::Tombstone(tombstone) => Slot::Tombstone(Arc::new(Tombstone {
+            version,
+            origin_site: tombstone.origin_site.clone(),
+            removed_ms: now,
+            cause: tombstone.cause,
+        })),
     }
+}
 
+impl CacheStore {
     /// Applies `local`, whose `prev` is what this primary holds, on every member of the
     /// site and then here; the caller holds the key's lock.
     async fn apply_in_site(

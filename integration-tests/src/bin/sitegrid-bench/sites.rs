@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use sitegrid_integration_tests::{Direction, FaultProxy, NodeSpec, TwoSites};
+use sitegrid_integration_tests::{Direction, NodeSpec, TwoSites};
 use sitegrid_proto::v1::cache_client::CacheClient;
 use sitegrid_proto::v1::{EventKind, ListenRequest, PutRequest};
 use tonic::transport::{Channel, Endpoint};
@@ -53,22 +53,7 @@ pub(crate) async fn run(settings: &Settings) -> anyhow::Result<Results> {
         ..NodeSpec::new(name).with_toml("[caches.scratch]\nlocal_only = true\n")
     };
     // Site 1 reaches site 2 through a proxy that delays both directions.
-    let proxies = Mutex::new(Vec::new());
-    let sites = TwoSites::start(1, spec, |index, peers| {
-        if index == 1 {
-            return peers.iter().map(|a| a.to_string()).collect();
-        }
-        let proxy = FaultProxy::start(peers[0]).expect("a proxy on loopback");
-        let endpoint = proxy.addr().to_string();
-        proxies.lock().expect("not poisoned").push(proxy);
-        vec![endpoint]
-    })
-    .await?;
-    let proxy = proxies
-        .lock()
-        .expect("not poisoned")
-        .pop()
-        .ok_or_else(|| anyhow::anyhow!("no proxy"))?;
+    let (sites, proxy) = TwoSites::start_behind_proxy(1, spec).await?;
     let first = sites.sites[0].nodes[0].endpoint();
     let second = sites.sites[1].nodes[0].endpoint();
 
