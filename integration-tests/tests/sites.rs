@@ -93,7 +93,9 @@ async fn a_write_in_one_site_is_in_the_other_before_it_is_acknowledged() {
 #[tokio::test]
 async fn racing_tokens_from_both_sites_have_one_winner_each_and_both_sites_agree() {
     let sites = TwoSites::start_direct(2, "").await.unwrap();
-    const TOKENS: usize = 2_000;
+    const TOKENS: usize = 20_000;
+    // The default timeout of a sync backup.
+    const BACKUP_TIMEOUT: Duration = Duration::from_millis(4_500);
     const CLIENTS_PER_SITE: usize = 4;
     let nodes: Vec<&NodeProcess> = sites.sites.iter().flat_map(|s| &s.nodes).collect();
     let mut attempts = Vec::new();
@@ -114,7 +116,15 @@ async fn racing_tokens_from_both_sites_have_one_winner_each_and_both_sites_agree
                     ..Default::default()
                 };
                 loop {
-                    match client.put_if_absent(request.clone()).await {
+                    let started = Instant::now();
+                    let outcome = client.put_if_absent(request.clone()).await;
+                    // Nobody waits on a remote lock: no call outlasts the backup timeout.
+                    assert!(
+                        started.elapsed() < BACKUP_TIMEOUT,
+                        "token {token} of client {c} waited {:?}",
+                        started.elapsed()
+                    );
+                    match outcome {
                         Ok(answer) => return (token, c, answer.into_inner()),
                         Err(status) if status.code() == Code::Aborted => continue,
                         Err(status) => panic!("token {token} of client {c}: {status:?}"),
