@@ -10,7 +10,9 @@
 //!
 //! Not built yet: `async` backups (the outbox), heartbeats, site state and resync.
 
+mod disk;
 mod error;
+mod in_doubt;
 mod link;
 mod local;
 mod outbox;

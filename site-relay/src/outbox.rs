@@ -2,13 +2,15 @@
 //! written (so several writes to one key coalesce into the latest), drained in batches.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use prost::Message;
 use sitegrid_proto::v1;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
+
+use crate::disk::Disk;
 
 use crate::RelayError;
 
@@ -41,84 +43,22 @@ pub(crate) struct Outbox {
     capacity: usize,
     len: AtomicUsize,
     queued: Notify,
-    disk: Arc<GroupFlush>,
+    disk: Arc<Disk>,
 }
-/// Flushes to disk on behalf of every writer waiting, one flush at a time: writers that
-/// arrive during a flush share the next one.
-#[derive(Debug)]
-struct GroupFlush {
-    db: sled::Db,
-    /// Inserts made so far.
-    written: AtomicU64,
-    /// Inserts known to be on disk.
-    flushed: watch::Sender<u64>,
-    wanted: Notify,
-    /// The outbox was dropped: the flusher ends.
-    closed: AtomicBool,
-}
-
-impl GroupFlush {
-    /// Flushes whenever asked, until the outbox is dropped.
-    async fn run(self: Arc<GroupFlush>) {
-        let this = self;
-        loop {
-            this.wanted.notified().await;
-            if this.closed.load(Ordering::Acquire) {
-                return;
-            }
-            let target = this.written.load(Ordering::Acquire);
-            let db = this.db.clone();
-            match tokio::task::spawn_blocking(move || db.flush()).await {
-                Ok(Ok(_)) => {
-                    this.flushed.send_if_modified(|flushed| {
-                        let moved = target > *flushed;
-                        *flushed = (*flushed).max(target);
-                        moved
-                    });
-                }
-                Ok(Err(error)) => {
-                    tracing::error!(%error, "cannot flush the outbox; trying again");
-                    this.wanted.notify_one();
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-                Err(error) => {
-                    tracing::error!(%error, "the outbox flush failed; trying again");
-                    this.wanted.notify_one();
-                }
-            }
-        }
-    }
-
-    /// Returns once insert number `seq` is on disk.
-    async fn wait(&self, seq: u64) {
-        let mut flushed = self.flushed.subscribe();
-        self.wanted.notify_one();
-        let _ = flushed.wait_for(|flushed| *flushed >= seq).await;
-    }
-}
-
 impl Outbox {
-    /// The outbox of `site` in `db`, holding at most `capacity` keys.
-    pub(crate) fn open(db: &sled::Db, site: &str, capacity: usize) -> Result<Outbox, RelayError> {
-        let queue = db
-            .open_tree(format!("outbox/{site}/queue"))
-            .map_err(outbox_error)?;
-        let index = db
-            .open_tree(format!("outbox/{site}/index"))
-            .map_err(outbox_error)?;
+    /// The outbox of `site` on `disk`, holding at most `capacity` keys.
+    pub(crate) fn open(
+        disk: &Arc<Disk>,
+        site: &str,
+        capacity: usize,
+    ) -> Result<Outbox, RelayError> {
+        let queue = disk.tree(&format!("outbox/{site}/queue"))?;
+        let index = disk.tree(&format!("outbox/{site}/index"))?;
         let next_seq = match queue.last().map_err(outbox_error)? {
             Some((seq, _)) => decode_seq(&seq) + 1,
             None => 1,
         };
         let len = index.len();
-        let disk = Arc::new(GroupFlush {
-            db: db.clone(),
-            written: AtomicU64::new(0),
-            flushed: watch::channel(0).0,
-            wanted: Notify::new(),
-            closed: AtomicBool::new(false),
-        });
-        tokio::spawn(disk.clone().run());
         Ok(Outbox {
             queue,
             index,
@@ -127,7 +67,7 @@ impl Outbox {
             capacity,
             len: AtomicUsize::new(len),
             queued: Notify::new(),
-            disk,
+            disk: disk.clone(),
         })
     }
 
@@ -171,9 +111,7 @@ impl Outbox {
                 .insert(seq.to_be_bytes(), value)
                 .map_err(outbox_error)?;
         }
-        let written = self.disk.written.fetch_add(1, Ordering::AcqRel) + 1;
-        // sled's own `flush_async` can wait forever; the group flush cannot.
-        self.disk.wait(written).await;
+        self.disk.flush().await;
         self.queued.notify_one();
         Ok(())
     }
@@ -226,13 +164,6 @@ impl Outbox {
     }
 }
 
-impl Drop for Outbox {
-    fn drop(&mut self) {
-        self.disk.closed.store(true, Ordering::Release);
-        self.disk.wanted.notify_one();
-    }
-}
-
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
@@ -240,7 +171,7 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
-fn outbox_error(error: impl std::fmt::Display) -> RelayError {
+pub(crate) fn outbox_error(error: impl std::fmt::Display) -> RelayError {
     RelayError::Outbox(error.to_string())
 }
 
@@ -249,7 +180,7 @@ fn decode_seq(bytes: &[u8]) -> u64 {
 }
 
 /// The index key of `key` of `cache`: the cache's name, length first, then the key.
-fn index_key(cache: &str, key: &[u8]) -> Vec<u8> {
+pub(crate) fn index_key(cache: &str, key: &[u8]) -> Vec<u8> {
     let mut index_key = Vec::with_capacity(2 + cache.len() + key.len());
     index_key.extend_from_slice(&(cache.len() as u16).to_be_bytes());
     index_key.extend_from_slice(cache.as_bytes());
@@ -282,8 +213,8 @@ mod tests {
     async fn writes_to_one_key_coalesce_and_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = sled::open(dir.path()).unwrap();
-            let outbox = Outbox::open(&db, "site2", 10).unwrap();
+            let disk = Disk::open(dir.path()).unwrap();
+            let outbox = Outbox::open(&disk, "site2", 10).unwrap();
             outbox.push("work", &mutation("a", "1")).await.unwrap();
             outbox.push("work", &mutation("a", "2")).await.unwrap();
             outbox.push("sessions", &mutation("a", "3")).await.unwrap();
@@ -291,9 +222,9 @@ mod tests {
         }
         // The dropped outbox's flusher lets go of the database once it runs.
         let mut attempts = 0;
-        let db = loop {
-            match sled::open(dir.path()) {
-                Ok(db) => break db,
+        let disk = loop {
+            match Disk::open(dir.path()) {
+                Ok(disk) => break disk,
                 Err(_) if attempts < 1_000 => {
                     attempts += 1;
                     tokio::task::yield_now().await;
@@ -301,7 +232,7 @@ mod tests {
                 Err(error) => panic!("the outbox still holds the database: {error}"),
             }
         };
-        let outbox = Outbox::open(&db, "site2", 10).unwrap();
+        let outbox = Outbox::open(&disk, "site2", 10).unwrap();
         let pending = outbox.peek_after(0, 10).unwrap();
         let mut seen: Vec<(String, Bytes)> = pending
             .iter()
@@ -320,8 +251,8 @@ mod tests {
     #[tokio::test]
     async fn changes_come_out_oldest_first_and_a_rewritten_key_moves_to_the_back() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let outbox = Outbox::open(&db, "site2", 10).unwrap();
+        let disk = Disk::open(dir.path()).unwrap();
+        let outbox = Outbox::open(&disk, "site2", 10).unwrap();
         for (key, record) in [("z", "1"), ("a", "2"), ("m", "3"), ("z", "4")] {
             outbox.push("work", &mutation(key, record)).await.unwrap();
         }
@@ -341,8 +272,8 @@ mod tests {
     #[tokio::test]
     async fn a_change_replaced_while_in_flight_stays_queued() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let outbox = Outbox::open(&db, "site2", 1).unwrap();
+        let disk = Disk::open(dir.path()).unwrap();
+        let outbox = Outbox::open(&disk, "site2", 1).unwrap();
         outbox.push("work", &mutation("a", "1")).await.unwrap();
         assert!(outbox.is_full());
         let sent = outbox.peek_after(0, 10).unwrap();

@@ -14,6 +14,8 @@ use tokio::sync::watch;
 use tonic::Status;
 use tracing::{debug, info, warn};
 
+use crate::disk::Disk;
+use crate::in_doubt::InDoubtKeys;
 use crate::outbox::{self, Outbox, Pending};
 use crate::peer::{Failure, PeerSite};
 use crate::{LocalSite, RelayError};
@@ -86,9 +88,6 @@ pub struct InDoubt {
     pub version: u64,
 }
 
-/// A peer site and one of the caches backed up to it.
-type PeerCache = (Arc<str>, String);
-
 /// Backups to the peer sites of a node's config. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Relay {
@@ -108,7 +107,7 @@ struct Inner {
     /// Changes sent to a peer in one async batch.
     async_batch: usize,
     /// Keys whose backup got no answer, per (site, cache): the version sent.
-    in_doubt: Mutex<HashMap<PeerCache, HashMap<Bytes, u64>>>,
+    in_doubt: Option<InDoubtKeys>,
     /// When each peer's failures were last logged under `warn`.
     warned: Mutex<HashMap<Arc<str>, Instant>>,
 }
@@ -136,7 +135,14 @@ impl Relay {
                 targets.push((index, backup));
             }
         }
-        let outboxes = open_outboxes(config, &peers, &asynchronous)?;
+        // The relay's database, when there are peer sites at all.
+        let disk = if peers.is_empty() {
+            None
+        } else {
+            Some(Disk::open(&config.node.data_dir.join("relay"))?)
+        };
+        let outboxes = open_outboxes(config, disk.as_ref(), &peers, &asynchronous)?;
+        let in_doubt = disk.as_ref().map(InDoubtKeys::open).transpose()?;
         Ok(Relay {
             inner: Arc::new(Inner {
                 site: config.node.site.clone(),
@@ -145,7 +151,7 @@ impl Relay {
                 asynchronous,
                 outboxes,
                 async_batch: config.relay.async_batch,
-                in_doubt: Mutex::new(HashMap::new()),
+                in_doubt,
                 warned: Mutex::new(HashMap::new()),
             }),
         })
@@ -202,7 +208,7 @@ impl Relay {
         for (peer, backup, answer) in answers {
             let this = match answer {
                 Ok(applied) => self.judge(peer, cache, applied),
-                Err(failure) => self.failed(peer, cache, backup, &key, next, failure),
+                Err(failure) => self.failed(peer, cache, backup, &key, next, failure).await,
             };
             outcome = worse(outcome, this);
         }
@@ -230,7 +236,7 @@ impl Relay {
 
     /// A peer that did not answer: the key is in doubt there; the cache's policy says
     /// whether the write fails.
-    fn failed(
+    async fn failed(
         &self,
         peer: &PeerSite,
         cache: &str,
@@ -240,20 +246,13 @@ impl Relay {
         failure: Failure,
     ) -> SyncOutcome {
         count(peer, cache, "failed");
-        let in_doubt = {
-            let mut in_doubt = self.inner.in_doubt.lock();
-            let keys = in_doubt
-                .entry((peer.name.clone(), cache.to_string()))
-                .or_default();
-            keys.insert(key.clone(), next);
-            in_doubt
-                .iter()
-                .filter(|((site, _), _)| *site == peer.name)
-                .map(|(_, keys)| keys.len())
-                .sum::<usize>()
-        };
-        metrics::gauge!("sitegrid_backup_in_doubt_keys", "site" => peer.name.to_string())
-            .set(in_doubt as f64);
+        if let Some(in_doubt) = &self.inner.in_doubt {
+            if let Err(error) = in_doubt.record(&peer.name, cache, key, next).await {
+                tracing::error!(site = %peer.name, cache, %error, "cannot record a key in doubt");
+            }
+            metrics::gauge!("sitegrid_backup_in_doubt_keys", "site" => peer.name.to_string())
+                .set(in_doubt.count(&peer.name) as f64);
+        }
         match backup.failure_policy {
             FailurePolicy::Fail => SyncOutcome::Unavailable {
                 site: peer.name.to_string(),
@@ -486,7 +485,7 @@ impl Relay {
                 for (key, result) in results {
                     match result {
                         Ok(()) => {
-                            self.settle(&peer.name, &key);
+                            self.settle(&key);
                             settled += 1;
                         }
                         Err(status) => {
@@ -501,52 +500,36 @@ impl Relay {
         }
     }
 
-    /// Forgets `key` in doubt at `site`, unless a newer write to it went in doubt since.
-    fn settle(&self, site: &Arc<str>, key: &InDoubt) {
-        let total = {
-            let mut in_doubt = self.inner.in_doubt.lock();
-            let peer_cache = (site.clone(), key.cache.clone());
-            if let Some(keys) = in_doubt.get_mut(&peer_cache) {
-                if keys.get(&key.key) == Some(&key.version) {
-                    keys.remove(&key.key);
-                }
-                if keys.is_empty() {
-                    in_doubt.remove(&peer_cache);
-                }
-            }
-            in_doubt
-                .iter()
-                .filter(|((s, _), _)| s == site)
-                .map(|(_, keys)| keys.len())
-                .sum::<usize>()
+    /// Forgets `key` in doubt, unless a newer write to it went in doubt since.
+    fn settle(&self, key: &InDoubt) {
+        let Some(in_doubt) = &self.inner.in_doubt else {
+            return;
         };
-        metrics::gauge!("sitegrid_backup_in_doubt_keys", "site" => site.to_string())
-            .set(total as f64);
+        if let Err(error) = in_doubt.settle(key) {
+            warn!(site = %key.site, %error, "cannot settle a key in doubt");
+        }
+        metrics::gauge!("sitegrid_backup_in_doubt_keys", "site" => key.site.clone())
+            .set(in_doubt.count(&key.site) as f64);
     }
 
-    /// The keys in doubt at peer sites.
+    /// The keys in doubt at peer sites, by site, cache and key.
     pub fn in_doubt(&self) -> Vec<InDoubt> {
-        let in_doubt = self.inner.in_doubt.lock();
-        let mut all: Vec<InDoubt> = in_doubt
-            .iter()
-            .flat_map(|((site, cache), keys)| {
-                keys.iter().map(|(key, version)| InDoubt {
-                    site: site.to_string(),
-                    cache: cache.clone(),
-                    key: key.clone(),
-                    version: *version,
-                })
-            })
-            .collect();
+        let Some(in_doubt) = &self.inner.in_doubt else {
+            return Vec::new();
+        };
+        let mut all = in_doubt.list().unwrap_or_else(|error| {
+            warn!(%error, "cannot read the keys in doubt");
+            Vec::new()
+        });
         all.sort_by(|a, b| (&a.site, &a.cache, &a.key).cmp(&(&b.site, &b.cache, &b.key)));
         all
     }
 }
 
-/// The outboxes of the peers that some cache backs up to asynchronously, in one sled
-/// database under the data dir.
+/// The outboxes of the peers that some cache backs up to asynchronously, on `disk`.
 fn open_outboxes(
     config: &Config,
+    disk: Option<&Arc<Disk>>,
     peers: &[PeerSite],
     asynchronous: &HashMap<String, Vec<(usize, BackupConfig)>>,
 ) -> Result<Vec<Option<Outbox>>, RelayError> {
@@ -554,28 +537,19 @@ fn open_outboxes(
         .values()
         .flat_map(|targets| targets.iter().map(|(index, _)| *index))
         .collect();
-    if used.is_empty() {
+    let Some(disk) = disk.filter(|_| !used.is_empty()) else {
         return Ok(peers.iter().map(|_| None).collect());
-    }
-    let path = config.node.data_dir.join("outbox");
-    let db = sled::Config::new()
-        .path(&path)
-        .cache_capacity(OUTBOX_CACHE_BYTES)
-        .open()
-        .map_err(|error| RelayError::Outbox(format!("{}: {error}", path.display())))?;
+    };
     peers
         .iter()
         .enumerate()
         .map(|(index, peer)| {
             used.contains(&index)
-                .then(|| Outbox::open(&db, &peer.name, config.relay.outbox_capacity))
+                .then(|| Outbox::open(disk, &peer.name, config.relay.outbox_capacity))
                 .transpose()
         })
         .collect()
 }
-
-/// Memory sled may use to cache the outboxes.
-const OUTBOX_CACHE_BYTES: u64 = 32 << 20;
 
 fn count(peer: &PeerSite, cache: &str, outcome: &'static str) {
     metrics::counter!(
