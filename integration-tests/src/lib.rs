@@ -6,9 +6,11 @@
 //! - [`ports`]: free loopback ports.
 //! - [`site`]: several nodes of one site, each told about the others.
 //! - [`sites`]: two sites, each naming the other as its peer.
+//! - [`checks`]: checkers of recorded histories.
 //! - [`http`]: a tiny HTTP/1.1 GET for `/ready` and `/metrics`.
 //! - [`requests`]: the requests tests build over and over.
 
+pub mod checks;
 pub mod http;
 pub mod node;
 pub mod ports;

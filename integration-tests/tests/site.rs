@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use sitegrid_client::WriteOptions;
+use sitegrid_integration_tests::checks::one_winner_per_token;
 use sitegrid_integration_tests::requests::{get, put};
 use sitegrid_integration_tests::{NodeAddrs, NodeProcess, NodeSpec, Site, eventually, http};
 use sitegrid_proto::v1::admin_client::AdminClient;
@@ -112,24 +113,7 @@ async fn racing_put_if_absent_through_different_nodes_has_exactly_one_winner_per
         })
     });
     let answers: Vec<_> = stream::iter(attempts).buffer_unordered(64).collect().await;
-    let mut winners: HashMap<usize, (usize, u64)> = HashMap::new();
-    for (token, c, answer) in &answers {
-        if answer.stored {
-            assert!(
-                winners.insert(*token, (*c, answer.version)).is_none(),
-                "token {token} won twice"
-            );
-        }
-    }
-    assert_eq!(winners.len(), TOKENS, "every token has a winner");
-    for (token, _, answer) in &answers {
-        if !answer.stored {
-            let existing = answer.existing.as_ref().expect("a loser sees the winner");
-            let (winner, version) = winners[token];
-            assert_eq!(existing.value, format!("client-{winner}").as_bytes());
-            assert_eq!(existing.metadata.as_ref().unwrap().version, version);
-        }
-    }
+    let winners = one_winner_per_token(&answers, TOKENS);
     // And every node holds the winner.
     for token in [0, TOKENS / 2, TOKENS - 1] {
         let (winner, version) = winners[&token];
@@ -346,25 +330,7 @@ async fn racing_tokens_through_different_nodes_during_a_node_kill_have_one_winne
         "the race was mostly over before the kill"
     );
     let answers = racing.await.unwrap();
-    let mut winners: HashMap<usize, (usize, u64)> = HashMap::new();
-    for (token, c, answer) in &answers {
-        if answer.stored {
-            assert!(
-                winners.insert(*token, (*c, answer.version)).is_none(),
-                "token {token} won twice"
-            );
-        }
-    }
-    assert_eq!(winners.len(), TOKENS, "every token has a winner");
-    for (token, c, answer) in &answers {
-        if !answer.stored {
-            let existing = answer.existing.as_ref().expect("a loser sees the winner");
-            let (winner, version) = winners[token];
-            assert_ne!(*c, winner, "the winner was told it lost");
-            assert_eq!(existing.value, format!("client-{winner}").as_bytes());
-            assert_eq!(existing.metadata.as_ref().unwrap().version, version);
-        }
-    }
+    one_winner_per_token(&answers, TOKENS);
 }
 
 /// The sum over the site's nodes of the counter `name` on `/metrics` (0 where absent).

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
+use sitegrid_integration_tests::checks::one_winner_per_token;
 use sitegrid_integration_tests::requests::{get, put};
 use sitegrid_integration_tests::{Direction, NodeProcess, NodeSpec, TwoSites, eventually};
 use sitegrid_proto::v1::cache_client::CacheClient;
@@ -134,25 +135,7 @@ async fn racing_tokens_from_both_sites_have_one_winner_each_and_both_sites_agree
         }
     }
     let answers: Vec<_> = stream::iter(attempts).buffer_unordered(64).collect().await;
-    let mut winners: HashMap<usize, (usize, u64)> = HashMap::new();
-    for (token, c, answer) in &answers {
-        if answer.stored {
-            assert!(
-                winners.insert(*token, (*c, answer.version)).is_none(),
-                "token {token} won twice"
-            );
-        }
-    }
-    assert_eq!(winners.len(), TOKENS, "every token has a winner");
-    for (token, c, answer) in &answers {
-        if !answer.stored {
-            let existing = answer.existing.as_ref().expect("a loser sees the winner");
-            let (winner, version) = winners[token];
-            assert_ne!(*c, winner);
-            assert_eq!(existing.value, format!("client-{winner}").as_bytes());
-            assert_eq!(existing.metadata.as_ref().unwrap().version, version);
-        }
-    }
+    let winners = one_winner_per_token(&answers, TOKENS);
     // Every node of both sites holds every winner.
     for node in &nodes {
         let mut reader = client(node).await;

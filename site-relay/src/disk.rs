@@ -51,6 +51,23 @@ impl Disk {
     }
 }
 
+/// Opens the database at `path` again once the flusher of a dropped one let go of it
+/// (it does when it next runs).
+#[cfg(test)]
+pub(crate) async fn reopen(path: &Path) -> Arc<Disk> {
+    let mut attempts = 0;
+    loop {
+        match Disk::open(path) {
+            Ok(disk) => return disk,
+            Err(_) if attempts < 1_000 => {
+                attempts += 1;
+                tokio::task::yield_now().await;
+            }
+            Err(error) => panic!("the database is still held: {error}"),
+        }
+    }
+}
+
 impl Drop for Disk {
     fn drop(&mut self) {
         self.flush.closed.store(true, Ordering::Release);

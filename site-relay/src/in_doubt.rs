@@ -116,17 +116,7 @@ mod tests {
             keys.record("site2", "work", b"a", 7).await.unwrap();
             keys.record("site3", "sessions", b"b", 9).await.unwrap();
         }
-        let mut attempts = 0;
-        let disk = loop {
-            match Disk::open(dir.path()) {
-                Ok(disk) => break disk,
-                Err(_) if attempts < 1_000 => {
-                    attempts += 1;
-                    tokio::task::yield_now().await;
-                }
-                Err(error) => panic!("the database is still held: {error}"),
-            }
-        };
+        let disk = crate::disk::reopen(dir.path()).await;
         let keys = InDoubtKeys::open(&disk).unwrap();
         let all = keys.list().unwrap();
         assert_eq!(all.len(), 2);

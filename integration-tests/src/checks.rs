@@ -1,0 +1,45 @@
+//! Checkers that read a recorded history of answers rather than trusting the server.
+
+use std::collections::HashMap;
+
+use sitegrid_proto::v1::PutIfAbsentResponse;
+
+/// Checks a race of `PutIfAbsent` on `tokens` tokens, where client `c` wrote the value
+/// `client-{c}`: `answers` holds (token, client, answer) for every attempt. Exactly one
+/// winner per token; every loser was told `stored = false` with the winner's value and
+/// version, and was not the winner. Returns each token's (winning client, version).
+pub fn one_winner_per_token(
+    answers: &[(usize, usize, PutIfAbsentResponse)],
+    tokens: usize,
+) -> HashMap<usize, (usize, u64)> {
+    let mut winners: HashMap<usize, (usize, u64)> = HashMap::new();
+    for (token, client, answer) in answers {
+        if answer.stored {
+            assert!(
+                winners.insert(*token, (*client, answer.version)).is_none(),
+                "token {token} won twice"
+            );
+        }
+    }
+    assert_eq!(winners.len(), tokens, "every token has a winner");
+    for (token, client, answer) in answers {
+        if !answer.stored {
+            let existing = answer
+                .existing
+                .as_ref()
+                .unwrap_or_else(|| panic!("a loser of token {token} was not told the winner"));
+            let (winner, version) = winners[token];
+            assert_ne!(
+                *client, winner,
+                "the winner of token {token} was told it lost"
+            );
+            assert_eq!(existing.value, format!("client-{winner}").as_bytes());
+            assert_eq!(
+                existing.metadata.as_ref().map(|m| m.version),
+                Some(version),
+                "token {token}"
+            );
+        }
+    }
+    winners
+}
