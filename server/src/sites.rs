@@ -195,11 +195,19 @@ impl LocalSite for NodeSite {
                 .unwrap_or(v1::AsyncResult::Busy));
         }
         let slot = codec::decode_slot(&mutation.record, store.services())?;
-        Ok(match store.merge_backup(cache, key, slot).await? {
-            Merged::Taken => v1::AsyncResult::Taken,
-            Merged::Kept | Merged::Restamped(_) => v1::AsyncResult::Kept,
-            Merged::Busy => v1::AsyncResult::Busy,
-        })
+        let (result, outcome) = match store.merge_backup(cache, key, slot).await? {
+            Merged::Taken => (v1::AsyncResult::Taken, "remote_wins"),
+            Merged::Kept | Merged::Restamped(_) => (v1::AsyncResult::Kept, "local_wins"),
+            Merged::Busy => (v1::AsyncResult::Busy, "busy"),
+        };
+        metrics::counter!(
+            "sitegrid_async_merges_total",
+            "site" => from_site.to_string(),
+            "cache" => cache.to_string(),
+            "outcome" => outcome
+        )
+        .increment(1);
+        Ok(result)
     }
 
     async fn reconcile(
