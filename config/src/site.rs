@@ -51,6 +51,24 @@ impl Default for TakeOfflineConfig {
     }
 }
 
+/// Whether `endpoint` is `HOST:PORT` or `http(s)://HOST:PORT`.
+fn check_endpoint(endpoint: &str) -> Result<(), &'static str> {
+    let address = endpoint
+        .strip_prefix("http://")
+        .or_else(|| endpoint.strip_prefix("https://"))
+        .unwrap_or(endpoint);
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or("must be HOST:PORT or http://HOST:PORT")?;
+    if host.is_empty() || host.contains('/') || address.contains("://") {
+        return Err("must be HOST:PORT or http://HOST:PORT");
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(()),
+        _ => Err("has no valid port (1..=65535)"),
+    }
+}
+
 pub(crate) fn validate_sites(sites: &[SiteConfig], local_site: &str, problems: &mut Problems) {
     let mut seen = BTreeSet::new();
     for (index, site) in sites.iter().enumerate() {
@@ -70,11 +88,50 @@ pub(crate) fn validate_sites(sites: &[SiteConfig], local_site: &str, problems: &
         if site.endpoints.is_empty() {
             problems.push(format!("{field}.endpoints"), "must not be empty");
         }
+        for (number, endpoint) in site.endpoints.iter().enumerate() {
+            if let Err(why) = check_endpoint(endpoint) {
+                problems.push(
+                    format!("{field}.endpoints[{number}]"),
+                    format!("{endpoint:?} {why}"),
+                );
+            }
+        }
         if site.take_offline.after_failures == 0 {
             problems.push(
                 format!("{field}.take_offline.after_failures"),
                 "must be > 0",
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_need_a_host_and_a_port() {
+        for good in ["10.0.2.11:11222", "dc2.example:11222", "http://[::1]:11222"] {
+            assert_eq!(check_endpoint(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "10.0.2.11",
+            "http://dc2",
+            ":11222",
+            "dc2:0",
+            "dc2:port",
+            "ftp://dc2:1",
+        ] {
+            assert!(check_endpoint(bad).is_err(), "{bad}");
+        }
+        let error = crate::Config::from_toml(
+            "[[sites]]\nname = \"site2\"\nendpoints = [\"dc2\"]\n",
+            "test",
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("sites[0].endpoints[0]"), "{error}");
     }
 }
