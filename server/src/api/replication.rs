@@ -162,13 +162,16 @@ impl ReplicationService for ReplicationApi {
         &self,
         request: Request<v1::ConfirmJoinRequest>,
     ) -> Result<Response<v1::ConfirmJoinResponse>, Status> {
-        let joiner = request
-            .into_inner()
-            .joiner
-            .ok_or_else(|| Status::invalid_argument("ConfirmJoin names no joiner"))?;
+        let request = request.into_inner();
+        let joiner = Target {
+            name: request.node.as_str().into(),
+            generation: request.generation,
+            epoch: request.epoch,
+            address: request.address,
+        };
         let joiners = self
             .cluster
-            .confirm_joiner(Target::of_known(joiner))
+            .confirm_joiner(joiner)
             .await
             .iter()
             .map(Target::to_known)

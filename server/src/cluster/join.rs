@@ -302,15 +302,12 @@ async fn confirm(cluster: &Cluster, member: &Target) -> Result<v1::ConfirmJoinRe
         .peers()
         .client(&member.address)
         .map_err(|error| Error::Unavailable(error.to_string()))?;
-    let joiner = v1::KnownMember {
-        node: me.name.to_string(),
-        address: me.address.clone(),
-        generation: me.generation,
-        epoch: me.epoch,
-    };
     let answer = client
         .confirm_join(v1::ConfirmJoinRequest {
-            joiner: Some(joiner),
+            node: me.name.to_string(),
+            generation: me.generation,
+            address: me.address.clone(),
+            epoch: me.epoch,
         })
         .await
         .map_err(|status| {
