@@ -283,16 +283,7 @@ impl Client {
         F: Fn(Channel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<Resp>, tonic::Status>>,
     {
-        self.send_with(
-            Target::AnyNode,
-            request,
-            Deadline::WholeCall,
-            RetryPolicy::Request,
-            &self.shared.settings.backoff,
-            call,
-        )
-        .await
-        .map(|(response, _)| response)
+        self.unary_to(Target::AnyNode, request, call).await
     }
 
     /// Sends a unary write of `key`, to its primary first, with retries and failover;
@@ -308,8 +299,23 @@ impl Client {
         F: Fn(Channel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<Resp>, tonic::Status>>,
     {
+        self.unary_to(Target::PrimaryOf(key), request, call).await
+    }
+
+    /// A unary request to `target` first, within the request deadline and policy.
+    async fn unary_to<Req, Resp, F, Fut>(
+        &self,
+        target: Target<'_>,
+        request: Req,
+        call: F,
+    ) -> Result<Resp>
+    where
+        Req: Clone,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<Resp>, tonic::Status>>,
+    {
         self.send_with(
-            Target::PrimaryOf(key),
+            target,
             request,
             Deadline::WholeCall,
             RetryPolicy::Request,
