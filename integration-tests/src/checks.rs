@@ -2,7 +2,25 @@
 
 use std::collections::HashMap;
 
-use sitegrid_proto::v1::PutIfAbsentResponse;
+use bytes::Bytes;
+use sitegrid_proto::v1::{PutIfAbsentRequest, PutIfAbsentResponse};
+
+/// Attempt number `attempt` of client `client` in a race on `tokens` tokens, where every
+/// client tries every token, each client in its own order: the token, and its
+/// `PutIfAbsent` of `client-{client}` to `actionTokens`, with a request id of its own
+/// (the same on every retry, so the attempt applies once). What
+/// [`one_winner_per_token`] checks.
+pub fn token_attempt(client: usize, attempt: usize, tokens: usize) -> (usize, PutIfAbsentRequest) {
+    let token = (attempt * 7 + client * 131) % tokens;
+    let request = PutIfAbsentRequest {
+        cache: "actionTokens".into(),
+        key: Bytes::from(format!("token-{token}")),
+        value: Bytes::from(format!("client-{client}")),
+        request_id: format!("client-{client}-token-{token}"),
+        ..Default::default()
+    };
+    (token, request)
+}
 
 /// Checks a race of `PutIfAbsent` on `tokens` tokens, where client `c` wrote the value
 /// `client-{c}`: `answers` holds (token, client, answer) for every attempt. Exactly one

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use sitegrid_client::WriteOptions;
-use sitegrid_integration_tests::checks::one_winner_per_token;
+use sitegrid_integration_tests::checks::{one_winner_per_token, token_attempt};
 use sitegrid_integration_tests::requests::{get, put};
 use sitegrid_integration_tests::{NodeAddrs, NodeProcess, NodeSpec, Site, eventually, http};
 use sitegrid_proto::v1::admin_client::AdminClient;
@@ -95,15 +95,9 @@ async fn racing_put_if_absent_through_different_nodes_has_exactly_one_winner_per
     // Every client tries every token, in a different order.
     let attempts = clients.iter().enumerate().flat_map(|(c, client)| {
         (0..TOKENS).map(move |t| {
-            let token = (t * 7 + c * 131) % TOKENS;
+            let (token, request) = token_attempt(c, t, TOKENS);
             let mut client = client.clone();
             async move {
-                let request = PutIfAbsentRequest {
-                    cache: "actionTokens".into(),
-                    key: Bytes::from(format!("token-{token}")),
-                    value: Bytes::from(format!("client-{c}")),
-                    ..Default::default()
-                };
                 (
                     token,
                     c,
@@ -286,15 +280,8 @@ async fn racing_tokens_through_different_nodes_during_a_node_kill_have_one_winne
             let all = clients.clone();
             let answered = answered.clone();
             attempts.push(async move {
-                let token = (t * 7 + c * 131) % TOKENS;
-                let request = PutIfAbsentRequest {
-                    cache: "actionTokens".into(),
-                    key: Bytes::from(format!("token-{token}")),
-                    value: Bytes::from(format!("client-{c}")),
-                    // The same id on every retry: the attempt applies once.
-                    request_id: format!("client-{c}-token-{token}"),
-                    ..Default::default()
-                };
+                // The same request on every retry: the attempt applies once.
+                let (token, request) = token_attempt(c, t, TOKENS);
                 // Retry through the nodes until the answer is known.
                 for attempt in 0..200 {
                     let mut client = all[(c + attempt) % all.len()].clone();

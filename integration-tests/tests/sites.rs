@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
-use sitegrid_integration_tests::checks::one_winner_per_token;
+use sitegrid_integration_tests::checks::{one_winner_per_token, token_attempt};
 use sitegrid_integration_tests::requests::{get, put};
 use sitegrid_integration_tests::{Direction, NodeProcess, NodeSpec, TwoSites, eventually};
 use sitegrid_proto::v1::cache_client::CacheClient;
@@ -108,14 +108,7 @@ async fn racing_tokens_from_both_sites_have_one_winner_each_and_both_sites_agree
         for t in 0..TOKENS {
             let mut client = client.clone();
             attempts.push(async move {
-                let token = (t * 7 + c * 131) % TOKENS;
-                let request = PutIfAbsentRequest {
-                    cache: "actionTokens".into(),
-                    key: Bytes::from(format!("token-{token}")),
-                    value: Bytes::from(format!("client-{c}")),
-                    request_id: format!("client-{c}-token-{token}"),
-                    ..Default::default()
-                };
+                let (token, request) = token_attempt(c, t, TOKENS);
                 loop {
                     let started = Instant::now();
                     let outcome = client.put_if_absent(request.clone()).await;
@@ -138,26 +131,12 @@ async fn racing_tokens_from_both_sites_have_one_winner_each_and_both_sites_agree
     let winners = one_winner_per_token(&answers, TOKENS);
     // Every node of both sites holds every winner.
     for node in &nodes {
-        let mut reader = client(node).await;
-        for chunk in (0..TOKENS).collect::<Vec<_>>().chunks(500) {
-            let found = reader
-                .get_all(GetAllRequest {
-                    cache: "actionTokens".into(),
-                    keys: chunk
-                        .iter()
-                        .map(|t| Bytes::from(format!("token-{t}")))
-                        .collect(),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .entries;
-            assert_eq!(found.len(), chunk.len());
-            for (token, entry) in chunk.iter().zip(found) {
-                let (winner, version) = winners[token];
-                assert_eq!(entry.value, format!("client-{winner}").as_bytes());
-                assert_eq!(entry.metadata.unwrap().version, version);
-            }
+        let held = contents(node, "actionTokens", "token-", TOKENS).await;
+        assert_eq!(held.len(), TOKENS);
+        for (token, (_, value, version)) in held.iter().enumerate() {
+            let (winner, won_at) = winners[&token];
+            assert_eq!(value, format!("client-{winner}").as_bytes());
+            assert_eq!(*version, won_at);
         }
     }
 }
@@ -323,13 +302,14 @@ async fn writes_in_doubt_behind_a_blackholed_link_fail_in_time_and_converge_once
     assert!(found(second, "actionTokens", "after").await);
 }
 
-/// Every key `prefix0`..`prefix{count}` of `cache` on `node`, as (value, version).
+/// The keys `prefix0`, `prefix1`, ... (`count` of them) of `cache` that `node` holds, in
+/// that order, as (key, value, version).
 async fn contents(
     node: &NodeProcess,
     cache: &str,
     prefix: &str,
     count: usize,
-) -> Vec<(Bytes, u64)> {
+) -> Vec<(Bytes, Bytes, u64)> {
     let mut reader = client(node).await;
     let mut all = Vec::new();
     for chunk in (0..count).collect::<Vec<_>>().chunks(500) {
@@ -348,7 +328,7 @@ async fn contents(
         all.extend(
             entries
                 .into_iter()
-                .map(|e| (e.key, e.metadata.unwrap().version)),
+                .map(|e| (e.key, e.value, e.metadata.unwrap().version)),
         );
     }
     all
@@ -492,7 +472,7 @@ async fn versioned_replaces_from_both_sites_never_fork_and_the_sites_end_equal()
         assert_eq!(contents(node, "sessions", "hot-", KEYS).await, reference);
     }
     assert_eq!(reference.len(), KEYS);
-    for (key, (_, version)) in reference.iter().enumerate() {
+    for (key, (_, _, version)) in reference.iter().enumerate() {
         if let Some(acknowledged) = newest.get(&key) {
             assert_eq!(version, acknowledged, "hot-{key}");
         }
