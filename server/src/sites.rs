@@ -3,8 +3,10 @@
 
 use bytes::Bytes;
 use sitegrid_proto::v1;
+use sitegrid_proto::v1::site_link_client::SiteLinkClient;
 use sitegrid_relay::{LocalSite, Relay, SyncOutcome};
 use tonic::Status;
+use tonic::transport::Channel;
 
 use crate::cluster::{Cluster, codec};
 use crate::error::{Error, Result};
@@ -90,31 +92,38 @@ impl NodeSite {
         }
     }
 
-    /// Hands the backup to the key's primary, another member of this site.
-    async fn forward(
-        &self,
-        address: &str,
-        cache: &str,
-        from_site: &str,
-        mutation: v1::ReplicatedMutation,
-    ) -> std::result::Result<v1::ApplyOutcome, Status> {
-        let mut client = self
-            .cluster
+    /// Where a change to `key` of `cache` from a peer site is applied.
+    fn primary_of(&self, cache: &str, key: &[u8]) -> std::result::Result<Primary, Status> {
+        self.cluster.store().cache(cache)?;
+        let key = Bytes::copy_from_slice(key);
+        if crate::store::replication::SiteReplication::is_primary(&self.cluster, &key) {
+            return Ok(Primary::Here);
+        }
+        Ok(match self.cluster.view().primary(&key) {
+            Some(primary) if primary.name != self.cluster.me().name => {
+                Primary::Member(primary.address.clone())
+            }
+            _ => Primary::Unknown,
+        })
+    }
+
+    /// A client of the cross-site service of the member at `address`.
+    fn site_link(&self, address: &str) -> std::result::Result<SiteLinkClient<Channel>, Status> {
+        self.cluster
             .peers()
             .site_link(address)
-            .map_err(|error| Status::unavailable(error.to_string()))?;
-        let answer = client
-            .backup(v1::BackupRequest {
-                cache: cache.to_string(),
-                mutation: Some(mutation),
-                from_site: from_site.to_string(),
-            })
-            .await?;
-        answer
-            .into_inner()
-            .outcome
-            .ok_or_else(|| Status::internal("a member answered a backup without an outcome"))
+            .map_err(|error| Status::unavailable(error.to_string()))
     }
+}
+
+/// Which node of this site applies a change from a peer site.
+enum Primary {
+    /// This one.
+    Here,
+    /// The member at this address.
+    Member(String),
+    /// None ready, or this node's view is settling.
+    Unknown,
 }
 
 #[tonic::async_trait]
@@ -125,22 +134,29 @@ impl LocalSite for NodeSite {
         from_site: &str,
         mutation: v1::ReplicatedMutation,
     ) -> std::result::Result<v1::ApplyOutcome, Status> {
-        let store = self.cluster.store();
-        store.cache(cache)?;
-        let key = Bytes::copy_from_slice(&mutation.key);
-        if !crate::store::replication::SiteReplication::is_primary(&self.cluster, &key) {
-            let primary = self.cluster.view().primary(&key).cloned();
-            return match primary {
-                Some(primary) if primary.name != self.cluster.me().name => {
-                    self.forward(&primary.address, cache, from_site, mutation)
-                        .await
-                }
-                _ => Err(Status::unavailable(format!(
+        match self.primary_of(cache, &mutation.key)? {
+            Primary::Here => {}
+            Primary::Member(address) => {
+                let answer = self
+                    .site_link(&address)?
+                    .backup(v1::BackupRequest {
+                        cache: cache.to_string(),
+                        mutation: Some(mutation),
+                        from_site: from_site.to_string(),
+                    })
+                    .await?;
+                return answer.into_inner().outcome.ok_or_else(|| {
+                    Status::internal("a member answered a backup without an outcome")
+                });
+            }
+            Primary::Unknown => {
+                return Err(Status::unavailable(format!(
                     "site {}: no ready primary for the key",
                     self.site
-                ))),
-            };
+                )));
+            }
         }
+        let store = self.cluster.store();
         let change = codec::decode_mutation(mutation, store.services())?;
         let outcome = store.apply_backup(cache, change).await?;
         let (result, current) = match outcome {
@@ -163,37 +179,33 @@ impl LocalSite for NodeSite {
         mutation: v1::ReplicatedMutation,
         forwarded: bool,
     ) -> std::result::Result<v1::AsyncResult, Status> {
-        let store = self.cluster.store();
-        store.cache(cache)?;
-        let key = Bytes::copy_from_slice(&mutation.key);
-        if !crate::store::replication::SiteReplication::is_primary(&self.cluster, &key) {
-            let primary = self.cluster.view().primary(&key).cloned();
-            let Some(primary) = primary.filter(|p| p.name != self.cluster.me().name && !forwarded)
-            else {
-                return Ok(v1::AsyncResult::Busy);
-            };
-            let mut client = self
-                .cluster
-                .peers()
-                .site_link(&primary.address)
-                .map_err(|error| Status::unavailable(error.to_string()))?;
-            let answer = client
-                .apply_async(v1::ApplyAsyncRequest {
-                    from_site: from_site.to_string(),
-                    changes: vec![v1::AsyncChange {
-                        cache: cache.to_string(),
-                        mutation: Some(mutation),
-                    }],
-                    forwarded: true,
-                })
-                .await?
-                .into_inner();
-            return Ok(answer
-                .results
-                .first()
-                .and_then(|r| v1::AsyncResult::try_from(*r).ok())
-                .unwrap_or(v1::AsyncResult::Busy));
+        match self.primary_of(cache, &mutation.key)? {
+            Primary::Here => {}
+            // Nowhere to send it, or sent on once already: it comes again.
+            Primary::Unknown => return Ok(v1::AsyncResult::Busy),
+            Primary::Member(_) if forwarded => return Ok(v1::AsyncResult::Busy),
+            Primary::Member(address) => {
+                let answer = self
+                    .site_link(&address)?
+                    .apply_async(v1::ApplyAsyncRequest {
+                        from_site: from_site.to_string(),
+                        changes: vec![v1::AsyncChange {
+                            cache: cache.to_string(),
+                            mutation: Some(mutation),
+                        }],
+                        forwarded: true,
+                    })
+                    .await?
+                    .into_inner();
+                return Ok(answer
+                    .results
+                    .first()
+                    .and_then(|r| v1::AsyncResult::try_from(*r).ok())
+                    .unwrap_or(v1::AsyncResult::Busy));
+            }
         }
+        let store = self.cluster.store();
+        let key = Bytes::copy_from_slice(&mutation.key);
         let slot = codec::decode_slot(&mutation.record, store.services())?;
         let (result, outcome) = match store.merge_backup(cache, key, slot).await? {
             Merged::Taken => (v1::AsyncResult::Taken, "remote_wins"),
