@@ -2,29 +2,40 @@
 //! may not have been applied there, and the key is reconciled once the peer answers
 //! again, even after this node restarted.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 
+use crate::RelayError;
 use crate::disk::Disk;
-use crate::outbox::{index_key, outbox_error};
-use crate::{InDoubt, RelayError};
+use crate::outbox::{index_key, outbox_error, split_name};
+use crate::relay::InDoubt;
 
 /// The keys in doubt at every peer site.
 #[derive(Debug)]
 pub(crate) struct InDoubtKeys {
     /// site length (2 bytes), site, cache length (2), cache, key -> version (big-endian).
     tree: sled::Tree,
+    /// How many keys are in doubt at each site, kept with the tree so a failing write
+    /// does not count them.
+    counts: Mutex<HashMap<String, usize>>,
     disk: Arc<Disk>,
 }
 
 impl InDoubtKeys {
     /// The keys in doubt kept on `disk`.
     pub(crate) fn open(disk: &Arc<Disk>) -> Result<InDoubtKeys, RelayError> {
-        Ok(InDoubtKeys {
+        let keys = InDoubtKeys {
             tree: disk.tree("in-doubt")?,
+            counts: Mutex::new(HashMap::new()),
             disk: disk.clone(),
-        })
+        };
+        for entry in keys.entries(&[])? {
+            *keys.counts.lock().entry(entry.site).or_default() += 1;
+        }
+        Ok(keys)
     }
 
     /// Records that `site` may or may not have taken the write of `key` at `version`
@@ -36,24 +47,35 @@ impl InDoubtKeys {
         key: &[u8],
         version: u64,
     ) -> Result<(), RelayError> {
-        self.tree
-            .insert(tree_key(site, cache, key), &version.to_be_bytes())
-            .map_err(outbox_error)?;
+        {
+            let mut counts = self.counts.lock();
+            let replaced = self
+                .tree
+                .insert(tree_key(site, cache, key), &version.to_be_bytes())
+                .map_err(outbox_error)?;
+            if replaced.is_none() {
+                *counts.entry(site.to_string()).or_default() += 1;
+            }
+        }
         self.disk.flush().await;
         Ok(())
     }
 
-    /// Every key in doubt.
-    pub(crate) fn list(&self) -> Result<Vec<InDoubt>, RelayError> {
+    /// The keys in doubt at `site`.
+    pub(crate) fn list_at(&self, site: &str) -> Result<Vec<InDoubt>, RelayError> {
+        self.entries(&index_key(site, &[]))
+    }
+
+    fn entries(&self, prefix: &[u8]) -> Result<Vec<InDoubt>, RelayError> {
         let mut all = Vec::new();
-        for item in self.tree.iter() {
+        for item in self.tree.scan_prefix(prefix) {
             let (key, version) = item.map_err(outbox_error)?;
             let (Some((site, rest)), Ok(version)) =
-                (split(&key), <[u8; 8]>::try_from(version.as_ref()))
+                (split_name(&key), <[u8; 8]>::try_from(version.as_ref()))
             else {
                 continue;
             };
-            let Some((cache, key)) = split(rest) else {
+            let Some((cache, key)) = split_name(rest) else {
                 continue;
             };
             all.push(InDoubt {
@@ -68,38 +90,32 @@ impl InDoubtKeys {
 
     /// How many keys are in doubt at `site`.
     pub(crate) fn count(&self, site: &str) -> usize {
-        let mut prefix = (site.len() as u16).to_be_bytes().to_vec();
-        prefix.extend_from_slice(site.as_bytes());
-        self.tree.scan_prefix(prefix).count()
+        self.counts.lock().get(site).copied().unwrap_or(0)
     }
 
     /// Forgets `entry`, unless a newer write to its key went in doubt since.
     pub(crate) fn settle(&self, entry: &InDoubt) -> Result<(), RelayError> {
-        let key = tree_key(&entry.site, &entry.cache, &entry.key);
-        let _ = self
+        let mut counts = self.counts.lock();
+        let forgot = self
             .tree
             .compare_and_swap(
-                key,
+                tree_key(&entry.site, &entry.cache, &entry.key),
                 Some(&entry.version.to_be_bytes()),
                 None as Option<&[u8]>,
             )
             .map_err(outbox_error)?;
+        if forgot.is_ok()
+            && let Some(count) = counts.get_mut(&entry.site)
+        {
+            *count = count.saturating_sub(1);
+        }
         Ok(())
     }
 }
 
+/// The tree key of `key` of `cache` in doubt at `site`.
 fn tree_key(site: &str, cache: &str, key: &[u8]) -> Vec<u8> {
-    let mut tree_key = (site.len() as u16).to_be_bytes().to_vec();
-    tree_key.extend_from_slice(site.as_bytes());
-    tree_key.extend_from_slice(&index_key(cache, key));
-    tree_key
-}
-
-/// A length-prefixed name and what follows it.
-fn split(bytes: &[u8]) -> Option<(&str, &[u8])> {
-    let length = u16::from_be_bytes(bytes.get(..2)?.try_into().ok()?) as usize;
-    let name = std::str::from_utf8(bytes.get(2..2 + length)?).ok()?;
-    Some((name, bytes.get(2 + length..)?))
+    index_key(site, &index_key(cache, key))
 }
 
 #[cfg(test)]
@@ -118,10 +134,11 @@ mod tests {
         }
         let disk = crate::disk::reopen(dir.path()).await;
         let keys = InDoubtKeys::open(&disk).unwrap();
-        let all = keys.list().unwrap();
-        assert_eq!(all.len(), 2);
+        let at_site2 = keys.list_at("site2").unwrap();
+        assert_eq!(at_site2.len(), 1);
+        assert_eq!(keys.list_at("site3").unwrap().len(), 1);
         assert_eq!(keys.count("site2"), 1);
-        let a = all.iter().find(|k| k.site == "site2").unwrap().clone();
+        let a = at_site2[0].clone();
         assert_eq!(
             (a.cache.as_str(), a.key.as_ref(), a.version),
             ("work", &b"a"[..], 7)

@@ -22,4 +22,4 @@ mod relay;
 pub use error::RelayError;
 pub use link::SiteLinkService;
 pub use local::LocalSite;
-pub use relay::{InDoubt, Relay, SyncOutcome};
+pub use relay::{Relay, SyncOutcome};

@@ -180,6 +180,7 @@ fn decode_seq(bytes: &[u8]) -> u64 {
 }
 
 /// The index key of `key` of `cache`: the cache's name, length first, then the key.
+/// (Any name and what follows it are put together the same way.)
 pub(crate) fn index_key(cache: &str, key: &[u8]) -> Vec<u8> {
     let mut index_key = Vec::with_capacity(2 + cache.len() + key.len());
     index_key.extend_from_slice(&(cache.len() as u16).to_be_bytes());
@@ -188,12 +189,18 @@ pub(crate) fn index_key(cache: &str, key: &[u8]) -> Vec<u8> {
     index_key
 }
 
+/// The inverse of [`index_key`]: the length-prefixed name, and what follows it.
+pub(crate) fn split_name(bytes: &[u8]) -> Option<(&str, &[u8])> {
+    let length = u16::from_be_bytes(bytes.get(..2)?.try_into().ok()?) as usize;
+    let name = std::str::from_utf8(bytes.get(2..2 + length)?).ok()?;
+    Some((name, bytes.get(2 + length..)?))
+}
+
 /// A queue entry's parts: when it was queued, its cache, the encoded change.
 fn split_value(value: &[u8]) -> Option<(u64, &str, &[u8])> {
     let queued_ms = u64::from_be_bytes(value.get(..8)?.try_into().ok()?);
-    let length = u16::from_be_bytes(value.get(8..10)?.try_into().ok()?) as usize;
-    let cache = std::str::from_utf8(value.get(10..10 + length)?).ok()?;
-    Some((queued_ms, cache, value.get(10 + length..)?))
+    let (cache, change) = split_name(value.get(8..)?)?;
+    Some((queued_ms, cache, change))
 }
 
 #[cfg(test)]

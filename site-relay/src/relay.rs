@@ -77,15 +77,15 @@ pub enum SyncOutcome {
 
 /// A key a peer site may or may not have taken a write to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InDoubt {
+pub(crate) struct InDoubt {
     /// The peer site.
-    pub site: String,
+    pub(crate) site: String,
     /// The cache.
-    pub cache: String,
+    pub(crate) cache: String,
     /// The key.
-    pub key: Bytes,
+    pub(crate) key: Bytes,
     /// The version of the write in doubt.
-    pub version: u64,
+    pub(crate) version: u64,
 }
 
 /// Backups to the peer sites of a node's config. Cheap to clone.
@@ -155,15 +155,6 @@ impl Relay {
                 warned: Mutex::new(HashMap::new()),
             }),
         })
-    }
-
-    /// The names of the peer sites.
-    pub fn peer_names(&self) -> Vec<String> {
-        self.inner
-            .peers
-            .iter()
-            .map(|p| p.name.to_string())
-            .collect()
     }
 
     /// Whether writes to `cache` are backed up synchronously to some peer site.
@@ -455,15 +446,20 @@ impl Relay {
                 _ = tokio::time::sleep(RECONCILE_INTERVAL) => {}
                 _ = stopped.wait_for(|stop| *stop) => return,
             }
+            let Some(in_doubt) = &self.inner.in_doubt else {
+                continue;
+            };
             for peer in &self.inner.peers {
-                let keys: Vec<InDoubt> = self
-                    .in_doubt()
-                    .into_iter()
-                    .filter(|k| *k.site == *peer.name)
-                    .collect();
-                if keys.is_empty() {
+                if in_doubt.count(&peer.name) == 0 {
                     continue;
                 }
+                let keys = match in_doubt.list_at(&peer.name) {
+                    Ok(keys) => keys,
+                    Err(error) => {
+                        warn!(site = %peer.name, %error, "cannot read the keys in doubt");
+                        continue;
+                    }
+                };
                 if let Err(failure) = peer.heartbeat(&self.inner.site, HEARTBEAT_TIMEOUT).await {
                     debug!(site = %peer.name, %failure, keys = keys.len(), "keys in doubt wait for the peer site");
                     continue;
@@ -510,19 +506,6 @@ impl Relay {
         }
         metrics::gauge!("sitegrid_backup_in_doubt_keys", "site" => key.site.clone())
             .set(in_doubt.count(&key.site) as f64);
-    }
-
-    /// The keys in doubt at peer sites, by site, cache and key.
-    pub fn in_doubt(&self) -> Vec<InDoubt> {
-        let Some(in_doubt) = &self.inner.in_doubt else {
-            return Vec::new();
-        };
-        let mut all = in_doubt.list().unwrap_or_else(|error| {
-            warn!(%error, "cannot read the keys in doubt");
-            Vec::new()
-        });
-        all.sort_by(|a, b| (&a.site, &a.cache, &a.key).cmp(&(&b.site, &b.cache, &b.key)));
-        all
     }
 }
 
