@@ -78,6 +78,41 @@ impl RemoteAdmin {
         self.client.learn(&response);
         Ok(response.into())
     }
+
+    /// The answering node's site's state of each peer site (with the progress of a
+    /// resync the site's decider runs).
+    pub async fn site_status(&self) -> Result<v1::SiteStatusResponse> {
+        self.client
+            .unary(
+                v1::SiteStatusRequest { here_only: false },
+                |channel, request| async move { AdminClient::new(channel).site_status(request).await },
+            )
+            .await
+    }
+
+    /// Acts on peer site `site` for the answering node's whole site (the node sends the
+    /// command to its site's decider); answers with the peer's state after it.
+    pub async fn site_command(
+        &self,
+        site: &str,
+        action: v1::SiteAction,
+    ) -> Result<v1::PeerSiteStatus> {
+        let request = v1::SiteCommandRequest {
+            site: site.to_string(),
+            action: action as i32,
+            forwarded: false,
+        };
+        let response = self
+            .client
+            .unary(request, |channel, request| async move {
+                AdminClient::new(channel).site_command(request).await
+            })
+            .await?;
+        response.status.ok_or_else(|| crate::error::Error::Server {
+            code: crate::ErrorCode::Internal,
+            message: "a site command was answered without a status".into(),
+        })
+    }
 }
 
 impl From<v1::ClusterStatusResponse> for ClusterStatus {

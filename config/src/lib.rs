@@ -72,6 +72,18 @@ pub struct RelayConfig {
     /// Changes sent to a peer site in one `async` batch.
     #[serde(default = "default_async_batch")]
     pub async_batch: usize,
+    /// How often each node asks each peer site whether it answers.
+    #[serde(default = "default_heartbeat_interval", with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// With no witness, only the site whose nodes say `prefer = true` may take a peer
+    /// site offline; a site that may not stops taking writes to caches with sync backups
+    /// instead (it is fenced), so a partition never has two sites granting one token.
+    #[serde(default)]
+    pub prefer: bool,
+}
+
+fn default_heartbeat_interval() -> Duration {
+    Duration::from_secs(1)
 }
 
 fn default_outbox_capacity() -> usize {
@@ -87,6 +99,8 @@ impl Default for RelayConfig {
         RelayConfig {
             outbox_capacity: default_outbox_capacity(),
             async_batch: default_async_batch(),
+            heartbeat_interval: default_heartbeat_interval(),
+            prefer: false,
         }
     }
 }
@@ -281,6 +295,9 @@ impl Config {
         site::validate_sites(&self.sites, &self.node.site, &mut problems);
         if self.relay.outbox_capacity == 0 {
             problems.push("relay.outbox_capacity", "must be > 0");
+        }
+        if self.relay.heartbeat_interval.is_zero() {
+            problems.push("relay.heartbeat_interval", "must be > 0");
         }
         if self.relay.async_batch == 0 {
             problems.push("relay.async_batch", "must be > 0");

@@ -71,10 +71,12 @@ async fn render_metrics(State(state): State<HttpState>) -> String {
     state.prometheus.render()
 }
 
-async fn ready(State(state): State<HttpState>) -> (StatusCode, &'static str) {
-    if state.node.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+async fn ready(State(state): State<HttpState>) -> (StatusCode, String) {
+    match state.node.check_ready() {
+        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
     }
 }

@@ -92,6 +92,10 @@ struct StateInner {
     cluster: Cluster,
     /// Turns true when the node begins to shut down; long streams end on it.
     stopping: watch::Receiver<bool>,
+    /// Backups to peer sites, and the site's state of them.
+    relay: Relay,
+    /// This node as the relay sees it.
+    local: Arc<NodeSite>,
 }
 
 impl NodeState {
@@ -100,7 +104,9 @@ impl NodeState {
         store: Store,
         cluster: Cluster,
         stopping: watch::Receiver<bool>,
+        relay: Relay,
     ) -> NodeState {
+        let local = Arc::new(NodeSite::new(cluster.clone(), &identity.site));
         NodeState {
             inner: Arc::new(StateInner {
                 identity,
@@ -109,7 +115,30 @@ impl NodeState {
                 store,
                 cluster,
                 stopping,
+                relay,
+                local,
             }),
+        }
+    }
+
+    /// Backups to peer sites, and the site's state of them.
+    pub fn relay(&self) -> &Relay {
+        &self.inner.relay
+    }
+
+    /// This node as the relay sees it.
+    pub fn local_site(&self) -> &Arc<NodeSite> {
+        &self.inner.local
+    }
+
+    /// Whether a load balancer should send users here: the node serves, and its site is
+    /// not fenced (a peer site holds it offline, or a peer is down and this site may not
+    /// take it offline); otherwise why not.
+    pub fn check_ready(&self) -> Result<()> {
+        self.check_serving()?;
+        match self.inner.relay.states().fenced() {
+            Some(why) => Err(Error::Unavailable(why)),
+            None => Ok(()),
         }
     }
 
@@ -259,15 +288,23 @@ pub async fn run(
         store.clone(),
         cluster.clone(),
         stopped.clone(),
+        relay.clone(),
     );
     let reaper = tokio::spawn(reaper::run(store.clone(), stopped.clone()));
-    let membership = tokio::spawn(membership.run(cluster.clone(), stopped.clone()));
+    let membership =
+        tokio::spawn(membership.run(cluster.clone(), relay.states().clone(), stopped.clone()));
     let joining = tokio::spawn(join::run(cluster.clone(), stopped.clone()));
     let sending = tokio::spawn(relay.clone().send_async(stopped.clone()));
-    let reconciling = tokio::spawn(relay.reconcile(
-        Arc::new(NodeSite::new(cluster.clone(), &config.node.site)),
-        stopped.clone(),
-    ));
+    let reconciling = tokio::spawn(
+        relay
+            .clone()
+            .reconcile(state.local_site().clone(), stopped.clone()),
+    );
+    let watching = tokio::spawn(
+        relay
+            .clone()
+            .watch_peers(state.local_site().clone(), stopped.clone()),
+    );
     let http = tokio::spawn(crate::metrics::serve(
         listeners.http,
         state.clone(),
@@ -307,6 +344,7 @@ pub async fn run(
     let _ = reaper.await;
     let _ = joining.await;
     let _ = reconciling.await;
+    let _ = watching.await;
     let _ = sending.await;
     let _ = membership.await;
     let _ = health_task.await;
@@ -376,9 +414,10 @@ fn serve_grpc<H: Health>(
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
     let site_link = SiteLinkServer::new(SiteLinkService::new(
-        Arc::new(NodeSite::new(state.cluster().clone(), &config.node.site)),
+        state.local_site().clone(),
         &config.node.site,
         config.sites.iter().map(|site| site.name.clone()),
+        state.relay().states().clone(),
     ))
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);

@@ -14,6 +14,7 @@ use crate::store::Services;
 use crate::store::cache::WriteResult;
 use crate::store::mutation::Mutation;
 use crate::store::peers::{Backed, PeerSites};
+use crate::store::slot_key::RANGES;
 use crate::store::write::{Merged, ReplicaOutcome};
 
 /// The relay's peer sites, for the store's write path.
@@ -44,7 +45,7 @@ impl PeerSites for RelayPeers {
         }
         let message = codec::encode_mutation(mutation, None, None);
         self.relay
-            .enqueue(cache, &message)
+            .enqueue(cache, &message, mutation.next())
             .await
             .map_err(|error| Error::Unavailable(error.to_string()))
     }
@@ -229,5 +230,69 @@ impl LocalSite for NodeSite {
         in_doubt: u64,
     ) -> std::result::Result<(), Status> {
         Ok(self.cluster.store().restamp(cache, key, in_doubt).await?)
+    }
+
+    fn decides_site_state(&self) -> bool {
+        self.cluster.decides_site_state()
+    }
+
+    fn invalidate_all(&self, caches: &[String]) {
+        let store = self.cluster.store();
+        for cache in caches {
+            if let Ok(cache) = store.cache(cache) {
+                cache.announce_invalidate_all();
+            }
+        }
+    }
+
+    fn range_digests(&self, cache: &str) -> std::result::Result<Vec<u64>, Status> {
+        let cache = self.cluster.store().cache(cache)?;
+        Ok(cache.keyspace.read().digests().to_vec())
+    }
+
+    fn range_versions(
+        &self,
+        cache: &str,
+        ranges: &[u32],
+    ) -> std::result::Result<Vec<v1::KeyVersion>, Status> {
+        let cache = self.cluster.store().cache(cache)?;
+        let keyspace = cache.keyspace.read();
+        let mut keys = Vec::new();
+        for range in ranges {
+            let range = *range as usize;
+            if range >= RANGES {
+                return Err(Status::invalid_argument(format!(
+                    "key range {range} does not exist (there are {RANGES})"
+                )));
+            }
+            let (slots, _) = keyspace.range_slots(range, None, usize::MAX);
+            keys.extend(slots.into_iter().map(|(key, slot)| v1::KeyVersion {
+                key,
+                version: slot.version(),
+            }));
+        }
+        Ok(keys)
+    }
+
+    fn fetch_keys(
+        &self,
+        cache: &str,
+        keys: &[Bytes],
+    ) -> std::result::Result<Vec<v1::ReplicatedMutation>, Status> {
+        let cache = self.cluster.store().cache(cache)?;
+        let keyspace = cache.keyspace.read();
+        Ok(keys
+            .iter()
+            .filter_map(|key| {
+                let slot = keyspace.slot(key)?;
+                Some(v1::ReplicatedMutation {
+                    key: key.clone(),
+                    prev: 0,
+                    record: codec::encode_slot(slot),
+                    request_id: String::new(),
+                    answer: None,
+                })
+            })
+            .collect())
     }
 }

@@ -8,18 +8,26 @@
 //! - receiving ([`SiteLinkService`]): the backups peer sites send, handed to the node,
 //!   whose primary of the key applies them with the one replication rule.
 //!
-//! Not built yet: `async` backups (the outbox), heartbeats, site state and resync.
+//! Around them: heartbeats and the site's state of each peer (`decide`, `state`),
+//! and resync by digest comparison (`resync`).
 
+mod decide;
 mod disk;
 mod error;
-mod in_doubt;
+mod health;
 mod link;
 mod local;
 mod outbox;
 mod peer;
+mod peer_keys;
 mod relay;
+mod resync;
+mod state;
 
+pub use decide::PeerStatus;
 pub use error::RelayError;
 pub use link::SiteLinkService;
 pub use local::LocalSite;
 pub use relay::{Relay, SyncOutcome};
+pub use resync::Progress;
+pub use state::{GOSSIP_PREFIX, Mode, PeerState, SiteStates};

@@ -10,6 +10,7 @@ use sitegrid_proto::v1::site_link_server::SiteLink;
 use tonic::{Request, Response, Status};
 
 use crate::LocalSite;
+use crate::state::{Mode, SiteStates};
 
 /// Changes of one async batch merged at once.
 const ASYNC_CONCURRENCY: usize = 32;
@@ -20,15 +21,23 @@ pub struct SiteLinkService<L> {
     local: Arc<L>,
     site: String,
     peers: HashSet<String>,
+    states: SiteStates,
 }
 
 impl<L: LocalSite> SiteLinkService<L> {
-    /// The service of a node of `site`, taking backups from the sites named in `peers`.
-    pub fn new(local: Arc<L>, site: &str, peers: impl IntoIterator<Item = String>) -> Self {
+    /// The service of a node of `site`, taking backups from the sites named in `peers`;
+    /// `states` is this site's state of each of them.
+    pub fn new(
+        local: Arc<L>,
+        site: &str,
+        peers: impl IntoIterator<Item = String>,
+        states: SiteStates,
+    ) -> Self {
         SiteLinkService {
             local,
             site: site.to_string(),
             peers: peers.into_iter().collect(),
+            states,
         }
     }
 
@@ -51,6 +60,19 @@ impl<L: LocalSite> SiteLink for SiteLinkService<L> {
     ) -> Result<Response<v1::BackupResponse>, Status> {
         let request = request.into_inner();
         self.check_peer(&request.from_site)?;
+        // A site this one holds offline or resyncing is fenced: it missed writes, so it
+        // must not take writes that need this site's agreement.
+        let state = self.states.get(&request.from_site);
+        if state.mode != Mode::Online {
+            return Err(Status::failed_precondition(format!(
+                "site {} holds site {} {} (epoch {}): it takes no writes to caches with sync \
+                 backups until it is brought online",
+                self.site,
+                request.from_site,
+                state.mode.as_str(),
+                state.epoch
+            )));
+        }
         let mutation = request
             .mutation
             .ok_or_else(|| Status::invalid_argument("a backup needs a mutation"))?;
@@ -93,9 +115,43 @@ impl<L: LocalSite> SiteLink for SiteLinkService<L> {
         &self,
         request: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
-        self.check_peer(&request.into_inner().from_site)?;
+        let from_site = request.into_inner().from_site;
+        self.check_peer(&from_site)?;
+        let state = self.states.get(&from_site);
         Ok(Response::new(v1::HeartbeatResponse {
             site: self.site.clone(),
+            your_state: state.mode.to_proto() as i32,
+            your_epoch: state.epoch,
         }))
+    }
+
+    async fn range_digests(
+        &self,
+        request: Request<v1::RangeDigestsRequest>,
+    ) -> Result<Response<v1::RangeDigestsResponse>, Status> {
+        let request = request.into_inner();
+        self.check_peer(&request.from_site)?;
+        let digests = self.local.range_digests(&request.cache)?;
+        Ok(Response::new(v1::RangeDigestsResponse { digests }))
+    }
+
+    async fn range_versions(
+        &self,
+        request: Request<v1::RangeVersionsRequest>,
+    ) -> Result<Response<v1::RangeVersionsResponse>, Status> {
+        let request = request.into_inner();
+        self.check_peer(&request.from_site)?;
+        let keys = self.local.range_versions(&request.cache, &request.ranges)?;
+        Ok(Response::new(v1::RangeVersionsResponse { keys }))
+    }
+
+    async fn fetch_keys(
+        &self,
+        request: Request<v1::FetchKeysRequest>,
+    ) -> Result<Response<v1::FetchKeysResponse>, Status> {
+        let request = request.into_inner();
+        self.check_peer(&request.from_site)?;
+        let mutations = self.local.fetch_keys(&request.cache, &request.keys)?;
+        Ok(Response::new(v1::FetchKeysResponse { mutations }))
     }
 }

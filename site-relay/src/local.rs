@@ -35,4 +35,26 @@ pub trait LocalSite: Send + Sync + 'static {
     /// replaces the write in doubt at the peer sites (unless one holds something newer,
     /// which this site then takes).
     async fn reconcile(&self, cache: &str, key: Bytes, in_doubt: u64) -> Result<(), Status>;
+
+    /// Whether this node is the one of its site that decides the site's state of its peer
+    /// sites (takes them offline, runs resyncs): one ready node at a time.
+    fn decides_site_state(&self) -> bool;
+
+    /// Tells this node's subscribers to `caches` that any entry may have changed unseen
+    /// (`INVALIDATE_ALL`), after a resync with a peer site.
+    fn invalidate_all(&self, caches: &[String]);
+
+    /// This node's digest of every key range of `cache`.
+    fn range_digests(&self, cache: &str) -> Result<Vec<u64>, Status>;
+
+    /// This node's keys of `ranges` of `cache` (tombstones included), with versions.
+    fn range_versions(&self, cache: &str, ranges: &[u32]) -> Result<Vec<v1::KeyVersion>, Status>;
+
+    /// This node's state of `keys` of `cache`, as changes whose record is the key's slot
+    /// (keys it holds nothing for are left out).
+    fn fetch_keys(
+        &self,
+        cache: &str,
+        keys: &[Bytes],
+    ) -> Result<Vec<v1::ReplicatedMutation>, Status>;
 }

@@ -21,6 +21,14 @@ pub(crate) enum Failure {
     Unreachable(String),
     /// No answer within the timeout.
     TimedOut(Duration),
+    /// Not tried: the peer failed this many heartbeats or backups in a row.
+    Down(u32),
+    /// The peer answered with an error of its own.
+    Refused(String),
+    /// Not tried: this site is fenced (the reason).
+    Fenced(String),
+    /// Not tried: the peer is offline.
+    Offline,
 }
 
 impl std::fmt::Display for Failure {
@@ -28,6 +36,15 @@ impl std::fmt::Display for Failure {
         match self {
             Failure::Unreachable(error) => write!(f, "unreachable ({error})"),
             Failure::TimedOut(timeout) => write!(f, "no answer within {timeout:?}"),
+            Failure::Down(failures) => {
+                write!(
+                    f,
+                    "not tried: {failures} heartbeats or backups in a row failed"
+                )
+            }
+            Failure::Refused(why) => write!(f, "refused: {why}"),
+            Failure::Fenced(why) => write!(f, "not tried: {why}"),
+            Failure::Offline => write!(f, "not tried: the peer site is offline"),
         }
     }
 }
@@ -130,12 +147,13 @@ impl PeerSite {
             .collect())
     }
 
-    /// Asks whether the peer site answers; see [`PeerSite::call`].
+    /// Asks whether the peer site answers, and what it thinks of this site; see
+    /// [`PeerSite::call`].
     pub(crate) async fn heartbeat(
         &self,
         from_site: &str,
         timeout: Duration,
-    ) -> Result<(), Failure> {
+    ) -> Result<v1::HeartbeatResponse, Failure> {
         let request = v1::HeartbeatRequest {
             from_site: from_site.to_string(),
         };
@@ -144,7 +162,48 @@ impl PeerSite {
             async move { client.heartbeat(request).await }
         })
         .await
-        .map(|_| ())
+    }
+
+    /// The peer's digest of every key range of a cache.
+    pub(crate) async fn range_digests(
+        &self,
+        request: v1::RangeDigestsRequest,
+        timeout: Duration,
+    ) -> Result<Vec<u64>, Failure> {
+        self.call(timeout, |mut client| {
+            let request = request.clone();
+            async move { client.range_digests(request).await }
+        })
+        .await
+        .map(|answer| answer.digests)
+    }
+
+    /// The peer's keys of some key ranges, with their versions.
+    pub(crate) async fn range_versions(
+        &self,
+        request: v1::RangeVersionsRequest,
+        timeout: Duration,
+    ) -> Result<Vec<v1::KeyVersion>, Failure> {
+        self.call(timeout, |mut client| {
+            let request = request.clone();
+            async move { client.range_versions(request).await }
+        })
+        .await
+        .map(|answer| answer.keys)
+    }
+
+    /// The peer's state of some keys.
+    pub(crate) async fn fetch_keys(
+        &self,
+        request: v1::FetchKeysRequest,
+        timeout: Duration,
+    ) -> Result<Vec<v1::ReplicatedMutation>, Failure> {
+        self.call(timeout, |mut client| {
+            let request = request.clone();
+            async move { client.fetch_keys(request).await }
+        })
+        .await
+        .map(|answer| answer.mutations)
     }
 
     /// Makes a call, trying the endpoints in turn from the one that answered last, until
@@ -164,6 +223,10 @@ impl PeerSite {
                         self.preferred.store(index, Ordering::Relaxed);
                         return Ok(answer.into_inner());
                     }
+                    // The peer's own answer: another of its nodes would say the same.
+                    Err(status) if is_answer(status.code()) => {
+                        return Err(Failure::Refused(status.message().to_string()));
+                    }
                     Err(status) => {
                         last_error = format!("{}: {}", self.endpoints[index].0, status.message());
                     }
@@ -175,4 +238,18 @@ impl PeerSite {
             .await
             .unwrap_or(Err(Failure::TimedOut(timeout)))
     }
+}
+
+/// Whether a call that ended with `code` was answered by the peer site (it refused the
+/// request), rather than not reaching a node that serves.
+fn is_answer(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(
+        code,
+        Code::FailedPrecondition
+            | Code::NotFound
+            | Code::InvalidArgument
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+    )
 }

@@ -8,16 +8,19 @@ use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::{StreamExt, stream};
 use parking_lot::Mutex;
-use sitegrid_config::{BackupConfig, Config, FailurePolicy, Strategy};
+use sitegrid_config::{BackupConfig, Config, FailurePolicy, SiteConfig, Strategy};
 use sitegrid_proto::{Backoff, v1};
 use tokio::sync::watch;
 use tonic::Status;
 use tracing::{debug, info, warn};
 
 use crate::disk::Disk;
-use crate::in_doubt::InDoubtKeys;
+use crate::health::Health;
 use crate::outbox::{self, Outbox, Pending};
 use crate::peer::{Failure, PeerSite};
+use crate::peer_keys::{PeerKey, PeerKeys};
+use crate::resync::Resyncs;
+use crate::state::{Mode, SiteStates};
 use crate::{LocalSite, RelayError};
 
 /// A `warn` policy logs a peer's failures at most once per this long.
@@ -75,39 +78,40 @@ pub enum SyncOutcome {
     },
 }
 
-/// A key a peer site may or may not have taken a write to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct InDoubt {
-    /// The peer site.
-    pub(crate) site: String,
-    /// The cache.
-    pub(crate) cache: String,
-    /// The key.
-    pub(crate) key: Bytes,
-    /// The version of the write in doubt.
-    pub(crate) version: u64,
-}
-
 /// Backups to the peer sites of a node's config. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Relay {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
-struct Inner {
-    site: String,
-    peers: Vec<PeerSite>,
+pub(crate) struct Inner {
+    pub(crate) site: String,
+    pub(crate) peers: Vec<PeerSite>,
+    /// Per peer (same order): its config.
+    pub(crate) configs: Vec<SiteConfig>,
+    /// Per peer: how it has been answering this node.
+    pub(crate) health: Vec<Health>,
+    /// This site's state of each peer, agreed by the site.
+    pub(crate) states: SiteStates,
+    /// Keys written while a peer was offline or resyncing, per (site, cache).
+    pub(crate) offline_keys: Option<PeerKeys>,
+    /// Resyncs this node runs.
+    pub(crate) resyncs: Resyncs,
+    /// How often peers are asked whether they answer.
+    pub(crate) heartbeat_interval: Duration,
+    /// This site may take a peer offline without a witness.
+    pub(crate) prefer: bool,
     /// Per cache: the peers it has sync backups to (index in `peers`) and how.
-    sync: HashMap<String, Vec<(usize, BackupConfig)>>,
+    pub(crate) sync: HashMap<String, Vec<(usize, BackupConfig)>>,
     /// Per cache: the peers it has async backups to and how.
-    asynchronous: HashMap<String, Vec<(usize, BackupConfig)>>,
+    pub(crate) asynchronous: HashMap<String, Vec<(usize, BackupConfig)>>,
     /// Per peer, its outbox if some cache has async backups to it.
-    outboxes: Vec<Option<Outbox>>,
+    pub(crate) outboxes: Vec<Option<Outbox>>,
     /// Changes sent to a peer in one async batch.
     async_batch: usize,
     /// Keys whose backup got no answer, per (site, cache): the version sent.
-    in_doubt: Option<InDoubtKeys>,
+    pub(crate) in_doubt: Option<PeerKeys>,
     /// When each peer's failures were last logged under `warn`.
     warned: Mutex<HashMap<Arc<str>, Instant>>,
 }
@@ -142,10 +146,32 @@ impl Relay {
             Some(Disk::open(&config.node.data_dir.join("relay"))?)
         };
         let outboxes = open_outboxes(config, disk.as_ref(), &peers, &asynchronous)?;
-        let in_doubt = disk.as_ref().map(InDoubtKeys::open).transpose()?;
+        let in_doubt = disk
+            .as_ref()
+            .map(|disk| PeerKeys::open(disk, "in-doubt"))
+            .transpose()?;
+        let offline_keys = disk
+            .as_ref()
+            .map(|disk| PeerKeys::open(disk, "written-while-offline"))
+            .transpose()?;
+        let names: Vec<String> = config.sites.iter().map(|s| s.name.clone()).collect();
+        let states = SiteStates::open(
+            &config.node.name,
+            &names,
+            disk.as_ref()
+                .map(|disk| disk.tree("site-state"))
+                .transpose()?,
+        )?;
         Ok(Relay {
             inner: Arc::new(Inner {
                 site: config.node.site.clone(),
+                health: peers.iter().map(|_| Health::default()).collect(),
+                configs: config.sites.clone(),
+                states,
+                offline_keys,
+                resyncs: Resyncs::default(),
+                heartbeat_interval: config.relay.heartbeat_interval,
+                prefer: config.relay.prefer,
                 peers,
                 sync,
                 asynchronous,
@@ -180,9 +206,21 @@ impl Relay {
             from_site: self.inner.site.clone(),
         };
         let calls = targets.iter().map(|(index, backup)| {
-            let peer = &self.inner.peers[*index];
+            let index = *index;
+            let peer = &self.inner.peers[index];
+            let state = self.inner.states.get(&peer.name);
             let request = request.clone();
             async move {
+                if let Some(why) = state.fenced {
+                    return (index, backup, state.mode, Err(Failure::Fenced(why)));
+                }
+                if state.mode == Mode::Offline {
+                    return (index, backup, state.mode, Err(Failure::Offline));
+                }
+                let health = &self.inner.health[index];
+                if let Some(failures) = health.is_down(&self.inner.configs[index].take_offline) {
+                    return (index, backup, state.mode, Err(Failure::Down(failures)));
+                }
                 let started = Instant::now();
                 let answer = peer.backup(request, backup.timeout).await;
                 metrics::histogram!(
@@ -191,19 +229,52 @@ impl Relay {
                     "cache" => cache.to_string()
                 )
                 .record(started.elapsed().as_secs_f64());
-                (peer, backup, answer)
+                match &answer {
+                    Ok(_) | Err(Failure::Refused(_)) => health.backed_up(),
+                    Err(_) => health.failed(started),
+                }
+                (index, backup, state.mode, answer)
             }
         });
         let answers = futures::future::join_all(calls).await;
         let mut outcome = SyncOutcome::Done;
-        for (peer, backup, answer) in answers {
-            let this = match answer {
-                Ok(applied) => self.judge(peer, cache, applied),
-                Err(failure) => self.failed(peer, cache, backup, &key, next, failure).await,
+        for (index, backup, mode, answer) in answers {
+            let peer = &self.inner.peers[index];
+            let this = match (answer, mode) {
+                (Ok(applied), _) => self.judge(peer, cache, applied),
+                (Err(Failure::Fenced(why)), _) => SyncOutcome::Unavailable {
+                    site: peer.name.to_string(),
+                    reason: why,
+                },
+                // Not online: the write does not wait for the peer; its resync brings the
+                // key over.
+                (Err(failure), Mode::Offline | Mode::Resyncing) => {
+                    debug!(site = %peer.name, cache, %failure, "recorded for the peer's resync");
+                    self.record_offline(&peer.name, cache, &key, next).await;
+                    SyncOutcome::Done
+                }
+                (Err(failure), Mode::Online) => {
+                    self.failed(peer, cache, backup, &key, next, failure).await
+                }
             };
             outcome = worse(outcome, this);
         }
         outcome
+    }
+
+    /// Records that `key` of `cache` was written at `next` while `site` was not online.
+    pub(crate) async fn record_offline(&self, site: &str, cache: &str, key: &[u8], next: u64) {
+        let Some(keys) = &self.inner.offline_keys else {
+            return;
+        };
+        if let Err(error) = keys.record(site, cache, key, next).await {
+            tracing::error!(site, cache, %error, "cannot record a key written while the peer site was offline");
+        }
+    }
+
+    /// This site's state of each peer site.
+    pub fn states(&self) -> &SiteStates {
+        &self.inner.states
     }
 
     /// What one peer's answer means.
@@ -279,11 +350,12 @@ impl Relay {
     }
 
     /// Queues a write applied in this site for the async peer sites of `cache`, durably.
-    /// A full outbox takes no more keys; they are counted (a resync brings them over).
+    /// A full outbox takes no more keys; they are recorded for the next resync.
     pub async fn enqueue(
         &self,
         cache: &str,
         mutation: &v1::ReplicatedMutation,
+        next: u64,
     ) -> Result<(), RelayError> {
         let Some(targets) = self.inner.asynchronous.get(cache) else {
             return Ok(());
@@ -294,7 +366,9 @@ impl Relay {
             };
             let site = self.inner.peers[*index].name.to_string();
             if outbox.is_full() {
-                metrics::counter!("sitegrid_outbox_overflow_total", "site" => site).increment(1);
+                metrics::counter!("sitegrid_outbox_overflow_total", "site" => site.clone())
+                    .increment(1);
+                self.record_offline(&site, cache, &mutation.key, next).await;
                 continue;
             }
             outbox.push(cache, mutation).await?;
@@ -464,7 +538,7 @@ impl Relay {
                     debug!(site = %peer.name, %failure, keys = keys.len(), "keys in doubt wait for the peer site");
                     continue;
                 }
-                let results: Vec<(InDoubt, Result<(), Status>)> = stream::iter(keys)
+                let results: Vec<(PeerKey, Result<(), Status>)> = stream::iter(keys)
                     .map(|key| {
                         let local = local.clone();
                         async move {
@@ -497,7 +571,7 @@ impl Relay {
     }
 
     /// Forgets `key` in doubt, unless a newer write to it went in doubt since.
-    fn settle(&self, key: &InDoubt) {
+    fn settle(&self, key: &PeerKey) {
         let Some(in_doubt) = &self.inner.in_doubt else {
             return;
         };

@@ -1,6 +1,7 @@
 //! The `Admin` gRPC service: what operators ask a node about.
 
 use sitegrid_proto::v1::{self, admin_server::Admin};
+use sitegrid_relay::{PeerStatus, Progress};
 use tonic::{Request, Response, Status};
 
 use crate::node::NodeState;
@@ -17,10 +18,134 @@ impl AdminService {
     pub(crate) fn new(store: Store, state: NodeState) -> AdminService {
         AdminService { store, state }
     }
+
+    /// An admin client of the site's decider, unless this node is it (or knows none).
+    fn decider(
+        &self,
+    ) -> Option<sitegrid_proto::v1::admin_client::AdminClient<tonic::transport::Channel>> {
+        let cluster = self.state.cluster();
+        let decider = cluster.decider()?;
+        if decider.name == cluster.me().name {
+            return None;
+        }
+        cluster.peers().admin(&decider.address).ok()
+    }
+}
+
+/// A peer's status as the API shows it.
+fn peer_status(status: PeerStatus) -> v1::PeerSiteStatus {
+    v1::PeerSiteStatus {
+        site: status.site,
+        state: status.state.mode.as_str().to_string(),
+        epoch: status.state.epoch,
+        since_ms: status.state.since_ms,
+        changed_by: status.state.changed_by,
+        reason: status.state.reason,
+        failures: status.failures,
+        last_answer_ms: status.last_answer_ms,
+        in_doubt_keys: status.in_doubt_keys,
+        offline_keys: status.offline_keys,
+        outbox_keys: status.outbox_keys,
+        resync: status.resync.map(resync_progress),
+    }
+}
+
+fn resync_progress(progress: Progress) -> v1::ResyncProgress {
+    v1::ResyncProgress {
+        running: progress.running,
+        ranges_done: progress.ranges_done,
+        ranges_total: progress.ranges_total,
+        keys_differing: progress.keys_differing,
+        keys_moved: progress.keys_moved,
+        bytes_moved: progress.bytes_moved,
+        conflicts: progress.conflicts,
+        started_ms: progress.started_ms,
+        ended_ms: progress.ended_ms,
+        error: progress.error.unwrap_or_default(),
+        diff_only: progress.diff_only,
+        node: String::new(),
+    }
 }
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn site_status(
+        &self,
+        request: Request<v1::SiteStatusRequest>,
+    ) -> Result<Response<v1::SiteStatusResponse>, Status> {
+        let identity = self.state.identity();
+        let relay = self.state.relay();
+        let mut peers: Vec<v1::PeerSiteStatus> =
+            relay.status().into_iter().map(peer_status).collect();
+        for peer in &mut peers {
+            if let Some(resync) = &mut peer.resync {
+                resync.node = identity.name.clone();
+            }
+        }
+        // Resyncs run on the site's decider: show its progress from any node.
+        if !request.into_inner().here_only
+            && let Some(mut decider) = self.decider()
+            && let Ok(answer) = decider
+                .site_status(v1::SiteStatusRequest { here_only: true })
+                .await
+        {
+            for theirs in answer.into_inner().peers {
+                if let Some(ours) = peers.iter_mut().find(|p| p.site == theirs.site)
+                    && theirs.resync.is_some()
+                {
+                    ours.resync = theirs.resync;
+                }
+            }
+        }
+        Ok(Response::new(v1::SiteStatusResponse {
+            node: identity.name.clone(),
+            site: identity.site.clone(),
+            fenced: relay.states().fenced().unwrap_or_default(),
+            peers,
+        }))
+    }
+
+    async fn site_command(
+        &self,
+        request: Request<v1::SiteCommandRequest>,
+    ) -> Result<Response<v1::SiteCommandResponse>, Status> {
+        let request = request.into_inner();
+        let action = v1::SiteAction::try_from(request.action).map_err(|_| {
+            Status::invalid_argument(format!("unknown site action {}", request.action))
+        })?;
+        // Resyncs run on the site's decider: commands go there.
+        if !request.forwarded
+            && let Some(mut decider) = self.decider()
+        {
+            return decider
+                .site_command(v1::SiteCommandRequest {
+                    forwarded: true,
+                    ..request
+                })
+                .await;
+        }
+        let relay = self.state.relay();
+        let local = self.state.local_site();
+        let site = request.site.as_str();
+        let status = match action {
+            v1::SiteAction::TakeOffline => relay.take_offline(site)?,
+            v1::SiteAction::BringOnline => relay.bring_online(site, local, false)?,
+            v1::SiteAction::Resync => relay.bring_online(site, local, true)?,
+            v1::SiteAction::CancelResync => relay.cancel_resync(site)?,
+            v1::SiteAction::Diff => relay.diff(site, local).await?,
+            v1::SiteAction::Unspecified => {
+                return Err(Status::invalid_argument("a site command needs an action"));
+            }
+        };
+        let mut status = peer_status(status);
+        if let Some(resync) = &mut status.resync {
+            resync.node = self.state.identity().name.clone();
+        }
+        Ok(Response::new(v1::SiteCommandResponse {
+            status: Some(status),
+        }))
+    }
+
     async fn cluster_status(
         &self,
         _: Request<v1::ClusterStatusRequest>,

@@ -1,8 +1,9 @@
 //! Gossip membership with chitchat.
 //!
 //! Every node publishes, in its chitchat state: `grpc` (its gRPC address), `state`
-//! (joining / ready / isolated), `epoch`, `data_version`, and one `suspect/<name>/<gen>/<epoch>`
-//! key per member it left out of replication. The chitchat cluster id is the site's name,
+//! (joining / ready / isolated), `epoch`, `data_version`, one `suspect/<name>/<gen>/<epoch>`
+//! key per member it left out of replication, and one `site/<peer>` key per peer site
+//! with the site's state of it as this node holds it (nodes adopt the newest they see). The chitchat cluster id is the site's name,
 //! so two sites never mix (it is not a secret: bind gossip to the site's private
 //! interface). Every gossip interval the [`Membership`] task:
 //! - rebuilds the [`View`] from the live nodes and their keys;
@@ -21,6 +22,8 @@ use chitchat::transport::UdpTransport;
 use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, spawn_chitchat};
 use tokio::sync::watch;
 use tracing::{info, warn};
+
+use sitegrid_relay::{GOSSIP_PREFIX, SiteStates};
 
 use crate::cluster::{Cluster, Member, MemberState, Suspicion, Timing, View};
 use crate::error::{Error, Result};
@@ -100,7 +103,12 @@ impl Membership {
     }
 
     /// Follows the site every gossip interval until `shutdown` turns true.
-    pub async fn run(self, cluster: Cluster, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(
+        self,
+        cluster: Cluster,
+        sites: SiteStates,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let timing = *cluster.timing();
         let mut ticks = tokio::time::interval(timing.gossip_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -129,8 +137,10 @@ impl Membership {
                         chitchat.self_node_state(),
                         &me,
                         &cluster.suspects(),
+                        &sites,
                         &mut published,
                     );
+                    adopt_site_states(chitchat, &me, &sites);
                     observe(chitchat, &me, &mut heartbeats)
                 })
                 .await;
@@ -176,12 +186,14 @@ fn publish(
     state: &mut chitchat::NodeState,
     me: &Member,
     suspects: &[Suspicion],
+    sites: &SiteStates,
     published: &mut Vec<(String, String)>,
 ) {
     let mut wanted = vec![
         (KEY_STATE.to_string(), me.state.as_str().to_string()),
         (KEY_EPOCH.to_string(), me.epoch.to_string()),
     ];
+    wanted.extend(sites.gossip());
     for suspicion in suspects {
         wanted.push((
             suspicion_key(&suspicion.name, suspicion.generation, suspicion.epoch),
@@ -199,6 +211,23 @@ fn publish(
         }
     }
     *published = wanted;
+}
+
+/// Adopts the peer site states the site's other live nodes publish, where newer.
+fn adopt_site_states(chitchat: &chitchat::Chitchat, me: &Member, sites: &SiteStates) {
+    for id in chitchat.live_nodes() {
+        if *id.node_id == *me.name {
+            continue;
+        }
+        let Some(state) = chitchat.node_state(id) else {
+            continue;
+        };
+        for (key, value) in state.key_values() {
+            if key.starts_with(GOSSIP_PREFIX) {
+                sites.adopt_gossiped(key, value);
+            }
+        }
+    }
 }
 
 /// The view from chitchat's live nodes, whether any member suspects `me` (its current

@@ -297,6 +297,24 @@ impl Cluster {
             .any(|m| m.name != self.inner.me.name)
     }
 
+    /// Whether this node decides its site's state of peer sites: the ready member with the
+    /// lowest name in its view, while it serves (one at a time once views agree; two for
+    /// a moment at worst, whose changes the site then orders by epoch and name).
+    pub fn decides_site_state(&self) -> bool {
+        self.serving()
+            && self
+                .decider()
+                .is_some_and(|decider| decider.name == self.me().name)
+    }
+
+    /// The member that decides the site's state of peer sites, in this node's view.
+    pub fn decider(&self) -> Option<Member> {
+        self.view()
+            .ready()
+            .min_by(|a, b| a.name.cmp(&b.name))
+            .cloned()
+    }
+
     /// Whether this node serves requests: ready, and (unless alone) it heard from the site
     /// within the lease. A node that was frozen notices here before anything else runs.
     pub fn serving(&self) -> bool {

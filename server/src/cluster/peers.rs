@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use sitegrid_proto::v1::admin_client::AdminClient;
 use sitegrid_proto::v1::replication_service_client::ReplicationServiceClient;
 use sitegrid_proto::v1::site_link_client::SiteLinkClient;
 use tonic::transport::{Channel, Endpoint};
@@ -35,6 +36,11 @@ impl Peers {
         Ok(ReplicationServiceClient::new(self.channel(address)?)
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes))
+    }
+
+    /// An admin client for the member at `address`.
+    pub fn admin(&self, address: &str) -> Result<AdminClient<Channel>, tonic::transport::Error> {
+        Ok(AdminClient::new(self.channel(address)?))
     }
 
     /// A client of the cross-site service of the member at `address`.

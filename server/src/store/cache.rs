@@ -274,6 +274,23 @@ impl CacheStore {
         Ok(removed)
     }
 
+    /// Tells this node's subscribers that any entry may have changed unseen (after a
+    /// resync with a peer site).
+    pub fn announce_invalidate_all(&self) {
+        self.invalidate_all_at(self.services.clock.current());
+    }
+
+    fn invalidate_all_at(&self, version: Version) {
+        self.services.hub.publish(|| ChangeEvent {
+            cache: self.name.clone(),
+            kind: EventKind::InvalidateAll,
+            key: Bytes::new(),
+            version,
+            origin_site: self.services.site.clone(),
+            entry: None,
+        });
+    }
+
     /// Removes every entry of this node's copy, as of `version` (a clear run here, or
     /// one sent by the member that ran it).
     pub async fn clear_at(&self, version: Version) -> Result<u64> {
@@ -292,14 +309,7 @@ impl CacheStore {
             self.persist(ops).await?;
         }
         let removed = self.keyspace.write().clear(version);
-        self.services.hub.publish(|| ChangeEvent {
-            cache: self.name.clone(),
-            kind: EventKind::InvalidateAll,
-            key: Bytes::new(),
-            version,
-            origin_site: self.services.site.clone(),
-            entry: None,
-        });
+        self.invalidate_all_at(version);
         Ok(removed as u64)
     }
 }

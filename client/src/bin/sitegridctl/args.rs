@@ -70,6 +70,10 @@ pub(crate) enum Command {
     /// Cluster and node status.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Peer sites: this site's state of each, taking them offline, bringing them online,
+    /// resyncs. Every command acts for the whole site (all caches) from any node.
+    #[command(subcommand)]
+    Site(SiteCommand),
     /// Built-in load generator: closed-loop workers issuing one operation back to back.
     Bench(BenchArgs),
 }
@@ -241,6 +245,34 @@ pub(crate) enum ClusterCommand {
     /// The answering node: its site, readiness, version, the site's members and its
     /// caches.
     Status,
+}
+
+/// Site subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum SiteCommand {
+    /// Per peer site: state, epoch, since when, failures, keys in doubt, keys written
+    /// while it was offline, the outbox, and the last resync.
+    Status,
+    /// Take a peer site offline: writes stop waiting for it and are recorded for it.
+    TakeOffline(SiteArg),
+    /// Resync with a peer site, then bring it online.
+    BringOnline(SiteArg),
+    /// Resync with a peer site now (a consistency check if it is online).
+    Resync(SiteArg),
+    /// Progress of the resync with a peer site; in a terminal, a progress bar that
+    /// follows it until it ends.
+    ResyncStatus(SiteArg),
+    /// Stop a running resync; a peer being brought online stays offline.
+    CancelResync(SiteArg),
+    /// Compare this site with a peer site by digests; nothing is moved.
+    Diff(SiteArg),
+}
+
+/// A peer site.
+#[derive(Debug, Args)]
+pub(crate) struct SiteArg {
+    /// The peer site's name.
+    pub(crate) site: String,
 }
 
 /// Load generator settings.

@@ -16,6 +16,14 @@ pub(crate) enum CliError {
     /// Printing the result failed.
     #[error("cannot write output")]
     Output(#[from] std::io::Error),
+    /// A site named on the command line is not a peer site of the node's site.
+    #[error("{site:?} is not a peer site of site {of}")]
+    UnknownSite {
+        /// The site named.
+        site: String,
+        /// The node's site.
+        of: String,
+    },
     /// A bench ran but not one of its requests succeeded.
     #[error("no bench request succeeded ({errors} errors)")]
     BenchFailed {
@@ -29,6 +37,7 @@ impl CliError {
     pub(crate) fn exit_code(&self) -> ExitCode {
         match self {
             CliError::Input(_)
+            | CliError::UnknownSite { .. }
             | CliError::Client(
                 sitegrid_client::Error::InvalidEndpoint { .. } | sitegrid_client::Error::NoEndpoint,
             ) => ExitCode::from(2),

@@ -13,6 +13,7 @@ mod error;
 mod input;
 mod listen_cmd;
 mod output;
+mod site_cmd;
 
 use std::io::{BufWriter, IsTerminal as _, Write};
 use std::process::ExitCode;
@@ -64,6 +65,9 @@ async fn run(cli: Cli, out: &mut impl Write) -> Result<(), CliError> {
         // A node's status is asked of the node named, never of a member learned from it.
         Command::Cluster(command) => {
             cluster_cmd::run(&connect(global, false).await?, command, global.output, out).await
+        }
+        Command::Site(command) => {
+            site_cmd::run(&connect(global, false).await?, command, global.output, out).await
         }
     }
 }

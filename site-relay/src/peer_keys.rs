@@ -1,6 +1,7 @@
-//! Keys in doubt at a peer site, kept on disk: a sync backup that got no answer may or
-//! may not have been applied there, and the key is reconciled once the peer answers
-//! again, even after this node restarted.
+//! Keys recorded for a peer site, each with the version written, kept on disk so they
+//! outlive a restart. Two sets are kept this way: keys *in doubt* (a sync backup got no
+//! answer: the peer may or may not have applied it; the key is reconciled once the peer
+//! answers again), and keys *written while the peer was not online* (for its resync).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,11 +12,23 @@ use parking_lot::Mutex;
 use crate::RelayError;
 use crate::disk::Disk;
 use crate::outbox::{index_key, outbox_error, split_name};
-use crate::relay::InDoubt;
 
-/// The keys in doubt at every peer site.
+/// A key recorded for a peer site.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PeerKey {
+    /// The peer site.
+    pub(crate) site: String,
+    /// The cache.
+    pub(crate) cache: String,
+    /// The key.
+    pub(crate) key: Bytes,
+    /// The version written.
+    pub(crate) version: u64,
+}
+
+/// Keys recorded for every peer site, in one tree.
 #[derive(Debug)]
-pub(crate) struct InDoubtKeys {
+pub(crate) struct PeerKeys {
     /// site length (2 bytes), site, cache length (2), cache, key -> version (big-endian).
     tree: sled::Tree,
     /// How many keys are in doubt at each site, kept with the tree so a failing write
@@ -24,11 +37,11 @@ pub(crate) struct InDoubtKeys {
     disk: Arc<Disk>,
 }
 
-impl InDoubtKeys {
-    /// The keys in doubt kept on `disk`.
-    pub(crate) fn open(disk: &Arc<Disk>) -> Result<InDoubtKeys, RelayError> {
-        let keys = InDoubtKeys {
-            tree: disk.tree("in-doubt")?,
+impl PeerKeys {
+    /// The keys kept in tree `name` of `disk`.
+    pub(crate) fn open(disk: &Arc<Disk>, name: &str) -> Result<PeerKeys, RelayError> {
+        let keys = PeerKeys {
+            tree: disk.tree(name)?,
             counts: Mutex::new(HashMap::new()),
             disk: disk.clone(),
         };
@@ -62,11 +75,11 @@ impl InDoubtKeys {
     }
 
     /// The keys in doubt at `site`.
-    pub(crate) fn list_at(&self, site: &str) -> Result<Vec<InDoubt>, RelayError> {
+    pub(crate) fn list_at(&self, site: &str) -> Result<Vec<PeerKey>, RelayError> {
         self.entries(&index_key(site, &[]))
     }
 
-    fn entries(&self, prefix: &[u8]) -> Result<Vec<InDoubt>, RelayError> {
+    fn entries(&self, prefix: &[u8]) -> Result<Vec<PeerKey>, RelayError> {
         let mut all = Vec::new();
         for item in self.tree.scan_prefix(prefix) {
             let (key, version) = item.map_err(outbox_error)?;
@@ -78,7 +91,7 @@ impl InDoubtKeys {
             let Some((cache, key)) = split_name(rest) else {
                 continue;
             };
-            all.push(InDoubt {
+            all.push(PeerKey {
                 site: site.to_string(),
                 cache: cache.to_string(),
                 key: Bytes::copy_from_slice(key),
@@ -94,7 +107,7 @@ impl InDoubtKeys {
     }
 
     /// Forgets `entry`, unless a newer write to its key went in doubt since.
-    pub(crate) fn settle(&self, entry: &InDoubt) -> Result<(), RelayError> {
+    pub(crate) fn settle(&self, entry: &PeerKey) -> Result<(), RelayError> {
         let mut counts = self.counts.lock();
         let forgot = self
             .tree
@@ -127,13 +140,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let disk = Disk::open(dir.path()).unwrap();
-            let keys = InDoubtKeys::open(&disk).unwrap();
+            let keys = PeerKeys::open(&disk, "in-doubt").unwrap();
             keys.record("site2", "work", b"a", 5).await.unwrap();
             keys.record("site2", "work", b"a", 7).await.unwrap();
             keys.record("site3", "sessions", b"b", 9).await.unwrap();
         }
         let disk = crate::disk::reopen(dir.path()).await;
-        let keys = InDoubtKeys::open(&disk).unwrap();
+        let keys = PeerKeys::open(&disk, "in-doubt").unwrap();
         let at_site2 = keys.list_at("site2").unwrap();
         assert_eq!(at_site2.len(), 1);
         assert_eq!(keys.list_at("site3").unwrap().len(), 1);
@@ -143,7 +156,7 @@ mod tests {
             (a.cache.as_str(), a.key.as_ref(), a.version),
             ("work", &b"a"[..], 7)
         );
-        keys.settle(&InDoubt {
+        keys.settle(&PeerKey {
             version: 5,
             ..a.clone()
         })

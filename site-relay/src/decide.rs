@@ -1,0 +1,324 @@
+//! Heartbeats to peer sites, and the decisions on their state.
+//!
+//! Every node asks every peer site each heartbeat interval whether it answers (so each
+//! node knows when a peer is down and fails backups to it at once), but only the site's
+//! decider ([`LocalSite::decides_site_state`]) changes a peer's state, for the whole site:
+//! - a peer that failed `after_failures` heartbeats or backups in a row, the first at
+//!   least `min_wait` ago, is taken offline if this site holds the grant (`relay.prefer`);
+//!   otherwise this site fences itself, so the two sites of a partition never both take
+//!   writes that need each other's agreement;
+//! - a peer that answers and holds this site offline or resyncing fences this site until
+//!   it brings this site online; one that holds it online lifts the fence;
+//! - a peer that answers again while offline is brought online (after a resync) when
+//!   `auto_bring_online` is set; a peer left `resyncing` (an operator's command, or a
+//!   decider that stopped) gets its resync run here.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sitegrid_proto::v1;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::LocalSite;
+use crate::relay::Relay;
+use crate::state::{Mode, PeerState};
+
+impl Relay {
+    /// Sends heartbeats and decides peer states every heartbeat interval until `stopped`
+    /// turns true; also tells subscribers of the caches a resync touched to invalidate.
+    pub async fn watch_peers<L: LocalSite>(
+        self,
+        local: Arc<L>,
+        mut stopped: watch::Receiver<bool>,
+    ) {
+        if self.inner.peers.is_empty() {
+            return;
+        }
+        let follow = tokio::spawn(self.clone().follow_states(local.clone(), stopped.clone()));
+        let interval = self.inner.heartbeat_interval;
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = stopped.wait_for(|stop| *stop) => break,
+            }
+            let beats = (0..self.inner.peers.len()).map(|index| self.heartbeat(index, interval));
+            futures::future::join_all(beats).await;
+            if !local.decides_site_state() {
+                self.inner.resyncs.stop_all();
+                continue;
+            }
+            for index in 0..self.inner.peers.len() {
+                self.decide(index, &local);
+            }
+        }
+        self.inner.resyncs.stop_all();
+        let _ = follow.await;
+    }
+
+    /// Asks peer `index` whether it answers, waiting at most `timeout`.
+    async fn heartbeat(&self, index: usize, timeout: Duration) {
+        let peer = &self.inner.peers[index];
+        let health = &self.inner.health[index];
+        let sent = Instant::now();
+        match peer.heartbeat(&self.inner.site, timeout).await {
+            Ok(answer) => {
+                let their_view = v1::PeerSiteState::try_from(answer.your_state)
+                    .ok()
+                    .and_then(Mode::from_proto)
+                    .map(|mode| (mode, answer.your_epoch));
+                health.answered(their_view);
+            }
+            Err(failure) => {
+                debug!(site = %peer.name, %failure, "heartbeat failed");
+                health.failed(sent);
+            }
+        }
+        let seen = health.seen();
+        metrics::gauge!("sitegrid_site_failures", "site" => peer.name.to_string())
+            .set(f64::from(seen.failures));
+    }
+
+    /// The decider's step for peer `index`.
+    fn decide<L: LocalSite>(&self, index: usize, local: &Arc<L>) {
+        let name = &self.inner.peers[index].name;
+        let config = &self.inner.configs[index];
+        let states = &self.inner.states;
+        let state = states.get(name);
+        let seen = self.inner.health[index].seen();
+        if seen.failures == 0 && seen.last_answer_ms > 0 {
+            // The peer answers: it says whether this site may take writes.
+            let fence = match seen.their_view {
+                Some((mode @ (Mode::Offline | Mode::Resyncing), epoch)) => Some(format!(
+                    "site {name} holds site {} {} (its epoch {epoch}): writes to caches with \
+                     sync backups are refused until {name} brings this site online",
+                    self.inner.site,
+                    mode.as_str()
+                )),
+                _ => None,
+            };
+            if fence != state.fenced {
+                let reason = if fence.is_some() {
+                    "the peer site holds this site offline"
+                } else {
+                    "the peer site answers and holds this site online"
+                };
+                states.change(name, reason, |s| s.fenced = fence);
+            }
+            if state.mode == Mode::Offline && config.auto_bring_online {
+                states.change(
+                    name,
+                    "the peer site answers again (auto_bring_online)",
+                    |s| s.mode = Mode::Resyncing,
+                );
+            }
+        } else if seen.down_for(&config.take_offline) && state.mode != Mode::Offline {
+            let why = format!(
+                "{} heartbeats or backups in a row got no answer, the first {:?} ago",
+                seen.failures,
+                seen.first_failure.map(|f| f.elapsed()).unwrap_or_default()
+            );
+            if self.inner.prefer {
+                warn!(site = %name, %why, "taking the peer site offline");
+                states.change(name, &why, |s| {
+                    s.mode = Mode::Offline;
+                    s.fenced = None;
+                });
+            } else if state.fenced.is_none() {
+                let fence = format!(
+                    "site {name} does not answer ({why}) and this site may not take it \
+                     offline (no witness, and relay.prefer is not set here): writes to \
+                     caches with sync backups are refused so that only one site takes them"
+                );
+                warn!(site = %name, "fencing this site: {fence}");
+                states.change(name, "the peer site does not answer; no grant", |s| {
+                    s.fenced = Some(fence)
+                });
+            }
+        }
+        let state = states.get(name);
+        if state.mode == Mode::Resyncing {
+            self.inner
+                .resyncs
+                .ensure_running(self, index, local, state.epoch, false);
+        }
+    }
+
+    /// Follows state changes; tells this node's subscribers to invalidate the caches
+    /// backed up to a peer once a resync with it is done (on both sites: here when the
+    /// peer goes from resyncing to online, and when a fence set by the peer is lifted).
+    async fn follow_states<L: LocalSite>(self, local: Arc<L>, mut stopped: watch::Receiver<bool>) {
+        let mut changes = self.inner.states.follow();
+        let mut last: Vec<(String, PeerState)> = self.inner.states.all();
+        loop {
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                _ = stopped.wait_for(|stop| *stop) => return,
+            }
+            let now = self.inner.states.all();
+            for ((peer, before), (_, after)) in last.iter().zip(&now) {
+                let resynced = before.mode == Mode::Resyncing && after.mode == Mode::Online;
+                let unfenced = before.fenced.is_some() && after.fenced.is_none();
+                if resynced || unfenced {
+                    local.invalidate_all(&self.caches_backed_up_to(peer));
+                }
+            }
+            last = now;
+        }
+    }
+
+    /// The caches with backups (sync or async) to `peer`.
+    pub(crate) fn caches_backed_up_to(&self, peer: &str) -> Vec<String> {
+        let Some(index) = self.inner.peers.iter().position(|p| &*p.name == peer) else {
+            return Vec::new();
+        };
+        let mut caches: Vec<String> = self
+            .inner
+            .sync
+            .iter()
+            .chain(&self.inner.asynchronous)
+            .filter(|(_, targets)| targets.iter().any(|(i, _)| *i == index))
+            .map(|(cache, _)| cache.clone())
+            .collect();
+        caches.sort();
+        caches.dedup();
+        caches
+    }
+}
+
+/// What a node knows of one peer site, for `site status`.
+#[derive(Debug, Clone)]
+pub struct PeerStatus {
+    /// The peer site.
+    pub site: String,
+    /// This site's state of it.
+    pub state: PeerState,
+    /// Heartbeats and backups in a row that failed at this node.
+    pub failures: u32,
+    /// When the peer last answered this node (Unix ms; 0: not since it started).
+    pub last_answer_ms: u64,
+    /// Keys in doubt at the peer.
+    pub in_doubt_keys: u64,
+    /// Keys written while it was not online, for its resync.
+    pub offline_keys: u64,
+    /// Changes waiting in its async outbox.
+    pub outbox_keys: u64,
+    /// The last or running resync with it on this node.
+    pub resync: Option<crate::resync::Progress>,
+}
+
+/// Operator commands; each names a peer site (NOT_FOUND if it is not one).
+impl Relay {
+    fn index_of(&self, peer: &str) -> Result<usize, tonic::Status> {
+        self.inner
+            .peers
+            .iter()
+            .position(|p| &*p.name == peer)
+            .ok_or_else(|| {
+                tonic::Status::not_found(format!(
+                    "site {peer:?} is not a peer site of site {} (name it in [[sites]])",
+                    self.inner.site
+                ))
+            })
+    }
+
+    /// What this node knows of every peer site.
+    pub fn status(&self) -> Vec<PeerStatus> {
+        self.inner
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(index, peer)| self.peer_status(index, &peer.name))
+            .collect()
+    }
+
+    fn peer_status(&self, index: usize, name: &str) -> PeerStatus {
+        let seen = self.inner.health[index].seen();
+        let count = |keys: &Option<crate::peer_keys::PeerKeys>| {
+            keys.as_ref().map_or(0, |keys| keys.count(name) as u64)
+        };
+        PeerStatus {
+            site: name.to_string(),
+            state: self.inner.states.get(name),
+            failures: seen.failures,
+            last_answer_ms: seen.last_answer_ms,
+            in_doubt_keys: count(&self.inner.in_doubt),
+            offline_keys: count(&self.inner.offline_keys),
+            outbox_keys: self.inner.outboxes[index]
+                .as_ref()
+                .map_or(0, |outbox| outbox.len() as u64),
+            resync: self.inner.resyncs.progress(name),
+        }
+    }
+
+    /// Takes `peer` offline for the whole site: backups stop waiting for it.
+    pub fn take_offline(&self, peer: &str) -> Result<PeerStatus, tonic::Status> {
+        let index = self.index_of(peer)?;
+        self.inner.resyncs.stop(peer);
+        self.inner
+            .states
+            .change(peer, "taken offline by an operator", |s| {
+                s.mode = Mode::Offline;
+                s.fenced = None;
+            });
+        Ok(self.peer_status(index, peer))
+    }
+
+    /// Brings `peer` online: a resync first (run here), then online. With `resync` and
+    /// the peer online already, runs a consistency check that leaves it online.
+    pub fn bring_online<L: LocalSite>(
+        &self,
+        peer: &str,
+        local: &Arc<L>,
+        resync: bool,
+    ) -> Result<PeerStatus, tonic::Status> {
+        let index = self.index_of(peer)?;
+        let state = self.inner.states.get(peer);
+        if state.mode == Mode::Online {
+            if resync {
+                self.inner
+                    .resyncs
+                    .ensure_running(self, index, local, 0, false);
+            }
+        } else {
+            let state = self.inner.states.change(
+                peer,
+                "brought online by an operator: resync first",
+                |s| s.mode = Mode::Resyncing,
+            );
+            self.inner
+                .resyncs
+                .ensure_running(self, index, local, state.epoch, false);
+        }
+        Ok(self.peer_status(index, peer))
+    }
+
+    /// Stops a running resync with `peer`; a peer being brought online stays offline.
+    pub fn cancel_resync(&self, peer: &str) -> Result<PeerStatus, tonic::Status> {
+        let index = self.index_of(peer)?;
+        self.inner.resyncs.stop(peer);
+        if self.inner.states.get(peer).mode == Mode::Resyncing {
+            self.inner
+                .states
+                .change(peer, "resync cancelled by an operator", |s| {
+                    s.mode = Mode::Offline
+                });
+        }
+        Ok(self.peer_status(index, peer))
+    }
+
+    /// Compares this site with `peer` by digests, moving nothing.
+    pub async fn diff<L: LocalSite>(
+        &self,
+        peer: &str,
+        local: &Arc<L>,
+    ) -> Result<PeerStatus, tonic::Status> {
+        let index = self.index_of(peer)?;
+        let progress = crate::resync::Resyncs::diff(self, index, local).await;
+        let mut status = self.peer_status(index, peer);
+        status.resync = Some(progress);
+        Ok(status)
+    }
+}

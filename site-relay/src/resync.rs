@@ -1,0 +1,507 @@
+//! Resync with a peer site: compare, then move only what differs.
+//!
+//! For each cache backed up to the peer:
+//! 1. both sites' digests of every key range (kept up to date by the store, tombstones
+//!    included) are compared; equal ranges are done;
+//! 2. for the ranges that differ, both sites list their keys with versions; a key whose
+//!    versions are equal is done;
+//! 3. each differing key's newer state (entry or tombstone, so deletes propagate) goes to
+//!    the site holding the older one, where it is merged by the cache's merge policy on
+//!    the key's primary, never waiting for a lock; a write made meanwhile has a newer
+//!    version and is never overwritten by the older state.
+//!
+//! Then the peer is marked online (a bring-online) and the keys recorded for it while it
+//! was offline are forgotten. A resync runs on the site's decider; it stops when the
+//! peer's state changes under it (cancelled, taken offline) or the decider changes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use sitegrid_proto::{Backoff, v1};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::LocalSite;
+use crate::outbox::now_ms;
+use crate::peer::{Failure, PeerSite};
+use crate::relay::Relay;
+use crate::state::Mode;
+
+/// Key ranges whose keys are listed in one call.
+const RANGES_PER_CALL: usize = 16;
+/// Keys fetched or sent in one call.
+const KEYS_PER_CALL: usize = 256;
+/// How long one resync call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Waits before a failed call or busy keys are tried again; a resync gives up (and
+/// leaves the peer as it was) once they run out.
+const RETRY: Backoff = Backoff {
+    initial_delay: Duration::from_millis(20),
+    max_delay: Duration::from_secs(2),
+    max_attempts: 20,
+};
+
+/// How a resync goes (or went).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Whether it is running now.
+    pub running: bool,
+    /// Only compared: nothing moved.
+    pub diff_only: bool,
+    /// Key ranges compared so far, and in all.
+    pub ranges_done: u64,
+    /// In all (every cache).
+    pub ranges_total: u64,
+    /// Keys whose state differed between the sites.
+    pub keys_differing: u64,
+    /// Entries and tombstones moved either way.
+    pub keys_moved: u64,
+    /// Bytes of those.
+    pub bytes_moved: u64,
+    /// Entries the receiving site's merge kept its own state for.
+    pub conflicts: u64,
+    /// When it started and ended (Unix ms).
+    pub started_ms: u64,
+    /// 0 while running.
+    pub ended_ms: u64,
+    /// Why it stopped early.
+    pub error: Option<String>,
+}
+
+/// The resyncs of one node, by peer.
+#[derive(Debug, Default)]
+pub(crate) struct Resyncs {
+    running: Mutex<HashMap<String, Running>>,
+}
+
+#[derive(Debug)]
+struct Running {
+    progress: Arc<Mutex<Progress>>,
+    stop: watch::Sender<bool>,
+    /// The state epoch it runs for (0: a consistency check of an online peer).
+    epoch: u64,
+}
+
+impl Resyncs {
+    /// Starts a resync with peer `index` unless one runs already for `epoch`.
+    pub(crate) fn ensure_running<L: LocalSite>(
+        &self,
+        relay: &Relay,
+        index: usize,
+        local: &Arc<L>,
+        epoch: u64,
+        diff_only: bool,
+    ) {
+        let peer = relay.inner.peers[index].name.to_string();
+        let mut running = self.running.lock();
+        if let Some(current) = running.get(&peer)
+            && current.progress.lock().running
+            && current.epoch == epoch
+        {
+            return;
+        }
+        if let Some(previous) = running.remove(&peer) {
+            let _ = previous.stop.send(true);
+        }
+        let progress = Arc::new(Mutex::new(Progress {
+            running: true,
+            diff_only,
+            started_ms: now_ms(),
+            ..Progress::default()
+        }));
+        let (stop, stopped) = watch::channel(false);
+        running.insert(
+            peer,
+            Running {
+                progress: progress.clone(),
+                stop,
+                epoch,
+            },
+        );
+        let job = Job {
+            relay: relay.clone(),
+            index,
+            local: local.clone(),
+            epoch,
+            diff_only,
+            progress,
+            stopped,
+        };
+        tokio::spawn(job.run());
+    }
+
+    /// Compares this site with peer `index` without moving anything, and waits for the
+    /// result.
+    pub(crate) async fn diff<L: LocalSite>(
+        relay: &Relay,
+        index: usize,
+        local: &Arc<L>,
+    ) -> Progress {
+        let progress = Arc::new(Mutex::new(Progress {
+            running: true,
+            diff_only: true,
+            started_ms: now_ms(),
+            ..Progress::default()
+        }));
+        let job = Job {
+            relay: relay.clone(),
+            index,
+            local: local.clone(),
+            epoch: 0,
+            diff_only: true,
+            progress: progress.clone(),
+            stopped: watch::channel(false).1,
+        };
+        job.run().await;
+        progress.lock().clone()
+    }
+
+    /// Stops the resync with `peer`, if one runs.
+    pub(crate) fn stop(&self, peer: &str) {
+        if let Some(running) = self.running.lock().get(peer) {
+            let _ = running.stop.send(true);
+        }
+    }
+
+    /// Stops every resync (this node stopped deciding, or is stopping).
+    pub(crate) fn stop_all(&self) {
+        for running in self.running.lock().values() {
+            let _ = running.stop.send(true);
+        }
+    }
+
+    /// The last or running resync with `peer` on this node.
+    pub(crate) fn progress(&self, peer: &str) -> Option<Progress> {
+        let running = self.running.lock();
+        Some(running.get(peer)?.progress.lock().clone())
+    }
+}
+
+/// One resync.
+struct Job<L> {
+    relay: Relay,
+    index: usize,
+    local: Arc<L>,
+    epoch: u64,
+    diff_only: bool,
+    progress: Arc<Mutex<Progress>>,
+    stopped: watch::Receiver<bool>,
+}
+
+impl<L: LocalSite> Job<L> {
+    fn peer(&self) -> &PeerSite {
+        &self.relay.inner.peers[self.index]
+    }
+
+    async fn run(self) {
+        let name = self.peer().name.to_string();
+        info!(site = %name, diff_only = self.diff_only, "resync started");
+        // Keys recorded while the peer was offline, up to now: the resync covers them.
+        let recorded = self
+            .relay
+            .inner
+            .offline_keys
+            .as_ref()
+            .and_then(|keys| keys.list_at(&name).ok())
+            .unwrap_or_default();
+        let caches = self.relay.caches_backed_up_to(&name);
+        self.progress.lock().ranges_total = caches
+            .iter()
+            .map(|cache| {
+                self.local
+                    .range_digests(cache)
+                    .map_or(0, |d| d.len() as u64)
+            })
+            .sum();
+        let mut result = Ok(());
+        for cache in &caches {
+            result = self.cache(cache).await;
+            if result.is_err() {
+                break;
+            }
+        }
+        let states = &self.relay.inner.states;
+        if result.is_ok() && !self.diff_only {
+            if let Some(keys) = &self.relay.inner.offline_keys {
+                for key in &recorded {
+                    let _ = keys.settle(key);
+                }
+            }
+            let state = states.get(&name);
+            if self.epoch != 0 && state.mode == Mode::Resyncing && state.epoch == self.epoch {
+                let moved = self.progress.lock().keys_moved;
+                states.change(&name, &format!("resync done, {moved} keys moved"), |s| {
+                    s.mode = Mode::Online
+                });
+            }
+        }
+        let mut progress = self.progress.lock();
+        progress.running = false;
+        progress.ended_ms = now_ms();
+        match result {
+            Ok(()) => info!(site = %name, moved = progress.keys_moved,
+                differing = progress.keys_differing, conflicts = progress.conflicts, "resync done"),
+            Err(error) => {
+                warn!(site = %name, %error, "resync stopped");
+                progress.error = Some(error);
+            }
+        }
+    }
+
+    /// Whether the resync must stop: told to, or the peer's state moved on.
+    fn check(&self) -> Result<(), String> {
+        if *self.stopped.borrow() {
+            return Err("stopped".into());
+        }
+        if self.epoch != 0 {
+            let state = self.relay.inner.states.get(&self.peer().name);
+            if state.epoch != self.epoch || state.mode != Mode::Resyncing {
+                return Err(format!(
+                    "the peer's state changed to {} (epoch {})",
+                    state.mode.as_str(),
+                    state.epoch
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn cache(&self, cache: &str) -> Result<(), String> {
+        self.check()?;
+        let site = self.relay.inner.site.clone();
+        let theirs = self
+            .call("digests", |peer| {
+                peer.range_digests(
+                    v1::RangeDigestsRequest {
+                        from_site: site.clone(),
+                        cache: cache.to_string(),
+                    },
+                    CALL_TIMEOUT,
+                )
+            })
+            .await?;
+        let ours = self
+            .local
+            .range_digests(cache)
+            .map_err(|s| s.message().to_string())?;
+        let differing: Vec<u32> = (0..ours.len())
+            .filter(|r| theirs.get(*r) != Some(&ours[*r]))
+            .map(|r| r as u32)
+            .collect();
+        let metric_site = self.peer().name.to_string();
+        metrics::gauge!("sitegrid_resync_differing_ranges", "site" => metric_site, "cache" => cache.to_string())
+            .set(differing.len() as f64);
+        self.progress.lock().ranges_done += (ours.len() - differing.len()) as u64;
+        for ranges in differing.chunks(RANGES_PER_CALL) {
+            self.check()?;
+            let their_keys = self
+                .call("key versions", |peer| {
+                    peer.range_versions(
+                        v1::RangeVersionsRequest {
+                            from_site: site.clone(),
+                            cache: cache.to_string(),
+                            ranges: ranges.to_vec(),
+                        },
+                        CALL_TIMEOUT,
+                    )
+                })
+                .await?;
+            let our_keys = self
+                .local
+                .range_versions(cache, ranges)
+                .map_err(|s| s.message().to_string())?;
+            let (pull, push) = compare(our_keys, their_keys);
+            self.progress.lock().keys_differing += (pull.len() + push.len()) as u64;
+            if !self.diff_only {
+                for keys in pull.chunks(KEYS_PER_CALL) {
+                    self.pull(cache, keys).await?;
+                }
+                for keys in push.chunks(KEYS_PER_CALL) {
+                    self.push(cache, keys).await?;
+                }
+            }
+            self.progress.lock().ranges_done += ranges.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Takes the peer's state of `keys` (newer than this site's) and merges it here.
+    async fn pull(&self, cache: &str, keys: &[Bytes]) -> Result<(), String> {
+        let site = self.relay.inner.site.clone();
+        let name = self.peer().name.to_string();
+        let mut pending = self
+            .call("fetch", |peer| {
+                peer.fetch_keys(
+                    v1::FetchKeysRequest {
+                        from_site: site.clone(),
+                        cache: cache.to_string(),
+                        keys: keys.to_vec(),
+                    },
+                    CALL_TIMEOUT,
+                )
+            })
+            .await?;
+        for attempt in 0.. {
+            let mut busy = Vec::new();
+            for mutation in pending {
+                let bytes = (mutation.key.len() + mutation.record.len()) as u64;
+                let result = self
+                    .local
+                    .apply_async(cache, &name, mutation.clone(), false)
+                    .await
+                    .map_err(|s| s.message().to_string())?;
+                self.count(result, bytes, || busy.push(mutation));
+            }
+            if busy.is_empty() {
+                return Ok(());
+            }
+            self.wait(attempt, "keys stayed busy here").await?;
+            pending = busy;
+        }
+        Ok(())
+    }
+
+    /// Sends this site's state of `keys` (newer than the peer's) to the peer.
+    async fn push(&self, cache: &str, keys: &[Bytes]) -> Result<(), String> {
+        let mut pending = self
+            .local
+            .fetch_keys(cache, keys)
+            .map_err(|s| s.message().to_string())?;
+        for attempt in 0.. {
+            let request = v1::ApplyAsyncRequest {
+                from_site: self.relay.inner.site.clone(),
+                changes: pending
+                    .iter()
+                    .map(|mutation| v1::AsyncChange {
+                        cache: cache.to_string(),
+                        mutation: Some(mutation.clone()),
+                    })
+                    .collect(),
+                forwarded: false,
+            };
+            let results = self
+                .call("send", |peer| {
+                    peer.apply_async(request.clone(), CALL_TIMEOUT)
+                })
+                .await?;
+            let mut busy = Vec::new();
+            for (mutation, result) in pending.into_iter().zip(results) {
+                let bytes = (mutation.key.len() + mutation.record.len()) as u64;
+                self.count(result, bytes, || busy.push(mutation));
+            }
+            if busy.is_empty() {
+                return Ok(());
+            }
+            self.wait(attempt, "keys stayed busy at the peer site")
+                .await?;
+            pending = busy;
+        }
+        Ok(())
+    }
+
+    /// Counts one moved key by its merge result; `busy` keeps it for another try.
+    fn count(&self, result: v1::AsyncResult, bytes: u64, busy: impl FnOnce()) {
+        let mut progress = self.progress.lock();
+        match result {
+            v1::AsyncResult::Taken => {
+                progress.keys_moved += 1;
+                progress.bytes_moved += bytes;
+            }
+            v1::AsyncResult::Kept => {
+                progress.keys_moved += 1;
+                progress.bytes_moved += bytes;
+                progress.conflicts += 1;
+            }
+            v1::AsyncResult::Busy | v1::AsyncResult::Unspecified => busy(),
+        }
+    }
+
+    /// Makes a call to the peer, trying again after failures.
+    async fn call<'a, T, Fut>(
+        &'a self,
+        what: &str,
+        call: impl Fn(&'a PeerSite) -> Fut,
+    ) -> Result<T, String>
+    where
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        let mut attempt = 0;
+        loop {
+            self.check()?;
+            match call(self.peer()).await {
+                Ok(answer) => return Ok(answer),
+                Err(Failure::Refused(why)) => return Err(format!("{what}: {why}")),
+                Err(failure) => {
+                    self.wait(attempt, &format!("{what}: {failure}")).await?;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Waits before try `attempt`; fails with `why` once the tries run out.
+    async fn wait(&self, attempt: u32, why: &str) -> Result<(), String> {
+        let Some(delay) = RETRY.delay(attempt) else {
+            return Err(why.to_string());
+        };
+        tokio::time::sleep(delay).await;
+        self.check()
+    }
+}
+
+/// The keys to take from the peer (its version is newer, or only it has the key) and to
+/// send to it (the other way round).
+fn compare(ours: Vec<v1::KeyVersion>, theirs: Vec<v1::KeyVersion>) -> (Vec<Bytes>, Vec<Bytes>) {
+    let mut mine: HashMap<Bytes, u64> = ours.into_iter().map(|k| (k.key, k.version)).collect();
+    let mut pull = Vec::new();
+    for their in theirs {
+        match mine.remove(&their.key) {
+            Some(version) if version == their.version => {}
+            Some(version) if version > their.version => {
+                mine.insert(their.key, version);
+            }
+            _ => pull.push(their.key),
+        }
+    }
+    let push = mine.into_keys().collect();
+    (pull, push)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(key: &str, version: u64) -> v1::KeyVersion {
+        v1::KeyVersion {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            version,
+        }
+    }
+
+    #[test]
+    fn only_differing_keys_move_and_each_one_way() {
+        let ours = vec![
+            kv("same", 5),
+            kv("ours-newer", 9),
+            kv("only-ours", 3),
+            kv("theirs-newer", 2),
+        ];
+        let theirs = vec![
+            kv("same", 5),
+            kv("ours-newer", 7),
+            kv("theirs-newer", 4),
+            kv("only-theirs", 1),
+        ];
+        let (mut pull, mut push) = compare(ours, theirs);
+        pull.sort();
+        push.sort();
+        assert_eq!(
+            pull,
+            [Bytes::from("only-theirs"), Bytes::from("theirs-newer")]
+        );
+        assert_eq!(push, [Bytes::from("only-ours"), Bytes::from("ours-newer")]);
+    }
+}
