@@ -3,7 +3,10 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use sitegrid_proto::v1::{PutIfAbsentRequest, PutIfAbsentResponse};
+use sitegrid_proto::v1::cache_client::CacheClient;
+use sitegrid_proto::v1::{GetAllRequest, PutIfAbsentRequest, PutIfAbsentResponse};
+
+use crate::NodeProcess;
 
 /// Attempt number `attempt` of client `client` in a race on `tokens` tokens, where every
 /// client tries every token, each client in its own order: the token, and its
@@ -60,4 +63,36 @@ pub fn one_winner_per_token(
         }
     }
     winners
+}
+
+/// The keys `prefix0`, `prefix1`, ... (`count` of them) of `cache` that `node` holds, in
+/// that order, as (key, value, version).
+pub async fn contents(
+    node: &NodeProcess,
+    cache: &str,
+    prefix: &str,
+    count: usize,
+) -> Vec<(Bytes, Bytes, u64)> {
+    let mut reader = CacheClient::new(node.channel().await.unwrap());
+    let mut all = Vec::new();
+    for chunk in (0..count).collect::<Vec<_>>().chunks(500) {
+        let entries = reader
+            .get_all(GetAllRequest {
+                cache: cache.into(),
+                keys: chunk
+                    .iter()
+                    .map(|i| Bytes::from(format!("{prefix}{i}")))
+                    .collect(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .entries;
+        all.extend(
+            entries
+                .into_iter()
+                .map(|e| (e.key, e.value, e.metadata.unwrap().version)),
+        );
+    }
+    all
 }

@@ -20,7 +20,8 @@ impl TwoSites {
     /// makes each node's spec from its site's index (0, 1) and its name (site, site id,
     /// seeds and `[[sites]]` are filled in). Each site names the other in `[[sites]]` with
     /// the endpoints `endpoints` gives for the other site's gRPC addresses (the addresses
-    /// themselves, or proxies in front of them).
+    /// themselves, or proxies in front of them). The `[[sites]]` entry comes first in the
+    /// config, so a spec's TOML may extend it (`[sites.take_offline]` first).
     pub async fn start(
         per_site: usize,
         spec: impl Fn(usize, &str) -> NodeSpec,
@@ -41,10 +42,14 @@ impl TwoSites {
                 other + 1,
                 peer_endpoints.join(", ")
             );
-            sites.push(Site::launch_at(own, |name| NodeSpec {
-                site: format!("site{}", index + 1),
-                site_id: index as u8 + 1,
-                ..spec(index, name).with_toml(&peer)
+            sites.push(Site::launch_at(own, |name| {
+                let spec = spec(index, name);
+                NodeSpec {
+                    site: format!("site{}", index + 1),
+                    site_id: index as u8 + 1,
+                    extra_toml: format!("{peer}{}", spec.extra_toml),
+                    ..spec
+                }
             })?);
         }
         let [mut first, mut second]: [Site; 2] = sites.try_into().expect("two sites");
@@ -76,6 +81,30 @@ impl TwoSites {
             .into_inner()
             .ok_or_else(|| anyhow::anyhow!("no proxy was started"))??;
         Ok((sites, proxy))
+    }
+
+    /// Two sites of one node each that reach each other only through a [`FaultProxy`]
+    /// each: `proxies[i]` carries what site `i + 1` sends to the other site, so
+    /// blackholing both partitions the sites.
+    pub async fn start_partitionable(
+        spec: impl Fn(usize, &str) -> NodeSpec,
+    ) -> anyhow::Result<(TwoSites, [FaultProxy; 2])> {
+        let proxies: Mutex<Vec<anyhow::Result<FaultProxy>>> = Mutex::new(Vec::new());
+        let sites = TwoSites::start(1, spec, |_, peers| {
+            let started = FaultProxy::start(peers[0]);
+            let endpoint = started.as_ref().ok().map(|p| p.addr().to_string());
+            proxies.lock().push(started);
+            endpoint.into_iter().collect()
+        })
+        .await?;
+        let proxies = proxies
+            .into_inner()
+            .into_iter()
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let proxies: [FaultProxy; 2] = proxies
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("two proxies were not started"))?;
+        Ok((sites, proxies))
     }
 
     /// Two sites whose nodes reach each other directly.

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
-use sitegrid_integration_tests::checks::{one_winner_per_token, token_attempt};
+use sitegrid_integration_tests::checks::{contents, one_winner_per_token, token_attempt};
 use sitegrid_integration_tests::requests::{get, put};
 use sitegrid_integration_tests::{Direction, NodeProcess, NodeSpec, TwoSites, eventually};
 use sitegrid_proto::v1::cache_client::CacheClient;
@@ -300,38 +300,6 @@ async fn writes_in_doubt_behind_a_blackholed_link_fail_in_time_and_converge_once
             .stored
     );
     assert!(found(second, "actionTokens", "after").await);
-}
-
-/// The keys `prefix0`, `prefix1`, ... (`count` of them) of `cache` that `node` holds, in
-/// that order, as (key, value, version).
-async fn contents(
-    node: &NodeProcess,
-    cache: &str,
-    prefix: &str,
-    count: usize,
-) -> Vec<(Bytes, Bytes, u64)> {
-    let mut reader = client(node).await;
-    let mut all = Vec::new();
-    for chunk in (0..count).collect::<Vec<_>>().chunks(500) {
-        let entries = reader
-            .get_all(GetAllRequest {
-                cache: cache.into(),
-                keys: chunk
-                    .iter()
-                    .map(|i| Bytes::from(format!("{prefix}{i}")))
-                    .collect(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .entries;
-        all.extend(
-            entries
-                .into_iter()
-                .map(|e| (e.key, e.value, e.metadata.unwrap().version)),
-        );
-    }
-    all
 }
 
 #[tokio::test]
