@@ -323,15 +323,26 @@ impl RemoteCache {
 
     /// Removes every entry of the cache on the site; answers how many.
     pub async fn clear(&self) -> Result<u64> {
+        Ok(self.clear_where(false).await?.removed)
+    }
+
+    /// Removes every entry of the cache in this site and in every peer site it is backed
+    /// up to; answers the entries removed here and in the peer sites. Fails with
+    /// UNAVAILABLE naming the sites not cleared (this one is cleared then).
+    pub async fn clear_all_sites(&self) -> Result<(u64, u64)> {
+        let response = self.clear_where(true).await?;
+        Ok((response.removed, response.removed_in_peer_sites))
+    }
+
+    async fn clear_where(&self, all_sites: bool) -> Result<v1::ClearResponse> {
         let request = v1::ClearRequest {
             cache: self.name.clone(),
+            all_sites,
         };
-        let response = self
-            .client
+        self.client
             .unary(request, |channel, request| async move {
                 CacheClient::new(channel).clear(request).await
             })
-            .await?;
-        Ok(response.removed)
+            .await
     }
 }

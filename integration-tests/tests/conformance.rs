@@ -485,6 +485,7 @@ async fn size_counts_live_entries_and_clear_empties_the_cache() {
         .cache
         .clear(ClearRequest {
             cache: "loginFailures".into(),
+            all_sites: false,
         })
         .await
         .unwrap()

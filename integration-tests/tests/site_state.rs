@@ -381,3 +381,53 @@ async fn bring_online_moves_only_what_differs_and_never_overwrites_a_newer_write
         assert_eq!(held.1, format!("live{last_round}").as_bytes(), "{key:?}");
     }
 }
+
+#[tokio::test]
+async fn clear_with_all_sites_empties_the_cache_in_the_peer_site_too() {
+    let sites = TwoSites::start(1, spec, |_, peers| {
+        peers.iter().map(|a| a.to_string()).collect()
+    })
+    .await
+    .unwrap();
+    let [first, second] = [&sites.sites[0].nodes[0], &sites.sites[1].nodes[0]];
+    let mut in_first = cache(first).await;
+    let fill = || {
+        let mut in_first = in_first.clone();
+        async move {
+            for i in 0..20 {
+                in_first
+                    .put(put("sessions", &format!("c{i}"), "v"))
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    fill().await;
+    // A plain clear stays in its site.
+    let here_only = cache(second)
+        .await
+        .clear(ClearRequest {
+            cache: "sessions".into(),
+            all_sites: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (here_only.removed, here_only.removed_in_peer_sites),
+        (20, 0)
+    );
+    assert_eq!(contents(first, "sessions", "c", 20).await.len(), 20);
+    fill().await;
+    let cleared = in_first
+        .clear(ClearRequest {
+            cache: "sessions".into(),
+            all_sites: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((cleared.removed, cleared.removed_in_peer_sites), (20, 20));
+    assert_eq!(contents(first, "sessions", "c", 20).await, []);
+    assert_eq!(contents(second, "sessions", "c", 20).await, []);
+}

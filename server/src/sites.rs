@@ -232,6 +232,12 @@ impl LocalSite for NodeSite {
         Ok(self.cluster.store().restamp(cache, key, in_doubt).await?)
     }
 
+    async fn clear(&self, cache: &str) -> std::result::Result<u64, Status> {
+        let removed = self.cluster.store().clear(cache).await?;
+        tracing::info!(cache, removed, "cache cleared by a peer site");
+        Ok(removed)
+    }
+
     fn decides_site_state(&self) -> bool {
         self.cluster.decides_site_state()
     }

@@ -322,3 +322,43 @@ impl Relay {
         Ok(status)
     }
 }
+
+/// How long a peer site may take to clear a cache.
+const CLEAR_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Relay {
+    /// Clears `cache` in every peer site it is backed up to, in parallel; answers the
+    /// entries removed there, or which sites were not cleared and why.
+    pub async fn clear_in_peer_sites(&self, cache: &str) -> Result<u64, String> {
+        let clears = self.inner.peers.iter().filter(|peer| {
+            self.caches_backed_up_to(&peer.name)
+                .iter()
+                .any(|c| c == cache)
+        });
+        let answers = futures::future::join_all(clears.map(|peer| async move {
+            if self.inner.states.get(&peer.name).mode != Mode::Online {
+                return (peer, Err("it is not online".to_string()));
+            }
+            let request = v1::ClearCacheRequest {
+                from_site: self.inner.site.clone(),
+                cache: cache.to_string(),
+            };
+            let answer = peer.clear_cache(request, CLEAR_TIMEOUT).await;
+            (peer, answer.map_err(|failure| failure.to_string()))
+        }))
+        .await;
+        let mut removed = 0;
+        let mut failed = Vec::new();
+        for (peer, answer) in answers {
+            match answer {
+                Ok(count) => removed += count,
+                Err(why) => failed.push(format!("site {} ({why})", peer.name)),
+            }
+        }
+        if failed.is_empty() {
+            Ok(removed)
+        } else {
+            Err(format!("not cleared in {}", failed.join(", ")))
+        }
+    }
+}

@@ -145,6 +145,16 @@ impl<L: LocalSite> SiteLink for SiteLinkService<L> {
         Ok(Response::new(v1::RangeVersionsResponse { keys }))
     }
 
+    async fn clear_cache(
+        &self,
+        request: Request<v1::ClearCacheRequest>,
+    ) -> Result<Response<v1::ClearCacheResponse>, Status> {
+        let request = request.into_inner();
+        self.check_peer(&request.from_site)?;
+        let removed = self.local.clear(&request.cache).await?;
+        Ok(Response::new(v1::ClearCacheResponse { removed }))
+    }
+
     async fn fetch_keys(
         &self,
         request: Request<v1::FetchKeysRequest>,

@@ -44,6 +44,10 @@ pub trait LocalSite: Send + Sync + 'static {
     /// (`INVALIDATE_ALL`), after a resync with a peer site.
     fn invalidate_all(&self, caches: &[String]);
 
+    /// Clears `cache` in this site (every node), for an operator's clear of all sites;
+    /// answers how many entries were removed here.
+    async fn clear(&self, cache: &str) -> Result<u64, Status>;
+
     /// This node's digest of every key range of `cache`.
     fn range_digests(&self, cache: &str) -> Result<Vec<u64>, Status>;
 

@@ -192,6 +192,20 @@ impl PeerSite {
         .map(|answer| answer.keys)
     }
 
+    /// Clears a cache in the peer site; answers the entries removed.
+    pub(crate) async fn clear_cache(
+        &self,
+        request: v1::ClearCacheRequest,
+        timeout: Duration,
+    ) -> Result<u64, Failure> {
+        self.call(timeout, |mut client| {
+            let request = request.clone();
+            async move { client.clear_cache(request).await }
+        })
+        .await
+        .map(|answer| answer.removed)
+    }
+
     /// The peer's state of some keys.
     pub(crate) async fn fetch_keys(
         &self,

@@ -455,7 +455,24 @@ impl Cache for CacheService {
                 self.state.check_accepting()?;
                 let removed = self.store.clear(&r.cache).await?;
                 tracing::info!(cache = %r.cache, removed, "cache cleared");
-                Ok(v1::ClearResponse { removed })
+                let removed_in_peer_sites = if r.all_sites {
+                    self.state
+                        .relay()
+                        .clear_in_peer_sites(&r.cache)
+                        .await
+                        .map_err(|why| {
+                            crate::error::Error::Unavailable(format!(
+                                "cache {} was cleared in this site but {why}",
+                                r.cache
+                            ))
+                        })?
+                } else {
+                    0
+                };
+                Ok(v1::ClearResponse {
+                    removed,
+                    removed_in_peer_sites,
+                })
             })
             .await
     }

@@ -453,6 +453,19 @@ impl CacheStore {
             match keyspace.check(mutation) {
                 ApplyOutcome::Applied { .. } => keyspace.state_version(&mutation.key),
                 ApplyOutcome::AlreadyApplied => return Ok(ReplicaOutcome::AlreadyApplied),
+                // Only a clear of this site stands newer than `prev`: the peer takes it as
+                // a removal at the clear's version, so its next try replaces that (without
+                // it, a cache cleared in one site only refused every write to its old keys).
+                ApplyOutcome::Conflict { current: None } => {
+                    return Ok(ReplicaOutcome::Conflict(Some(Slot::Tombstone(Arc::new(
+                        Tombstone {
+                            version: keyspace.floor(),
+                            origin_site: self.services().site.clone(),
+                            removed_ms: self.now_ms(),
+                            cause: TombstoneCause::Removed,
+                        },
+                    )))));
+                }
                 ApplyOutcome::Conflict { current } => return Ok(ReplicaOutcome::Conflict(current)),
             }
         };

@@ -98,8 +98,9 @@ pub(crate) enum CacheCommand {
     RemoveWithVersion(VersionedRemoveArgs),
     /// Print the number of live entries.
     Size(CacheArg),
-    /// Remove every entry of the cache on this site.
-    Clear(CacheArg),
+    /// Remove every entry of the cache on this site (with --all-sites, in its peer sites
+    /// too).
+    Clear(ClearArgs),
     /// List the entries of the cache (or those carrying a tag).
     Entries(EntriesArgs),
     /// Remove every entry carrying a tag.
@@ -118,6 +119,17 @@ pub(crate) struct CacheArg {
     /// Cache name, e.g. `sessions`.
     #[arg(long, short = 'c')]
     pub(crate) cache: String,
+}
+
+/// A cache to clear, and where.
+#[derive(Debug, Args)]
+pub(crate) struct ClearArgs {
+    /// Cache name, e.g. `sessions`.
+    #[arg(long, short = 'c')]
+    pub(crate) cache: String,
+    /// Clear it in every peer site it is backed up to as well.
+    #[arg(long)]
+    pub(crate) all_sites: bool,
 }
 
 /// A cache and a key.

@@ -73,6 +73,12 @@ pub(crate) async fn run(
                 },
             )?;
         }
+        CacheCommand::Clear(args) if args.all_sites => {
+            let (here, peers) = client.cache(args.cache).clear_all_sites().await?;
+            for (name, count) in [("removed", here), ("removed_in_peer_sites", peers)] {
+                emit(out, format, &Count { name, count })?;
+            }
+        }
         CacheCommand::Clear(args) => {
             let count = client.cache(args.cache).clear().await?;
             emit(
