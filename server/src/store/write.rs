@@ -381,6 +381,22 @@ impl CacheStore {
         }
     }
 
+    /// A replica's refusal of a change: the key's newer state, for the sender to take.
+    /// A key refused only because of a clear newer than the change's `prev` (it has no
+    /// slot) stands removed at the clear's version `floor`: the sender takes that and its
+    /// next try replaces it (otherwise a cache cleared where the sender's copy was not
+    /// refused every later write to its old keys).
+    fn conflict(&self, current: Option<Slot>, floor: Version) -> ReplicaOutcome {
+        ReplicaOutcome::Conflict(Some(current.unwrap_or_else(|| {
+            Slot::Tombstone(Arc::new(Tombstone {
+                version: floor,
+                origin_site: self.services().site.clone(),
+                removed_ms: self.now_ms(),
+                cause: TombstoneCause::Removed,
+            }))
+        })))
+    }
+
     /// Takes changes sent by another member, with the one rule, never waiting for a lock:
     /// a key busy here (a write of this node's own, a clear, upkeep) refuses its change.
     /// The changes taken are made durable together, with one wait.
@@ -397,14 +413,18 @@ impl CacheStore {
                 continue;
             };
             self.services().clock.observe(mutation.next());
-            outcomes.push(match self.keyspace.read().check(mutation) {
+            let (checked, floor) = {
+                let keyspace = self.keyspace.read();
+                (keyspace.check(mutation), keyspace.floor())
+            };
+            outcomes.push(match checked {
                 ApplyOutcome::Applied { .. } => {
                     taken.push(index);
                     locks.push(lock);
                     ReplicaOutcome::Applied
                 }
                 ApplyOutcome::AlreadyApplied => ReplicaOutcome::AlreadyApplied,
-                ApplyOutcome::Conflict { current } => ReplicaOutcome::Conflict(current),
+                ApplyOutcome::Conflict { current } => self.conflict(current, floor),
             });
         }
         // The keys taken stay locked until applied, so the rule's answer holds.
@@ -453,20 +473,9 @@ impl CacheStore {
             match keyspace.check(mutation) {
                 ApplyOutcome::Applied { .. } => keyspace.state_version(&mutation.key),
                 ApplyOutcome::AlreadyApplied => return Ok(ReplicaOutcome::AlreadyApplied),
-                // Only a clear of this site stands newer than `prev`: the peer takes it as
-                // a removal at the clear's version, so its next try replaces that (without
-                // it, a cache cleared in one site only refused every write to its old keys).
-                ApplyOutcome::Conflict { current: None } => {
-                    return Ok(ReplicaOutcome::Conflict(Some(Slot::Tombstone(Arc::new(
-                        Tombstone {
-                            version: keyspace.floor(),
-                            origin_site: self.services().site.clone(),
-                            removed_ms: self.now_ms(),
-                            cause: TombstoneCause::Removed,
-                        },
-                    )))));
+                ApplyOutcome::Conflict { current } => {
+                    return Ok(self.conflict(current, keyspace.floor()));
                 }
-                ApplyOutcome::Conflict { current } => return Ok(ReplicaOutcome::Conflict(current)),
             }
         };
         // In this site the change replaces exactly what this primary holds.
