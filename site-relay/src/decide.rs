@@ -142,7 +142,7 @@ impl Relay {
         if state.mode == Mode::Resyncing {
             self.inner
                 .resyncs
-                .ensure_running(self, index, local, state.epoch, false);
+                .ensure_running(self, index, local, state.epoch);
         }
     }
 
@@ -151,7 +151,7 @@ impl Relay {
     /// peer goes from resyncing to online, and when a fence set by the peer is lifted).
     async fn follow_states<L: LocalSite>(self, local: Arc<L>, mut stopped: watch::Receiver<bool>) {
         let mut changes = self.inner.states.follow();
-        let mut last: Vec<(String, PeerState)> = self.inner.states.all();
+        let mut last: Vec<(String, Arc<PeerState>)> = self.inner.states.all();
         loop {
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { return },
@@ -194,7 +194,7 @@ pub struct PeerStatus {
     /// The peer site.
     pub site: String,
     /// This site's state of it.
-    pub state: PeerState,
+    pub state: Arc<PeerState>,
     /// Heartbeats and backups in a row that failed at this node.
     pub failures: u32,
     /// When the peer last answered this node (Unix ms; 0: not since it started).
@@ -278,9 +278,7 @@ impl Relay {
         let state = self.inner.states.get(peer);
         if state.mode == Mode::Online {
             if resync {
-                self.inner
-                    .resyncs
-                    .ensure_running(self, index, local, 0, false);
+                self.inner.resyncs.ensure_running(self, index, local, 0);
             }
         } else {
             let state = self.inner.states.change(
@@ -290,7 +288,7 @@ impl Relay {
             );
             self.inner
                 .resyncs
-                .ensure_running(self, index, local, state.epoch, false);
+                .ensure_running(self, index, local, state.epoch);
         }
         Ok(self.peer_status(index, peer))
     }

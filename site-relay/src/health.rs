@@ -32,18 +32,13 @@ impl Health {
     /// A heartbeat was answered; the peer holds this site in `their_view` (if it said).
     pub(crate) fn answered(&self, their_view: Option<(Mode, u64)>) {
         let mut seen = self.inner.lock();
-        seen.failures = 0;
-        seen.first_failure = None;
-        seen.last_answer_ms = now_ms();
+        seen.heard();
         seen.their_view = their_view;
     }
 
     /// A backup was answered.
     pub(crate) fn backed_up(&self) {
-        let mut seen = self.inner.lock();
-        seen.failures = 0;
-        seen.first_failure = None;
-        seen.last_answer_ms = now_ms();
+        self.inner.lock().heard();
     }
 
     /// A heartbeat or backup sent at `sent` got no answer.
@@ -67,6 +62,13 @@ impl Health {
 }
 
 impl Seen {
+    /// The peer answered: the failures in a row are over.
+    fn heard(&mut self) {
+        self.failures = 0;
+        self.first_failure = None;
+        self.last_answer_ms = now_ms();
+    }
+
     /// Whether the peer may be taken offline by `rule`: enough failures in a row, and
     /// the first of them at least `min_wait` ago.
     pub(crate) fn down_for(&self, rule: &TakeOfflineConfig) -> bool {

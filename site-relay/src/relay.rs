@@ -211,8 +211,8 @@ impl Relay {
             let state = self.inner.states.get(&peer.name);
             let request = request.clone();
             async move {
-                if let Some(why) = state.fenced {
-                    return (index, backup, state.mode, Err(Failure::Fenced(why)));
+                if let Some(why) = &state.fenced {
+                    return (index, backup, state.mode, Err(Failure::Fenced(why.clone())));
                 }
                 if state.mode == Mode::Offline {
                     return (index, backup, state.mode, Err(Failure::Offline));

@@ -93,7 +93,6 @@ impl Resyncs {
         index: usize,
         local: &Arc<L>,
         epoch: u64,
-        diff_only: bool,
     ) {
         let peer = relay.inner.peers[index].name.to_string();
         let mut running = self.running.lock();
@@ -106,30 +105,16 @@ impl Resyncs {
         if let Some(previous) = running.remove(&peer) {
             let _ = previous.stop.send(true);
         }
-        let progress = Arc::new(Mutex::new(Progress {
-            running: true,
-            diff_only,
-            started_ms: now_ms(),
-            ..Progress::default()
-        }));
         let (stop, stopped) = watch::channel(false);
+        let job = Job::new(relay, index, local, epoch, false, stopped);
         running.insert(
             peer,
             Running {
-                progress: progress.clone(),
+                progress: job.progress.clone(),
                 stop,
                 epoch,
             },
         );
-        let job = Job {
-            relay: relay.clone(),
-            index,
-            local: local.clone(),
-            epoch,
-            diff_only,
-            progress,
-            stopped,
-        };
         tokio::spawn(job.run());
     }
 
@@ -140,21 +125,8 @@ impl Resyncs {
         index: usize,
         local: &Arc<L>,
     ) -> Progress {
-        let progress = Arc::new(Mutex::new(Progress {
-            running: true,
-            diff_only: true,
-            started_ms: now_ms(),
-            ..Progress::default()
-        }));
-        let job = Job {
-            relay: relay.clone(),
-            index,
-            local: local.clone(),
-            epoch: 0,
-            diff_only: true,
-            progress: progress.clone(),
-            stopped: watch::channel(false).1,
-        };
+        let job = Job::new(relay, index, local, 0, true, watch::channel(false).1);
+        let progress = job.progress.clone();
         job.run().await;
         progress.lock().clone()
     }
@@ -192,6 +164,32 @@ struct Job<L> {
 }
 
 impl<L: LocalSite> Job<L> {
+    /// A resync with peer `index` for state `epoch` (0: a check of an online peer), that
+    /// stops when `stopped` turns true.
+    fn new(
+        relay: &Relay,
+        index: usize,
+        local: &Arc<L>,
+        epoch: u64,
+        diff_only: bool,
+        stopped: watch::Receiver<bool>,
+    ) -> Job<L> {
+        Job {
+            relay: relay.clone(),
+            index,
+            local: local.clone(),
+            epoch,
+            diff_only,
+            progress: Arc::new(Mutex::new(Progress {
+                running: true,
+                diff_only,
+                started_ms: now_ms(),
+                ..Progress::default()
+            })),
+            stopped,
+        }
+    }
+
     fn peer(&self) -> &PeerSite {
         &self.relay.inner.peers[self.index]
     }

@@ -157,7 +157,8 @@ pub struct SiteStates {
 struct Inner {
     /// This node's name.
     node: String,
-    states: Mutex<HashMap<String, PeerState>>,
+    /// Shared, so a write's look at a peer's state copies nothing.
+    states: Mutex<HashMap<String, Arc<PeerState>>>,
     tree: Option<sled::Tree>,
     /// Counts changes; wakes whoever follows them.
     changes: watch::Sender<u64>,
@@ -170,9 +171,9 @@ impl SiteStates {
         peers: &[String],
         tree: Option<sled::Tree>,
     ) -> Result<SiteStates, RelayError> {
-        let mut states: HashMap<String, PeerState> = peers
+        let mut states: HashMap<String, Arc<PeerState>> = peers
             .iter()
-            .map(|peer| (peer.clone(), PeerState::initial()))
+            .map(|peer| (peer.clone(), Arc::new(PeerState::initial())))
             .collect();
         if let Some(tree) = &tree {
             for item in tree.iter() {
@@ -180,7 +181,7 @@ impl SiteStates {
                 let peer = String::from_utf8_lossy(&peer).into_owned();
                 let decoded = std::str::from_utf8(&value).ok().and_then(PeerState::decode);
                 match (states.get_mut(&peer), decoded) {
-                    (Some(state), Some(stored)) => *state = stored,
+                    (Some(state), Some(stored)) => *state = Arc::new(stored),
                     (Some(_), None) => warn!(site = %peer, "a stored site state is unreadable"),
                     // A peer no longer configured.
                     (None, _) => {}
@@ -198,17 +199,17 @@ impl SiteStates {
     }
 
     /// The state of `peer` (online if it is not a peer).
-    pub fn get(&self, peer: &str) -> PeerState {
+    pub fn get(&self, peer: &str) -> Arc<PeerState> {
         self.inner
             .states
             .lock()
             .get(peer)
             .cloned()
-            .unwrap_or_else(PeerState::initial)
+            .unwrap_or_else(|| Arc::new(PeerState::initial()))
     }
 
     /// Every peer and its state, by name.
-    pub fn all(&self) -> Vec<(String, PeerState)> {
+    pub fn all(&self) -> Vec<(String, Arc<PeerState>)> {
         let mut all: Vec<_> = self
             .inner
             .states
@@ -220,9 +221,12 @@ impl SiteStates {
         all
     }
 
-    /// Why this site takes no writes to caches with sync backups, if it does not.
+    /// Why this site takes no writes to caches with sync backups, if it does not (the
+    /// first fencing peer by name, if several).
     pub fn fenced(&self) -> Option<String> {
-        self.all().into_iter().find_map(|(_, state)| state.fenced)
+        self.all()
+            .into_iter()
+            .find_map(|(_, state)| state.fenced.clone())
     }
 
     /// Changes the state of `peer` with `change`; if that changed anything, the state
@@ -232,48 +236,45 @@ impl SiteStates {
         peer: &str,
         reason: &str,
         change: impl FnOnce(&mut PeerState),
-    ) -> PeerState {
-        let changed = {
-            let mut states = self.inner.states.lock();
-            let Some(state) = states.get_mut(peer) else {
-                return PeerState::initial();
-            };
-            let mut next = state.clone();
-            change(&mut next);
-            if next.mode == state.mode && next.fenced == state.fenced {
-                return state.clone();
-            }
-            next.epoch = state.epoch + 1;
-            next.since_ms = now_ms();
-            next.changed_by = self.inner.node.clone();
-            next.reason = reason.to_string();
-            *state = next.clone();
-            next
+    ) -> Arc<PeerState> {
+        let mut states = self.inner.states.lock();
+        let Some(state) = states.get_mut(peer) else {
+            return Arc::new(PeerState::initial());
         };
-        info!(site = %peer, state = changed.mode.as_str(), epoch = changed.epoch,
-            fenced = ?changed.fenced, reason, "peer site state changed");
-        self.stored(peer, &changed);
-        changed
+        let mut next = PeerState::clone(state);
+        change(&mut next);
+        if next.mode == state.mode && next.fenced == state.fenced {
+            return state.clone();
+        }
+        next.epoch = state.epoch + 1;
+        next.since_ms = now_ms();
+        next.changed_by = self.inner.node.clone();
+        next.reason = reason.to_string();
+        info!(site = %peer, state = next.mode.as_str(), epoch = next.epoch,
+            fenced = ?next.fenced, reason, "peer site state changed");
+        *state = Arc::new(next);
+        self.stored(peer, state);
+        state.clone()
     }
 
     /// Takes `state` of `peer` if it supersedes the one held; whether it did.
     pub fn adopt(&self, peer: &str, state: PeerState) -> bool {
-        {
-            let mut states = self.inner.states.lock();
-            let Some(held) = states.get_mut(peer) else {
-                return false;
-            };
-            if !state.supersedes(held) {
-                return false;
-            }
-            *held = state.clone();
+        let mut states = self.inner.states.lock();
+        let Some(held) = states.get_mut(peer) else {
+            return false;
+        };
+        if !state.supersedes(held) {
+            return false;
         }
         info!(site = %peer, state = state.mode.as_str(), epoch = state.epoch,
             by = %state.changed_by, "adopted a peer site state from the site");
-        self.stored(peer, &state);
+        *held = Arc::new(state);
+        self.stored(peer, held);
         true
     }
 
+    /// Keeps `state` of `peer` on disk and in metrics, and wakes followers. Called with
+    /// the states locked, so the disk takes changes in the order memory did.
     fn stored(&self, peer: &str, state: &PeerState) {
         if let Some(tree) = &self.inner.tree
             && let Err(error) = tree.insert(peer.as_bytes(), state.encode().as_bytes())
@@ -338,9 +339,9 @@ mod tests {
         let from_a = a.change("site2", "x", |s| s.fenced = Some("a".into()));
         let from_b = b.change("site2", "y", |s| s.mode = Mode::Resyncing);
         assert_eq!(from_a.epoch, from_b.epoch);
-        assert!(!a.adopt("site2", from_a.clone()));
-        assert!(a.adopt("site2", from_b.clone()));
-        assert!(!b.adopt("site2", from_a));
+        assert!(!a.adopt("site2", PeerState::clone(&from_a)));
+        assert!(a.adopt("site2", PeerState::clone(&from_b)));
+        assert!(!b.adopt("site2", PeerState::clone(&from_a)));
         assert_eq!(a.get("site2"), b.get("site2"));
         assert_eq!(a.get("site2").mode, Mode::Resyncing);
     }

@@ -32,25 +32,27 @@ impl AdminService {
     }
 }
 
-/// A peer's status as the API shows it.
-fn peer_status(status: PeerStatus) -> v1::PeerSiteStatus {
+/// A peer's status as the API shows it; a resync in it ran on `node` (this one).
+fn peer_status(status: PeerStatus, node: &str) -> v1::PeerSiteStatus {
     v1::PeerSiteStatus {
         site: status.site,
         state: status.state.mode.as_str().to_string(),
         epoch: status.state.epoch,
         since_ms: status.state.since_ms,
-        changed_by: status.state.changed_by,
-        reason: status.state.reason,
+        changed_by: status.state.changed_by.clone(),
+        reason: status.state.reason.clone(),
         failures: status.failures,
         last_answer_ms: status.last_answer_ms,
         in_doubt_keys: status.in_doubt_keys,
         offline_keys: status.offline_keys,
         outbox_keys: status.outbox_keys,
-        resync: status.resync.map(resync_progress),
+        resync: status
+            .resync
+            .map(|progress| resync_progress(progress, node)),
     }
 }
 
-fn resync_progress(progress: Progress) -> v1::ResyncProgress {
+fn resync_progress(progress: Progress, node: &str) -> v1::ResyncProgress {
     v1::ResyncProgress {
         running: progress.running,
         ranges_done: progress.ranges_done,
@@ -63,7 +65,7 @@ fn resync_progress(progress: Progress) -> v1::ResyncProgress {
         ended_ms: progress.ended_ms,
         error: progress.error.unwrap_or_default(),
         diff_only: progress.diff_only,
-        node: String::new(),
+        node: node.to_string(),
     }
 }
 
@@ -75,13 +77,11 @@ impl Admin for AdminService {
     ) -> Result<Response<v1::SiteStatusResponse>, Status> {
         let identity = self.state.identity();
         let relay = self.state.relay();
-        let mut peers: Vec<v1::PeerSiteStatus> =
-            relay.status().into_iter().map(peer_status).collect();
-        for peer in &mut peers {
-            if let Some(resync) = &mut peer.resync {
-                resync.node = identity.name.clone();
-            }
-        }
+        let mut peers: Vec<v1::PeerSiteStatus> = relay
+            .status()
+            .into_iter()
+            .map(|status| peer_status(status, &identity.name))
+            .collect();
         // Resyncs run on the site's decider: show its progress from any node.
         if !request.into_inner().here_only
             && let Some(mut decider) = self.decider()
@@ -137,12 +137,8 @@ impl Admin for AdminService {
                 return Err(Status::invalid_argument("a site command needs an action"));
             }
         };
-        let mut status = peer_status(status);
-        if let Some(resync) = &mut status.resync {
-            resync.node = self.state.identity().name.clone();
-        }
         Ok(Response::new(v1::SiteCommandResponse {
-            status: Some(status),
+            status: Some(peer_status(status, &self.state.identity().name)),
         }))
     }
 

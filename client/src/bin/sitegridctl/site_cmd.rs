@@ -40,7 +40,7 @@ pub(crate) async fn run(
         SiteCommand::Diff(arg) => (arg.site, v1::SiteAction::Diff),
     };
     let status = admin.site_command(&site, action).await?;
-    emit(out, format, &Peer(status))?;
+    emit(out, format, &Peer(&status))?;
     Ok(())
 }
 
@@ -88,7 +88,7 @@ async fn resync_status(
         }
         bar.finish_and_clear();
     }
-    emit(out, format, &Peer(current))?;
+    emit(out, format, &Peer(&current))?;
     Ok(())
 }
 
@@ -96,7 +96,7 @@ async fn resync_status(
 struct SiteStatus(v1::SiteStatusResponse);
 
 /// One peer's status.
-struct Peer(v1::PeerSiteStatus);
+struct Peer<'a>(&'a v1::PeerSiteStatus);
 
 impl Show for SiteStatus {
     fn table(&self) -> String {
@@ -114,7 +114,7 @@ impl Show for SiteStatus {
         }
         for peer in &status.peers {
             text.push('\n');
-            text.push_str(&Peer(peer.clone()).table());
+            text.push_str(&Peer(peer).table());
         }
         text
     }
@@ -124,12 +124,12 @@ impl Show for SiteStatus {
             "site": self.0.site,
             "node": self.0.node,
             "fenced": (!self.0.fenced.is_empty()).then_some(&self.0.fenced),
-            "peers": self.0.peers.iter().map(|p| Peer(p.clone()).json()).collect::<Vec<_>>(),
+            "peers": self.0.peers.iter().map(|p| Peer(p).json()).collect::<Vec<_>>(),
         })
     }
 }
 
-impl Show for Peer {
+impl Show for Peer<'_> {
     fn table(&self) -> String {
         let peer = &self.0;
         let mut text = String::new();
@@ -267,7 +267,7 @@ mod tests {
 
     #[test]
     fn a_peer_shows_its_state_keys_and_resync_progress() {
-        let table = Peer(peer()).table();
+        let table = Peer(&peer()).table();
         assert!(
             table.contains("state     resyncing (epoch 4, since 2023-11-14T22:13:20Z, by node11"),
             "{table}"
@@ -284,7 +284,7 @@ mod tests {
             table.contains("40 keys differ, 35 moved (35.00 KiB), 1 conflicts"),
             "{table}"
         );
-        let json = Peer(peer()).json();
+        let json = Peer(&peer()).json();
         assert_eq!(json["resync"]["ranges_done"], 256);
         assert_eq!(json["resync"]["error"], Value::Null);
     }
