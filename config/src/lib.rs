@@ -28,7 +28,7 @@ pub use cache::{BackupConfig, CacheConfig, FailurePolicy, MergePolicy, Strategy,
 pub use env::Environment;
 pub use error::{ConfigError, Result};
 pub use node::NodeConfig;
-pub use site::{SiteConfig, TakeOfflineConfig};
+pub use site::{SiteConfig, TakeOfflineConfig, WitnessConfig};
 
 /// A node's whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,6 +59,9 @@ pub struct Config {
     /// Backups to peer sites.
     #[serde(default)]
     pub relay: RelayConfig,
+    /// The witness that grants take-offline in a partition, if there is one.
+    #[serde(default)]
+    pub witness: Option<WitnessConfig>,
 }
 
 /// Backups to peer sites.
@@ -115,6 +118,7 @@ impl Default for Config {
             caches: default_caches(),
             sites: Vec::new(),
             relay: RelayConfig::default(),
+            witness: None,
         }
     }
 }
@@ -301,6 +305,9 @@ impl Config {
         }
         if self.relay.async_batch == 0 {
             problems.push("relay.async_batch", "must be > 0");
+        }
+        if let Some(witness) = &self.witness {
+            witness.validate(self.relay.prefer, &mut problems);
         }
         for (name, cache) in &self.caches {
             cache.validate(name, &self.sites, &mut problems);

@@ -23,6 +23,63 @@ pub struct SiteConfig {
     pub auto_bring_online: bool,
 }
 
+/// `[witness]`: the third-place process that grants one site of a pair the right to take
+/// the other offline (`sitegrid --witness`).
+///
+/// A site node names where it is (`endpoint`); the witness process reads `listen` and
+/// `lease` from its own config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessConfig {
+    /// Where a site's nodes reach the witness: `HOST:PORT` or `http://HOST:PORT`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Where the witness process listens.
+    #[serde(default = "default_witness_listen")]
+    pub listen: std::net::SocketAddr,
+    /// How long a grant holds unless its holder renews it. A holder that can't renew in
+    /// time stops taking writes to caches with sync backups.
+    #[serde(default = "default_lease", with = "humantime_serde")]
+    pub lease: Duration,
+}
+
+fn default_witness_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 11300))
+}
+
+fn default_lease() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for WitnessConfig {
+    fn default() -> Self {
+        WitnessConfig {
+            endpoint: None,
+            listen: default_witness_listen(),
+            lease: default_lease(),
+        }
+    }
+}
+
+impl WitnessConfig {
+    pub(crate) fn validate(&self, prefer: bool, problems: &mut Problems) {
+        if self.lease < Duration::from_millis(100) {
+            problems.push("witness.lease", "must be at least 100ms");
+        }
+        if let Some(endpoint) = &self.endpoint {
+            if let Err(why) = check_endpoint(endpoint) {
+                problems.push("witness.endpoint", format!("{endpoint:?} {why}"));
+            }
+            if prefer {
+                problems.push(
+                    "relay.prefer",
+                    "has no effect with a witness (witness.endpoint): remove one of them",
+                );
+            }
+        }
+    }
+}
+
 /// When a peer site is taken offline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

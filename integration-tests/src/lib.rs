@@ -9,6 +9,7 @@
 //! - [`checks`]: checkers of recorded histories.
 //! - [`http`]: a tiny HTTP/1.1 GET for `/ready` and `/metrics`.
 //! - [`requests`]: the requests tests build over and over.
+//! - [`witness`]: the witness process that grants take-offline.
 
 pub mod checks;
 pub mod http;
@@ -19,9 +20,11 @@ pub mod requests;
 pub mod site;
 pub mod sites;
 pub mod wait;
+pub mod witness;
 
 pub use node::{NodeAddrs, NodeProcess, NodeSpec};
 pub use proxy::{Direction, FaultProxy, ProxyStats};
 pub use site::Site;
 pub use sites::TwoSites;
 pub use wait::eventually;
+pub use witness::WitnessProcess;

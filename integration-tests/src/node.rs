@@ -362,7 +362,7 @@ impl Drop for NodeProcess {
 
 /// Makes the child die with the thread that spawned it, so a crashed or killed test run
 /// leaves no node behind.
-fn die_with_parent(command: &mut Command) {
+pub(crate) fn die_with_parent(command: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure only calls prctl, which is async-signal-safe.
     unsafe {

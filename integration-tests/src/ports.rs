@@ -29,8 +29,9 @@ fn ephemeral_low() -> u32 {
 pub fn free_loopback_addr() -> SocketAddr {
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
     let first = ephemeral_low() - BLOCK;
-    // Test processes started one after another start at different places in the block.
-    let start = std::process::id() % BLOCK;
+    // Test processes started one after another (pids close together) start far apart
+    // in the block: 1,009 ports apart for consecutive pids.
+    let start = (std::process::id() % BLOCK) * 1_009 % BLOCK;
     let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::Relaxed, Ordering::Relaxed);
     for _ in 0..BLOCK {
         let port = (first + NEXT.fetch_add(1, Ordering::Relaxed) % BLOCK) as u16;

@@ -11,7 +11,7 @@ use clap::{Parser, ValueEnum};
 use sitegrid_config::{Config, Environment};
 use tracing::{error, info};
 
-use crate::node::{Listeners, run};
+use crate::node::{Listeners, run, run_witness};
 
 /// mimalloc instead of the system allocator: a node allocates a few small objects per
 /// request and keeps millions of values, where glibc's malloc costs a fifth of the CPU
@@ -27,6 +27,10 @@ struct Args {
     /// five default caches, data under ./data.
     #[arg(long, env = "SITEGRID_CONFIG")]
     config: Option<PathBuf>,
+    /// Run the witness instead of a node: the third-place process that grants one site
+    /// of a pair the right to take the other offline (`[witness]` listen and lease).
+    #[arg(long)]
+    witness: bool,
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
@@ -51,7 +55,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if args.config.is_none() {
+    if args.config.is_none() && !args.witness {
         info!(
             "no config file: running alone as site {:?} with the default caches",
             config.node.site
@@ -68,6 +72,9 @@ pub fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        if args.witness {
+            return run_witness(&config, shutdown_signal()).await;
+        }
         let listeners = Listeners::bind(&config).await?;
         run(config, listeners, shutdown_signal()).await
     });

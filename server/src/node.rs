@@ -454,3 +454,23 @@ fn serve_grpc<H: Health>(
         result
     })
 }
+
+/// Runs the witness (`sitegrid --witness`) on `config.witness` until `shutdown`
+/// completes: it grants one site of each pair the right to hold the other offline.
+pub async fn run_witness(config: &Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let witness = config.witness.clone().unwrap_or_default();
+    let listener = bind(witness.listen, "witness.listen").await?;
+    info!(listen = %witness.listen, lease = ?witness.lease,
+        "witness serving: grants nothing for one lease, which any grant given before it started outlives");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .add_service(sitegrid_relay::WitnessService::new(witness.lease).into_server())
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(|error| Error::Io {
+            context: "the witness's server failed".into(),
+            source: std::io::Error::other(error),
+        })?;
+    info!("witness stopped");
+    Ok(())
+}

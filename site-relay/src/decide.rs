@@ -4,9 +4,11 @@
 //! node knows when a peer is down and fails backups to it at once), but only the site's
 //! decider ([`LocalSite::decides_site_state`]) changes a peer's state, for the whole site:
 //! - a peer that failed `after_failures` heartbeats or backups in a row, the first at
-//!   least `min_wait` ago, is taken offline if this site holds the grant (`relay.prefer`);
-//!   otherwise this site fences itself, so the two sites of a partition never both take
-//!   writes that need each other's agreement;
+//!   least `min_wait` ago, is taken offline if this site gets the grant: from the witness
+//!   when there is one (renewed while the peer is offline or resyncing, released once it
+//!   is online; a grant that lapses fences this site), else if it is the preferred site
+//!   (`relay.prefer`); otherwise this site fences itself, so the two sites of a partition
+//!   never both take writes that need each other's agreement;
 //! - a peer that answers and holds this site offline or resyncing fences this site until
 //!   it brings this site online; one that holds it online lifts the fence;
 //! - a peer that answers again while offline is brought online (after a resync) when
@@ -46,16 +48,29 @@ impl Relay {
             }
             let beats = (0..self.inner.peers.len()).map(|index| self.heartbeat(index, interval));
             futures::future::join_all(beats).await;
+            self.publish_time_in_state();
             if !local.decides_site_state() {
                 self.inner.resyncs.stop_all();
+                if let Some(witness) = &self.inner.witness {
+                    witness.forget();
+                }
                 continue;
             }
             for index in 0..self.inner.peers.len() {
-                self.decide(index, &local);
+                self.decide(index, &local).await;
             }
         }
         self.inner.resyncs.stop_all();
         let _ = follow.await;
+    }
+
+    /// How long each peer has been in its state, as a metric.
+    fn publish_time_in_state(&self) {
+        let now = crate::outbox::now_ms();
+        for (peer, state) in self.inner.states.all() {
+            let seconds = now.saturating_sub(state.since_ms) as f64 / 1_000.0;
+            metrics::gauge!("sitegrid_site_state_seconds", "site" => peer).set(seconds);
+        }
     }
 
     /// Asks peer `index` whether it answers, waiting at most `timeout`.
@@ -81,68 +96,110 @@ impl Relay {
             .set(f64::from(seen.failures));
     }
 
-    /// The decider's step for peer `index`.
-    fn decide<L: LocalSite>(&self, index: usize, local: &Arc<L>) {
+    /// The decider's step for peer `index`: the fence and mode the site should have now.
+    async fn decide<L: LocalSite>(&self, index: usize, local: &Arc<L>) {
         let name = &self.inner.peers[index].name;
         let config = &self.inner.configs[index];
         let states = &self.inner.states;
         let state = states.get(name);
         let seen = self.inner.health[index].seen();
+        let (mut mode, mut fence) = (state.mode, state.fenced.clone());
+        let mut why = String::new();
         if seen.failures == 0 && seen.last_answer_ms > 0 {
             // The peer answers: it says whether this site may take writes.
-            let fence = match seen.their_view {
-                Some((mode @ (Mode::Offline | Mode::Resyncing), epoch)) => Some(format!(
+            fence = match seen.their_view {
+                Some((held @ (Mode::Offline | Mode::Resyncing), epoch)) => Some(format!(
                     "site {name} holds site {} {} (its epoch {epoch}): writes to caches with \
                      sync backups are refused until {name} brings this site online",
                     self.inner.site,
-                    mode.as_str()
+                    held.as_str()
                 )),
                 _ => None,
             };
-            if fence != state.fenced {
-                let reason = if fence.is_some() {
-                    "the peer site holds this site offline"
-                } else {
-                    "the peer site answers and holds this site online"
-                };
-                states.change(name, reason, |s| s.fenced = fence);
+            why = if fence.is_some() {
+                "the peer site holds this site offline".into()
+            } else {
+                "the peer site answers and holds this site online".into()
+            };
+            if mode == Mode::Offline && config.auto_bring_online {
+                mode = Mode::Resyncing;
+                why = "the peer site answers again (auto_bring_online)".into();
             }
-            if state.mode == Mode::Offline && config.auto_bring_online {
-                states.change(
-                    name,
-                    "the peer site answers again (auto_bring_online)",
-                    |s| s.mode = Mode::Resyncing,
-                );
-            }
-        } else if seen.down_for(&config.take_offline) && state.mode != Mode::Offline {
-            let why = format!(
+        } else if seen.down_for(&config.take_offline) && mode != Mode::Offline {
+            why = format!(
                 "{} heartbeats or backups in a row got no answer, the first {:?} ago",
                 seen.failures,
                 seen.first_failure.map(|f| f.elapsed()).unwrap_or_default()
             );
-            if self.inner.prefer {
-                warn!(site = %name, %why, "taking the peer site offline");
-                states.change(name, &why, |s| {
-                    s.mode = Mode::Offline;
-                    s.fenced = None;
-                });
-            } else if state.fenced.is_none() {
-                let fence = format!(
-                    "site {name} does not answer ({why}) and this site may not take it \
-                     offline (no witness, and relay.prefer is not set here): writes to \
-                     caches with sync backups are refused so that only one site takes them"
-                );
-                warn!(site = %name, "fencing this site: {fence}");
-                states.change(name, "the peer site does not answer; no grant", |s| {
-                    s.fenced = Some(fence)
-                });
+            match self.may_take_offline(index).await {
+                Ok(()) => {
+                    warn!(site = %name, %why, "taking the peer site offline");
+                    (mode, fence) = (Mode::Offline, None);
+                }
+                Err(refused) => {
+                    fence = Some(format!(
+                        "site {name} does not answer and this site may not take it offline \
+                         ({refused}): writes to caches with sync backups are refused so that \
+                         only one site takes them"
+                    ));
+                    why = format!("the peer site does not answer ({why}); no grant");
+                }
+            }
+        } else if mode == Mode::Offline {
+            // Held offline by this site: nothing fences it but a lapsed grant (below).
+            fence = None;
+            why = "this site holds the peer site offline".into();
+        }
+        if let Some(witness) = &self.inner.witness {
+            if matches!(mode, Mode::Offline | Mode::Resyncing) {
+                // Holding the peer offline needs a live grant: without one, the witness
+                // may give the other site the right to hold this one offline.
+                let timeout = self.inner.heartbeat_interval;
+                let renew_before = timeout * 2;
+                if let Err(lapsed) = witness.keep(index, name, renew_before, timeout).await {
+                    fence.get_or_insert_with(|| {
+                        why = "the witness's grant lapsed".into();
+                        format!(
+                            "this site holds site {name} {} but may no longer ({lapsed}): \
+                             writes to caches with sync backups are refused until the witness \
+                             grants it again",
+                            mode.as_str()
+                        )
+                    });
+                }
+            } else {
+                witness
+                    .release(index, name, self.inner.heartbeat_interval)
+                    .await;
             }
         }
-        let state = states.get(name);
-        if state.mode == Mode::Resyncing {
-            self.inner
-                .resyncs
-                .ensure_running(self, index, local, state.epoch);
+        if (mode, &fence) != (state.mode, &state.fenced) {
+            if let Some(fence) = fence.as_ref().filter(|_| state.fenced.is_none()) {
+                warn!(site = %name, "fencing this site: {fence}");
+            }
+            states.change(name, &why, |s| {
+                s.mode = mode;
+                s.fenced = fence;
+            });
+        }
+        if mode == Mode::Resyncing {
+            let epoch = states.get(name).epoch;
+            self.inner.resyncs.ensure_running(self, index, local, epoch);
+        }
+    }
+
+    /// Whether this site may take peer `index` offline: with a witness, if it grants it;
+    /// without, if this site is the preferred one. `Err` says why not.
+    async fn may_take_offline(&self, index: usize) -> Result<(), String> {
+        match &self.inner.witness {
+            Some(witness) => {
+                let peer = &self.inner.peers[index].name;
+                witness
+                    .acquire(index, peer, self.inner.heartbeat_interval)
+                    .await
+            }
+            None if self.inner.prefer => Ok(()),
+            None => Err("no witness, and relay.prefer is not set here".into()),
         }
     }
 
@@ -276,6 +333,14 @@ impl Relay {
     ) -> Result<PeerStatus, tonic::Status> {
         let index = self.index_of(peer)?;
         let state = self.inner.states.get(peer);
+        if let Some(failures) =
+            self.inner.health[index].is_down(&self.inner.configs[index].take_offline)
+        {
+            return Err(tonic::Status::failed_precondition(format!(
+                "site {peer} does not answer ({failures} heartbeats or backups in a row \
+                 failed): bring it online once it answers"
+            )));
+        }
         if state.mode == Mode::Online {
             if resync {
                 self.inner.resyncs.ensure_running(self, index, local, 0);

@@ -13,6 +13,14 @@ pub enum RelayError {
         /// Why.
         reason: String,
     },
+    /// The witness's endpoint is not a usable address.
+    #[error("witness.endpoint: {endpoint:?} is not a valid endpoint: {reason}")]
+    InvalidWitness {
+        /// The endpoint as configured.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
     /// The outbox of async backups failed on disk.
     #[error("the outbox of async backups: {0}")]
     Outbox(String),

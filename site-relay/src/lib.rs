@@ -8,8 +8,9 @@
 //! - receiving ([`SiteLinkService`]): the backups peer sites send, handed to the node,
 //!   whose primary of the key applies them with the one replication rule.
 //!
-//! Around them: heartbeats and the site's state of each peer (`decide`, `state`),
-//! and resync by digest comparison (`resync`).
+//! Around them: heartbeats and the site's state of each peer (`decide`, `state`), the
+//! witness that grants taking a peer offline (`witness`), and resync by digest
+//! comparison (`resync`).
 
 mod decide;
 mod disk;
@@ -23,6 +24,7 @@ mod peer_keys;
 mod relay;
 mod resync;
 mod state;
+mod witness;
 
 pub use decide::PeerStatus;
 pub use error::RelayError;
@@ -31,3 +33,4 @@ pub use local::LocalSite;
 pub use relay::{Relay, SyncOutcome};
 pub use resync::Progress;
 pub use state::{GOSSIP_PREFIX, Mode, PeerState, SiteStates};
+pub use witness::WitnessService;

@@ -21,6 +21,7 @@ use crate::peer::{Failure, PeerSite};
 use crate::peer_keys::{PeerKey, PeerKeys};
 use crate::resync::Resyncs;
 use crate::state::{Mode, SiteStates};
+use crate::witness::WitnessLink;
 use crate::{LocalSite, RelayError};
 
 /// A `warn` policy logs a peer's failures at most once per this long.
@@ -102,6 +103,8 @@ pub(crate) struct Inner {
     pub(crate) heartbeat_interval: Duration,
     /// This site may take a peer offline without a witness.
     pub(crate) prefer: bool,
+    /// The witness that grants taking a peer offline, if configured.
+    pub(crate) witness: Option<WitnessLink>,
     /// Per cache: the peers it has sync backups to (index in `peers`) and how.
     pub(crate) sync: HashMap<String, Vec<(usize, BackupConfig)>>,
     /// Per cache: the peers it has async backups to and how.
@@ -155,6 +158,12 @@ impl Relay {
             .map(|disk| PeerKeys::open(disk, "written-while-offline"))
             .transpose()?;
         let names: Vec<String> = config.sites.iter().map(|s| s.name.clone()).collect();
+        let witness = config
+            .witness
+            .as_ref()
+            .and_then(|w| w.endpoint.as_deref())
+            .map(|endpoint| WitnessLink::new(endpoint, &config.node.site, peers.len()))
+            .transpose()?;
         let states = SiteStates::open(
             &config.node.name,
             &names,
@@ -172,6 +181,7 @@ impl Relay {
                 resyncs: Resyncs::default(),
                 heartbeat_interval: config.relay.heartbeat_interval,
                 prefer: config.relay.prefer,
+                witness,
                 peers,
                 sync,
                 asynchronous,

@@ -104,6 +104,12 @@ impl ReplicationService for ReplicationApi {
         request: Request<v1::DigestsRequest>,
     ) -> Result<Response<v1::DigestsResponse>, Status> {
         let request = request.into_inner();
+        // A member that knows it missed writes must not be copied from.
+        if !self.cluster.serving() {
+            return Err(Status::unavailable(
+                "this node is not serving (catching up): copy from another member",
+            ));
+        }
         let store = self.cluster.store();
         let cache = store.cache(&request.cache)?;
         let keyspace = cache.keyspace.read();

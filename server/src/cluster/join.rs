@@ -1,11 +1,16 @@
 //! Becoming ready: a starting node, or one that lost contact, catches up before it serves.
 //!
-//! 1. Find a donor: a ready member. If none shows up within `discovery` and nobody else
-//!    is ready either, the starting members choose the first one among themselves: the
-//!    one with the newest data (then the highest name) becomes ready on its own data.
-//! 2. Compare each cache's range digests with the donor's and copy the ranges that
-//!    differ, newest version winning per key; keys the donor no longer has (and that did
-//!    not arrive since the copy began) are dropped.
+//! 1. Find the donors: every ready member. If none shows up within `discovery` and
+//!    nobody else is ready either, the starting members choose the first one among
+//!    themselves: the one with the newest data (then the highest name) becomes ready on
+//!    its own data.
+//! 2. Compare each cache's range digests with each donor's in turn and copy the ranges
+//!    that differ, newest version winning per key; keys no donor has any more (and that
+//!    did not arrive since the copy began) are dropped. Every donor, not just one: a
+//!    member may look ready here while it was left out of writes and does not know it
+//!    yet (gossip of the suspicion lags), and only the union of all ready members is
+//!    sure to hold every acknowledged write. A donor whose port is closed is gone (and
+//!    so is what only it held); any other donor that fails fails the attempt.
 //! 3. Ask every ready member for every write from now on (`ConfirmJoin`); each answers
 //!    once the writes under way without this node are done, naming the other nodes
 //!    catching up, which are asked too and get this node's writes once it is ready.
@@ -67,15 +72,15 @@ pub async fn run(cluster: Cluster, mut shutdown: watch::Receiver<bool>) {
 /// One attempt at steps 1 to 4. `was_ready`: this node served before (it is catching up
 /// after losing contact), so its own data is known to lack writes.
 async fn catch_up(cluster: &Cluster, started: Instant, was_ready: bool) -> Result<()> {
-    let donor = loop {
-        let view = cluster.view();
-        let ready: Vec<Member> = view
+    let donors = loop {
+        let donors: Vec<Member> = cluster
+            .view()
             .ready()
             .filter(|m| m.name != *cluster.name())
             .cloned()
             .collect();
-        if let Some(donor) = ready.into_iter().next() {
-            break donor;
+        if !donors.is_empty() {
+            break donors;
         }
         if first_of_site(cluster, started, was_ready) {
             info!("no ready member: this node starts the site on its own data");
@@ -83,12 +88,13 @@ async fn catch_up(cluster: &Cluster, started: Instant, was_ready: bool) -> Resul
         }
         tokio::time::sleep(cluster.timing().gossip_interval).await;
     };
-    info!(donor = %donor.name, "catching up");
+    let names: Vec<&str> = donors.iter().map(|d| &*d.name).collect();
+    info!(donors = ?names, "catching up");
     let began = cluster.store().clock().current();
-    let copied = sync_from(cluster, &donor, began).await?;
+    let copied = sync_from(cluster, &donors, began).await?;
     confirm_all(cluster).await?;
-    let again = sync_from(cluster, &donor, began).await?;
-    info!(donor = %donor.name, copied, again, "caught up");
+    let again = sync_from(cluster, &donors, began).await?;
+    info!(donors = ?names, copied, again, "caught up");
     Ok(())
 }
 
@@ -113,14 +119,10 @@ fn first_of_site(cluster: &Cluster, started: Instant, was_ready: bool) -> bool {
             .all(|m| (me.data_version, &*me.name) >= (m.data_version, &*m.name))
 }
 
-/// Copies from `donor` every range of every cache whose digest differs; returns how many
-/// slots were taken. Keys here that the donor lacks and that are not newer than `began`
-/// are dropped.
-async fn sync_from(cluster: &Cluster, donor: &Member, began: Version) -> Result<u64> {
-    let mut client = cluster
-        .peers()
-        .client(&donor.address)
-        .map_err(|error| Error::Unavailable(error.to_string()))?;
+/// Copies from each donor in turn every range of every cache whose digest differs from
+/// this node's; returns how many slots were taken. Keys here that no donor has and that
+/// are not newer than `began` are dropped.
+async fn sync_from(cluster: &Cluster, donors: &[Member], began: Version) -> Result<u64> {
     let mut taken = 0;
     for cache in cluster
         .store()
@@ -128,58 +130,92 @@ async fn sync_from(cluster: &Cluster, donor: &Member, began: Version) -> Result<
         .map(|c| c.name().to_string())
         .collect::<Vec<_>>()
     {
-        let theirs = client
-            .digests(v1::DigestsRequest {
-                cache: cache.clone(),
-            })
-            .await
-            .map_err(|status| {
-                Error::Unavailable(format!("digests from {}: {}", donor.name, status.message()))
-            })?
-            .into_inner();
-        cluster.store().clock().observe(theirs.clock);
-        let store_cache = cluster.store().cache(&cache)?.clone();
-        if theirs.floor > store_cache.keyspace.read().floor() {
-            cluster.store().clear_at(&cache, theirs.floor).await?;
-        }
-        let ours = *store_cache.keyspace.read().digests();
-        let differing: Vec<u32> = (0..RANGES)
-            .filter(|r| theirs.digests.get(*r) != Some(&ours[*r]))
-            .map(|r| r as u32)
-            .collect();
-        if differing.is_empty() {
-            continue;
-        }
-        let mut stream = client
-            .fetch(v1::FetchRequest {
-                cache: cache.clone(),
-                ranges: differing.clone(),
-            })
-            .await
-            .map_err(|status| {
-                Error::Unavailable(format!("fetch from {}: {}", donor.name, status.message()))
-            })?
-            .into_inner();
+        // Ranges some donor had exactly as here (it vouches for every key here), ranges
+        // copied from some donor, and the keys the donors sent.
+        let mut vouched: HashSet<u32> = HashSet::new();
+        let mut copied: HashSet<u32> = HashSet::new();
         let mut seen: HashSet<Bytes> = HashSet::new();
-        while let Some(batch) = stream.next().await {
-            let batch = batch.map_err(|status| {
-                Error::Unavailable(format!("fetch from {}: {}", donor.name, status.message()))
-            })?;
-            let mut changes = Vec::with_capacity(batch.slots.len());
-            for slot in batch.slots {
-                let key = Bytes::copy_from_slice(&slot.key);
-                let decoded = codec::decode_slot(&slot.record, cluster.store().services())?;
-                seen.insert(key.clone());
-                changes.push(crate::store::replication::ReceivedChange {
-                    mutation: Mutation::newer_wins(key, decoded),
-                    answer: None,
-                });
-            }
-            taken += apply_all(cluster, &cache, changes).await?;
+        for donor in donors {
+            let Some((count, differing)) =
+                sync_cache_from(cluster, &cache, donor, &mut seen).await?
+            else {
+                info!(donor = %donor.name, "a donor whose port is closed is gone: left out");
+                continue;
+            };
+            taken += count;
+            let differing: HashSet<u32> = differing.into_iter().collect();
+            vouched.extend((0..RANGES as u32).filter(|r| !differing.contains(r)));
+            copied.extend(differing);
         }
-        drop_missing(cluster, &cache, &differing, &seen, began).await?;
+        let droppable: Vec<u32> = copied.difference(&vouched).copied().collect();
+        drop_missing(cluster, &cache, &droppable, &seen, began).await?;
     }
     Ok(taken)
+}
+
+/// Copies from `donor` the ranges of `cache` whose digest differs from this node's,
+/// adding the keys it sent to `seen`; returns how many slots were taken and the ranges,
+/// or `None` if the donor's port is closed before it sent anything (it is gone).
+async fn sync_cache_from(
+    cluster: &Cluster,
+    cache: &str,
+    donor: &Member,
+    seen: &mut HashSet<Bytes>,
+) -> Result<Option<(u64, Vec<u32>)>> {
+    let mut client = cluster
+        .peers()
+        .client(&donor.address)
+        .map_err(|error| Error::Unavailable(error.to_string()))?;
+    let failed = |what: &str, status: tonic::Status| {
+        Error::Unavailable(format!("{what} from {}: {}", donor.name, status.message()))
+    };
+    let theirs = match client
+        .digests(v1::DigestsRequest {
+            cache: cache.to_string(),
+        })
+        .await
+    {
+        Ok(theirs) => theirs.into_inner(),
+        Err(status) if super::refused(&status) => return Ok(None),
+        Err(status) => return Err(failed("digests", status)),
+    };
+    cluster.store().clock().observe(theirs.clock);
+    let store_cache = cluster.store().cache(cache)?.clone();
+    if theirs.floor > store_cache.keyspace.read().floor() {
+        cluster.store().clear_at(cache, theirs.floor).await?;
+    }
+    let ours = *store_cache.keyspace.read().digests();
+    let differing: Vec<u32> = (0..RANGES)
+        .filter(|r| theirs.digests.get(*r) != Some(&ours[*r]))
+        .map(|r| r as u32)
+        .collect();
+    if differing.is_empty() {
+        return Ok(Some((0, differing)));
+    }
+    let mut taken = 0;
+    let mut stream = client
+        .fetch(v1::FetchRequest {
+            cache: cache.to_string(),
+            ranges: differing.clone(),
+        })
+        .await
+        .map_err(|status| failed("fetch", status))?
+        .into_inner();
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|status| failed("fetch", status))?;
+        let mut changes = Vec::with_capacity(batch.slots.len());
+        for slot in batch.slots {
+            let key = Bytes::copy_from_slice(&slot.key);
+            let decoded = codec::decode_slot(&slot.record, cluster.store().services())?;
+            seen.insert(key.clone());
+            changes.push(crate::store::replication::ReceivedChange {
+                mutation: Mutation::newer_wins(key, decoded),
+                answer: None,
+            });
+        }
+        taken += apply_all(cluster, cache, changes).await?;
+    }
+    Ok(Some((taken, differing)))
 }
 
 /// Applies changes copied from a donor, waiting out keys busy with a write here.
@@ -217,7 +253,7 @@ async fn apply_all(
     Ok(applied)
 }
 
-/// Drops keys of the `ranges` copied from the donor that it did not send and that are not
+/// Drops keys of the `ranges` copied from donors that none of them sent and that are not
 /// newer than `began` (newer ones came by replication after the copy started).
 async fn drop_missing(
     cluster: &Cluster,

@@ -574,7 +574,7 @@ impl Cluster {
 }
 
 /// Whether a failed call shows the member's port is closed (the process is gone).
-fn refused(status: &tonic::Status) -> bool {
+pub(crate) fn refused(status: &tonic::Status) -> bool {
     let mut text = status.message().to_ascii_lowercase();
     let mut source = std::error::Error::source(status);
     while let Some(cause) = source {
