@@ -449,6 +449,7 @@ mod tests {
                     ready,
                     state: if ready { "ready" } else { "joining" }.into(),
                     generation: 1,
+                    slot: 0,
                 })
                 .collect(),
             ..v1::ClusterStatusResponse::default()

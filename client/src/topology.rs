@@ -182,6 +182,7 @@ mod tests {
             ready,
             state: if ready { "ready" } else { "joining" }.into(),
             generation: 1,
+            slot: 0,
         }
     }
 

@@ -40,6 +40,10 @@ pub struct NodeConfig {
     /// Test-only: milliseconds added to this node's wall clock, to test clock skew.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub clock_offset_ms: i64,
+    /// Test-only: the slot this node tries first (normally a random one), to test that
+    /// members that start with one slot end up with different ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_slot: Option<u8>,
 }
 
 fn is_zero(value: &i64) -> bool {
@@ -77,12 +81,18 @@ impl Default for NodeConfig {
             data_dir: default_data_dir(),
             seeds: Vec::new(),
             clock_offset_ms: 0,
+            first_slot: None,
         }
     }
 }
 
 impl NodeConfig {
     pub(crate) fn validate(&self, problems: &mut Problems) {
+        if let Some(slot) = self.first_slot
+            && slot >= 16
+        {
+            problems.push("node.first_slot", "must be below 16");
+        }
         check_name("node.name", &self.name, problems);
         check_name("node.site", &self.site, problems);
         if !(1..=255).contains(&self.site_id) {

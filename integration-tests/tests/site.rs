@@ -84,6 +84,58 @@ async fn three_nodes_form_a_site_and_every_acknowledged_write_is_on_every_node()
 }
 
 #[tokio::test]
+async fn nodes_that_start_with_one_slot_serve_with_different_ones_and_never_assign_one_version() {
+    // Every node tries slot 5 first: the versions of two of them would collide. (Keys
+    // before any section header go to the generated `[node]` section.)
+    let site = Site::start(3, "first_slot = 5").await.unwrap();
+    wait_for_ready_members(&site, 3).await;
+    let mut views = Vec::new();
+    for node in &site.nodes {
+        let status = AdminClient::new(node.channel().await.unwrap())
+            .cluster_status(ClusterStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let seen: std::collections::BTreeMap<String, u32> = status
+            .members
+            .iter()
+            .map(|m| (m.node.clone(), m.slot))
+            .collect();
+        views.push(seen.clone());
+        let mut distinct: Vec<u32> = seen.values().copied().collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(
+            distinct.len(),
+            3,
+            "slots as {} sees them: {seen:?}",
+            node.spec().name
+        );
+    }
+    assert!(
+        views.iter().all(|v| *v == views[0]),
+        "every node sees the same slots: {views:?}"
+    );
+    // Each node's versions carry its own slot.
+    let slot_of = views.swap_remove(0);
+    for i in 0..30 {
+        let key = format!("slot-{i}");
+        let version = client(&site.nodes[0])
+            .await
+            .put(put("work", &key, "v"))
+            .await
+            .unwrap()
+            .into_inner()
+            .version;
+        let slot = sitegrid_proto::version::slot_of(version);
+        assert!(
+            slot_of.values().any(|s| *s == u32::from(slot)),
+            "version {version} has slot {slot}, not one of {slot_of:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn racing_put_if_absent_through_different_nodes_has_exactly_one_winner_per_token() {
     let site = Site::start(3, "").await.unwrap();
     wait_for_ready_members(&site, 3).await;

@@ -258,7 +258,13 @@ pub async fn run(
         address: grpc_address.to_string(),
         state: MemberState::Joining,
         data_version: store.newest_persistent_version(),
+        // A first guess; the slot is made unique before the node becomes ready.
+        slot: config
+            .node
+            .first_slot
+            .unwrap_or_else(|| fastrand::u8(..sitegrid_proto::version::SLOTS)),
     };
+    store.clock().set_slot(me.slot);
     let gossip = GossipSettings {
         site: config.node.site.clone(),
         listen: config.node.gossip,

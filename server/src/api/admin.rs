@@ -187,6 +187,7 @@ impl Admin for AdminService {
                 ready: member.is_ready(),
                 state: member.state.as_str().to_string(),
                 generation: member.generation,
+                slot: u32::from(member.slot),
             })
             .collect(),
         }))

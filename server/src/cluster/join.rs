@@ -15,7 +15,8 @@
 //!    once the writes under way without this node are done, naming the other nodes
 //!    catching up, which are asked too and get this node's writes once it is ready.
 //! 4. Compare and copy once more, for what was written between 2 and 3.
-//! 5. Become ready: now a primary for some keys, and serving.
+//! 5. Take a slot no other member holds (it is part of every version this node assigns),
+//!    then become ready: now a primary for some keys, and serving.
 //!
 //! While it catches up, the node takes replicated writes like any member (the one rule
 //! keeps a copied older state from overwriting them) but serves nothing.
@@ -35,6 +36,7 @@ use crate::error::{Error, Result};
 use crate::store::mutation::Mutation;
 use crate::store::slot_key::{RANGES, key_hash, range_of};
 use crate::store::version::Version;
+use sitegrid_proto::version::SLOTS;
 
 /// Keeps the node ready, catching up whenever it is not, until `shutdown` turns true.
 pub async fn run(cluster: Cluster, mut shutdown: watch::Receiver<bool>) {
@@ -49,6 +51,7 @@ pub async fn run(cluster: Cluster, mut shutdown: watch::Receiver<bool>) {
                     warn!("left out of a write while catching up: starting again");
                 }
                 Ok(()) => {
+                    take_unique_slot(&cluster).await;
                     cluster.set_state(MemberState::Ready);
                     was_ready = true;
                 }
@@ -96,6 +99,33 @@ async fn catch_up(cluster: &Cluster, started: Instant, was_ready: bool) -> Resul
     let again = sync_from(cluster, &donors, began).await?;
     info!(donors = ?names, copied, again, "caught up");
     Ok(())
+}
+
+/// Makes this node's slot unique among the members it sees before it becomes ready (two
+/// members with one slot could assign the same version): a slot a ready member holds, or
+/// a joiner with a lower name, is given up for the lowest free one, and the node waits
+/// for gossip to carry it.
+async fn take_unique_slot(cluster: &Cluster) {
+    loop {
+        let me = cluster.me();
+        let view = cluster.view();
+        let others: Vec<&Member> = view.members.iter().filter(|m| m.name != me.name).collect();
+        let Some(holder) = others
+            .iter()
+            .find(|m| m.slot == me.slot && (m.is_ready() || m.name < me.name))
+        else {
+            return;
+        };
+        let used: HashSet<u8> = others.iter().map(|m| m.slot).collect();
+        match (0..SLOTS).find(|slot| !used.contains(slot)) {
+            Some(free) => {
+                info!(taken = me.slot, by = %holder.name, slot = free, "slot taken: this node takes another");
+                cluster.store().clock().set_slot(free);
+            }
+            None => warn!("every slot is taken: a site has at most {SLOTS} nodes"),
+        }
+        tokio::time::sleep(cluster.timing().gossip_interval * 3).await;
+    }
 }
 
 /// Whether this node should start its site on its own data, nobody being ready:

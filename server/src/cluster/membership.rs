@@ -1,7 +1,8 @@
 //! Gossip membership with chitchat.
 //!
 //! Every node publishes, in its chitchat state: `grpc` (its gRPC address), `state`
-//! (joining / ready / isolated), `epoch`, `data_version`, one `suspect/<name>/<gen>/<epoch>`
+//! (joining / ready / isolated), `epoch`, `data_version`, `slot` (its part of the versions it
+//! assigns), one `suspect/<name>/<gen>/<epoch>`
 //! key per member it left out of replication, and one `site/<peer>` key per peer site
 //! with the site's state of it as this node holds it (nodes adopt the newest they see). The chitchat cluster id is the site's name,
 //! so two sites never mix (it is not a secret: bind gossip to the site's private
@@ -25,6 +26,7 @@ use tracing::{info, warn};
 
 use sitegrid_relay::{GOSSIP_PREFIX, SiteStates};
 
+use crate::cluster::view::NO_SLOT;
 use crate::cluster::{Cluster, Member, MemberState, Suspicion, Timing, View};
 use crate::error::{Error, Result};
 
@@ -32,6 +34,7 @@ const KEY_GRPC: &str = "grpc";
 const KEY_STATE: &str = "state";
 const KEY_EPOCH: &str = "epoch";
 const KEY_DATA_VERSION: &str = "data_version";
+const KEY_SLOT: &str = "slot";
 const SUSPECT_PREFIX: &str = "suspect/";
 
 /// Gossip membership of one node.
@@ -89,6 +92,7 @@ impl Membership {
             (KEY_STATE.to_string(), me.state.as_str().to_string()),
             (KEY_EPOCH.to_string(), me.epoch.to_string()),
             (KEY_DATA_VERSION.to_string(), me.data_version.to_string()),
+            (KEY_SLOT.to_string(), me.slot.to_string()),
         ];
         let handle = spawn_chitchat(config, keys, &UdpTransport)
             .await
@@ -144,6 +148,16 @@ impl Membership {
                     observe(chitchat, &me, &mut heartbeats)
                 })
                 .await;
+            if me.state == MemberState::Ready
+                && let Some(other) = view.members.iter().find(|m| {
+                    m.name != me.name && m.is_ready() && m.slot == me.slot && m.name < me.name
+                })
+            {
+                // Two ready members with one slot could assign the same version: the one
+                // with the higher name takes another slot before it serves again.
+                warn!(slot = me.slot, other = %other.name, "another ready member has this node's slot: taking another");
+                cluster.set_state(MemberState::Isolated);
+            }
             if suspected {
                 cluster.suspected_in(me.epoch);
                 if me.state == MemberState::Ready {
@@ -192,6 +206,7 @@ fn publish(
     let mut wanted = vec![
         (KEY_STATE.to_string(), me.state.as_str().to_string()),
         (KEY_EPOCH.to_string(), me.epoch.to_string()),
+        (KEY_SLOT.to_string(), me.slot.to_string()),
     ];
     wanted.extend(sites.gossip());
     for suspicion in suspects {
@@ -295,6 +310,10 @@ fn observe(
                 .get(KEY_DATA_VERSION)
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
+            slot: state
+                .get(KEY_SLOT)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(NO_SLOT),
         });
     }
     // A node seen twice (restarted, the old generation not yet dead) counts once: the

@@ -225,6 +225,7 @@ impl Cluster {
         Member {
             state: *self.inner.state.borrow(),
             epoch: self.inner.epoch.load(Ordering::Acquire),
+            slot: self.inner.store.clock().slot(),
             ..self.inner.me.clone()
         }
     }

@@ -56,7 +56,13 @@ pub struct Member {
     pub state: MemberState,
     /// Newest version in its persistent data at start (for choosing who starts a site).
     pub data_version: u64,
+    /// Its slot in the site, part of every version it assigns (unique among live members
+    /// once it is ready; [`NO_SLOT`] if it does not say).
+    pub slot: u8,
 }
+
+/// The slot of a member that does not gossip one.
+pub const NO_SLOT: u8 = u8::MAX;
 
 impl Member {
     /// Whether it serves and may be a primary.
@@ -102,6 +108,7 @@ mod tests {
             address: format!("127.0.0.1:1{name}"),
             state,
             data_version: 0,
+            slot: 0,
         }
     }
 
