@@ -48,6 +48,8 @@ pub struct MemberStatus {
     pub state: String,
     /// When it started, so that a restarted node is told from its old self.
     pub generation: u64,
+    /// Its slot in the site: part of every version it assigns, unique among ready members.
+    pub slot: u32,
 }
 
 /// One cache as seen by a node.
@@ -142,6 +144,7 @@ impl From<v1::ClusterStatusResponse> for ClusterStatus {
                     ready: m.ready,
                     state: m.state,
                     generation: m.generation,
+                    slot: m.slot,
                 })
                 .collect(),
         }

@@ -77,6 +77,7 @@ impl Show for ClusterStatus {
                 "state": m.state,
                 "ready": m.ready,
                 "generation": m.generation,
+                "slot": m.slot,
             })).collect::<Vec<_>>(),
         })
     }
@@ -98,15 +99,15 @@ fn members_table(members: &[MemberStatus]) -> String {
     let mut text = String::new();
     let _ = writeln!(
         text,
-        "{:<node$}  {:<address$}  {:<state$}  READY  GENERATION",
+        "{:<node$}  {:<address$}  {:<state$}  READY  SLOT  GENERATION",
         "NODE", "ADDRESS", "STATE"
     );
     for member in members {
         let ready = if member.ready { "yes" } else { "no" };
         let _ = writeln!(
             text,
-            "{:<node$}  {:<address$}  {:<state$}  {ready:<5}  {}",
-            member.node, member.address, member.state, member.generation
+            "{:<node$}  {:<address$}  {:<state$}  {ready:<5}  {:>4}  {}",
+            member.node, member.address, member.state, member.slot, member.generation
         );
     }
     text
@@ -124,6 +125,7 @@ mod tests {
             ready: state == "ready",
             state: state.into(),
             generation,
+            slot: (generation % 16) as u32,
         }
     }
 
@@ -164,9 +166,9 @@ mod tests {
              address   127.0.0.1:11222\n\
              version   0.1.0\n\
              \n\
-             NODE    ADDRESS          STATE    READY  GENERATION\n\
-             node11  127.0.0.1:11222  ready    yes    1700000000001\n\
-             node12  127.0.0.1:11223  joining  no     1700000000002\n\
+             NODE    ADDRESS          STATE    READY  SLOT  GENERATION\n\
+             node11  127.0.0.1:11222  ready    yes       1  1700000000001\n\
+             node12  127.0.0.1:11223  joining  no        2  1700000000002\n\
              \n\
              CACHE                  SIZE  PERSISTENT\n\
              offlineSessions          12  yes\n\
@@ -193,6 +195,7 @@ mod tests {
                     "state": "ready",
                     "ready": true,
                     "generation": 1_700_000_000_001_u64,
+                    "slot": 1,
                 },
                 {
                     "node": "node12",
@@ -200,6 +203,7 @@ mod tests {
                     "state": "joining",
                     "ready": false,
                     "generation": 1_700_000_000_002_u64,
+                    "slot": 2,
                 },
             ])
         );
