@@ -11,6 +11,7 @@ mod ctl;
 mod listeners;
 mod machine;
 mod report;
+mod resync;
 mod single_node;
 mod sites;
 
@@ -34,6 +35,9 @@ struct Args {
     /// Entries loaded for the memory measurement.
     #[arg(long, default_value_t = 1_000_000)]
     memory_entries: u64,
+    /// Entries of 1 KiB moved by the full resync.
+    #[arg(long, default_value_t = 1_000_000)]
+    resync_entries: u64,
     /// Directory holding the release `sitegrid` and `sitegridctl` (default: this
     /// program's own directory, target/release).
     #[arg(long)]
@@ -50,6 +54,7 @@ enum Suite {
     Listeners,
     Site,
     Sites,
+    Resync,
 }
 
 /// The settings every benchmark shares.
@@ -58,6 +63,7 @@ pub(crate) struct Settings {
     pub(crate) rounds: usize,
     pub(crate) duration: Duration,
     pub(crate) memory_entries: u64,
+    pub(crate) resync_entries: u64,
     pub(crate) bin_dir: PathBuf,
 }
 
@@ -75,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
         rounds: args.rounds.max(1),
         duration: args.duration,
         memory_entries: args.memory_entries,
+        resync_entries: args.resync_entries,
         bin_dir,
     };
     match args.only {
@@ -94,22 +101,21 @@ async fn main() -> anyhow::Result<()> {
             println!("{:#?}", sites::run(&settings).await?);
             return Ok(());
         }
+        Some(Suite::Resync) => {
+            println!("{:#?}", resync::run(&settings).await?);
+            return Ok(());
+        }
         None => {}
     }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let single = single_node::run(&settings).await?;
-    let listeners = listeners::run(&settings).await?;
-    let site = cluster::run(&settings).await?;
-    let two_sites = sites::run(&settings).await?;
-    let markdown = report::render(
-        &machine::describe(),
-        &command,
-        &settings,
-        &single,
-        &listeners,
-        &site,
-        &two_sites,
-    );
+    let figures = report::Figures {
+        single: single_node::run(&settings).await?,
+        listeners: listeners::run(&settings).await?,
+        site: cluster::run(&settings).await?,
+        two_sites: sites::run(&settings).await?,
+        resync: resync::run(&settings).await?,
+    };
+    let markdown = report::render(&machine::describe(), &command, &settings, &figures);
     std::fs::write(&args.output, markdown)?;
     println!("wrote {}", args.output.display());
     Ok(())

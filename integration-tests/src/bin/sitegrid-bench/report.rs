@@ -5,19 +5,33 @@ use std::fmt::Write;
 use crate::Settings;
 use crate::cluster;
 use crate::listeners;
+use crate::resync;
 use crate::single_node::Results;
 use crate::sites;
+
+/// Every suite's figures.
+pub(crate) struct Figures {
+    pub(crate) single: Results,
+    pub(crate) listeners: listeners::Results,
+    pub(crate) site: cluster::Results,
+    pub(crate) two_sites: sites::Results,
+    pub(crate) resync: resync::Results,
+}
 
 /// The report as Markdown.
 pub(crate) fn render(
     machine: &[(String, String)],
     command: &str,
     settings: &Settings,
-    single: &Results,
-    listeners: &listeners::Results,
-    site: &cluster::Results,
-    two_sites: &sites::Results,
+    figures: &Figures,
 ) -> String {
+    let Figures {
+        single,
+        listeners,
+        site,
+        two_sites,
+        resync,
+    } = figures;
     let mut out = String::new();
     let _ = writeln!(out, "# sitegrid benchmarks\n");
     let _ = writeln!(
@@ -85,7 +99,55 @@ pub(crate) fn render(
     render_listeners(&mut out, listeners);
     render_site(&mut out, site);
     render_sites(&mut out, two_sites);
+    render_resync(&mut out, resync);
     out
+}
+
+fn render_resync(out: &mut String, r: &resync::Results) {
+    let met = |ok: bool| if ok { "met" } else { "**missed**" };
+    let _ = writeln!(out, "\n## Resync between two sites\n");
+    let _ = writeln!(
+        out,
+        "Two sites of one node each, linked directly. Site 1 takes site 2 offline, writes, \
+         then brings it online: the time is from the bring-online command until site 1 \
+         shows site 2 online (digest comparison of every cache, key listing of the ranges \
+         that differ, the transfer, and the merge on site 2's primary); keys and bytes are \
+         the resync's own counts. Full: {} entries of {} bytes in `sessions`, site 2 empty. \
+         Delta: {} keys of 256 bytes in `work` held by both sites, of which {} ({}%) were \
+         changed or removed in site 1 meanwhile.\n",
+        r.full.entries,
+        resync::FULL_VALUE,
+        resync::DELTA_KEYS,
+        resync::DELTA_CHANGED,
+        resync::DELTA_CHANGED * 100 / resync::DELTA_KEYS
+    );
+    let _ = writeln!(
+        out,
+        "| resync | keys differing | keys moved | time | entries/s | MB/s | target |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|");
+    for (name, run, target) in [
+        ("full", &r.full, String::new()),
+        (
+            "delta (1%)",
+            &r.delta,
+            format!(
+                "moved <= {}: {}",
+                2 * resync::DELTA_CHANGED,
+                met(r.delta.moved <= 2 * resync::DELTA_CHANGED)
+            ),
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {} | {:.2} s | {:.0} | {:.1} | {target} |",
+            run.differing,
+            run.moved,
+            run.seconds,
+            run.moved as f64 / run.seconds.max(1e-9),
+            run.bytes as f64 / run.seconds.max(1e-9) / 1e6,
+        );
+    }
 }
 
 fn render_sites(out: &mut String, s: &sites::Results) {
