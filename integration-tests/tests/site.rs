@@ -32,6 +32,17 @@ async fn read(node: &NodeProcess, cache: &str, key: &str) -> Option<(Bytes, u64)
         .then(|| (got.value, got.metadata.unwrap().version))
 }
 
+/// Puts `value` at `key` in `work` through `node`; the version written.
+async fn put_work(node: &NodeProcess, key: &str, value: &str) -> u64 {
+    client(node)
+        .await
+        .put(put("work", key, value))
+        .await
+        .unwrap()
+        .into_inner()
+        .version
+}
+
 /// Waits until every node sees `count` ready members.
 async fn wait_for_ready_members(site: &Site, count: usize) {
     for node in &site.nodes {
@@ -65,13 +76,7 @@ async fn three_nodes_form_a_site_and_every_acknowledged_write_is_on_every_node()
     for i in 0..60 {
         let node = &site.nodes[i % 3];
         let key = format!("k{i}");
-        let version = client(node)
-            .await
-            .put(put("work", &key, &format!("v{i}")))
-            .await
-            .unwrap()
-            .into_inner()
-            .version;
+        let version = put_work(node, &key, &format!("v{i}")).await;
         // Read-your-write on every node, right after the acknowledgement.
         for other in &site.nodes {
             let (value, seen) = read(other, "work", &key).await.expect("present everywhere");
@@ -119,14 +124,7 @@ async fn nodes_that_start_with_one_slot_serve_with_different_ones_and_never_assi
     // Each node's versions carry its own slot.
     let slot_of = views.swap_remove(0);
     for i in 0..30 {
-        let key = format!("slot-{i}");
-        let version = client(&site.nodes[0])
-            .await
-            .put(put("work", &key, "v"))
-            .await
-            .unwrap()
-            .into_inner()
-            .version;
+        let version = put_work(&site.nodes[0], &format!("slot-{i}"), "v").await;
         let slot = sitegrid_proto::version::slot_of(version);
         assert!(
             slot_of.values().any(|s| *s == u32::from(slot)),
@@ -289,13 +287,7 @@ async fn a_listener_on_one_node_sees_writes_made_through_another() {
     let mut written = HashMap::new();
     for i in 0..30 {
         let key = format!("k{i}");
-        let version = client(&site.nodes[i % 2])
-            .await
-            .put(put("work", &key, "v"))
-            .await
-            .unwrap()
-            .into_inner()
-            .version;
+        let version = put_work(&site.nodes[i % 2], &key, "v").await;
         written.insert(Bytes::from(key), version);
     }
     let mut seen = HashMap::new();
