@@ -146,15 +146,13 @@ async fn with_the_fail_policy_a_write_fails_while_the_peer_site_is_down_and_is_a
     let mut sites = TwoSites::start_direct(1, "").await.unwrap();
     sites.sites[1].nodes[0].kill().unwrap();
     let mut in_first = client(&sites.sites[0].nodes[0]).await;
-    let status = in_first
-        .put_if_absent(PutIfAbsentRequest {
-            cache: "actionTokens".into(),
-            key: Bytes::from_static(b"t1"),
-            value: Bytes::from_static(b"v"),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let token = PutIfAbsentRequest {
+        cache: "actionTokens".into(),
+        key: Bytes::from_static(b"t1"),
+        value: Bytes::from_static(b"v"),
+        ..Default::default()
+    };
+    let status = in_first.put_if_absent(token.clone()).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("site2"), "{}", status.message());
     assert!(
@@ -167,16 +165,7 @@ async fn with_the_fail_policy_a_write_fails_while_the_peer_site_is_down_and_is_a
         "a failed write was applied in its own site"
     );
     sites.sites[1].nodes[0].restart().await.unwrap();
-    let stored = in_first
-        .put_if_absent(PutIfAbsentRequest {
-            cache: "actionTokens".into(),
-            key: Bytes::from_static(b"t1"),
-            value: Bytes::from_static(b"v"),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let stored = in_first.put_if_absent(token).await.unwrap().into_inner();
     assert!(stored.stored);
     let mut in_second = client(&sites.sites[1].nodes[0]).await;
     assert!(

@@ -59,6 +59,22 @@ pub(crate) struct PeerSite {
     max_message_bytes: usize,
 }
 
+/// The endpoint of a `HOST:PORT` or `http://HOST:PORT` in another site or place (a peer
+/// site's node, the witness): a bounded connect time, and keep-alives that notice a
+/// dead link.
+pub(crate) fn endpoint_of(endpoint: &str) -> Result<Endpoint, String> {
+    let uri = if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    };
+    Ok(Endpoint::from_shared(uri)
+        .map_err(|error| error.to_string())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5)))
+}
+
 impl PeerSite {
     /// The peer site of `config`, connecting lazily.
     pub(crate) fn new(config: &SiteConfig, max_message_bytes: usize) -> Result<Self, RelayError> {
@@ -66,21 +82,12 @@ impl PeerSite {
             .endpoints
             .iter()
             .map(|endpoint| {
-                let uri = if endpoint.contains("://") {
-                    endpoint.clone()
-                } else {
-                    format!("http://{endpoint}")
-                };
-                let invalid = |reason: String| RelayError::InvalidEndpoint {
-                    site: config.name.clone(),
-                    endpoint: endpoint.clone(),
-                    reason,
-                };
-                let channel = Endpoint::from_shared(uri)
-                    .map_err(|error| invalid(error.to_string()))?
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .http2_keep_alive_interval(Duration::from_secs(5))
-                    .keep_alive_timeout(Duration::from_secs(5))
+                let channel = endpoint_of(endpoint)
+                    .map_err(|reason| RelayError::InvalidEndpoint {
+                        site: config.name.clone(),
+                        endpoint: endpoint.clone(),
+                        reason,
+                    })?
                     // Wide windows: a long round trip must not throttle batches.
                     .initial_stream_window_size(4 << 20)
                     .initial_connection_window_size(16 << 20);

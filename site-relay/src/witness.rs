@@ -22,11 +22,12 @@ use parking_lot::Mutex;
 use sitegrid_proto::v1;
 use sitegrid_proto::v1::witness_client::WitnessClient;
 use sitegrid_proto::v1::witness_server::{Witness, WitnessServer};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
 use crate::RelayError;
+use crate::peer::endpoint_of;
 
 /// The witness's grants, as a gRPC service.
 #[derive(Debug, Clone)]
@@ -220,17 +221,10 @@ pub(crate) struct WitnessLink {
 impl WitnessLink {
     /// The link of site `site`, with `peers` peer sites, to the witness at `endpoint`.
     pub(crate) fn new(endpoint: &str, site: &str, peers: usize) -> Result<Self, RelayError> {
-        let uri = if endpoint.contains("://") {
-            endpoint.to_string()
-        } else {
-            format!("http://{endpoint}")
-        };
-        let channel = Endpoint::from_shared(uri)
-            .map_err(|error| RelayError::InvalidWitness {
-                endpoint: endpoint.to_string(),
-                reason: error.to_string(),
-            })?
-            .connect_timeout(Duration::from_secs(2));
+        let channel = endpoint_of(endpoint).map_err(|reason| RelayError::InvalidWitness {
+            endpoint: endpoint.to_string(),
+            reason,
+        })?;
         Ok(WitnessLink {
             endpoint: endpoint.to_string(),
             channel: sitegrid_proto::transport::lazy_channel(&channel),
