@@ -24,6 +24,23 @@ pub async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> 
     Ok((status, decode_chunked(head, body)))
 }
 
+/// The sum of the samples on `/metrics` at `addr` whose line starts with `series` (a
+/// metric name with its labels, as the exporter writes them) followed by the value; 0
+/// when there are none.
+pub async fn metric(addr: SocketAddr, series: &str) -> anyhow::Result<f64> {
+    let (status, body) = get(addr, "/metrics").await?;
+    anyhow::ensure!(status == 200, "/metrics answered {status}: {body}");
+    body.lines()
+        .filter_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| {
+            value
+                .trim()
+                .parse::<f64>()
+                .map_err(|e| anyhow::anyhow!("{series} {value}: {e}"))
+        })
+        .sum()
+}
+
 /// Undoes `Transfer-Encoding: chunked` if the head says so.
 fn decode_chunked(head: &str, body: &str) -> String {
     if !head

@@ -368,13 +368,7 @@ async fn racing_tokens_through_different_nodes_during_a_node_kill_have_one_winne
 async fn counter_total(site: &Site, name: &str) -> u64 {
     let mut total = 0;
     for node in &site.nodes {
-        let (status, body) = http::get(node.http_addr(), "/metrics").await.unwrap();
-        assert_eq!(status, 200, "{body}");
-        total += body
-            .lines()
-            .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .map(|value| value.trim().parse::<f64>().unwrap() as u64)
-            .sum::<u64>();
+        total += http::metric(node.http_addr(), name).await.unwrap() as u64;
     }
     total
 }

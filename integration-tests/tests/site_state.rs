@@ -380,6 +380,27 @@ async fn bring_online_moves_only_what_differs_and_never_overwrites_a_newer_write
         let held = expected.iter().find(|(k, _, _)| *k == key).unwrap();
         assert_eq!(held.1, format!("live{last_round}").as_bytes(), "{key:?}");
     }
+
+    // The resync's figures are in site 2's metrics (it ran there: its only node decides).
+    let metric = |series: &'static str| async move {
+        http::metric(second.http_addr(), &format!("{series}{{site=\"site1\"}}"))
+            .await
+            .unwrap()
+    };
+    assert_eq!(metric("sitegrid_resync_running").await, 0.0);
+    assert_eq!(metric("sitegrid_resync_progress_ratio").await, 1.0);
+    assert_eq!(
+        metric("sitegrid_resync_keys_moved_total").await as u64,
+        resync.keys_moved
+    );
+    assert_eq!(
+        metric("sitegrid_resync_bytes_moved_total").await as u64,
+        resync.bytes_moved
+    );
+    assert_eq!(
+        metric("sitegrid_site_divergent_keys").await as u64,
+        resync.keys_differing
+    );
 }
 
 #[tokio::test]

@@ -15,6 +15,27 @@ use crate::state::{Mode, SiteStates};
 /// Changes of one async batch merged at once.
 const ASYNC_CONCURRENCY: usize = 32;
 
+/// Merges `changes` (cache, mutation) from `from_site` into the site of `local`
+/// ([`LocalSite::apply_async`]), several at a time; the results are in the changes' order.
+pub(crate) async fn merge_all<L: LocalSite>(
+    local: &L,
+    from_site: &str,
+    changes: Vec<(String, v1::ReplicatedMutation)>,
+    forwarded: bool,
+) -> Result<Vec<v1::AsyncResult>, Status> {
+    stream::iter(changes)
+        .map(|(cache, mutation)| async move {
+            local
+                .apply_async(&cache, from_site, mutation, forwarded)
+                .await
+        })
+        .buffered(ASYNC_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
 /// Serves `SiteLink` for the node `local`, to the peer sites of its config.
 #[derive(Debug)]
 pub struct SiteLinkService<L> {
@@ -91,23 +112,21 @@ impl<L: LocalSite> SiteLink for SiteLinkService<L> {
     ) -> Result<Response<v1::ApplyAsyncResponse>, Status> {
         let request = request.into_inner();
         self.check_peer(&request.from_site)?;
-        let (from_site, forwarded) = (request.from_site.as_str(), request.forwarded);
-        let results: Vec<Result<v1::AsyncResult, Status>> = stream::iter(request.changes)
-            .map(|change| async move {
+        let changes = request
+            .changes
+            .into_iter()
+            .map(|change| {
                 let mutation = change
                     .mutation
                     .ok_or_else(|| Status::invalid_argument("an async change needs a mutation"))?;
-                self.local
-                    .apply_async(&change.cache, from_site, mutation, forwarded)
-                    .await
+                Ok((change.cache, mutation))
             })
-            .buffered(ASYNC_CONCURRENCY)
-            .collect()
-            .await;
-        let results = results
-            .into_iter()
-            .map(|result| result.map(|r| r as i32))
             .collect::<Result<Vec<_>, Status>>()?;
+        let results = merge_all(&*self.local, &request.from_site, changes, request.forwarded)
+            .await?
+            .into_iter()
+            .map(|r| r as i32)
+            .collect();
         Ok(Response::new(v1::ApplyAsyncResponse { results }))
     }
 

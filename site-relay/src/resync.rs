@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::LocalSite;
+use crate::link::merge_all;
 use crate::outbox::now_ms;
 use crate::peer::{Failure, PeerSite};
 use crate::relay::Relay;
@@ -206,7 +207,7 @@ impl<L: LocalSite> Job<L> {
             .and_then(|keys| keys.list_at(&name).ok())
             .unwrap_or_default();
         let caches = self.relay.caches_backed_up_to(&name);
-        self.progress.lock().ranges_total = caches
+        let ranges_total = caches
             .iter()
             .map(|cache| {
                 self.local
@@ -214,6 +215,7 @@ impl<L: LocalSite> Job<L> {
                     .map_or(0, |d| d.len() as u64)
             })
             .sum();
+        self.update(|p| p.ranges_total = ranges_total);
         let mut result = Ok(());
         for cache in &caches {
             result = self.cache(cache).await;
@@ -236,9 +238,11 @@ impl<L: LocalSite> Job<L> {
                 });
             }
         }
+        self.update(|p| {
+            p.running = false;
+            p.ended_ms = now_ms();
+        });
         let mut progress = self.progress.lock();
-        progress.running = false;
-        progress.ended_ms = now_ms();
         match result {
             Ok(()) => info!(site = %name, moved = progress.keys_moved,
                 differing = progress.keys_differing, conflicts = progress.conflicts, "resync done"),
@@ -292,7 +296,7 @@ impl<L: LocalSite> Job<L> {
         let metric_site = self.peer().name.to_string();
         metrics::gauge!("sitegrid_resync_differing_ranges", "site" => metric_site, "cache" => cache.to_string())
             .set(differing.len() as f64);
-        self.progress.lock().ranges_done += (ours.len() - differing.len()) as u64;
+        self.update(|p| p.ranges_done += (ours.len() - differing.len()) as u64);
         for ranges in differing.chunks(RANGES_PER_CALL) {
             self.check()?;
             let their_keys = self
@@ -312,7 +316,7 @@ impl<L: LocalSite> Job<L> {
                 .range_versions(cache, ranges)
                 .map_err(|s| s.message().to_string())?;
             let (pull, push) = compare(our_keys, their_keys);
-            self.progress.lock().keys_differing += (pull.len() + push.len()) as u64;
+            self.update(|p| p.keys_differing += (pull.len() + push.len()) as u64);
             if !self.diff_only {
                 for keys in pull.chunks(KEYS_PER_CALL) {
                     self.pull(cache, keys).await?;
@@ -321,7 +325,7 @@ impl<L: LocalSite> Job<L> {
                     self.push(cache, keys).await?;
                 }
             }
-            self.progress.lock().ranges_done += ranges.len() as u64;
+            self.update(|p| p.ranges_done += ranges.len() as u64);
         }
         Ok(())
     }
@@ -343,14 +347,16 @@ impl<L: LocalSite> Job<L> {
             })
             .await?;
         for attempt in 0.. {
+            let changes = pending
+                .iter()
+                .map(|mutation| (cache.to_string(), mutation.clone()))
+                .collect();
+            let results = merge_all(&*self.local, &name, changes, false)
+                .await
+                .map_err(|s| s.message().to_string())?;
             let mut busy = Vec::new();
-            for mutation in pending {
+            for (mutation, result) in pending.into_iter().zip(results) {
                 let bytes = (mutation.key.len() + mutation.record.len()) as u64;
-                let result = self
-                    .local
-                    .apply_async(cache, &name, mutation.clone(), false)
-                    .await
-                    .map_err(|s| s.message().to_string())?;
                 self.count(result, bytes, || busy.push(mutation));
             }
             if busy.is_empty() {
@@ -402,18 +408,47 @@ impl<L: LocalSite> Job<L> {
 
     /// Counts one moved key by its merge result; `busy` keeps it for another try.
     fn count(&self, result: v1::AsyncResult, bytes: u64, busy: impl FnOnce()) {
-        let mut progress = self.progress.lock();
-        match result {
-            v1::AsyncResult::Taken => {
-                progress.keys_moved += 1;
-                progress.bytes_moved += bytes;
-            }
-            v1::AsyncResult::Kept => {
-                progress.keys_moved += 1;
-                progress.bytes_moved += bytes;
-                progress.conflicts += 1;
-            }
-            v1::AsyncResult::Busy | v1::AsyncResult::Unspecified => busy(),
+        let conflict = match result {
+            v1::AsyncResult::Taken => false,
+            v1::AsyncResult::Kept => true,
+            v1::AsyncResult::Busy | v1::AsyncResult::Unspecified => return busy(),
+        };
+        let site = self.peer().name.to_string();
+        metrics::counter!("sitegrid_resync_keys_moved_total", "site" => site.clone()).increment(1);
+        metrics::counter!("sitegrid_resync_bytes_moved_total", "site" => site.clone())
+            .increment(bytes);
+        if conflict {
+            metrics::counter!("sitegrid_resync_conflicts_total", "site" => site).increment(1);
+        }
+        self.update(|p| {
+            p.keys_moved += 1;
+            p.bytes_moved += bytes;
+            p.conflicts += u64::from(conflict);
+        });
+    }
+
+    /// Changes the progress with `change` and shows it in the metrics: whether a resync
+    /// runs, its share of key ranges compared, and the keys found differing so far (by
+    /// the last comparison, once it ended).
+    fn update(&self, change: impl FnOnce(&mut Progress)) {
+        let (running, done, differing) = {
+            let mut progress = self.progress.lock();
+            change(&mut progress);
+            let done = if progress.ranges_total == 0 {
+                1.0
+            } else {
+                progress.ranges_done as f64 / progress.ranges_total as f64
+            };
+            (progress.running, done, progress.keys_differing)
+        };
+        let site = self.peer().name.to_string();
+        if !self.diff_only {
+            metrics::gauge!("sitegrid_resync_running", "site" => site.clone())
+                .set(f64::from(u8::from(running)));
+            metrics::gauge!("sitegrid_resync_progress_ratio", "site" => site.clone()).set(done);
+        }
+        if !running {
+            metrics::gauge!("sitegrid_site_divergent_keys", "site" => site).set(differing as f64);
         }
     }
 
