@@ -404,6 +404,81 @@ async fn bring_online_moves_only_what_differs_and_never_overwrites_a_newer_write
 }
 
 #[tokio::test]
+async fn a_resync_leaves_both_sites_alike_when_the_merge_policy_keeps_the_older_state() {
+    const KEYS: usize = 20;
+    // `prefer-non-null`: a live entry wins over a removal, even a newer one.
+    let sites = TwoSites::start(
+        1,
+        |index, name| spec(index, name).with_toml("[caches.sessions]\nmerge = \"prefer-non-null\""),
+        |_, peers| peers.iter().map(|a| a.to_string()).collect(),
+    )
+    .await
+    .unwrap();
+    let [first, second] = [&sites.sites[0].nodes[0], &sites.sites[1].nodes[0]];
+    let mut in_second = cache(second).await;
+    for i in 0..KEYS {
+        in_second
+            .put(put("sessions", &format!("k{i}"), "v0"))
+            .await
+            .unwrap();
+    }
+    command(first, "site2", SiteAction::TakeOffline).await;
+    eventually("site 2 to be fenced by site 1", SETTLE, || async {
+        !site_status(second).await.fenced.is_empty()
+    })
+    .await
+    .unwrap();
+    // Site 1 removes half the keys and changes the others while site 2 is offline.
+    let mut in_first = cache(first).await;
+    for i in 0..KEYS {
+        let key = format!("k{i}");
+        if i % 2 == 0 {
+            in_first
+                .remove(RemoveRequest {
+                    cache: "sessions".into(),
+                    key: Bytes::from(key),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        } else {
+            in_first.put(put("sessions", &key, "v1")).await.unwrap();
+        }
+    }
+
+    command(first, "site2", SiteAction::BringOnline).await;
+    eventually("site 2 to be online again", SETTLE, || async {
+        peer_state(first).await.0 == "online"
+    })
+    .await
+    .unwrap();
+    let resync = site_status(first).await.peers[0].resync.clone().unwrap();
+    assert!(resync.error.is_empty(), "{resync:?}");
+    assert_eq!(resync.conflicts, KEYS as u64 / 2, "{resync:?}");
+    // Site 2 kept its live entries over site 1's removals, and site 1 took them back.
+    let held = contents(first, "sessions", "k", KEYS).await;
+    assert_eq!(held, contents(second, "sessions", "k", KEYS).await);
+    let values: Vec<(String, String)> = held
+        .iter()
+        .map(|(key, value, _)| {
+            (
+                String::from_utf8_lossy(key).into_owned(),
+                String::from_utf8_lossy(value).into_owned(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String)> = (0..KEYS)
+        .map(|i| {
+            (
+                format!("k{i}"),
+                if i % 2 == 0 { "v0" } else { "v1" }.to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(values, expected);
+}
+
+#[tokio::test]
 async fn clear_with_all_sites_empties_the_cache_in_the_peer_site_too() {
     let sites = TwoSites::start(1, spec, |_, peers| {
         peers.iter().map(|a| a.to_string()).collect()

@@ -8,7 +8,10 @@
 //! 3. each differing key's newer state (entry or tombstone, so deletes propagate) goes to
 //!    the site holding the older one, where it is merged by the cache's merge policy on
 //!    the key's primary, never waiting for a lock; a write made meanwhile has a newer
-//!    version and is never overwritten by the older state.
+//!    version and is never overwritten by the older state;
+//! 4. a key whose receiving site kept its own state (a merge policy that prefers the
+//!    older state gives it a newer version) goes back the other way once, so both sites
+//!    end with the state the policy chose.
 //!
 //! Then the peer is marked online (a bring-online) and the keys recorded for it while it
 //! was offline are forgotten. A resync runs on the site's decider; it stops when the
@@ -318,11 +321,20 @@ impl<L: LocalSite> Job<L> {
             let (pull, push) = compare(our_keys, their_keys);
             self.update(|p| p.keys_differing += (pull.len() + push.len()) as u64);
             if !self.diff_only {
+                let (mut kept_here, mut kept_there) = (Vec::new(), Vec::new());
                 for keys in pull.chunks(KEYS_PER_CALL) {
-                    self.pull(cache, keys).await?;
+                    kept_here.extend(self.pull(cache, keys).await?);
                 }
                 for keys in push.chunks(KEYS_PER_CALL) {
+                    kept_there.extend(self.push(cache, keys).await?);
+                }
+                // A side whose merge policy kept its own, older state over the other's
+                // gave it a newer version: it goes back, so both sites end alike.
+                for keys in kept_here.chunks(KEYS_PER_CALL) {
                     self.push(cache, keys).await?;
+                }
+                for keys in kept_there.chunks(KEYS_PER_CALL) {
+                    self.pull(cache, keys).await?;
                 }
             }
             self.update(|p| p.ranges_done += ranges.len() as u64);
@@ -330,11 +342,12 @@ impl<L: LocalSite> Job<L> {
         Ok(())
     }
 
-    /// Takes the peer's state of `keys` (newer than this site's) and merges it here.
-    async fn pull(&self, cache: &str, keys: &[Bytes]) -> Result<(), String> {
+    /// Takes the peer's state of `keys` (newer than this site's) and merges it here;
+    /// answers the keys whose state here the merge kept.
+    async fn pull(&self, cache: &str, keys: &[Bytes]) -> Result<Vec<Bytes>, String> {
         let site = self.relay.inner.site.clone();
         let name = self.peer().name.to_string();
-        let mut pending = self
+        let theirs = self
             .call("fetch", |peer| {
                 peer.fetch_keys(
                     v1::FetchKeysRequest {
@@ -346,73 +359,89 @@ impl<L: LocalSite> Job<L> {
                 )
             })
             .await?;
-        for attempt in 0.. {
+        self.merge(theirs, "keys stayed busy here", |pending| async {
             let changes = pending
-                .iter()
-                .map(|mutation| (cache.to_string(), mutation.clone()))
+                .into_iter()
+                .map(|mutation| (cache.to_string(), mutation))
                 .collect();
-            let results = merge_all(&*self.local, &name, changes, false)
+            merge_all(&*self.local, &name, changes, false)
                 .await
-                .map_err(|s| s.message().to_string())?;
-            let mut busy = Vec::new();
-            for (mutation, result) in pending.into_iter().zip(results) {
-                let bytes = (mutation.key.len() + mutation.record.len()) as u64;
-                self.count(result, bytes, || busy.push(mutation));
-            }
-            if busy.is_empty() {
-                return Ok(());
-            }
-            self.wait(attempt, "keys stayed busy here").await?;
-            pending = busy;
-        }
-        Ok(())
+                .map_err(|s| s.message().to_string())
+        })
+        .await
     }
 
-    /// Sends this site's state of `keys` (newer than the peer's) to the peer.
-    async fn push(&self, cache: &str, keys: &[Bytes]) -> Result<(), String> {
-        let mut pending = self
+    /// Sends this site's state of `keys` (newer than the peer's) to the peer; answers
+    /// the keys whose state there the peer's merge kept.
+    async fn push(&self, cache: &str, keys: &[Bytes]) -> Result<Vec<Bytes>, String> {
+        let ours = self
             .local
             .fetch_keys(cache, keys)
             .map_err(|s| s.message().to_string())?;
-        for attempt in 0.. {
+        self.merge(ours, "keys stayed busy at the peer site", |pending| {
             let request = v1::ApplyAsyncRequest {
                 from_site: self.relay.inner.site.clone(),
                 changes: pending
-                    .iter()
+                    .into_iter()
                     .map(|mutation| v1::AsyncChange {
                         cache: cache.to_string(),
-                        mutation: Some(mutation.clone()),
+                        mutation: Some(mutation),
                     })
                     .collect(),
                 forwarded: false,
             };
-            let results = self
-                .call("send", |peer| {
-                    peer.apply_async(request.clone(), CALL_TIMEOUT)
-                })
-                .await?;
-            let mut busy = Vec::new();
-            for (mutation, result) in pending.into_iter().zip(results) {
-                let bytes = (mutation.key.len() + mutation.record.len()) as u64;
-                self.count(result, bytes, || busy.push(mutation));
-            }
-            if busy.is_empty() {
-                return Ok(());
-            }
-            self.wait(attempt, "keys stayed busy at the peer site")
-                .await?;
-            pending = busy;
-        }
-        Ok(())
+            self.call("send", move |peer| {
+                peer.apply_async(request.clone(), CALL_TIMEOUT)
+            })
+        })
+        .await
     }
 
-    /// Counts one moved key by its merge result; `busy` keeps it for another try.
-    fn count(&self, result: v1::AsyncResult, bytes: u64, busy: impl FnOnce()) {
-        let conflict = match result {
-            v1::AsyncResult::Taken => false,
-            v1::AsyncResult::Kept => true,
-            v1::AsyncResult::Busy | v1::AsyncResult::Unspecified => return busy(),
-        };
+    /// Merges `pending` on one side with `merge` (results in the same order) until no key
+    /// is busy, counting what moved; answers the keys whose receiving side kept its own
+    /// state. `busy_why` is the error once the tries run out.
+    async fn merge<Fut>(
+        &self,
+        mut pending: Vec<v1::ReplicatedMutation>,
+        busy_why: &str,
+        merge: impl Fn(Vec<v1::ReplicatedMutation>) -> Fut,
+    ) -> Result<Vec<Bytes>, String>
+    where
+        Fut: Future<Output = Result<Vec<v1::AsyncResult>, String>>,
+    {
+        let mut kept = Vec::new();
+        for attempt in 0.. {
+            let results = merge(pending.clone()).await?;
+            let mut busy = Vec::new();
+            for (mutation, result) in pending.into_iter().zip(results) {
+                let conflict = match result {
+                    v1::AsyncResult::Taken => false,
+                    v1::AsyncResult::Kept => true,
+                    v1::AsyncResult::Busy | v1::AsyncResult::Unspecified => {
+                        busy.push(mutation);
+                        continue;
+                    }
+                };
+                self.count(
+                    (mutation.key.len() + mutation.record.len()) as u64,
+                    conflict,
+                );
+                if conflict {
+                    kept.push(mutation.key);
+                }
+            }
+            if busy.is_empty() {
+                break;
+            }
+            self.wait(attempt, busy_why).await?;
+            pending = busy;
+        }
+        Ok(kept)
+    }
+
+    /// Counts one key moved (`bytes` long), whose receiving side kept its own state if
+    /// `conflict`.
+    fn count(&self, bytes: u64, conflict: bool) {
         let site = self.peer().name.to_string();
         metrics::counter!("sitegrid_resync_keys_moved_total", "site" => site.clone()).increment(1);
         metrics::counter!("sitegrid_resync_bytes_moved_total", "site" => site.clone())
