@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build run test lint bench
+.PHONY: build run test lint bench chaos
 
 build:
 	$(CARGO) build --release --bins
@@ -19,3 +19,12 @@ lint:
 
 bench: build
 	$(CARGO) run --release -p sitegrid-integration-tests --bin sitegrid-bench -- --output BENCHMARKS.md
+
+# Long randomized fault-injection runs: `make chaos SEEDS=10 DURATION=30s [SEED=n]`.
+SEEDS ?= 10
+DURATION ?= 30s
+SEED ?=
+
+chaos: build
+	$(CARGO) run --release -p sitegrid-integration-tests --bin sitegrid-chaos -- \
+		--seeds $(SEEDS) --duration $(DURATION) $(if $(SEED),--seed $(SEED)) --output RELIABILITY.md

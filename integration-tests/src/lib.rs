@@ -10,7 +10,9 @@
 //! - [`http`]: a tiny HTTP/1.1 GET for `/ready` and `/metrics`.
 //! - [`requests`]: the requests tests build over and over.
 //! - [`witness`]: the witness process that grants take-offline.
+//! - [`chaos`]: the fault-injection suite: topologies, nemeses, workloads, checkers.
 
+pub mod chaos;
 pub mod checks;
 pub mod http;
 pub mod node;

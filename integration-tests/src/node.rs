@@ -14,24 +14,29 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use sitegrid_proto::v1;
+use sitegrid_proto::v1::admin_client::AdminClient;
 
 use crate::ports::free_loopback_addr;
 
 /// How long a node may take to report ready.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Path of the node program built for these tests (next to the test executable), or
-/// `SITEGRID_NODE_BIN` to test another build (e.g. a release `sitegrid`).
+/// Path of the node program built with this crate (in the profile directory of the
+/// running test or program), or `SITEGRID_NODE_BIN` to test another build (e.g. a
+/// release `sitegrid`).
 pub fn node_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("SITEGRID_NODE_BIN") {
         return PathBuf::from(path);
     }
-    let exe = std::env::current_exe().expect("the test executable's path");
-    // target/<profile>/deps/<test> -> target/<profile>/sitegrid-node
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("tests run from target/<profile>/deps");
+    let exe = std::env::current_exe().expect("the running executable's path");
+    // target/<profile>/deps/<test> or target/<profile>/<program>
+    let mut profile_dir = exe.parent().expect("an executable is in a directory");
+    if profile_dir.file_name().is_some_and(|name| name == "deps") {
+        profile_dir = profile_dir
+            .parent()
+            .expect("deps is in the profile directory");
+    }
     profile_dir.join(format!("sitegrid-node{}", std::env::consts::EXE_SUFFIX))
 }
 
@@ -296,11 +301,55 @@ impl NodeProcess {
         }
     }
 
+    /// Waits until the node serves requests (started and caught up with its site), as
+    /// `cluster status` says; unlike [`NodeProcess::wait_ready`] this holds in a fenced
+    /// site too. Fails early if the process exits.
+    pub async fn wait_serving(&mut self) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.try_exit_status()? {
+                bail!(
+                    "node {} exited with {status} before serving; log:\n{}",
+                    self.spec.name,
+                    self.log()
+                );
+            }
+            if self.is_serving().await {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!(
+                    "node {} not serving after {START_TIMEOUT:?}; log:\n{}",
+                    self.spec.name,
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether the node says it serves requests now.
+    async fn is_serving(&self) -> bool {
+        let Ok(channel) = self.channel().await else {
+            return false;
+        };
+        AdminClient::new(channel)
+            .cluster_status(v1::ClusterStatusRequest {})
+            .await
+            .is_ok_and(|status| status.into_inner().ready)
+    }
+
     fn try_exit_status(&mut self) -> anyhow::Result<Option<ExitStatus>> {
         match &mut self.child {
             Some(child) => Ok(child.try_wait()?),
             None => bail!("node {} is not running", self.spec.name),
         }
+    }
+
+    /// Whether the process was started and not killed or stopped since (it may have
+    /// exited by itself).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// The process id, while running.

@@ -32,6 +32,9 @@ const CHUNK_SIZE: usize = 16 * 1024;
 /// 80,000 chunks a second.
 const CHUNKS_IN_FLIGHT: usize = 4096;
 
+/// What a lost segment costs a TCP connection: the minimum retransmission timeout.
+const RETRANSMIT_DELAY: Duration = Duration::from_millis(200);
+
 /// Pause after a failed `accept`, so that running out of file descriptors does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(10);
 
@@ -113,6 +116,8 @@ struct Faults {
 #[derive(Debug, Clone, Copy, Default)]
 struct LinkFaults {
     delay: Duration,
+    /// Chance that a chunk is "lost" and waits for its retransmission.
+    loss: f64,
     blackhole: bool,
 }
 
@@ -173,6 +178,16 @@ impl FaultProxy {
         }
     }
 
+    /// Loses each chunk read in `direction` with `probability`, as TCP sees loss: the
+    /// chunk arrives a retransmission timeout (200 ms) late, and everything behind it on
+    /// its connection waits for it. No byte is dropped.
+    pub fn set_loss(&self, direction: Direction, probability: f64) {
+        let mut faults = self.shared.faults.lock();
+        for &link in direction.links() {
+            faults.links[link].loss = probability;
+        }
+    }
+
     /// Silently discards every byte read in `direction` from now on; connections stay
     /// open and end-of-stream still passes. Chunks already read are still delivered.
     pub fn blackhole(&self, direction: Direction) {
@@ -193,7 +208,7 @@ impl FaultProxy {
         self.shared.reset.send_replace(());
     }
 
-    /// Clears every delay, blackhole and refusal. Open connections go on; bytes already
+    /// Clears every delay, loss, blackhole and refusal. Open connections go on; bytes already
     /// blackholed stay lost.
     pub fn heal(&self) {
         *self.shared.faults.lock() = Faults::default();
@@ -334,8 +349,15 @@ async fn pipe(
             if faults.blackhole {
                 continue;
             }
+            let lost = faults.loss > 0.0 && fastrand::f64() < faults.loss;
             let chunk = Chunk {
-                due: now + faults.delay,
+                due: now
+                    + faults.delay
+                    + if lost {
+                        RETRANSMIT_DELAY
+                    } else {
+                        Duration::ZERO
+                    },
                 bytes: buffer[..read].to_vec(),
             };
             if chunks_tx.send(chunk).await.is_err() {

@@ -56,6 +56,15 @@ impl Site {
         self.wait_all_ready().await
     }
 
+    /// Waits until every node launched serves requests (fenced or not), failing early if
+    /// one exits.
+    pub async fn wait_serving(&mut self) -> anyhow::Result<()> {
+        for node in &mut self.nodes {
+            node.wait_serving().await?;
+        }
+        Ok(())
+    }
+
     /// Waits until every running node reports ready.
     pub async fn wait_all_ready(&self) -> anyhow::Result<()> {
         eventually("every node ready", READY_TIMEOUT, || async {

@@ -39,6 +39,11 @@ impl WitnessProcess {
         Ok(witness)
     }
 
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// `[witness]` TOML for a site node that uses this witness.
     pub fn site_toml(&self) -> String {
         format!("[witness]\nendpoint = \"{}\"\n", self.addr)

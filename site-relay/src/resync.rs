@@ -413,6 +413,7 @@ impl<L: LocalSite> Job<L> {
         for attempt in 0.. {
             let results = merge(pending.clone()).await?;
             let mut busy = Vec::new();
+            let mut moved = Moved::default();
             for (mutation, result) in pending.into_iter().zip(results) {
                 let conflict = match result {
                     v1::AsyncResult::Taken => false,
@@ -422,14 +423,14 @@ impl<L: LocalSite> Job<L> {
                         continue;
                     }
                 };
-                self.count(
-                    (mutation.key.len() + mutation.record.len()) as u64,
-                    conflict,
-                );
+                moved.keys += 1;
+                moved.bytes += (mutation.key.len() + mutation.record.len()) as u64;
                 if conflict {
+                    moved.conflicts += 1;
                     kept.push(mutation.key);
                 }
             }
+            self.count(moved);
             if busy.is_empty() {
                 break;
             }
@@ -439,20 +440,19 @@ impl<L: LocalSite> Job<L> {
         Ok(kept)
     }
 
-    /// Counts one key moved (`bytes` long), whose receiving side kept its own state if
-    /// `conflict`.
-    fn count(&self, bytes: u64, conflict: bool) {
+    /// Counts keys moved by one merge.
+    fn count(&self, moved: Moved) {
         let site = self.peer().name.to_string();
-        metrics::counter!("sitegrid_resync_keys_moved_total", "site" => site.clone()).increment(1);
+        metrics::counter!("sitegrid_resync_keys_moved_total", "site" => site.clone())
+            .increment(moved.keys);
         metrics::counter!("sitegrid_resync_bytes_moved_total", "site" => site.clone())
-            .increment(bytes);
-        if conflict {
-            metrics::counter!("sitegrid_resync_conflicts_total", "site" => site).increment(1);
-        }
+            .increment(moved.bytes);
+        metrics::counter!("sitegrid_resync_conflicts_total", "site" => site)
+            .increment(moved.conflicts);
         self.update(|p| {
-            p.keys_moved += 1;
-            p.bytes_moved += bytes;
-            p.conflicts += u64::from(conflict);
+            p.keys_moved += moved.keys;
+            p.bytes_moved += moved.bytes;
+            p.conflicts += moved.conflicts;
         });
     }
 
@@ -512,6 +512,17 @@ impl<L: LocalSite> Job<L> {
         tokio::time::sleep(delay).await;
         self.check()
     }
+}
+
+/// What one merge moved.
+#[derive(Debug, Default, Clone, Copy)]
+struct Moved {
+    /// Keys (entries and tombstones).
+    keys: u64,
+    /// Their bytes.
+    bytes: u64,
+    /// Of those, keys whose receiving side kept its own state.
+    conflicts: u64,
 }
 
 /// The keys to take from the peer (its version is newer, or only it has the key) and to
