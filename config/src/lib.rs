@@ -83,10 +83,23 @@ pub struct RelayConfig {
     /// instead (it is fenced), so a partition never has two sites granting one token.
     #[serde(default)]
     pub prefer: bool,
+    /// How often the site compares itself with each online peer site and moves what
+    /// differs (a resync with nothing offline): catches divergence that no single
+    /// failure records, such as a primary that died after the peer applied its write.
+    /// `0s` turns it off.
+    #[serde(
+        default = "default_consistency_check_interval",
+        with = "humantime_serde"
+    )]
+    pub consistency_check_interval: Duration,
 }
 
 fn default_heartbeat_interval() -> Duration {
     Duration::from_secs(1)
+}
+
+fn default_consistency_check_interval() -> Duration {
+    Duration::from_secs(5 * 60)
 }
 
 fn default_outbox_capacity() -> usize {
@@ -104,6 +117,7 @@ impl Default for RelayConfig {
             async_batch: default_async_batch(),
             heartbeat_interval: default_heartbeat_interval(),
             prefer: false,
+            consistency_check_interval: default_consistency_check_interval(),
         }
     }
 }

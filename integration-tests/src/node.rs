@@ -346,6 +346,11 @@ impl NodeProcess {
         }
     }
 
+    /// Replaces the TOML appended to the node's config from its next start on.
+    pub fn set_extra_toml(&mut self, toml: String) {
+        self.spec.extra_toml = toml;
+    }
+
     /// Whether the process was started and not killed or stopped since (it may have
     /// exited by itself).
     pub fn is_running(&self) -> bool {

@@ -479,6 +479,54 @@ async fn a_resync_leaves_both_sites_alike_when_the_merge_policy_keeps_the_older_
 }
 
 #[tokio::test]
+async fn the_scheduled_consistency_check_repairs_a_divergence_no_failure_recorded() {
+    const KEYS: usize = 50;
+    // Neither site ever takes the other offline: only the check can move anything.
+    let spec = |_: usize, name: &str| {
+        NodeSpec::new(name).with_toml(
+            "[sites.take_offline]\nafter_failures = 3\nmin_wait = \"1h\"\n\
+             [relay]\nheartbeat_interval = \"200ms\"\nconsistency_check_interval = \"500ms\"\n",
+        )
+    };
+    let mut sites = TwoSites::start(1, spec, |_, peers| {
+        peers.iter().map(|a| a.to_string()).collect()
+    })
+    .await
+    .unwrap();
+    // Site 2 runs alone for a while (no peer in its config) and takes writes that
+    // nothing records for site 1.
+    let second = &mut sites.sites[1].nodes[0];
+    let with_peer = second.spec().extra_toml.clone();
+    second.stop().await.unwrap();
+    second.set_extra_toml(String::new());
+    second.restart().await.unwrap();
+    let mut alone = cache(second).await;
+    for i in 0..KEYS {
+        alone
+            .put(put("sessions", &format!("alone{i}"), "v"))
+            .await
+            .unwrap();
+    }
+    second.stop().await.unwrap();
+    second.set_extra_toml(with_peer);
+    second.restart().await.unwrap();
+
+    let [first, second] = [&sites.sites[0].nodes[0], &sites.sites[1].nodes[0]];
+    eventually(
+        "the check to bring site 2's writes to site 1",
+        SETTLE,
+        || async { contents(first, "sessions", "alone", KEYS).await.len() == KEYS },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        contents(first, "sessions", "alone", KEYS).await,
+        contents(second, "sessions", "alone", KEYS).await
+    );
+    assert_eq!(peer_state(first).await.0, "online");
+}
+
+#[tokio::test]
 async fn clear_with_all_sites_empties_the_cache_in_the_peer_site_too() {
     let sites = TwoSites::start(1, spec, |_, peers| {
         peers.iter().map(|a| a.to_string()).collect()

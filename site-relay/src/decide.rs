@@ -186,6 +186,15 @@ impl Relay {
             let epoch = states.get(name).epoch;
             self.inner.resyncs.ensure_running(self, index, local, epoch);
         }
+        let answers = seen.failures == 0 && seen.last_answer_ms > 0;
+        if let Some(interval) = self.inner.consistency_check_interval
+            && mode == Mode::Online
+            && states.get(name).fenced.is_none()
+            && answers
+            && self.inner.resyncs.check_due(name, interval)
+        {
+            self.inner.resyncs.ensure_running(self, index, local, 0);
+        }
     }
 
     /// Whether this site may take peer `index` offline: with a witness, if it grants it;

@@ -101,6 +101,8 @@ pub(crate) struct Inner {
     pub(crate) resyncs: Resyncs,
     /// How often peers are asked whether they answer.
     pub(crate) heartbeat_interval: Duration,
+    /// How often the decider checks an online peer's consistency (`None`: never).
+    pub(crate) consistency_check_interval: Option<Duration>,
     /// This site may take a peer offline without a witness.
     pub(crate) prefer: bool,
     /// The witness that grants taking a peer offline, if configured.
@@ -180,6 +182,8 @@ impl Relay {
                 offline_keys,
                 resyncs: Resyncs::default(),
                 heartbeat_interval: config.relay.heartbeat_interval,
+                consistency_check_interval: Some(config.relay.consistency_check_interval)
+                    .filter(|interval| !interval.is_zero()),
                 prefer: config.relay.prefer,
                 witness,
                 peers,
@@ -262,6 +266,16 @@ impl Relay {
                     debug!(site = %peer.name, cache, %failure, "recorded for the peer's resync");
                     self.record_offline(&peer.name, cache, &key, next).await;
                     SyncOutcome::Done
+                }
+                // The peer answered and did not take the write (it holds this site
+                // offline, or cannot take it): the policy is for a peer that cannot be
+                // reached, so the write fails under every policy, and is not in doubt.
+                (Err(Failure::Refused(why)), Mode::Online) => {
+                    count(peer, cache, "refused");
+                    SyncOutcome::Unavailable {
+                        site: peer.name.to_string(),
+                        reason: format!("refused: {why}"),
+                    }
                 }
                 (Err(failure), Mode::Online) => {
                     self.failed(peer, cache, backup, &key, next, failure).await

@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -79,6 +79,9 @@ pub struct Progress {
 #[derive(Debug, Default)]
 pub(crate) struct Resyncs {
     running: Mutex<HashMap<String, Running>>,
+    /// When a resync with each peer last started here, or when this node first asked
+    /// whether a consistency check is due.
+    started: Mutex<HashMap<String, Instant>>,
 }
 
 #[derive(Debug)]
@@ -109,6 +112,7 @@ impl Resyncs {
         if let Some(previous) = running.remove(&peer) {
             let _ = previous.stop.send(true);
         }
+        self.started.lock().insert(peer.clone(), Instant::now());
         let (stop, stopped) = watch::channel(false);
         let job = Job::new(relay, index, local, epoch, false, stopped);
         running.insert(
@@ -133,6 +137,23 @@ impl Resyncs {
         let progress = job.progress.clone();
         job.run().await;
         progress.lock().clone()
+    }
+
+    /// Whether a scheduled consistency check of `peer` is due: none runs, and none
+    /// started here within `interval` (the first is due one interval after this node
+    /// first asks).
+    pub(crate) fn check_due(&self, peer: &str, interval: Duration) -> bool {
+        if self
+            .running
+            .lock()
+            .get(peer)
+            .is_some_and(|r| r.progress.lock().running)
+        {
+            return false;
+        }
+        let mut started = self.started.lock();
+        let last = started.entry(peer.to_string()).or_insert_with(Instant::now);
+        last.elapsed() >= interval
     }
 
     /// Stops the resync with `peer`, if one runs.

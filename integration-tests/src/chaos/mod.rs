@@ -37,6 +37,8 @@ const AFTER_FAILURES: u32 = 3;
 const MIN_WAIT: Duration = Duration::from_secs(2);
 /// Sync backups time out after this.
 const BACKUP_TIMEOUT: Duration = Duration::from_secs(1);
+/// Each site compares itself with the other this often.
+const CONSISTENCY_CHECK: Duration = Duration::from_secs(2);
 /// Grants of the witness last this long.
 const WITNESS_LEASE: Duration = Duration::from_secs(2);
 /// How long the sites may take to converge once every fault is undone.
@@ -102,6 +104,8 @@ pub struct Report {
     pub anomalies: Vec<Anomaly>,
     /// How long the whole run took.
     pub elapsed: Duration,
+    /// Where the nodes' logs were kept, when something was found.
+    pub logs: Option<std::path::PathBuf>,
 }
 
 impl Scenario {
@@ -158,9 +162,11 @@ impl Scenario {
                 );
                 format!(
                     "[relay]\nheartbeat_interval = \"{}ms\"\nprefer = {}\n\
+                     consistency_check_interval = \"{}ms\"\n\
                      [caches.actionTokens]\n{backup}\n[caches.sessions]\n{backup}\n",
                     HEARTBEAT.as_millis(),
-                    index == 0 && !witness
+                    index == 0 && !witness,
+                    CONSISTENCY_CHECK.as_millis()
                 )
             }),
         }
@@ -272,7 +278,13 @@ pub async fn run(scenario: Scenario, seed: u64, duration: Duration) -> anyhow::R
     if delivered.is_err() {
         anomalies.extend(listeners());
     }
+    let logs = if anomalies.is_empty() {
+        None
+    } else {
+        Some(keep_logs(&topology, scenario, seed)?)
+    };
     Ok(Report {
+        logs,
         scenario,
         seed,
         counts: history.counts(),
@@ -280,6 +292,26 @@ pub async fn run(scenario: Scenario, seed: u64, duration: Duration) -> anyhow::R
         anomalies,
         elapsed: started.elapsed(),
     })
+}
+
+/// Copies every node's log to `<temp>/sitegrid-chaos/<scenario>-<seed>/`, which it
+/// returns, before the topology (and its directories) goes away.
+fn keep_logs(
+    topology: &Topology,
+    scenario: Scenario,
+    seed: u64,
+) -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir()
+        .join("sitegrid-chaos")
+        .join(format!("{}-{seed}", scenario.name()));
+    std::fs::create_dir_all(&dir)?;
+    for (site, index, node) in topology.nodes() {
+        std::fs::write(
+            dir.join(format!("site{}-n{}.log", site + 1, index + 1)),
+            node.log(),
+        )?;
+    }
+    Ok(dir)
 }
 
 /// Injects `scenario`'s faults until the nemesis' time is up, leaving any fault in place
