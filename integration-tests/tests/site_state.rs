@@ -61,6 +61,18 @@ async fn command(node: &NodeProcess, site: &str, action: SiteAction) -> PeerSite
         .unwrap()
 }
 
+/// Has `holder`'s site take its peer `peer_site` (whose node is `peer`) offline, and
+/// waits until the peer has fenced itself.
+async fn take_offline(holder: &NodeProcess, peer: &NodeProcess, peer_site: &str) {
+    let status = command(holder, peer_site, SiteAction::TakeOffline).await;
+    assert_eq!(status.state, "offline");
+    eventually(&format!("{peer_site} to be fenced"), SETTLE, || async {
+        !site_status(peer).await.fenced.is_empty()
+    })
+    .await
+    .unwrap();
+}
+
 /// The one peer's state at `node`: (state, epoch).
 async fn peer_state(node: &NodeProcess) -> (String, u64) {
     let status = site_status(node).await;
@@ -291,13 +303,7 @@ async fn bring_online_moves_only_what_differs_and_never_overwrites_a_newer_write
         })
         .await;
 
-    let status = command(second, "site1", SiteAction::TakeOffline).await;
-    assert_eq!(status.state, "offline");
-    eventually("site 1 to be fenced by site 2", SETTLE, || async {
-        !site_status(first).await.fenced.is_empty()
-    })
-    .await
-    .unwrap();
+    take_offline(second, first, "site1").await;
     // 1% of the keys change in site 2 while site 1 is offline: changed, deleted, new.
     let mut in_second = cache(second).await;
     for i in 0..CHANGED {
@@ -422,12 +428,7 @@ async fn a_resync_leaves_both_sites_alike_when_the_merge_policy_keeps_the_older_
             .await
             .unwrap();
     }
-    command(first, "site2", SiteAction::TakeOffline).await;
-    eventually("site 2 to be fenced by site 1", SETTLE, || async {
-        !site_status(second).await.fenced.is_empty()
-    })
-    .await
-    .unwrap();
+    take_offline(first, second, "site2").await;
     // Site 1 removes half the keys and changes the others while site 2 is offline.
     let mut in_first = cache(first).await;
     for i in 0..KEYS {

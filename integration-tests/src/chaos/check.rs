@@ -127,23 +127,19 @@ pub fn no_fork_no_lost_update(ops: &[ReplaceOp], finals: &[(String, Snapshot)]) 
         .iter()
         .filter(|o| o.outcome == Outcome::Ok && o.replaced)
     {
-        if let Some(first) = from.insert((op.key, op.expected), op) {
-            found.push(anomaly(
-                NAME,
-                format!(
-                    "fork: session {} replaced twice from version {} ({:?} and {:?})",
-                    op.key, op.expected, first.value, op.value
-                ),
-            ));
-        }
-        if let Some(first) = to.insert((op.key, op.version), op) {
-            found.push(anomaly(
-                NAME,
-                format!(
-                    "fork: session {} got version {} twice ({:?} and {:?})",
-                    op.key, op.version, first.value, op.value
-                ),
-            ));
+        for (seen, version, what) in [
+            (&mut from, op.expected, "replaced twice from"),
+            (&mut to, op.version, "got twice"),
+        ] {
+            if let Some(first) = seen.insert((op.key, version), op) {
+                found.push(anomaly(
+                    NAME,
+                    format!(
+                        "fork: session {} {what} version {version} ({:?} and {:?})",
+                        op.key, first.value, op.value
+                    ),
+                ));
+            }
         }
         let latest = newest.entry(op.key).or_insert(op);
         if op.version > latest.version {
