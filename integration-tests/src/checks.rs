@@ -1,12 +1,20 @@
 //! Checkers that read a recorded history of answers rather than trusting the server.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use bytes::Bytes;
 use sitegrid_proto::v1::cache_client::CacheClient;
 use sitegrid_proto::v1::{GetAllRequest, PutIfAbsentRequest, PutIfAbsentResponse};
 
 use crate::NodeProcess;
+
+/// The latest a site may take a dead peer offline, counted from the peer's death:
+/// `min_wait` + 2 heartbeat intervals (the promise), plus 500 ms for a killed process to
+/// start refusing connections and for scheduling on a loaded machine.
+pub fn take_offline_deadline(min_wait: Duration, heartbeat: Duration) -> Duration {
+    min_wait + 2 * heartbeat + Duration::from_millis(500)
+}
 
 /// Attempt number `attempt` of client `client` in a race on `tokens` tokens, where every
 /// client tries every token, each client in its own order: the token, and its

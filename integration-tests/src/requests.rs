@@ -1,7 +1,7 @@
 //! The requests tests build over and over, with text keys and values.
 
 use bytes::Bytes;
-use sitegrid_proto::v1::{GetRequest, PutRequest};
+use sitegrid_proto::v1::{GetRequest, PutRequest, RemoveRequest};
 
 /// `Put` of `value` at `key` of `cache`.
 pub fn put(cache: &str, key: &str, value: &str) -> PutRequest {
@@ -10,6 +10,15 @@ pub fn put(cache: &str, key: &str, value: &str) -> PutRequest {
         key: Bytes::copy_from_slice(key.as_bytes()),
         value: Bytes::copy_from_slice(value.as_bytes()),
         ..Default::default()
+    }
+}
+
+/// `Remove` of `key` of `cache`.
+pub fn remove(cache: &str, key: &str) -> RemoveRequest {
+    RemoveRequest {
+        cache: cache.into(),
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        request_id: String::new(),
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use sitegrid_integration_tests::requests::{get, put};
+use sitegrid_integration_tests::requests::{get, put, remove};
 use sitegrid_integration_tests::{NodeProcess, NodeSpec, eventually, http};
 use sitegrid_proto::v1::admin_client::AdminClient;
 use sitegrid_proto::v1::cache_client::CacheClient;
@@ -238,11 +238,7 @@ async fn remove_and_remove_with_version_report_exactly() {
         .version;
     let removed = node
         .cache
-        .remove(RemoveRequest {
-            cache: "work".into(),
-            key: b("a"),
-            request_id: String::new(),
-        })
+        .remove(remove("work", "a"))
         .await
         .unwrap()
         .into_inner();
@@ -250,11 +246,7 @@ async fn remove_and_remove_with_version_report_exactly() {
     assert_eq!(&removed.previous.unwrap().value[..], b"1");
     let again = node
         .cache
-        .remove(RemoveRequest {
-            cache: "work".into(),
-            key: b("a"),
-            request_id: String::new(),
-        })
+        .remove(remove("work", "a"))
         .await
         .unwrap()
         .into_inner();
@@ -456,11 +448,7 @@ async fn size_counts_live_entries_and_clear_empties_the_cache() {
             .unwrap();
     }
     node.cache
-        .remove(RemoveRequest {
-            cache: "loginFailures".into(),
-            key: b("k0"),
-            request_id: String::new(),
-        })
+        .remove(remove("loginFailures", "k0"))
         .await
         .unwrap();
     let size = |cache: &mut CacheClient<Channel>| {

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sitegrid_integration_tests::requests::put;
+use sitegrid_integration_tests::requests::{put, remove};
 use sitegrid_integration_tests::{NodeProcess, NodeSpec};
 use sitegrid_proto::v1::cache_client::CacheClient;
 use sitegrid_proto::v1::*;
@@ -25,14 +25,6 @@ fn listen(caches: &[&str]) -> ListenRequest {
         caches: caches.iter().map(|c| c.to_string()).collect(),
         with_values: true,
         ..Default::default()
-    }
-}
-
-fn remove(cache: &str, key: &str) -> RemoveRequest {
-    RemoveRequest {
-        cache: cache.into(),
-        key: Bytes::copy_from_slice(key.as_bytes()),
-        request_id: String::new(),
     }
 }
 

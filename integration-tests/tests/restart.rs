@@ -5,10 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use sitegrid_integration_tests::requests::{get, put};
+use sitegrid_integration_tests::requests::{get, put, remove};
 use sitegrid_integration_tests::{NodeProcess, NodeSpec, eventually};
-use sitegrid_proto::v1::RemoveRequest;
 use sitegrid_proto::v1::cache_client::CacheClient;
 
 /// Writers keep writing while the node is killed.
@@ -23,14 +21,7 @@ async fn a_node_sigkilled_mid_load_keeps_every_acknowledged_write() {
     // A removal acknowledged before the load must stay removed.
     let mut first = client.clone();
     first.put(put("sessions", "removed", "v")).await.unwrap();
-    first
-        .remove(RemoveRequest {
-            cache: "sessions".into(),
-            key: Bytes::from("removed"),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap();
+    first.remove(remove("sessions", "removed")).await.unwrap();
 
     // Writers write until the node dies; every OK answer is recorded. Whatever got an OK
     // must survive, however close to the kill it came.

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use sitegrid_client::WriteOptions;
 use sitegrid_integration_tests::checks::{one_winner_per_token, token_attempt};
-use sitegrid_integration_tests::requests::{get, put};
+use sitegrid_integration_tests::requests::{get, put, remove};
 use sitegrid_integration_tests::{NodeAddrs, NodeProcess, NodeSpec, Site, eventually, http};
 use sitegrid_proto::v1::admin_client::AdminClient;
 use sitegrid_proto::v1::cache_client::CacheClient;
@@ -194,11 +194,7 @@ async fn a_killed_node_is_left_out_and_catches_up_when_it_comes_back() {
     }
     client(&site.nodes[0])
         .await
-        .remove(RemoveRequest {
-            cache: "sessions".into(),
-            key: Bytes::from("before-0"),
-            request_id: String::new(),
-        })
+        .remove(remove("sessions", "before-0"))
         .await
         .unwrap();
     site.nodes[2].restart().await.unwrap();

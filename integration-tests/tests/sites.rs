@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use sitegrid_integration_tests::checks::{contents, one_winner_per_token, token_attempt};
-use sitegrid_integration_tests::requests::{get, put};
+use sitegrid_integration_tests::requests::{get, put, remove};
 use sitegrid_integration_tests::{Direction, NodeProcess, NodeSpec, TwoSites, eventually};
 use sitegrid_proto::v1::cache_client::CacheClient;
 use sitegrid_proto::v1::*;
@@ -64,11 +64,7 @@ async fn a_write_in_one_site_is_in_the_other_before_it_is_acknowledged() {
 
     // A removal in site2 is in site1 once acknowledged.
     let removed = in_second
-        .remove(RemoveRequest {
-            cache: "sessions".into(),
-            key: Bytes::from_static(b"s1"),
-            ..Default::default()
-        })
+        .remove(remove("sessions", "s1"))
         .await
         .unwrap()
         .into_inner();

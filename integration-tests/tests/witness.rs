@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use sitegrid_integration_tests::checks::token_attempt;
+use sitegrid_integration_tests::checks::{take_offline_deadline, token_attempt};
 use sitegrid_integration_tests::{
     Direction, NodeProcess, NodeSpec, TwoSites, WitnessProcess, eventually, http,
 };
@@ -78,7 +78,7 @@ async fn a_dead_site_is_taken_offline_with_the_witness_grant_and_a_holder_that_l
     let took = killed.elapsed();
     println!("site 2 taken offline {took:?} after it died");
     assert!(
-        took <= MIN_WAIT + 2 * HEARTBEAT + Duration::from_millis(500),
+        took <= take_offline_deadline(MIN_WAIT, HEARTBEAT),
         "took {took:?}"
     );
     assert_eq!(

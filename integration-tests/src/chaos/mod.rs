@@ -464,13 +464,11 @@ async fn inject(
 /// Kills site 2 with no traffic and times how long site 1 takes to take it offline.
 async fn idle_take_offline(topology: &mut Topology, nemesis: &mut Nemesis) -> anyhow::Result<()> {
     const NAME: &str = "take-offline time";
-    // Scheduling on a loaded machine: what the bound may be missed by.
-    const SLACK: Duration = Duration::from_millis(500);
     while nemesis.active() {
         let killed = Instant::now();
         topology.kill_site(1)?;
         nemesis.faults += 1;
-        let bound = MIN_WAIT + 2 * HEARTBEAT;
+        let bound = crate::checks::take_offline_deadline(MIN_WAIT, HEARTBEAT);
         let offline = eventually("site 2 taken offline", 4 * bound, || async {
             peer_state(topology, 0, 0).await.as_deref() == Some("offline")
         })
@@ -481,7 +479,7 @@ async fn idle_take_offline(topology: &mut Topology, nemesis: &mut Nemesis) -> an
                 checker: NAME,
                 detail: format!("site 2 was not taken offline within {:?}", 4 * bound),
             });
-        } else if took > bound + SLACK || took < MIN_WAIT {
+        } else if took > bound || took < MIN_WAIT {
             nemesis.anomalies.push(Anomaly {
                 checker: NAME,
                 detail: format!(
