@@ -212,25 +212,11 @@ impl Topology {
         }
     }
 
-    /// Cuts site `site` off from the witness.
-    pub fn cut_from_witness(&self, site: usize) {
-        if let Some((_, proxies)) = &self.witness {
-            proxies[site].blackhole(Direction::Both);
-        }
-    }
-
     /// Adds `delay` each way and `loss` (chance per chunk) to every link between sites.
     pub fn degrade_links(&self, delay: Duration, loss: f64) {
         for proxy in self.inter_site_proxies() {
             proxy.set_delay(Direction::Both, delay);
             proxy.set_loss(Direction::Both, loss);
-        }
-    }
-
-    /// Resets every open connection between sites.
-    pub fn reset_links(&self) {
-        for proxy in self.inter_site_proxies() {
-            proxy.reset_all();
         }
     }
 
