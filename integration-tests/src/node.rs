@@ -60,6 +60,8 @@ pub struct NodeSpec {
     pub log_filter: Option<String>,
     /// Gossip addresses (`IP:PORT` or `NAME:PORT`) of the site's other nodes.
     pub seeds: Vec<String>,
+    /// Test-only faults switched on in the node (`sitegrid_server::faults`).
+    pub faults: Vec<String>,
 }
 
 /// The addresses a node listens on, chosen before it starts so peers can be told.
@@ -96,7 +98,14 @@ impl NodeSpec {
             binary: None,
             log_filter: None,
             seeds: Vec::new(),
+            faults: Vec::new(),
         }
+    }
+
+    /// Switches a test-only fault on in the node (see `sitegrid_server::faults`).
+    pub fn with_fault(mut self, fault: &str) -> NodeSpec {
+        self.faults.push(fault.to_string());
+        self
     }
 
     /// Appends TOML to the node's config.
@@ -255,6 +264,7 @@ impl NodeProcess {
             .current_dir(self.dir.path())
             .env_remove("SITEGRID_CONFIG")
             .env("RUST_LOG", log_filter)
+            .env("SITEGRID_FAULTS", self.spec.faults.join(","))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

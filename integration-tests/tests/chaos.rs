@@ -15,7 +15,9 @@ const DURATION: Duration = Duration::from_secs(4);
 /// machine would make every timeout fire.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-fn check(scenario: Scenario) {
+/// Runs `scenario` (alone) for [`DURATION`] with test-only `faults` switched on; the
+/// seed and the report.
+fn run(scenario: Scenario, faults: &[&str]) -> (u64, chaos::Report) {
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -26,11 +28,16 @@ fn check(scenario: Scenario) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| fastrand::u64(..1_000_000));
-    println!("{} seed {seed}", scenario.name());
+    println!("{} seed {seed}, faults {faults:?}", scenario.name());
     let report = runtime
-        .block_on(chaos::run(scenario, seed, DURATION))
+        .block_on(chaos::run_with_faults(scenario, seed, DURATION, faults))
         .unwrap();
     println!("{report:?}");
+    (seed, report)
+}
+
+fn check(scenario: Scenario) {
+    let (seed, report) = run(scenario, &[]);
     assert!(report.faults > 0, "no fault was injected");
     assert!(
         report.anomalies.is_empty(),
@@ -63,21 +70,8 @@ macro_rules! scenarios {
     };
 }
 
-/// Why the scenarios that kill, pause or replace nodes of a site under writes do not run
-/// in CI yet: they find a known bug (stop note of issue 7).
-macro_rules! known_in_site_bug {
-    () => {
-        "finds a known bug: after nodes of a site are killed, paused or replaced while \
-         writes (the other site's backups included) go on, a node can end without \
-         acknowledged writes its siblings hold, and a retried PutIfAbsent can be told its \
-         own value holds the token; run with --ignored"
-    };
-}
-
 scenarios! {
-    #[ignore = known_in_site_bug!()]
     token_race_across_sites_while_nodes_die => TokenRace,
-    #[ignore = known_in_site_bug!()]
     versioned_replaces_while_nodes_die => VersionedKills,
     fail_policy_with_the_peer_frozen => FailFrozenPeer,
     warn_policy_with_the_peer_killed_then_brought_online => WarnKilledPeer,
@@ -86,15 +80,26 @@ scenarios! {
     one_way_partition_with_a_witness => OneWayPartition,
     resync_racing_live_writes => ResyncRace,
     link_break_during_resync => ResyncLinkBreak,
-    #[ignore = known_in_site_bug!()]
     rolling_replacement_of_every_node_of_a_site => RollingReplace,
-    #[ignore = known_in_site_bug!()]
     two_node_crashes_within_a_second => DoubleCrash,
     whole_site_restart_on_the_same_data => SiteRestart,
-    #[ignore = known_in_site_bug!()]
     a_paused_node_resumed => PausedNode,
-    #[ignore = known_in_site_bug!()]
     listener_failover_across_nodes => ListenerFailover,
     latency_and_loss_between_sites => LatencyLoss,
     a_node_killed_during_a_resync => KillDuringResync,
+}
+
+/// The suite catches a real bug: primaries that acknowledge writes without waiting for
+/// the peer site (here: without sending the sync backup at all) let both sites grant one
+/// token, and the one-winner checker says so.
+#[test]
+fn the_one_winner_checker_catches_primaries_that_do_not_wait_for_the_peer_site() {
+    let (_, report) = run(Scenario::TokenRace, &["skip-sync-backups"]);
+    assert!(
+        report
+            .anomalies
+            .iter()
+            .any(|anomaly| anomaly.checker == "one winner per token"),
+        "the broken code went unnoticed: {report:?}"
+    );
 }

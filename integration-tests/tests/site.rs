@@ -223,6 +223,49 @@ async fn a_killed_node_is_left_out_and_catches_up_when_it_comes_back() {
 }
 
 #[tokio::test]
+async fn a_write_whose_primary_died_midway_ends_alike_on_every_member() {
+    // The primary of such a key sends its write to one other member, then dies.
+    let site = Site::start_with(3, |name| NodeSpec::new(name).with_fault("crash-mid-write"))
+        .await
+        .unwrap();
+    wait_for_ready_members(&site, 3).await;
+    let key = "crash-mid-write-1";
+    let names = ["n1", "n2", "n3"];
+    let primary =
+        sitegrid_proto::routing::primary(sitegrid_proto::routing::key_hash(key.as_bytes()), names)
+            .unwrap();
+    let dying = names.iter().position(|name| *name == primary).unwrap();
+    let answer = client(&site.nodes[dying])
+        .await
+        .put(put("work", key, "half-written"))
+        .await;
+    assert!(answer.is_err(), "its primary died before answering");
+    // No client retries it: the survivors, one holding the write and one not, must come
+    // to hold the same (the write, since one member took it).
+    let survivors: Vec<&NodeProcess> = (0..3)
+        .filter(|i| *i != dying)
+        .map(|i| &site.nodes[i])
+        .collect();
+    eventually(
+        "both survivors to hold the half-written write",
+        Duration::from_secs(30),
+        || async {
+            let mut held = Vec::new();
+            for node in &survivors {
+                let mut client = client(node).await;
+                let Ok(got) = client.get(get("work", key)).await else {
+                    return false; // not serving yet
+                };
+                held.push(got.into_inner().value);
+            }
+            held.iter().all(|value| &value[..] == b"half-written")
+        },
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
 async fn a_brand_new_node_copies_everything_before_it_serves() {
     let mut site = Site::start(2, "").await.unwrap();
     wait_for_ready_members(&site, 2).await;

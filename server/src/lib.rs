@@ -7,6 +7,7 @@ pub mod cli;
 pub mod cluster;
 pub mod error;
 pub mod events;
+pub mod faults;
 pub mod metrics;
 pub mod node;
 pub mod sites;

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use crate::api::{AdminService, CacheService, ReplicationApi, Validator};
 use crate::cluster::membership::{GossipSettings, Membership};
-use crate::cluster::{Cluster, Member, MemberState, Timing, join};
+use crate::cluster::{Cluster, Member, MemberState, Timing, join, repair};
 use crate::error::{Error, Result};
 use crate::events::Hub;
 use crate::store::storage::{SledStorage, Storage};
@@ -300,6 +300,7 @@ pub async fn run(
     let membership =
         tokio::spawn(membership.run(cluster.clone(), relay.states().clone(), stopped.clone()));
     let joining = tokio::spawn(join::run(cluster.clone(), stopped.clone()));
+    let repairing = tokio::spawn(repair::run(cluster.clone(), stopped.clone()));
     let sending = tokio::spawn(relay.clone().send_async(stopped.clone()));
     let reconciling = tokio::spawn(
         relay
@@ -349,6 +350,7 @@ pub async fn run(
     let _ = http.await;
     let _ = reaper.await;
     let _ = joining.await;
+    let _ = repairing.await;
     let _ = reconciling.await;
     let _ = watching.await;
     let _ = sending.await;

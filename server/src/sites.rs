@@ -62,12 +62,17 @@ impl PeerSites for RelayPeers {
         match self.relay.backup(cache, message, mutation.next()).await {
             SyncOutcome::Done => Ok(Backed::Done),
             SyncOutcome::Busy => Ok(Backed::Busy),
-            SyncOutcome::Conflict { current, .. } if current.is_empty() => {
-                Ok(Backed::Conflict(None))
+            SyncOutcome::Conflict {
+                current, recorded, ..
+            } => {
+                let current = (!current.is_empty())
+                    .then(|| codec::decode_slot(&current, services))
+                    .transpose()?;
+                let recorded = recorded
+                    .map(|answer| codec::decode_answer(&answer, services))
+                    .transpose()?;
+                Ok(Backed::Conflict { current, recorded })
             }
-            SyncOutcome::Conflict { current, .. } => Ok(Backed::Conflict(Some(
-                codec::decode_slot(&current, services)?,
-            ))),
             SyncOutcome::Unavailable { site, reason } => Err(Error::Unavailable(format!(
                 "cache {cache}: the sync backup to site {site} failed ({reason}); the write \
                  was not applied"
@@ -158,8 +163,15 @@ impl LocalSite for NodeSite {
             }
         }
         let store = self.cluster.store();
+        let request_id = mutation.request_id.clone();
         let change = codec::decode_mutation(mutation, store.services())?;
         let outcome = store.apply_backup(cache, change).await?;
+        // Refused: the write may be this very one, retried on another primary of the
+        // sending site after the first failed; its answer here is the answer.
+        let recorded = match &outcome {
+            ReplicaOutcome::Conflict(_) => store.recorded_answer(cache, &request_id),
+            _ => None,
+        };
         let (result, current) = match outcome {
             ReplicaOutcome::Applied => (v1::ApplyResult::Applied, None),
             ReplicaOutcome::AlreadyApplied => (v1::ApplyResult::AlreadyApplied, None),
@@ -169,7 +181,7 @@ impl LocalSite for NodeSite {
         Ok(v1::ApplyOutcome {
             result: result as i32,
             current: current.as_ref().map(codec::encode_slot).unwrap_or_default(),
-            recorded_answer: None,
+            recorded_answer: recorded.as_deref().map(codec::encode_answer),
         })
     }
 

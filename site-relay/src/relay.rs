@@ -66,6 +66,9 @@ pub enum SyncOutcome {
         site: String,
         /// Its state of the key.
         current: Bytes,
+        /// The answer it keeps for the write's request id: this very write already
+        /// happened there, sent by a primary of this site that failed before it answered.
+        recorded: Option<v1::WriteAnswer>,
     },
     /// A peer site was busy with a write of its own to the key: try again.
     Busy,
@@ -312,6 +315,7 @@ impl Relay {
                 SyncOutcome::Conflict {
                     site: peer.name.to_string(),
                     current: applied.current,
+                    recorded: applied.recorded_answer,
                 },
             ),
             v1::ApplyResult::Busy | v1::ApplyResult::Unspecified => ("busy", SyncOutcome::Busy),

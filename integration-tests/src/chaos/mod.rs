@@ -104,7 +104,8 @@ pub struct Report {
     pub anomalies: Vec<Anomaly>,
     /// How long the whole run took.
     pub elapsed: Duration,
-    /// Where the nodes' logs were kept, when something was found.
+    /// Where the nodes' logs were kept, when something was found (or always, with
+    /// `SITEGRID_CHAOS_KEEP_LOGS` set).
     pub logs: Option<std::path::PathBuf>,
 }
 
@@ -169,6 +170,7 @@ impl Scenario {
                     CONSISTENCY_CHECK.as_millis()
                 )
             }),
+            faults: Vec::new(),
         }
     }
 
@@ -229,8 +231,23 @@ impl Nemesis {
 
 /// Runs `scenario` with `seed`, injecting faults for `duration`.
 pub async fn run(scenario: Scenario, seed: u64, duration: Duration) -> anyhow::Result<Report> {
+    run_with_faults(scenario, seed, duration, &[]).await
+}
+
+/// [`run`], with test-only faults switched on in every node (`sitegrid_server::faults`):
+/// to show the checkers catch the bugs they stand for.
+pub async fn run_with_faults(
+    scenario: Scenario,
+    seed: u64,
+    duration: Duration,
+    faults: &[&str],
+) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let mut topology = Topology::start(scenario.topology()).await?;
+    let spec = TopologySpec {
+        faults: faults.iter().map(|f| f.to_string()).collect(),
+        ..scenario.topology()
+    };
+    let mut topology = Topology::start(spec).await?;
     let mut running = workload::start(&topology, &scenario.workloads(), seed).await?;
     let mut nemesis = Nemesis {
         rng: fastrand::Rng::with_seed(seed),
@@ -278,7 +295,7 @@ pub async fn run(scenario: Scenario, seed: u64, duration: Duration) -> anyhow::R
     if delivered.is_err() {
         anomalies.extend(listeners());
     }
-    let logs = if anomalies.is_empty() {
+    let logs = if anomalies.is_empty() && std::env::var_os("SITEGRID_CHAOS_KEEP_LOGS").is_none() {
         None
     } else {
         Some(keep_logs(&topology, scenario, seed)?)

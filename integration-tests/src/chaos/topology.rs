@@ -30,6 +30,8 @@ pub struct TopologySpec {
     pub peer_toml: String,
     /// The rest of a node's config, from its site's index.
     pub toml: Box<dyn Fn(usize) -> String + Send + Sync>,
+    /// Test-only faults switched on in every node (`sitegrid_server::faults`).
+    pub faults: Vec<String>,
 }
 
 /// A running topology.
@@ -105,6 +107,7 @@ impl Topology {
             sites.push(Site::launch_at(own, |name| NodeSpec {
                 site: format!("site{}", index + 1),
                 site_id: index as u8 + 1,
+                faults: spec.faults.clone(),
                 ..NodeSpec::new(name).with_toml(&format!("{peers}{toml}"))
             })?);
         }

@@ -28,6 +28,10 @@ impl ReplicationApi {
 }
 
 type FetchStream = Pin<Box<dyn Stream<Item = Result<v1::FetchResponse, Status>> + Send>>;
+type AnswersStream = Pin<Box<dyn Stream<Item = Result<v1::AnswersResponse, Status>> + Send>>;
+
+/// Answers per Answers batch.
+const ANSWERS_BATCH: usize = 1_000;
 
 #[tonic::async_trait]
 impl ReplicationService for ReplicationApi {
@@ -162,6 +166,30 @@ impl ReplicationService for ReplicationApi {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    type AnswersStream = AnswersStream;
+
+    async fn answers(
+        &self,
+        _request: Request<v1::AnswersRequest>,
+    ) -> Result<Response<Self::AnswersStream>, Status> {
+        let kept = self.cluster.store().kept_answers();
+        let batches: Vec<Result<v1::AnswersResponse, Status>> = kept
+            .chunks(ANSWERS_BATCH)
+            .map(|chunk| {
+                Ok(v1::AnswersResponse {
+                    answers: chunk
+                        .iter()
+                        .map(|(id, answer)| v1::KeptAnswer {
+                            id: id.to_le_bytes().to_vec().into(),
+                            answer: Some(codec::encode_answer(answer)),
+                        })
+                        .collect(),
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(batches))))
     }
 
     async fn confirm_join(

@@ -14,7 +14,9 @@
 //! 3. Ask every ready member for every write from now on (`ConfirmJoin`); each answers
 //!    once the writes under way without this node are done, naming the other nodes
 //!    catching up, which are asked too and get this node's writes once it is ready.
-//! 4. Compare and copy once more, for what was written between 2 and 3.
+//! 4. Compare and copy once more, for what was written between 2 and 3, and copy the
+//!    write answers every donor keeps for retries (those of later writes come with them):
+//!    a client retrying a write whose node died gets its first answer from this node too.
 //! 5. Take a slot no other member holds (it is part of every version this node assigns),
 //!    then become ready: now a primary for some keys, and serving.
 //!
@@ -33,6 +35,7 @@ use tracing::{info, warn};
 
 use crate::cluster::{Cluster, Member, MemberState, Target, codec};
 use crate::error::{Error, Result};
+use crate::store::entry::Slot;
 use crate::store::mutation::Mutation;
 use crate::store::slot_key::{RANGES, key_hash, range_of};
 use crate::store::version::Version;
@@ -97,7 +100,8 @@ async fn catch_up(cluster: &Cluster, started: Instant, was_ready: bool) -> Resul
     let copied = sync_from(cluster, &donors, began).await?;
     confirm_all(cluster).await?;
     let again = sync_from(cluster, &donors, began).await?;
-    info!(donors = ?names, copied, again, "caught up");
+    let answers = copy_answers(cluster, &donors).await?;
+    info!(donors = ?names, copied, again, answers, "caught up");
     Ok(())
 }
 
@@ -186,7 +190,7 @@ async fn sync_from(cluster: &Cluster, donors: &[Member], began: Version) -> Resu
 /// Copies from `donor` the ranges of `cache` whose digest differs from this node's,
 /// adding the keys it sent to `seen`; returns how many slots were taken and the ranges,
 /// or `None` if the donor's port is closed before it sent anything (it is gone).
-async fn sync_cache_from(
+pub(super) async fn sync_cache_from(
     cluster: &Cluster,
     cache: &str,
     donor: &Member,
@@ -223,6 +227,12 @@ async fn sync_cache_from(
         return Ok(Some((0, differing)));
     }
     let mut taken = 0;
+    let purge_cutoff = cluster
+        .store()
+        .services()
+        .time
+        .now_ms()
+        .saturating_sub(cluster.store().settings().tombstone_ttl_ms);
     let mut stream = client
         .fetch(v1::FetchRequest {
             cache: cache.to_string(),
@@ -238,6 +248,14 @@ async fn sync_cache_from(
             let key = Bytes::copy_from_slice(&slot.key);
             let decoded = codec::decode_slot(&slot.record, cluster.store().services())?;
             seen.insert(key.clone());
+            // A removal due to be purged changes nothing where the key is not: taken, it
+            // would only be purged again (and its digest would differ meanwhile).
+            if let Slot::Tombstone(tombstone) = &decoded
+                && tombstone.removed_ms <= purge_cutoff
+                && store_cache.keyspace.read().slot(&key).is_none()
+            {
+                continue;
+            }
             changes.push(crate::store::replication::ReceivedChange {
                 mutation: Mutation::newer_wins(key, decoded),
                 answer: None,
@@ -319,6 +337,41 @@ async fn drop_missing(
         store_cache.forget_if_unchanged(&key, version).await?;
     }
     Ok(())
+}
+
+/// Copies the write answers each donor keeps for retries; returns how many came. A donor
+/// whose port is closed is left out (it is gone, and so is what only it kept).
+async fn copy_answers(cluster: &Cluster, donors: &[Member]) -> Result<u64> {
+    let mut copied = 0;
+    for donor in donors {
+        let failed = |status: tonic::Status| {
+            Error::Unavailable(format!("answers from {}: {}", donor.name, status.message()))
+        };
+        let mut client = cluster
+            .peers()
+            .client(&donor.address)
+            .map_err(|error| Error::Unavailable(error.to_string()))?;
+        let mut stream = match client.answers(v1::AnswersRequest {}).await {
+            Ok(stream) => stream.into_inner(),
+            Err(status) if super::refused(&status) => continue,
+            Err(status) => return Err(failed(status)),
+        };
+        while let Some(batch) = stream.next().await {
+            for kept in batch.map_err(failed)?.answers {
+                let id = <[u8; 16]>::try_from(&kept.id[..])
+                    .map_err(|_| Error::Internal("a kept answer's id is not 16 bytes"))?;
+                let answer = kept
+                    .answer
+                    .ok_or(Error::Internal("a kept answer came without the answer"))?;
+                let answer = codec::decode_answer(&answer, cluster.store().services())?;
+                cluster
+                    .store()
+                    .keep_answer(u128::from_le_bytes(id), Arc::new(answer));
+                copied += 1;
+            }
+        }
+    }
+    Ok(copied)
 }
 
 /// Asks every ready member for every write from now on: those this node sees, and those

@@ -19,6 +19,7 @@ pub mod codec;
 pub mod join;
 pub mod membership;
 pub mod peers;
+pub mod repair;
 mod sender;
 pub mod view;
 
@@ -35,6 +36,7 @@ use tokio::sync::{RwLock as AsyncRwLock, watch};
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
+use crate::faults::{self, Fault};
 use crate::store::Store;
 use crate::store::cache::{WriteRequest, WriteResult};
 use crate::store::entry::Slot;
@@ -60,6 +62,8 @@ pub struct Timing {
     /// How long a starting node waits for a ready member before the site's first node
     /// is chosen among those starting.
     pub discovery: Duration,
+    /// How often a ready member compares its copy with the others' ([`repair`]).
+    pub repair_interval: Duration,
 }
 
 impl Default for Timing {
@@ -70,6 +74,7 @@ impl Default for Timing {
             exclusion_timeout: Duration::from_secs(3),
             call_timeout: Duration::from_secs(2),
             discovery: Duration::from_secs(2),
+            repair_interval: Duration::from_secs(30),
         }
     }
 }
@@ -233,6 +238,11 @@ impl Cluster {
     /// The site as this node sees it.
     pub fn view(&self) -> View {
         self.inner.view.borrow().clone()
+    }
+
+    /// The site as this node sees it, to watch.
+    pub fn watch_view(&self) -> watch::Receiver<View> {
+        self.inner.view.clone()
     }
 
     /// The store.
@@ -629,9 +639,14 @@ impl SiteReplication for Cluster {
         request_id: Option<&str>,
         answer: Option<&WriteResult>,
     ) -> Result<Replicated> {
-        let targets = self.targets();
-        if targets.is_empty() {
+        let mut targets = self.targets();
+        if targets.is_empty() || faults::on(Fault::SkipReplication) {
             return Ok(Replicated::Done);
+        }
+        let crash = faults::on(Fault::CrashMidWrite)
+            && mutation.key.starts_with(faults::CRASH_MID_WRITE_PREFIX);
+        if crash {
+            targets.truncate(1);
         }
         let encoded = codec::encode_mutation(mutation, request_id, answer);
         let calls = targets
@@ -640,7 +655,12 @@ impl SiteReplication for Cluster {
             .map(|(sender, encoded)| async move { sender.send(cache, encoded).await });
         let mut newest: Option<(Option<Slot>, Option<Arc<WriteResult>>)> = None;
         let mut busy = false;
-        for reply in join_all(calls).await {
+        let replies = join_all(calls).await;
+        if crash {
+            warn!("fault crash-mid-write: dying after one member took the write");
+            std::process::exit(70);
+        }
+        for reply in replies {
             let Some(outcome) = reply? else { continue };
             match v1::ApplyResult::try_from(outcome.result) {
                 Ok(v1::ApplyResult::Applied | v1::ApplyResult::AlreadyApplied) => {}

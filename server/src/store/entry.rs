@@ -35,6 +35,18 @@ pub struct Entry {
     pub max_idle_ms: u64,
     /// Tags (`name=value`).
     pub tags: Box<[Arc<str>]>,
+    /// The request that wrote it ([`writer_of`] its request id; 0 = none): a retry of
+    /// that request whose kept answer is lost finds its answer here.
+    pub writer: u64,
+}
+
+/// How an entry or tombstone names the request that made it: a 64-bit digest of the
+/// request id, never 0 (0 = no request id).
+pub fn writer_of(request_id: Option<&str>) -> u64 {
+    match request_id.filter(|id| !id.is_empty()) {
+        Some(id) => xxhash_rust::xxh3::xxh3_64(id.as_bytes()).max(1),
+        None => 0,
+    }
 }
 
 impl Entry {
@@ -81,7 +93,14 @@ impl Entry {
             lifespan_ms,
             max_idle_ms,
             tags,
+            writer: 0,
         }
+    }
+
+    /// This entry, as written by the request `writer` names.
+    pub fn written_by(mut self, writer: u64) -> Entry {
+        self.writer = writer;
+        self
     }
 
     /// Last read or write.
@@ -145,6 +164,8 @@ pub struct Tombstone {
     pub removed_ms: UnixMillis,
     /// Removal or expiry.
     pub cause: TombstoneCause,
+    /// The request that removed the key, as [`Entry::writer`].
+    pub writer: u64,
 }
 
 /// What the store holds for a key.
@@ -252,6 +273,7 @@ mod tests {
             origin_site: Arc::from("site1"),
             removed_ms: 5,
             cause: TombstoneCause::Expired { base: 10 },
+            writer: 0,
         }));
         assert_eq!(slot.version(), 20);
         assert_eq!(slot.state_version(), 10);

@@ -21,7 +21,7 @@ use crate::store::time::{TimeSource, UnixMillis};
 
 /// A 128-bit digest of (cache, request id): fixed size, no allocation per request, and
 /// as unlikely to collide as two random request ids are to be equal.
-type Id = u128;
+pub type Id = u128;
 
 fn id_of(cache: &str, request_id: &str) -> Id {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
@@ -200,7 +200,11 @@ impl<T: Clone + Send + Sync> Idempotency<T> {
         if request_id.is_empty() {
             return;
         }
-        let id = id_of(cache, request_id);
+        self.keep(id_of(cache, request_id), answer);
+    }
+
+    /// Keeps an answer by its id (one another node kept), unless one is already kept.
+    pub fn keep(&self, id: Id, answer: T) {
         let mut inner = self.inner.lock();
         let dropped = self.rotate(&mut inner);
         if inner.get_mut(&id).is_none() {
@@ -208,6 +212,21 @@ impl<T: Clone + Send + Sync> Idempotency<T> {
         }
         drop(inner);
         drop(dropped);
+    }
+
+    /// Every answer kept, by id, older ones first: what a node catching up copies, so a
+    /// retry that lands on it after the node that ran the write is gone gets the answer.
+    pub fn kept(&self) -> Vec<(Id, T)> {
+        let inner = self.inner.lock();
+        inner
+            .previous
+            .iter()
+            .chain(inner.current.iter())
+            .filter_map(|(id, state)| match state {
+                State::Done(answer) => Some((*id, answer.clone())),
+                State::Running(_) => None,
+            })
+            .collect()
     }
 
     /// The answer kept for a request id, if any.
@@ -226,13 +245,17 @@ impl<T: Clone + Send + Sync> Idempotency<T> {
     /// released.
     fn rotate(&self, inner: &mut Inner<T>) -> Option<States<T>> {
         let now = self.time.now_ms();
-        let old = now.saturating_sub(inner.current_since) >= self.window_ms;
+        let age = now.saturating_sub(inner.current_since);
         let full = inner.current.len() >= self.max_entries.div_ceil(2);
-        if !(old || full) {
+        if !(age >= self.window_ms || full) {
             return None;
         }
         let current = std::mem::take(&mut inner.current);
         let mut dropped = std::mem::replace(&mut inner.previous, current);
+        if age >= self.window_ms.saturating_mul(2) {
+            // Nothing was asked for a whole window: the newer generation is over too.
+            dropped.extend(inner.previous.drain());
+        }
         inner.current_since = now;
         // Runs under way must stay findable: their duplicates wait on them.
         inner
@@ -268,6 +291,27 @@ mod tests {
         table
             .run(cache, id, || async move { Ok((value, None)) })
             .await
+    }
+
+    #[tokio::test]
+    async fn answers_kept_on_one_table_replay_on_another_that_copied_them() {
+        let time = ManualTimeSource::starting_at(0);
+        let (first, second) = (table(time.clone()), table(time));
+        assert_eq!(once(&first, "c", Some("r1"), 7).await, Ok(Ran::Fresh(7)));
+        for (id, answer) in first.kept() {
+            second.keep(id, answer);
+        }
+        assert_eq!(
+            once(&second, "c", Some("r1"), 8).await,
+            Ok(Ran::Replayed(7))
+        );
+        // An answer already kept is not replaced by a copied one.
+        second.keep(id_of("c", "r1"), 9);
+        assert_eq!(
+            once(&second, "c", Some("r1"), 8).await,
+            Ok(Ran::Replayed(7))
+        );
+        assert_eq!(once(&second, "c", Some("r2"), 8).await, Ok(Ran::Fresh(8)));
     }
 
     #[tokio::test]

@@ -588,6 +588,7 @@ mod tests {
                 origin_site: site(),
                 removed_ms,
                 cause: TombstoneCause::Removed,
+                writer: 0,
             })),
         }
     }

@@ -46,7 +46,6 @@ use durability::Durability;
 use entry::{Entry, SiteName, Slot};
 use idempotency::{Idempotency, Ran};
 use keyspace::Page;
-use mutation::Mutation;
 use peers::PeerSites;
 use replication::{Alone, ChangeReply, ReceivedChange, SiteReplication};
 use storage::Storage;
@@ -70,6 +69,8 @@ pub(crate) struct Services {
     site_names: Mutex<HashSet<SiteName>>,
     /// The peer sites, set once the relay is up; until then there are none.
     peers: OnceLock<Arc<dyn PeerSites>>,
+    /// How long a write's answer is kept for retries (`store.idempotency_window`).
+    pub(crate) idempotency_window_ms: u64,
 }
 
 impl Services {
@@ -159,6 +160,8 @@ impl Store {
             hub,
             site_names: Mutex::new(HashSet::new()),
             peers: OnceLock::new(),
+            idempotency_window_ms: u64::try_from(config.store.idempotency_window.as_millis())
+                .unwrap_or(u64::MAX),
         });
         let caches = config
             .caches
@@ -173,12 +176,12 @@ impl Store {
         let store = Store {
             inner: Arc::new(Inner {
                 caches,
-                services,
                 idempotency: Idempotency::new(
-                    u64::try_from(config.store.idempotency_window.as_millis()).unwrap_or(u64::MAX),
+                    services.idempotency_window_ms,
                     config.store.idempotency_max_entries,
                     time,
                 ),
+                services,
                 settings: Settings {
                     tombstone_ttl_ms: u64::try_from(config.store.tombstone_ttl.as_millis())
                         .unwrap_or(u64::MAX),
@@ -335,25 +338,11 @@ impl Store {
             Ran::Replayed(answer) => {
                 // A retry: the first run may have failed before every member had the
                 // change, so hand the key's state to them all before answering again.
-                if !site.is_alone() {
-                    self.sync_key(cache, &request.key).await?;
-                }
+                let with_answer = request_id.map(|id| (id, &*answer));
+                cache.share_key(&request.key, with_answer, site).await?;
                 Ok(answer)
             }
         }
-    }
-
-    /// Sends `key`'s state here to every other member, newer state winning.
-    async fn sync_key(&self, cache: &CacheStore, key: &Bytes) -> Result<()> {
-        let Some(slot) = cache.keyspace.read().slot(key).cloned() else {
-            return Ok(());
-        };
-        let mutation = Mutation::newer_wins(key.clone(), slot);
-        // A member holding something newer, or busy writing it, is as good as done.
-        self.site()
-            .replicate(cache.name(), &mutation, None, None)
-            .await
-            .map(|_| ())
     }
 
     /// Merges a state a peer site sent asynchronously, as this site's primary of the key,
@@ -413,6 +402,21 @@ impl Store {
         })
         .await
         .map_err(Error::TaskFailed)?
+    }
+
+    /// The answer kept for a write's request id, if any.
+    pub fn recorded_answer(&self, cache: &str, request_id: &str) -> Option<Arc<WriteResult>> {
+        self.inner.idempotency.recorded(cache, request_id)
+    }
+
+    /// Every write answer kept for retries, by id, older ones first.
+    pub fn kept_answers(&self) -> Vec<(idempotency::Id, Arc<WriteResult>)> {
+        self.inner.idempotency.kept()
+    }
+
+    /// Keeps a write answer another member kept, unless one is kept here for that id.
+    pub fn keep_answer(&self, id: idempotency::Id, answer: Arc<WriteResult>) {
+        self.inner.idempotency.keep(id, answer);
     }
 
     /// Takes changes another member sent (the key's primary, or a joining node's donor)

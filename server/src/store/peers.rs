@@ -17,8 +17,14 @@ pub(crate) enum Backed {
     /// Every peer site that must have it has it (or may go without, by its policy).
     Done,
     /// A peer site holds something newer than the change's `prev`: the write must not
-    /// happen as it is; that state (`None`: only a clear).
-    Conflict(Option<Slot>),
+    /// happen as it is.
+    Conflict {
+        /// That state (`None`: only a clear).
+        current: Option<Slot>,
+        /// The answer the peer keeps for the write's request id: this very write already
+        /// happened there.
+        recorded: Option<WriteResult>,
+    },
     /// A peer site was busy with a write of its own to the key: try again.
     Busy,
 }

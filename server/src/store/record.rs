@@ -44,6 +44,9 @@ struct StoredRecord {
     removed_ms: u64,
     #[prost(uint64, tag = "11")]
     base_version: u64,
+    /// The request that made the slot (see `Entry::writer`); 0 = none.
+    #[prost(uint64, tag = "12")]
+    writer: u64,
 }
 
 /// Why stored bytes could not be read back as a slot.
@@ -78,6 +81,7 @@ pub fn encode(slot: &Slot) -> Vec<u8> {
             tags: entry.tags.iter().map(|t| t.to_string()).collect(),
             removed_ms: 0,
             base_version: 0,
+            writer: entry.writer,
         },
         Slot::Tombstone(tombstone) => {
             let (kind, base_version) = match tombstone.cause {
@@ -90,6 +94,7 @@ pub fn encode(slot: &Slot) -> Vec<u8> {
                 origin_site: tombstone.origin_site.to_string(),
                 removed_ms: tombstone.removed_ms,
                 base_version,
+                writer: tombstone.writer,
                 ..StoredRecord::default()
             }
         }
@@ -120,20 +125,24 @@ pub fn decode(bytes: &[u8], intern: &dyn Fn(&str) -> SiteName) -> Result<Slot, R
             origin_site: origin_site.clone(),
             removed_ms: record.removed_ms,
             cause,
+            writer: record.writer,
         }))
     };
     match record.kind {
-        KIND_LIVE => Ok(Slot::Live(Arc::new(Entry::restore(
-            // Copied so the entry doesn't keep the whole read buffer alive.
-            Bytes::copy_from_slice(&record.value),
-            record.version,
-            origin_site.clone(),
-            record.created_ms,
-            record.last_used_ms,
-            record.lifespan_ms,
-            record.max_idle_ms,
-            record.tags.iter().map(|t| Arc::from(t.as_str())).collect(),
-        )))),
+        KIND_LIVE => Ok(Slot::Live(Arc::new(
+            Entry::restore(
+                // Copied so the entry doesn't keep the whole read buffer alive.
+                Bytes::copy_from_slice(&record.value),
+                record.version,
+                origin_site.clone(),
+                record.created_ms,
+                record.last_used_ms,
+                record.lifespan_ms,
+                record.max_idle_ms,
+                record.tags.iter().map(|t| Arc::from(t.as_str())).collect(),
+            )
+            .written_by(record.writer),
+        ))),
         KIND_REMOVED => Ok(tombstone(TombstoneCause::Removed)),
         KIND_EXPIRED => Ok(tombstone(TombstoneCause::Expired {
             base: record.base_version,
@@ -162,7 +171,8 @@ mod tests {
             60_000,
             30_000,
             vec![Arc::from("user=u1"), Arc::from("realm=r1")].into_boxed_slice(),
-        );
+        )
+        .written_by(0xfeed);
         let decoded = decode(&encode(&Slot::Live(Arc::new(entry))), &intern).unwrap();
         let Slot::Live(back) = decoded else {
             panic!("expected a live entry")
@@ -175,6 +185,7 @@ mod tests {
         assert_eq!(back.lifespan_ms, 60_000);
         assert_eq!(back.max_idle_ms, 30_000);
         assert_eq!(back.tags.len(), 2);
+        assert_eq!(back.writer, 0xfeed);
     }
 
     #[test]
@@ -185,6 +196,7 @@ mod tests {
                 origin_site: Arc::from("site1"),
                 removed_ms: 123,
                 cause,
+                writer: 0x5eed,
             };
             let decoded = decode(
                 &encode(&Slot::Tombstone(Arc::new(tombstone.clone()))),

@@ -14,6 +14,7 @@ use super::reaper::reap_once;
 use super::storage::{MemoryStorage, Storage};
 use super::time::ManualTimeSource;
 use super::{Store, version};
+use crate::Error;
 use crate::events::{ChangeEvent, EventKind, Hub};
 
 const T0: u64 = 1_800_000_000_000;
@@ -434,6 +435,66 @@ async fn a_retried_request_id_gets_the_first_answer() {
         .await
         .unwrap();
     assert!(!fresh.applied);
+}
+
+#[tokio::test]
+async fn a_retry_whose_kept_answer_was_lost_is_answered_from_the_state_it_made() {
+    let mut h = Harness::new();
+    let token = |value: &'static str| {
+        let mut write = request("t", put(value), Condition::Absent);
+        write.keep_previous = false;
+        write
+    };
+    let first = h
+        .store
+        .write("sessions", token("a"), Some("req-1"))
+        .await
+        .unwrap();
+    h.store
+        .write(
+            "sessions",
+            request("gone", put("x"), Condition::Always),
+            None,
+        )
+        .await
+        .unwrap();
+    let removal = request("gone", WriteOp::Remove, Condition::Present);
+    h.store
+        .write("sessions", removal.clone(), Some("req-2"))
+        .await
+        .unwrap();
+    // The answers kept for retries are in memory only: a restart loses them.
+    h.crash_and_restart();
+    let retry = h
+        .store
+        .write("sessions", token("a"), Some("req-1"))
+        .await
+        .unwrap();
+    assert!(retry.applied, "the retry must say its token was stored");
+    assert_eq!(retry.version, first.version);
+    // Another request for the token still finds it taken.
+    let other = h
+        .store
+        .write("sessions", token("b"), Some("req-3"))
+        .await
+        .unwrap();
+    assert!(!other.applied);
+    // A removal answers with the removed entry, which is gone: it fails, saying so.
+    let lost = h.store.write("sessions", removal, Some("req-2")).await;
+    assert!(
+        matches!(&lost, Err(Error::Aborted(message)) if message.contains("already applied")),
+        "{lost:?}"
+    );
+    // Once the idempotency window is over (the retry's answer is kept up to two), the
+    // id is a new request's.
+    let window = u64::try_from(h.config.store.idempotency_window.as_millis()).unwrap();
+    h.time.advance_ms(2 * window + 1);
+    let later = h
+        .store
+        .write("sessions", token("c"), Some("req-1"))
+        .await
+        .unwrap();
+    assert!(!later.applied);
 }
 
 #[tokio::test]

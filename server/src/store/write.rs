@@ -31,8 +31,9 @@ use sitegrid_config::MergePolicy;
 use sitegrid_proto::Backoff;
 
 use crate::error::{Error, Result};
+use crate::faults::{self, Fault};
 use crate::store::cache::{CacheStore, Condition, WriteOp, WriteRequest, WriteResult};
-use crate::store::entry::{Entry, Slot, Tombstone, TombstoneCause};
+use crate::store::entry::{Entry, Slot, Tombstone, TombstoneCause, writer_of};
 use crate::store::mutation::{ApplyOutcome, Change, Mutation};
 use crate::store::peers::Backed;
 use crate::store::replication::{Replicated, SiteReplication};
@@ -108,6 +109,9 @@ impl CacheStore {
         let _site = site.write_guard().await;
         let _clear = self.clear_barrier.read().await;
         let _lock = self.locks.lock(&request.key).await;
+        if let Some(answer) = self.applied_before(request, request_id)? {
+            return Ok(Attempt::Done((answer, None)));
+        }
         let now = self.now_ms();
         let Some((previous, prev)) = self.current_for_write(&request.key, now, site).await? else {
             return Ok(Attempt::Again);
@@ -146,14 +150,24 @@ impl CacheStore {
         let mutation = Mutation {
             key: request.key.clone(),
             prev,
-            change: self.change(&request.op, version, now, previous.as_ref()),
+            change: self.change(
+                &request.op,
+                version,
+                now,
+                previous.as_ref(),
+                writer_of(request_id),
+            ),
         };
         let answer = WriteResult {
             applied: true,
             version,
             previous: previous.filter(|_| request.keep_previous),
         };
-        if let Some(peers) = self.services().sync_peers(self.name()) {
+        if let Some(peers) = self
+            .services()
+            .sync_peers(self.name())
+            .filter(|_| !faults::on(Fault::SkipSyncBackups))
+        {
             // The peer sites first: if one refuses, nothing is applied in this site. A
             // restamp replaces, there, the write in doubt (or anything older).
             let for_peers = match request.op {
@@ -175,12 +189,16 @@ impl CacheStore {
             match backed {
                 Backed::Done => {}
                 Backed::Busy => return Ok(Attempt::Again),
-                Backed::Conflict(current) => {
-                    // The peer has a newer state: take it. A restamp is then done (the
-                    // sites agree); another write is evaluated again (a `PutIfAbsent`
-                    // then finds the peer's entry, a versioned write a version that
-                    // moved on).
-                    self.adopt(&request.key, current).await?;
+                Backed::Conflict { current, recorded } => {
+                    // The peer has a newer state: take it. This very write, if the peer
+                    // kept its answer (a primary here failed before answering), is done;
+                    // so is a restamp (the sites agree); another write is evaluated again
+                    // (a `PutIfAbsent` then finds the peer's entry, a versioned write a
+                    // version that moved on).
+                    self.adopt(&request.key, current, site).await?;
+                    if let Some(recorded) = recorded {
+                        return Ok(Attempt::Done((recorded, None)));
+                    }
                     if matches!(request.op, WriteOp::Restamp { .. }) {
                         return Ok(Attempt::Done((
                             WriteResult {
@@ -206,7 +224,7 @@ impl CacheStore {
             }
             Ok(Replicated::Busy) => Ok(Attempt::Again),
             Ok(Replicated::Conflict { current, recorded }) => {
-                self.adopt(&request.key, current).await?;
+                self.adopt(&request.key, current, site).await?;
                 match recorded {
                     // This very write already happened, through a primary that failed
                     // before it answered: its answer is the answer.
@@ -225,13 +243,54 @@ impl CacheStore {
         }
     }
 
-    /// The change `op` makes, at `version`, to a key whose live entry is `current`.
+    /// The answer of a retried write whose kept answer is lost, from the key's state: it
+    /// was made by this very request (the node that ran it died, and the state came here
+    /// by a way that carries no answers: a resync, a peer site's refusal, a restart). A
+    /// write that answers with the previous entry can't be answered again that way: it
+    /// fails, saying it was applied. Only within the idempotency window: after it, a
+    /// request id used again is a new request.
+    fn applied_before(
+        &self,
+        request: &WriteRequest,
+        request_id: Option<&str>,
+    ) -> Result<Option<WriteResult>> {
+        let writer = writer_of(request_id);
+        if writer == 0 {
+            return Ok(None);
+        }
+        let version = match (&request.op, self.keyspace.read().slot(&request.key)) {
+            (WriteOp::Put(_), Some(Slot::Live(entry))) if entry.writer == writer => entry.version,
+            (WriteOp::Remove, Some(Slot::Tombstone(tombstone))) if tombstone.writer == writer => {
+                tombstone.version
+            }
+            _ => return Ok(None),
+        };
+        let window = self.services().idempotency_window_ms;
+        if sitegrid_proto::version::millis_of(version) < self.now_ms().saturating_sub(window) {
+            return Ok(None);
+        }
+        if request.keep_previous {
+            return Err(Error::Aborted(format!(
+                "cache {}: this request was already applied (version {version}), but the                  node that ran it is gone and with it the previous entry it answers with",
+                self.name()
+            )));
+        }
+        Ok(Some(WriteResult {
+            applied: true,
+            version,
+            previous: None,
+        }))
+    }
+
+    /// The change `op` makes, at `version`, to a key whose live entry is `current`, as
+    /// written by the request `writer` names.
     fn change(
         &self,
         op: &WriteOp,
         version: Version,
         now: UnixMillis,
         current: Option<&Arc<Entry>>,
+        writer: u64,
     ) -> Change {
         let site = self.services().site.clone();
         match op {
@@ -244,22 +303,27 @@ impl CacheStore {
                     origin_site: site,
                     removed_ms: now,
                     cause: TombstoneCause::Removed,
+                    writer: 0,
                 })),
             },
-            WriteOp::Put(new) => Change::Write(Arc::new(Entry::new(
-                new.value.clone(),
-                version,
-                site,
-                now,
-                self.default_ms(new.lifespan_ms, self.config().lifespan),
-                self.default_ms(new.max_idle_ms, self.config().max_idle),
-                new.tags.clone(),
-            ))),
+            WriteOp::Put(new) => Change::Write(Arc::new(
+                Entry::new(
+                    new.value.clone(),
+                    version,
+                    site,
+                    now,
+                    self.default_ms(new.lifespan_ms, self.config().lifespan),
+                    self.default_ms(new.max_idle_ms, self.config().max_idle),
+                    new.tags.clone(),
+                )
+                .written_by(writer),
+            )),
             WriteOp::Remove => Change::Remove(Arc::new(Tombstone {
                 version,
                 origin_site: site,
                 removed_ms: now,
                 cause: TombstoneCause::Removed,
+                writer,
             })),
         }
     }
@@ -321,6 +385,7 @@ impl CacheStore {
                 cause: TombstoneCause::Expired {
                     base: entry.version,
                 },
+                writer: 0,
             })),
         };
         match site.replicate(self.name(), &mutation, None, None).await? {
@@ -332,16 +397,22 @@ impl CacheStore {
             }
             Replicated::Busy => Ok(false),
             Replicated::Conflict { current, .. } => {
-                self.adopt(&key, current).await?;
+                self.adopt(&key, current, site).await?;
                 Ok(false)
             }
         }
     }
 
-    /// Takes a newer state a member reported for `key` (`None`: only a newer clear, which
-    /// this node has not seen; the key is left for that clear to reach it). The caller
-    /// holds the key's lock.
-    async fn adopt(&self, key: &Bytes, newer: Option<Slot>) -> Result<()> {
+    /// Takes a newer state a member or a peer site reported for `key` (`None`: only a
+    /// newer clear, which this node has not seen; the key is left for that clear to reach
+    /// it), here and on the other members (they may lack it too). The caller holds the
+    /// key's lock.
+    async fn adopt(
+        &self,
+        key: &Bytes,
+        newer: Option<Slot>,
+        site: &dyn SiteReplication,
+    ) -> Result<()> {
         let Some(newer) = newer else { return Ok(()) };
         let (prev, version) = {
             let keyspace = self.keyspace.read();
@@ -360,7 +431,8 @@ impl CacheStore {
             prev,
             change: Change::from_slot(newer),
         };
-        self.commit(&mutation, true).await
+        self.commit(&mutation, true).await?;
+        self.share_key(key, None, site).await
     }
 
     /// Persists (if the cache is persistent) and applies a mutation, then publishes its
@@ -393,6 +465,7 @@ impl CacheStore {
                 origin_site: self.services().site.clone(),
                 removed_ms: self.now_ms(),
                 cause: TombstoneCause::Removed,
+                writer: 0,
             }))
         })))
     }
@@ -471,12 +544,19 @@ impl CacheStore {
         let here = {
             let keyspace = self.keyspace.read();
             match keyspace.check(mutation) {
-                ApplyOutcome::Applied { .. } => keyspace.state_version(&mutation.key),
-                ApplyOutcome::AlreadyApplied => return Ok(ReplicaOutcome::AlreadyApplied),
+                ApplyOutcome::Applied { .. } => Some(keyspace.state_version(&mutation.key)),
+                ApplyOutcome::AlreadyApplied => None,
                 ApplyOutcome::Conflict { current } => {
                     return Ok(self.conflict(current, keyspace.floor()));
                 }
             }
+        };
+        let Some(here) = here else {
+            // Sent again (the first try got no answer): this site's primary then may have
+            // failed after applying it on only some members; it must be on all of them
+            // before the peer is told so.
+            self.share_key(&mutation.key, answer, site).await?;
+            return Ok(ReplicaOutcome::AlreadyApplied);
         };
         // In this site the change replaces exactly what this primary holds.
         let local = Mutation {
@@ -544,21 +624,23 @@ impl CacheStore {
 /// `state` at `version`, a new one: the same entry (or removal), newer.
 fn restamped(state: &Slot, version: Version, now: UnixMillis) -> Slot {
     match state {
-        Slot::Live(entry) => Slot::Live(Arc::new(Entry::restore(
-            entry.value.clone(),
-            version,
-            entry.origin_site.clone(),
-            entry.created_ms,
-            entry.last_used_ms(),
-            entry.lifespan_ms,
-            entry.max_idle_ms,
-            entry.tags.clone(),
-        ))),
+        Slot::Live(entry) => Slot::Live(Arc::new(
+            Entry::restore(
+                entry.value.clone(),
+                version,
+                entry.origin_site.clone(),
+                entry.created_ms,
+                entry.last_used_ms(),
+                entry.lifespan_ms,
+                entry.max_idle_ms,
+                entry.tags.clone(),
+            )
+            .written_by(entry.writer),
+        )),
         Slot::Tombstone(tombstone) => Slot::Tombstone(Arc::new(Tombstone {
             version,
-            origin_site: tombstone.origin_site.clone(),
             removed_ms: now,
-            cause: tombstone.cause,
+            ..(**tombstone).clone()
         })),
     }
 }
@@ -582,7 +664,7 @@ impl CacheStore {
             Ok(Replicated::Conflict { current, .. }) => {
                 // A member has something newer than this primary: take it; the sender
                 // tries again against it.
-                self.adopt(&local.key, current).await?;
+                self.adopt(&local.key, current, site).await?;
                 Ok(ReplicaOutcome::Busy)
             }
             Err(error @ Error::Unavailable(_)) => {
@@ -593,6 +675,29 @@ impl CacheStore {
             }
             Err(error) => Err(error),
         }
+    }
+
+    /// Sends `key`'s state here to every other member of the site, newer state winning,
+    /// with the answer of the write that made it: a write found here again (a retry, a
+    /// backup sent again) may have reached only some members before its primary failed.
+    pub(crate) async fn share_key(
+        &self,
+        key: &Bytes,
+        answer: Option<(&str, &WriteResult)>,
+        site: &dyn SiteReplication,
+    ) -> Result<()> {
+        if site.is_alone() {
+            return Ok(());
+        }
+        let Some(slot) = self.keyspace.read().slot(key).cloned() else {
+            return Ok(());
+        };
+        let (request_id, answer) = answer.unzip();
+        let mutation = Mutation::newer_wins(key.clone(), slot);
+        // A member holding something newer, or busy writing it, is as good as done.
+        site.replicate(self.name(), &mutation, request_id, answer)
+            .await
+            .map(|_| ())
     }
 
     /// Drops `key` here, without a tombstone, if it still holds `version` (a key a donor
@@ -726,6 +831,7 @@ mod merge_tests {
             origin_site: Arc::from("site2"),
             removed_ms: 1_000,
             cause,
+            writer: 0,
         }))
     }
 

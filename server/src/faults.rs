@@ -1,0 +1,58 @@
+//! Faults a test switches on, to show that the fault-injection suite catches the bugs
+//! they stand for, and to make a rare failure happen on cue.
+//!
+//! Only with the `faults` feature (the integration tests build their node program with
+//! it; the `sitegrid` program built alone has no such code): the names in the
+//! `SITEGRID_FAULTS` environment variable (comma-separated) are read once at start.
+
+/// A fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// A primary acknowledges writes without sending them to the other members (a broken
+    /// replication path: the acknowledged-writes and convergence checkers must see it).
+    SkipReplication,
+    /// The primary of a key starting with [`CRASH_MID_WRITE_PREFIX`] sends the write to
+    /// one other member and then dies before it answers: a write left on some members.
+    CrashMidWrite,
+    /// Primaries acknowledge writes to caches with sync backups without sending them to
+    /// the peer sites (as if they did not wait for the peer's answer): both sites grant
+    /// one token (the one-winner checker must see it).
+    SkipSyncBackups,
+}
+
+/// Keys whose writes [`Fault::CrashMidWrite`] interrupts.
+pub const CRASH_MID_WRITE_PREFIX: &[u8] = b"crash-mid-write";
+
+impl Fault {
+    #[cfg(feature = "faults")]
+    fn name(self) -> &'static str {
+        match self {
+            Fault::SkipReplication => "skip-replication",
+            Fault::CrashMidWrite => "crash-mid-write",
+            Fault::SkipSyncBackups => "skip-sync-backups",
+        }
+    }
+}
+
+/// Whether `fault` is switched on.
+#[cfg(feature = "faults")]
+pub fn on(fault: Fault) -> bool {
+    static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    NAMES
+        .get_or_init(|| {
+            std::env::var("SITEGRID_FAULTS")
+                .unwrap_or_default()
+                .split(',')
+                .map(|name| name.trim().to_string())
+                .filter(|name| !name.is_empty())
+                .collect()
+        })
+        .iter()
+        .any(|name| name == fault.name())
+}
+
+/// Whether `fault` is switched on: never, without the `faults` feature.
+#[cfg(not(feature = "faults"))]
+pub fn on(_fault: Fault) -> bool {
+    false
+}
