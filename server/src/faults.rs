@@ -8,9 +8,6 @@
 /// A fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
-    /// A primary acknowledges writes without sending them to the other members (a broken
-    /// replication path: the acknowledged-writes and convergence checkers must see it).
-    SkipReplication,
     /// The primary of a key starting with [`CRASH_MID_WRITE_PREFIX`] sends the write to
     /// one other member and then dies before it answers: a write left on some members.
     CrashMidWrite,
@@ -27,7 +24,6 @@ impl Fault {
     #[cfg(feature = "faults")]
     fn name(self) -> &'static str {
         match self {
-            Fault::SkipReplication => "skip-replication",
             Fault::CrashMidWrite => "crash-mid-write",
             Fault::SkipSyncBackups => "skip-sync-backups",
         }

@@ -640,7 +640,7 @@ impl SiteReplication for Cluster {
         answer: Option<&WriteResult>,
     ) -> Result<Replicated> {
         let mut targets = self.targets();
-        if targets.is_empty() || faults::on(Fault::SkipReplication) {
+        if targets.is_empty() {
             return Ok(Replicated::Done);
         }
         let crash = faults::on(Fault::CrashMidWrite)
