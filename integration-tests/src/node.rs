@@ -62,6 +62,8 @@ pub struct NodeSpec {
     pub seeds: Vec<String>,
     /// Test-only faults switched on in the node (`sitegrid_server::faults`).
     pub faults: Vec<String>,
+    /// How far the node's clock is shifted from the machine's (`node.clock_offset_ms`).
+    pub clock_offset_ms: i64,
 }
 
 /// The addresses a node listens on, chosen before it starts so peers can be told.
@@ -99,6 +101,7 @@ impl NodeSpec {
             log_filter: None,
             seeds: Vec::new(),
             faults: Vec::new(),
+            clock_offset_ms: 0,
         }
     }
 
@@ -232,7 +235,8 @@ impl NodeProcess {
         let seeds: Vec<String> = spec.seeds.iter().map(|s| format!("\"{s}\"")).collect();
         let config = format!(
             "[node]\nname = {name:?}\nsite = {site:?}\nsite_id = {site_id}\nlisten = \"{grpc}\"\n\
-             http = \"{http}\"\ngossip = \"{gossip}\"\ndata_dir = {data:?}\nseeds = [{seeds}]\n\n{extra}",
+             http = \"{http}\"\ngossip = \"{gossip}\"\ndata_dir = {data:?}\nseeds = [{seeds}]\n\
+             clock_offset_ms = {offset}\n\n{extra}",
             name = spec.name,
             site = spec.site,
             site_id = spec.site_id,
@@ -241,6 +245,7 @@ impl NodeProcess {
             gossip = self.gossip,
             data = self.data_dir().display().to_string(),
             seeds = seeds.join(", "),
+            offset = spec.clock_offset_ms,
             extra = spec.extra_toml,
         );
         std::fs::write(self.config_path(), config)?;
@@ -340,6 +345,11 @@ impl NodeProcess {
             Some(child) => Ok(child.try_wait()?),
             None => bail!("node {} is not running", self.spec.name),
         }
+    }
+
+    /// Shifts the node's clock by `offset_ms` from its next start on.
+    pub fn set_clock_offset(&mut self, offset_ms: i64) {
+        self.spec.clock_offset_ms = offset_ms;
     }
 
     /// Replaces the TOML appended to the node's config from its next start on.

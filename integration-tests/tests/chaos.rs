@@ -87,6 +87,7 @@ scenarios! {
     listener_failover_across_nodes => ListenerFailover,
     latency_and_loss_between_sites => LatencyLoss,
     a_node_killed_during_a_resync => KillDuringResync,
+    nodes_restarted_with_skewed_clocks => ClockSkew,
 }
 
 /// The suite catches a real bug: primaries that acknowledge writes without waiting for

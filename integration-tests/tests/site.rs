@@ -266,6 +266,44 @@ async fn a_write_whose_primary_died_midway_ends_alike_on_every_member() {
 }
 
 #[tokio::test]
+async fn a_retried_removal_gets_its_first_answer_from_a_node_that_restarted_since() {
+    let mut site = Site::start(3, "").await.unwrap();
+    wait_for_ready_members(&site, 3).await;
+    let key = "retried-removal";
+    let names = ["n1", "n2", "n3"];
+    let primary =
+        sitegrid_proto::routing::primary(sitegrid_proto::routing::key_hash(key.as_bytes()), names)
+            .unwrap();
+    let primary = names.iter().position(|name| *name == primary).unwrap();
+    put_work(&site.nodes[primary], key, "the-code").await;
+    let removal = RemoveRequest {
+        request_id: "remove-once".into(),
+        ..remove("work", key)
+    };
+    let first = client(&site.nodes[primary])
+        .await
+        .remove(removal.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(first.removed);
+    // The primary restarts (forgetting the answers it kept) and, being the key's primary
+    // again, gets the retry: it copied the answer from the others while catching up.
+    site.nodes[primary].kill().unwrap();
+    site.nodes[primary].restart().await.unwrap();
+    wait_for_ready_members(&site, 3).await;
+    let retry = client(&site.nodes[primary])
+        .await
+        .remove(removal)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(retry.removed, "the retry must say it removed the key");
+    assert_eq!(retry.version, first.version);
+    assert_eq!(&retry.previous.unwrap().value[..], b"the-code");
+}
+
+#[tokio::test]
 async fn a_brand_new_node_copies_everything_before_it_serves() {
     let mut site = Site::start(2, "").await.unwrap();
     wait_for_ready_members(&site, 2).await;

@@ -47,6 +47,9 @@ const CONVERGENCE: Duration = Duration::from_secs(60);
 const DELIVERY: Duration = Duration::from_secs(30);
 /// The longest a node stays paused in [`Scenario::PausedNode`].
 const LONGEST_PAUSE: Duration = Duration::from_secs(30);
+/// How far a skewed node's clock is off the others', at most (milliseconds): within a
+/// listener's default resume margin (10 s), which must cover the skew between sites.
+const MAX_SKEW_MS: i64 = 5_000;
 
 /// A scenario: a topology, workloads and a nemesis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -87,6 +90,8 @@ pub enum Scenario {
     LatencyLoss,
     /// A node is killed in the middle of a resync.
     KillDuringResync,
+    /// Nodes are restarted with their clocks up to 5 s ahead of or behind the others'.
+    ClockSkew,
 }
 
 /// What one run found.
@@ -134,7 +139,8 @@ impl Scenario {
             | Scenario::SiteRestart
             | Scenario::PausedNode
             | Scenario::ListenerFailover
-            | Scenario::KillDuringResync => (2, false),
+            | Scenario::KillDuringResync
+            | Scenario::ClockSkew => (2, false),
             Scenario::OneWayPartition => (1, true),
             _ => (1, false),
         }
@@ -391,6 +397,15 @@ async fn inject(
                 nemesis.hold(MIN_WAIT, 2 * MIN_WAIT).await;
                 topology.heal_links();
                 topology.recover().await?;
+                nemesis.hold(short, long).await;
+            }
+        }
+        Scenario::ClockSkew => {
+            while nemesis.active() {
+                let (site, node) = (nemesis.pick(2), nemesis.pick(nodes));
+                let offset_ms = nemesis.rng.i64(-MAX_SKEW_MS..=MAX_SKEW_MS);
+                topology.restart_skewed(site, node, offset_ms).await?;
+                nemesis.faults += 1;
                 nemesis.hold(short, long).await;
             }
         }

@@ -152,6 +152,19 @@ impl Topology {
         process.wait_serving().await
     }
 
+    /// Kills a node and starts it again on its data dir with its clock `offset_ms` off the
+    /// machine's; waits until it serves.
+    pub async fn restart_skewed(
+        &mut self,
+        site: usize,
+        node: usize,
+        offset_ms: i64,
+    ) -> anyhow::Result<()> {
+        self.kill(site, node)?;
+        self.sites[site].nodes[node].set_clock_offset(offset_ms);
+        self.restart(site, node).await
+    }
+
     /// Kills a node, empties its data dir and starts it again: a brand-new node in its
     /// place; waits until it serves.
     pub async fn replace_with_empty(&mut self, site: usize, node: usize) -> anyhow::Result<()> {

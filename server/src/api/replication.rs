@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use sitegrid_proto::v1::{self, replication_service_server::ReplicationService};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -174,8 +174,9 @@ impl ReplicationService for ReplicationApi {
         &self,
         _request: Request<v1::AnswersRequest>,
     ) -> Result<Response<Self::AnswersStream>, Status> {
+        // Encoded batch by batch as the joiner reads them.
         let kept = self.cluster.store().kept_answers();
-        let batches: Vec<Result<v1::AnswersResponse, Status>> = kept
+        let batches = futures::stream::iter(kept)
             .chunks(ANSWERS_BATCH)
             .map(|chunk| {
                 Ok(v1::AnswersResponse {
@@ -187,9 +188,8 @@ impl ReplicationService for ReplicationApi {
                         })
                         .collect(),
                 })
-            })
-            .collect();
-        Ok(Response::new(Box::pin(futures::stream::iter(batches))))
+            });
+        Ok(Response::new(Box::pin(batches)))
     }
 
     async fn confirm_join(

@@ -271,7 +271,8 @@ impl CacheStore {
         }
         if request.keep_previous {
             return Err(Error::Aborted(format!(
-                "cache {}: this request was already applied (version {version}), but the                  node that ran it is gone and with it the previous entry it answers with",
+                "cache {}: this request was already applied (version {version}), but the node \
+                 that ran it is gone and with it the previous entry it answers with",
                 self.name()
             )));
         }
