@@ -131,6 +131,11 @@ fn report_file(command: &str, table: &str) -> String {
          node: at most one winner per token, no fork and no lost update in versioned \
          replaces, every acknowledged write present, listeners missing nothing they were \
          not told to drop, every node of every site identical.\n\n\
-         Reproduce with:\n\n```\n{command}\n```\n\n{table}"
+         Run on {cores} cores ({os}/{arch}), finished {finished}. Reproduce with:\n\n\
+         ```\n{command}\n```\n\n{table}",
+        cores = std::thread::available_parallelism().map_or(0, |n| n.get()),
+        os = std::env::consts::OS,
+        arch = std::env::consts::ARCH,
+        finished = humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
     )
 }
