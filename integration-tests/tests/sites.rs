@@ -431,3 +431,41 @@ async fn versioned_replaces_from_both_sites_never_fork_and_the_sites_end_equal()
         }
     }
 }
+
+#[tokio::test]
+async fn a_session_read_through_one_node_stays_alive_on_every_node_of_both_sites() {
+    let sites = TwoSites::start_direct(2, "").await.unwrap();
+    let [first, second] = &sites.sites;
+    let key = "idle-session";
+    let session = PutRequest {
+        max_idle_ms: 3_000,
+        ..put("sessions", key, "in use")
+    };
+    client(&first.nodes[0]).await.put(session).await.unwrap();
+    // Read through one node of site2, not the key's primary there, for three max-idle
+    // times: the primaries (which expire it) and site1 only hear of the reads.
+    let primary = sitegrid_proto::routing::primary(
+        sitegrid_proto::routing::key_hash(key.as_bytes()),
+        ["n1", "n2"],
+    )
+    .unwrap();
+    let reader = &second.nodes[usize::from(primary == "n1")];
+    let mut reader = client(reader).await;
+    let mut pace = tokio::time::interval(Duration::from_millis(300));
+    let until = Instant::now() + Duration::from_secs(9);
+    while Instant::now() < until {
+        pace.tick().await;
+        let read = reader.get(get("sessions", key)).await.unwrap().into_inner();
+        assert!(read.found, "the session expired while it was being read");
+    }
+    for (site, node) in [(1, first), (2, second)]
+        .into_iter()
+        .flat_map(|(site, s)| s.nodes.iter().map(move |n| (site, n)))
+    {
+        assert!(
+            found(node, "sessions", key).await,
+            "site{site}/{} expired a session read elsewhere",
+            node.spec().name
+        );
+    }
+}

@@ -11,9 +11,10 @@ use tonic::transport::Channel;
 use crate::cluster::{Cluster, codec};
 use crate::error::{Error, Result};
 use crate::store::Services;
-use crate::store::cache::WriteResult;
+use crate::store::cache::{Touch, WriteResult};
 use crate::store::mutation::Mutation;
 use crate::store::peers::{Backed, PeerSites};
+use crate::store::replication::SiteReplication;
 use crate::store::slot_key::RANGES;
 use crate::store::write::{Merged, ReplicaOutcome};
 
@@ -48,6 +49,14 @@ impl PeerSites for RelayPeers {
             .enqueue(cache, &message, mutation.next())
             .await
             .map_err(|error| Error::Unavailable(error.to_string()))
+    }
+
+    async fn share_touches(&self, cache: &str, touches: &[Touch]) {
+        if self.relay.has_sync_backups(cache) || self.relay.has_async_backups(cache) {
+            self.relay
+                .share_touches(cache, codec::encode_touches(touches))
+                .await;
+        }
     }
 
     async fn backup(
@@ -242,6 +251,17 @@ impl LocalSite for NodeSite {
         in_doubt: u64,
     ) -> std::result::Result<(), Status> {
         Ok(self.cluster.store().restamp(cache, key, in_doubt).await?)
+    }
+
+    async fn touch(
+        &self,
+        cache: &str,
+        touched: Vec<v1::Touched>,
+    ) -> std::result::Result<(), Status> {
+        let touches = codec::decode_touches(touched);
+        self.cluster.store().cache(cache)?.take_touches(&touches);
+        self.cluster.share_touches(cache, &touches).await;
+        Ok(())
     }
 
     async fn clear(&self, cache: &str) -> std::result::Result<u64, Status> {

@@ -16,7 +16,7 @@
 //!   decider that stopped) gets its resync run here.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sitegrid_proto::v1;
 use tokio::sync::watch;
@@ -77,7 +77,6 @@ impl Relay {
     async fn heartbeat(&self, index: usize, timeout: Duration) {
         let peer = &self.inner.peers[index];
         let health = &self.inner.health[index];
-        let sent = Instant::now();
         match peer.heartbeat(&self.inner.site, timeout).await {
             Ok(answer) => {
                 let their_view = v1::PeerSiteState::try_from(answer.your_state)
@@ -88,7 +87,7 @@ impl Relay {
             }
             Err(failure) => {
                 debug!(site = %peer.name, %failure, "heartbeat failed");
-                health.failed(sent);
+                health.failed();
             }
         }
         let seen = health.seen();

@@ -19,7 +19,8 @@ pub(crate) struct Health {
 pub(crate) struct Seen {
     /// Heartbeats and backups that failed in a row.
     pub(crate) failures: u32,
-    /// When the first of them was sent.
+    /// When the first of them was seen to fail (not when it was sent: a call sent while
+    /// the peer still answered says nothing of the time before it failed).
     pub(crate) first_failure: Option<Instant>,
     /// When the peer last answered (Unix ms; 0: never since this node started).
     pub(crate) last_answer_ms: u64,
@@ -41,11 +42,11 @@ impl Health {
         self.inner.lock().heard();
     }
 
-    /// A heartbeat or backup sent at `sent` got no answer.
-    pub(crate) fn failed(&self, sent: Instant) {
+    /// A heartbeat or backup got no answer.
+    pub(crate) fn failed(&self) {
         let mut seen = self.inner.lock();
         seen.failures = seen.failures.saturating_add(1);
-        seen.first_failure.get_or_insert(sent);
+        seen.first_failure.get_or_insert_with(Instant::now);
     }
 
     /// What was seen.

@@ -174,6 +174,16 @@ impl<L: LocalSite> SiteLink for SiteLinkService<L> {
         Ok(Response::new(v1::ClearCacheResponse { removed }))
     }
 
+    async fn touch(
+        &self,
+        request: Request<v1::TouchRequest>,
+    ) -> Result<Response<v1::TouchResponse>, Status> {
+        let request = request.into_inner();
+        self.check_peer(&request.from_site)?;
+        self.local.touch(&request.cache, request.touched).await?;
+        Ok(Response::new(v1::TouchResponse {}))
+    }
+
     async fn fetch_keys(
         &self,
         request: Request<v1::FetchKeysRequest>,

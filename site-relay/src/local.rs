@@ -44,6 +44,10 @@ pub trait LocalSite: Send + Sync + 'static {
     /// (`INVALIDATE_ALL`), after a resync with a peer site.
     fn invalidate_all(&self, caches: &[String]);
 
+    /// Takes reads of max-idle entries of `cache` made in a peer site: this site's
+    /// entries at the versions read count as used then too, on every node of the site.
+    async fn touch(&self, cache: &str, touched: Vec<v1::Touched>) -> Result<(), Status>;
+
     /// Clears `cache` in this site (every node), for an operator's clear of all sites;
     /// answers how many entries were removed here.
     async fn clear(&self, cache: &str) -> Result<u64, Status>;

@@ -213,6 +213,20 @@ impl PeerSite {
         .map(|answer| answer.removed)
     }
 
+    /// Tells the peer which max-idle entries were read in this site.
+    pub(crate) async fn touch(
+        &self,
+        request: v1::TouchRequest,
+        timeout: Duration,
+    ) -> Result<(), Failure> {
+        self.call(timeout, |mut client| {
+            let request = request.clone();
+            async move { client.touch(request).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// The peer's state of some keys.
     pub(crate) async fn fetch_keys(
         &self,

@@ -248,7 +248,7 @@ impl Relay {
                 .record(started.elapsed().as_secs_f64());
                 match &answer {
                     Ok(_) | Err(Failure::Refused(_)) => health.backed_up(),
-                    Err(_) => health.failed(started),
+                    Err(_) => health.failed(),
                 }
                 (index, backup, state.mode, answer)
             }
@@ -354,6 +354,41 @@ impl Relay {
             }
             FailurePolicy::Ignore => SyncOutcome::Done,
         }
+    }
+
+    /// Tells every online peer site that backs `cache` up (sync or async) which max-idle
+    /// entries were read in this site, so a session used here does not expire there.
+    /// Best effort: a peer that misses it learns of the next reads.
+    pub async fn share_touches(&self, cache: &str, touched: Vec<v1::Touched>) {
+        let mut peers: Vec<(usize, Duration)> = self
+            .inner
+            .sync
+            .get(cache)
+            .into_iter()
+            .chain(self.inner.asynchronous.get(cache))
+            .flatten()
+            .map(|(index, backup)| (*index, backup.timeout))
+            .collect();
+        peers.sort_by_key(|(index, _)| *index);
+        peers.dedup_by_key(|(index, _)| *index);
+        let request = v1::TouchRequest {
+            cache: cache.to_string(),
+            touched,
+            from_site: self.inner.site.clone(),
+        };
+        let calls = peers.into_iter().map(|(index, timeout)| {
+            let peer = &self.inner.peers[index];
+            let request = request.clone();
+            async move {
+                if self.inner.states.get(&peer.name).mode != Mode::Online {
+                    return;
+                }
+                if let Err(failure) = peer.touch(request, timeout).await {
+                    debug!(site = %peer.name, ?failure, "reads not shared");
+                }
+            }
+        });
+        futures::future::join_all(calls).await;
     }
 
     /// Whether writes to `cache` are backed up asynchronously to some peer site.

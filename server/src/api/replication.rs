@@ -168,6 +168,16 @@ impl ReplicationService for ReplicationApi {
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
+    async fn touch(
+        &self,
+        request: Request<v1::TouchRequest>,
+    ) -> Result<Response<v1::TouchResponse>, Status> {
+        let request = request.into_inner();
+        let cache = self.cluster.store().cache(&request.cache)?;
+        cache.take_touches(&codec::decode_touches(request.touched));
+        Ok(Response::new(v1::TouchResponse {}))
+    }
+
     type AnswersStream = AnswersStream;
 
     async fn answers(

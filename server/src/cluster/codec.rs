@@ -7,7 +7,7 @@ use sitegrid_proto::v1;
 
 use crate::error::{Error, Result};
 use crate::store::Services;
-use crate::store::cache::{Condition, NewValue, WriteOp, WriteRequest, WriteResult};
+use crate::store::cache::{Condition, NewValue, Touch, WriteOp, WriteRequest, WriteResult};
 use crate::store::entry::Slot;
 use crate::store::mutation::Mutation;
 use crate::store::record;
@@ -158,4 +158,28 @@ pub(crate) fn decode_write(request: &v1::ForwardWriteRequest) -> Result<WriteReq
         condition,
         keep_previous: request.keep_previous,
     })
+}
+
+/// Reads of max-idle entries as sent to other nodes and sites.
+pub fn encode_touches(touches: &[Touch]) -> Vec<v1::Touched> {
+    touches
+        .iter()
+        .map(|touch| v1::Touched {
+            key: touch.key.clone(),
+            version: touch.version,
+            last_used_ms: touch.last_used_ms,
+        })
+        .collect()
+}
+
+/// Reads of max-idle entries as received.
+pub fn decode_touches(touched: Vec<v1::Touched>) -> Vec<Touch> {
+    touched
+        .into_iter()
+        .map(|touched| Touch {
+            key: touched.key,
+            version: touched.version,
+            last_used_ms: touched.last_used_ms,
+        })
+        .collect()
 }

@@ -33,12 +33,12 @@ use futures::future::join_all;
 use parking_lot::Mutex;
 use sitegrid_proto::{Backoff, ErrorCode, v1};
 use tokio::sync::{RwLock as AsyncRwLock, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
 use crate::faults::{self, Fault};
 use crate::store::Store;
-use crate::store::cache::{WriteRequest, WriteResult};
+use crate::store::cache::{Touch, WriteRequest, WriteResult};
 use crate::store::entry::Slot;
 use crate::store::mutation::Mutation;
 use crate::store::replication::{Replicated, SiteReplication};
@@ -725,5 +725,33 @@ impl SiteReplication for Cluster {
 
     async fn write_guard(&self) -> Option<tokio::sync::OwnedRwLockReadGuard<()>> {
         Some(self.inner.write_barrier.clone().read_owned().await)
+    }
+
+    async fn share_touches(&self, cache: &str, touches: &[Touch]) {
+        let request = v1::TouchRequest {
+            cache: cache.to_string(),
+            touched: codec::encode_touches(touches),
+            from_site: String::new(),
+        };
+        let members: Vec<Member> = self
+            .view()
+            .ready()
+            .filter(|m| m.name != self.inner.me.name)
+            .cloned()
+            .collect();
+        let calls = members.iter().map(|member| {
+            let mut call = tonic::Request::new(request.clone());
+            call.set_timeout(self.inner.timing.call_timeout);
+            async move {
+                let sent = match self.inner.peers.client(&member.address) {
+                    Ok(mut client) => client.touch(call).await.map(|_| ()),
+                    Err(error) => Err(tonic::Status::unavailable(error.to_string())),
+                };
+                if let Err(status) = sent {
+                    debug!(member = %member.name, error = status.message(), "reads not shared");
+                }
+            }
+        });
+        join_all(calls).await;
     }
 }

@@ -106,7 +106,21 @@ pub struct CacheStore {
     /// Keys of persistent max-idle entries read since their last-used time was last
     /// stored; the reaper stores them, so a restart doesn't expire active sessions early.
     pub(crate) touched: Mutex<HashSet<Bytes>>,
+    /// Keys of max-idle entries read on this node since the reaper last told the other
+    /// nodes and sites, which expire them on their own clocks.
+    reads: Mutex<HashSet<Bytes>>,
     services: Arc<Services>,
+}
+
+/// A max-idle entry read at some time, on some node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Touch {
+    /// The key.
+    pub key: Bytes,
+    /// The version of the entry read.
+    pub version: Version,
+    /// When it was last read there.
+    pub last_used_ms: UnixMillis,
 }
 
 impl CacheStore {
@@ -118,6 +132,7 @@ impl CacheStore {
             locks: Arc::new(KeyLocks::default()),
             clear_barrier: AsyncRwLock::new(()),
             touched: Mutex::new(HashSet::new()),
+            reads: Mutex::new(HashSet::new()),
             services,
         }
     }
@@ -145,10 +160,48 @@ impl CacheStore {
     /// The live entry of `key`, refreshing its last-used time.
     pub fn get(&self, key: &Bytes) -> Option<Arc<Entry>> {
         let entry = self.keyspace.read().get(key, self.now_ms())?;
-        if self.config.persistent && entry.max_idle_ms > 0 {
-            self.touched.lock().insert(Bytes::copy_from_slice(key));
+        if entry.max_idle_ms > 0 {
+            // Copied so the sets don't keep the whole request buffer alive.
+            let key = Bytes::copy_from_slice(key);
+            if self.config.persistent {
+                self.touched.lock().insert(key.clone());
+            }
+            self.reads.lock().insert(key);
         }
         Some(entry)
+    }
+
+    /// The max-idle entries read on this node since the last call, as they stand now.
+    pub(crate) fn take_reads(&self) -> Vec<Touch> {
+        let keys: Vec<Bytes> = self.reads.lock().drain().collect();
+        let keyspace = self.keyspace.read();
+        keys.into_iter()
+            .filter_map(|key| match keyspace.slot(&key) {
+                Some(Slot::Live(entry)) => Some(Touch {
+                    version: entry.version,
+                    last_used_ms: entry.last_used_ms(),
+                    key,
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Takes reads made on another node or site: each entry still at the version read
+    /// counts as used then too (a newer write has its own last-used time).
+    pub fn take_touches(&self, touches: &[Touch]) {
+        let keyspace = self.keyspace.read();
+        for touch in touches {
+            if let Some(Slot::Live(entry)) = keyspace.slot(&touch.key)
+                && entry.version == touch.version
+                && entry.last_used_ms() < touch.last_used_ms
+            {
+                entry.touch(touch.last_used_ms);
+                if self.config.persistent {
+                    self.touched.lock().insert(touch.key.clone());
+                }
+            }
+        }
     }
 
     /// Number of live entries.

@@ -7,7 +7,7 @@ use std::fmt::Debug;
 
 use crate::error::Result;
 use crate::store::Services;
-use crate::store::cache::WriteResult;
+use crate::store::cache::{Touch, WriteResult};
 use crate::store::entry::Slot;
 use crate::store::mutation::Mutation;
 
@@ -35,9 +35,6 @@ pub(crate) trait PeerSites: Send + Sync + Debug {
     /// Whether writes to `cache` go to some peer site before they are acknowledged.
     fn has_sync_backups(&self, cache: &str) -> bool;
 
-    /// Sends a primary's change to the sync peer sites of `cache`. `Err(Unavailable)`
-    /// when one with the `fail` policy did not answer: the write must fail, and nothing
-    /// is applied in this site (the peer may have it; the relay reconciles it later).
     /// A peer site whose async outbox for `cache` is full under the `fail` policy.
     fn full_outbox(&self, cache: &str) -> Option<String>;
 
@@ -45,6 +42,13 @@ pub(crate) trait PeerSites: Send + Sync + Debug {
     /// returns once it is on disk.
     async fn enqueue(&self, cache: &str, mutation: &Mutation) -> Result<()>;
 
+    /// Tells the peer sites that back `cache` up which max-idle entries were read in this
+    /// site, so a session used here does not expire there. Best effort.
+    async fn share_touches(&self, cache: &str, touches: &[Touch]);
+
+    /// Sends a primary's change to the sync peer sites of `cache`. `Err(Unavailable)`
+    /// when one with the `fail` policy did not answer: the write must fail, and nothing
+    /// is applied in this site (the peer may have it; the relay reconciles it later).
     /// The write's request id and answer go along, so a retry that fails over to the
     /// peer site gets the same answer.
     async fn backup(

@@ -74,7 +74,23 @@ pub async fn reap_once(store: &Store) -> ReapReport {
             store_touches(store, cache);
         }
     }
+    share_reads(store).await;
     report
+}
+
+/// Tells the other nodes of the site and the peer sites which max-idle entries were read
+/// on this node, so none of them expires an entry in use here.
+async fn share_reads(store: &Store) {
+    for cache in store.caches() {
+        let touches = cache.take_reads();
+        if touches.is_empty() {
+            continue;
+        }
+        store.site().share_touches(cache.name(), &touches).await;
+        if let Some(peers) = store.services().peers() {
+            peers.share_touches(cache.name(), &touches).await;
+        }
+    }
 }
 
 async fn expire_due(store: &Store, cache: &CacheStore) -> u64 {

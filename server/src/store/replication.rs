@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
-use crate::store::cache::{WriteRequest, WriteResult};
+use crate::store::cache::{Touch, WriteRequest, WriteResult};
 use crate::store::entry::Slot;
 use crate::store::mutation::Mutation;
 use crate::store::version::Version;
@@ -82,6 +82,11 @@ pub trait SiteReplication: Send + Sync + Debug {
 
     /// Clears a cache on every other member, at `version`.
     async fn replicate_clear(&self, cache: &str, version: Version) -> Result<()>;
+
+    /// Tells every other member of the site which max-idle entries were read on this node
+    /// (each expires them by its own reads otherwise). Best effort: a member that misses
+    /// it learns of the next reads.
+    async fn share_touches(&self, _cache: &str, _touches: &[Touch]) {}
 
     /// Held by a write from before it replicates until it is applied, so a member can
     /// wait for the writes under way (a joiner's confirmation). `None`: nothing to hold.
