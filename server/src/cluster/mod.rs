@@ -346,7 +346,8 @@ impl Cluster {
     }
 
     /// Members a primary's writes must reach: the other ready members and the joiners
-    /// that asked (even if gossip does not show them at the moment), minus suspects.
+    /// that asked (even if gossip does not show them at the moment, or shows an older
+    /// start of them), minus suspects.
     fn targets(&self) -> Vec<Target> {
         let view = self.inner.view.borrow();
         let suspects = self.inner.suspects.lock();
@@ -357,11 +358,19 @@ impl Cluster {
             .map(Target::of)
             .chain(joiners.values().cloned());
         for target in candidates {
-            if target.name != self.inner.me.name
-                && !suspects.contains_key(&target.suspicion())
-                && !targets.iter().any(|t| t.name == target.name)
-            {
-                targets.push(target);
+            if target.name == self.inner.me.name || suspects.contains_key(&target.suspicion()) {
+                continue;
+            }
+            // A node both in the view and among the joiners is the newer of the two (a
+            // restarted node the view still shows as it was).
+            match targets.iter_mut().find(|t| t.name == target.name) {
+                Some(known)
+                    if (target.generation, target.epoch) > (known.generation, known.epoch) =>
+                {
+                    *known = target;
+                }
+                Some(_) => {}
+                None => targets.push(target),
             }
         }
         targets
@@ -400,13 +409,19 @@ impl Cluster {
 
     /// Forgets joiners that are ready (the ready set includes them now) or replaced by a
     /// newer generation; a joiner missing from the view for a moment stays (if it is
-    /// really gone, replicating to it fails and it is suspected). Forgets suspicions the
+    /// really gone, replicating to it fails and it is suspected), and so does one newer
+    /// than the view's member of its name (a restarted node whose new start gossip has
+    /// not brought yet: forgetting it would leave it out of writes it is owed). Forgets
+    /// suspicions the
     /// suspected node has moved past (a newer generation or epoch), or that are an hour
     /// old.
     pub(crate) fn tidy(&self, view: &View) {
         let mut joiners = self.inner.joiners.lock();
         joiners.retain(|name, joiner| match view.member(name) {
-            Some(member) => member.generation == joiner.generation && !member.is_ready(),
+            Some(member) => {
+                joiner.generation > member.generation
+                    || (joiner.generation == member.generation && !member.is_ready())
+            }
             None => true,
         });
         // A sender whose member moved on ends once the writes it holds are answered.
