@@ -30,6 +30,18 @@ impl Site {
         Ok(site)
     }
 
+    /// The index of the node that is `key`'s primary while every node is ready.
+    pub fn primary_of(&self, key: &str) -> usize {
+        let names: Vec<&str> = self.nodes.iter().map(|n| n.spec().name.as_str()).collect();
+        let hash = sitegrid_proto::routing::key_hash(key.as_bytes());
+        let primary = sitegrid_proto::routing::primary(hash, names.iter().copied())
+            .expect("a site has nodes");
+        names
+            .iter()
+            .position(|name| *name == primary)
+            .expect("one of them")
+    }
+
     /// Launches a node on each of `addrs` (named `n1`, `n2`, ...; specs from `spec`,
     /// seeds filled in) without waiting for them.
     pub fn launch_at(addrs: &[NodeAddrs], spec: impl Fn(&str) -> NodeSpec) -> anyhow::Result<Site> {

@@ -230,11 +230,7 @@ async fn a_write_whose_primary_died_midway_ends_alike_on_every_member() {
         .unwrap();
     wait_for_ready_members(&site, 3).await;
     let key = "crash-mid-write-1";
-    let names = ["n1", "n2", "n3"];
-    let primary =
-        sitegrid_proto::routing::primary(sitegrid_proto::routing::key_hash(key.as_bytes()), names)
-            .unwrap();
-    let dying = names.iter().position(|name| *name == primary).unwrap();
+    let dying = site.primary_of(key);
     let answer = client(&site.nodes[dying])
         .await
         .put(put("work", key, "half-written"))
@@ -270,11 +266,7 @@ async fn a_retried_removal_gets_its_first_answer_from_a_node_that_restarted_sinc
     let mut site = Site::start(3, "").await.unwrap();
     wait_for_ready_members(&site, 3).await;
     let key = "retried-removal";
-    let names = ["n1", "n2", "n3"];
-    let primary =
-        sitegrid_proto::routing::primary(sitegrid_proto::routing::key_hash(key.as_bytes()), names)
-            .unwrap();
-    let primary = names.iter().position(|name| *name == primary).unwrap();
+    let primary = site.primary_of(key);
     put_work(&site.nodes[primary], key, "the-code").await;
     let removal = RemoveRequest {
         request_id: "remove-once".into(),

@@ -444,12 +444,7 @@ async fn a_session_read_through_one_node_stays_alive_on_every_node_of_both_sites
     client(&first.nodes[0]).await.put(session).await.unwrap();
     // Read through one node of site2, not the key's primary there, for three max-idle
     // times: the primaries (which expire it) and site1 only hear of the reads.
-    let primary = sitegrid_proto::routing::primary(
-        sitegrid_proto::routing::key_hash(key.as_bytes()),
-        ["n1", "n2"],
-    )
-    .unwrap();
-    let reader = &second.nodes[usize::from(primary == "n1")];
+    let reader = &second.nodes[1 - second.primary_of(key)];
     let mut reader = client(reader).await;
     let mut pace = tokio::time::interval(Duration::from_millis(300));
     let until = Instant::now() + Duration::from_secs(9);

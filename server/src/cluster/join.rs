@@ -79,12 +79,7 @@ pub async fn run(cluster: Cluster, mut shutdown: watch::Receiver<bool>) {
 /// after losing contact), so its own data is known to lack writes.
 async fn catch_up(cluster: &Cluster, started: Instant, was_ready: bool) -> Result<()> {
     let donors = loop {
-        let donors: Vec<Member> = cluster
-            .view()
-            .ready()
-            .filter(|m| m.name != *cluster.name())
-            .cloned()
-            .collect();
+        let donors = cluster.other_ready_members();
         if !donors.is_empty() {
             break donors;
         }

@@ -245,6 +245,17 @@ impl Cluster {
         self.inner.view.clone()
     }
 
+    /// The other ready members, as this node sees them.
+    pub fn other_ready_members(&self) -> Vec<Member> {
+        self.inner
+            .view
+            .borrow()
+            .ready()
+            .filter(|m| m.name != self.inner.me.name)
+            .cloned()
+            .collect()
+    }
+
     /// The store.
     pub fn store(&self) -> &Store {
         &self.inner.store
@@ -748,12 +759,7 @@ impl SiteReplication for Cluster {
             touched: codec::encode_touches(touches),
             from_site: String::new(),
         };
-        let members: Vec<Member> = self
-            .view()
-            .ready()
-            .filter(|m| m.name != self.inner.me.name)
-            .cloned()
-            .collect();
+        let members = self.other_ready_members();
         let calls = members.iter().map(|member| {
             let mut call = tonic::Request::new(request.clone());
             call.set_timeout(self.inner.timing.call_timeout);

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::cluster::{Cluster, Member, View, join};
+use crate::cluster::{Cluster, View, join};
 use crate::error::Result;
 
 /// Repairs this node whenever a ready member left, and every `repair_interval`, until
@@ -79,12 +79,7 @@ fn ready_of(view: &View) -> HashSet<(Arc<str>, u64, u64)> {
 /// Copies from every other ready member the ranges of every cache that differ from this
 /// node's, newer versions winning; returns how many slots were taken.
 pub async fn repair(cluster: &Cluster) -> Result<u64> {
-    let others: Vec<Member> = cluster
-        .view()
-        .ready()
-        .filter(|m| m.name != *cluster.name())
-        .cloned()
-        .collect();
+    let others = cluster.other_ready_members();
     let mut taken = 0;
     for cache in cluster
         .store()
