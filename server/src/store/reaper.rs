@@ -74,23 +74,31 @@ pub async fn reap_once(store: &Store) -> ReapReport {
             store_touches(store, cache);
         }
     }
-    share_reads(store).await;
+    share_reads(store);
     report
 }
 
 /// Tells the other nodes of the site and the peer sites which max-idle entries were read
-/// on this node, so none of them expires an entry in use here.
-async fn share_reads(store: &Store) {
-    for cache in store.caches() {
-        let touches = cache.take_reads();
-        if touches.is_empty() {
-            continue;
-        }
-        store.site().share_touches(cache.name(), &touches).await;
-        if let Some(peers) = store.services().peers() {
-            peers.share_touches(cache.name(), &touches).await;
-        }
+/// on this node, so none of them expires an entry in use here; in the background, so a
+/// member or site slow to answer does not hold expiry up.
+fn share_reads(store: &Store) {
+    let reads: Vec<_> = store
+        .caches()
+        .map(|cache| (cache.name().to_string(), cache.take_reads()))
+        .filter(|(_, touches)| !touches.is_empty())
+        .collect();
+    if reads.is_empty() {
+        return;
     }
+    let store = store.clone();
+    tokio::spawn(async move {
+        for (cache, touches) in reads {
+            store.site().share_touches(&cache, &touches).await;
+            if let Some(peers) = store.services().peers() {
+                peers.share_touches(&cache, &touches).await;
+            }
+        }
+    });
 }
 
 async fn expire_due(store: &Store, cache: &CacheStore) -> u64 {
