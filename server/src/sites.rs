@@ -176,9 +176,12 @@ impl LocalSite for NodeSite {
         let change = codec::decode_mutation(mutation, store.services())?;
         let outcome = store.apply_backup(cache, change).await?;
         // Refused: the write may be this very one, retried on another primary of the
-        // sending site after the first failed; its answer here is the answer.
+        // sending site after the first failed; its answer here is the answer, if the key
+        // still holds what it wrote.
         let recorded = match &outcome {
-            ReplicaOutcome::Conflict(_) => store.recorded_answer(cache, &request_id),
+            ReplicaOutcome::Conflict(current) => {
+                store.recorded_answer(cache, &request_id, current.as_ref())
+            }
             _ => None,
         };
         let (result, current) = match outcome {

@@ -404,9 +404,18 @@ impl Store {
         .map_err(Error::TaskFailed)?
     }
 
-    /// The answer kept for a write's request id, if any.
-    pub fn recorded_answer(&self, cache: &str, request_id: &str) -> Option<Arc<WriteResult>> {
-        self.inner.idempotency.recorded(cache, request_id)
+    /// The answer kept for a write's request id, if the key still holds what that write
+    /// made (`current`): a write in doubt that its site then replaced (reconciling it)
+    /// did not happen after all, whatever was answered here when it was taken.
+    pub fn recorded_answer(
+        &self,
+        cache: &str,
+        request_id: &str,
+        current: Option<&Slot>,
+    ) -> Option<Arc<WriteResult>> {
+        let answer = self.inner.idempotency.recorded(cache, request_id)?;
+        let holds = current.is_some_and(|slot| slot.version() == answer.version);
+        (answer.applied && holds).then_some(answer)
     }
 
     /// Every write answer kept for retries, by id, older ones first.
@@ -439,8 +448,8 @@ impl Store {
                     self.inner.idempotency.record(cache.name(), &id, answer);
                     None
                 }
-                (ReplicaOutcome::Conflict(_), Some((id, _))) => {
-                    self.inner.idempotency.recorded(cache.name(), &id)
+                (ReplicaOutcome::Conflict(current), Some((id, _))) => {
+                    self.recorded_answer(cache.name(), &id, current.as_ref())
                 }
                 _ => None,
             };

@@ -840,3 +840,56 @@ async fn a_batch_of_replicated_changes_answers_each_change_and_survives_a_crash(
     assert_eq!(replica.value("sessions", "stale").as_deref(), Some("newer"));
     assert_eq!(replica.value("sessions", "busy"), None);
 }
+
+#[tokio::test]
+async fn a_kept_answer_is_given_back_only_while_the_key_holds_what_its_write_made() {
+    use super::replication::ReceivedChange;
+    use super::write::ReplicaOutcome;
+    let h = Harness::new();
+    let answer = Arc::new(WriteResult {
+        applied: true,
+        version: 10,
+        previous: None,
+    });
+    let change = |value: &str, prev, next| ReceivedChange {
+        mutation: replicated("t", value, prev, next),
+        answer: Some(("req-1".to_string(), answer.clone())),
+    };
+    let taken = h
+        .store
+        .apply_replicated("work", vec![change("a", 0, 10)])
+        .await
+        .unwrap();
+    assert!(matches!(taken[0].outcome, ReplicaOutcome::Applied));
+    // The same write sent again from an older state (its first primary failed): refused,
+    // with the answer it got, since the key still holds it.
+    let again = h
+        .store
+        .apply_replicated("work", vec![change("a", 0, 11)])
+        .await
+        .unwrap();
+    assert!(
+        again[0]
+            .recorded
+            .as_ref()
+            .is_some_and(|kept| kept.version == 10)
+    );
+    // Once something else replaced it (a reconciliation undoing it), the answer is void.
+    h.store
+        .apply_replicated(
+            "work",
+            vec![ReceivedChange {
+                mutation: replicated("t", "b", 10, 20),
+                answer: None,
+            }],
+        )
+        .await
+        .unwrap();
+    let stale = h
+        .store
+        .apply_replicated("work", vec![change("a", 0, 12)])
+        .await
+        .unwrap();
+    assert!(matches!(stale[0].outcome, ReplicaOutcome::Conflict(_)));
+    assert!(stale[0].recorded.is_none());
+}
