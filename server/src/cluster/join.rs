@@ -153,12 +153,8 @@ fn first_of_site(cluster: &Cluster, started: Instant, was_ready: bool) -> bool {
 /// are not newer than `began` are dropped.
 async fn sync_from(cluster: &Cluster, donors: &[Member], began: Version) -> Result<u64> {
     let mut taken = 0;
-    for cache in cluster
-        .store()
-        .caches()
-        .map(|c| c.name().to_string())
-        .collect::<Vec<_>>()
-    {
+    for cache in cluster.store().caches() {
+        let cache = cache.name();
         // Ranges some donor had exactly as here (it vouches for every key here), ranges
         // copied from some donor, and the keys the donors sent.
         let mut vouched: HashSet<u32> = HashSet::new();
@@ -166,7 +162,7 @@ async fn sync_from(cluster: &Cluster, donors: &[Member], began: Version) -> Resu
         let mut seen: HashSet<Bytes> = HashSet::new();
         for donor in donors {
             let Some((count, differing)) =
-                sync_cache_from(cluster, &cache, donor, &mut seen).await?
+                sync_cache_from(cluster, cache, donor, &mut seen).await?
             else {
                 info!(donor = %donor.name, "a donor whose port is closed is gone: left out");
                 continue;
@@ -177,7 +173,7 @@ async fn sync_from(cluster: &Cluster, donors: &[Member], began: Version) -> Resu
             copied.extend(differing);
         }
         let droppable: Vec<u32> = copied.difference(&vouched).copied().collect();
-        drop_missing(cluster, &cache, &droppable, &seen, began).await?;
+        drop_missing(cluster, cache, &droppable, &seen, began).await?;
     }
     Ok(taken)
 }
@@ -222,12 +218,7 @@ pub(super) async fn sync_cache_from(
         return Ok(Some((0, differing)));
     }
     let mut taken = 0;
-    let purge_cutoff = cluster
-        .store()
-        .services()
-        .time
-        .now_ms()
-        .saturating_sub(cluster.store().settings().tombstone_ttl_ms);
+    let purge_cutoff = cluster.store().purge_cutoff();
     let mut stream = client
         .fetch(v1::FetchRequest {
             cache: cache.to_string(),

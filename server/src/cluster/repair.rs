@@ -81,16 +81,11 @@ fn ready_of(view: &View) -> HashSet<(Arc<str>, u64, u64)> {
 pub async fn repair(cluster: &Cluster) -> Result<u64> {
     let others = cluster.other_ready_members();
     let mut taken = 0;
-    for cache in cluster
-        .store()
-        .caches()
-        .map(|c| c.name().to_string())
-        .collect::<Vec<_>>()
-    {
+    for cache in cluster.store().caches() {
         for member in &others {
             let mut seen = HashSet::new();
             if let Some((count, _)) =
-                join::sync_cache_from(cluster, &cache, member, &mut seen).await?
+                join::sync_cache_from(cluster, cache.name(), member, &mut seen).await?
             {
                 taken += count;
             }

@@ -49,7 +49,7 @@ use keyspace::Page;
 use peers::PeerSites;
 use replication::{Alone, ChangeReply, ReceivedChange, SiteReplication};
 use storage::Storage;
-use time::TimeSource;
+use time::{TimeSource, UnixMillis};
 use version::{Version, VersionClock};
 use write::{Merged, ReplicaOutcome};
 
@@ -219,6 +219,14 @@ impl Store {
     /// Every cache, by name.
     pub fn caches(&self) -> impl Iterator<Item = &Arc<CacheStore>> {
         self.inner.caches.values()
+    }
+
+    /// Tombstones made at or before this time are due to be purged.
+    pub(crate) fn purge_cutoff(&self) -> UnixMillis {
+        self.services()
+            .time
+            .now_ms()
+            .saturating_sub(self.settings().tombstone_ttl_ms)
     }
 
     /// The event hub.

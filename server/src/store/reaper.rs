@@ -131,11 +131,7 @@ async fn expire_due(store: &Store, cache: &CacheStore) -> u64 {
 }
 
 fn purge_tombstones(store: &Store, cache: &CacheStore) -> u64 {
-    let cutoff = store
-        .services()
-        .time
-        .now_ms()
-        .saturating_sub(store.settings().tombstone_ttl_ms);
+    let cutoff = store.purge_cutoff();
     let due = cache.keyspace.write().tombstones_due(cutoff);
     let mut deletes = Vec::new();
     let mut purged = 0;

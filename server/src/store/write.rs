@@ -109,11 +109,21 @@ impl CacheStore {
         let _site = site.write_guard().await;
         let _clear = self.clear_barrier.read().await;
         let _lock = self.locks.lock(&request.key).await;
-        if let Some(answer) = self.applied_before(request, request_id)? {
+        let writer = writer_of(request_id);
+        let (slot, prev) = {
+            let keyspace = self.keyspace.read();
+            let slot = keyspace.slot(&request.key).cloned();
+            let prev = slot.as_ref().map_or(keyspace.floor(), Slot::state_version);
+            (slot, prev)
+        };
+        if let Some(answer) = self.applied_before(request, writer, slot.as_ref())? {
             return Ok(Attempt::Done((answer, None)));
         }
         let now = self.now_ms();
-        let Some((previous, prev)) = self.current_for_write(&request.key, now, site).await? else {
+        let Some(previous) = self
+            .current_for_write(&request.key, slot, now, site)
+            .await?
+        else {
             return Ok(Attempt::Again);
         };
         let holds = match request.condition {
@@ -150,13 +160,7 @@ impl CacheStore {
         let mutation = Mutation {
             key: request.key.clone(),
             prev,
-            change: self.change(
-                &request.op,
-                version,
-                now,
-                previous.as_ref(),
-                writer_of(request_id),
-            ),
+            change: self.change(&request.op, version, now, previous.as_ref(), writer),
         };
         let answer = WriteResult {
             applied: true,
@@ -249,16 +253,17 @@ impl CacheStore {
     /// write that answers with the previous entry can't be answered again that way: it
     /// fails, saying it was applied. Only within the idempotency window: after it, a
     /// request id used again is a new request.
+    /// `writer` names the request ([`writer_of`]), `slot` is the key's.
     fn applied_before(
         &self,
         request: &WriteRequest,
-        request_id: Option<&str>,
+        writer: u64,
+        slot: Option<&Slot>,
     ) -> Result<Option<WriteResult>> {
-        let writer = writer_of(request_id);
         if writer == 0 {
             return Ok(None);
         }
-        let version = match (&request.op, self.keyspace.read().slot(&request.key)) {
+        let version = match (&request.op, slot) {
             (WriteOp::Put(_), Some(Slot::Live(entry))) if entry.writer == writer => entry.version,
             (WriteOp::Remove, Some(Slot::Tombstone(tombstone))) if tombstone.writer == writer => {
                 tombstone.version
@@ -337,31 +342,26 @@ impl CacheStore {
         }
     }
 
-    /// The live entry a write to `key` sees and the state version it replaces; expires
-    /// the entry first if its time has come. `None` if the expiry met a newer state (the
-    /// write must start again). The caller holds the key's lock.
+    /// The live entry a write to `key`, whose slot is `slot`, sees; expires the entry
+    /// first if its time has come (an expiry is not a write: the key still stands at the
+    /// expired version). `None` if the expiry met a newer state (the write must start
+    /// again). The caller holds the key's lock.
     async fn current_for_write(
         &self,
         key: &Bytes,
+        slot: Option<Slot>,
         now: UnixMillis,
         site: &dyn SiteReplication,
-    ) -> Result<Option<(Option<Arc<Entry>>, Version)>> {
-        let (slot, prev) = {
-            let keyspace = self.keyspace.read();
-            let slot = keyspace.slot(key).cloned();
-            let prev = slot.as_ref().map_or(keyspace.floor(), Slot::state_version);
-            (slot, prev)
-        };
+    ) -> Result<Option<Option<Arc<Entry>>>> {
         match slot {
             Some(Slot::Live(entry)) if entry.is_expired(now) => {
                 if !self.expire_locked(key.clone(), &entry, now, site).await? {
                     return Ok(None);
                 }
-                // An expiry is not a write: the key still stands at the expired version.
-                Ok(Some((None, prev)))
+                Ok(Some(None))
             }
-            Some(Slot::Live(entry)) => Ok(Some((Some(entry), prev))),
-            _ => Ok(Some((None, prev))),
+            Some(Slot::Live(entry)) => Ok(Some(Some(entry))),
+            _ => Ok(Some(None)),
         }
     }
 
