@@ -11,7 +11,7 @@ run:
 	$(CARGO) run --release --bin sitegrid
 
 test:
-	$(CARGO) test --workspace
+	python3 -m pip install -r .ci/requirements.txt && $(CARGO) test --workspace
 
 lint:
 	$(CARGO) fmt --all -- --check
