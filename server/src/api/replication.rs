@@ -49,6 +49,8 @@ impl ReplicationService for ReplicationApi {
             .into_iter()
             .map(|mutation| codec::decode_mutation(mutation, store.services()))
             .collect::<crate::Result<Vec<_>>>()?;
+        self.cluster
+            .note_arrivals(&request.cache, changes.iter().map(|c| &c.mutation.key));
         let replies = store.apply_replicated(&request.cache, changes).await?;
         let outcomes = replies
             .into_iter()

@@ -6,7 +6,7 @@
 //!    its own data.
 //! 2. Compare each cache's range digests with each donor's in turn and copy the ranges
 //!    that differ, newest version winning per key; keys no donor has any more (and that
-//!    did not arrive since the copy began) are dropped. Every donor, not just one: a
+//!    did not arrive by replication while this node caught up) are dropped. Every donor, not just one: a
 //!    member may look ready here while it was left out of writes and does not know it
 //!    yet (gossip of the suspicion lags), and only the union of all ready members is
 //!    sure to hold every acknowledged write. A donor whose port is closed is gone (and
@@ -91,10 +91,9 @@ async fn catch_up(cluster: &Cluster, started: Instant, was_ready: bool) -> Resul
     };
     let names: Vec<&str> = donors.iter().map(|d| &*d.name).collect();
     info!(donors = ?names, "catching up");
-    let began = cluster.store().clock().current();
-    let copied = sync_from(cluster, &donors, began).await?;
+    let copied = sync_from(cluster, &donors).await?;
     confirm_all(cluster).await?;
-    let again = sync_from(cluster, &donors, began).await?;
+    let again = sync_from(cluster, &donors).await?;
     let answers = copy_answers(cluster, &donors).await?;
     info!(donors = ?names, copied, again, answers, "caught up");
     Ok(())
@@ -150,8 +149,8 @@ fn first_of_site(cluster: &Cluster, started: Instant, was_ready: bool) -> bool {
 
 /// Copies from each donor in turn every range of every cache whose digest differs from
 /// this node's; returns how many slots were taken. Keys here that no donor has and that
-/// are not newer than `began` are dropped.
-async fn sync_from(cluster: &Cluster, donors: &[Member], began: Version) -> Result<u64> {
+/// did not arrive by replication meanwhile are dropped.
+async fn sync_from(cluster: &Cluster, donors: &[Member]) -> Result<u64> {
     let mut taken = 0;
     for cache in cluster.store().caches() {
         let cache = cache.name();
@@ -173,7 +172,7 @@ async fn sync_from(cluster: &Cluster, donors: &[Member], began: Version) -> Resu
             copied.extend(differing);
         }
         let droppable: Vec<u32> = copied.difference(&vouched).copied().collect();
-        drop_missing(cluster, cache, &droppable, &seen, began).await?;
+        drop_missing(cluster, cache, &droppable, &seen).await?;
     }
     Ok(taken)
 }
@@ -287,14 +286,15 @@ async fn apply_all(
     Ok(applied)
 }
 
-/// Drops keys of the `ranges` copied from donors that none of them sent and that are not
-/// newer than `began` (newer ones came by replication after the copy started).
+/// Drops keys of the `ranges` copied from donors that none of them sent and that did not
+/// arrive by replication while this node caught up (such a write may be applied here
+/// before its primary, a donor, applies it; no version bound tells them apart, since this
+/// node's clock may run ahead of the site's after a restart).
 async fn drop_missing(
     cluster: &Cluster,
     cache: &str,
     ranges: &[u32],
     seen: &HashSet<Bytes>,
-    began: Version,
 ) -> Result<()> {
     let store_cache = cluster.store().cache(cache)?.clone();
     let ranges: HashSet<usize> = ranges.iter().map(|r| *r as usize).collect();
@@ -307,7 +307,7 @@ async fn drop_missing(
                 let (slots, done) = keyspace.range_slots(*range, after.as_ref(), 1_000);
                 after = slots.last().map(|(k, _)| k.clone());
                 for (key, slot) in slots {
-                    if !seen.contains(&key) && slot.version() <= began {
+                    if !seen.contains(&key) && !cluster.arrived(cache, &key) {
                         stale.push((key, slot.version()));
                     }
                 }
@@ -320,7 +320,9 @@ async fn drop_missing(
     };
     for (key, version) in stale {
         debug_assert!(ranges.contains(&range_of(key_hash(&key))));
-        store_cache.forget_if_unchanged(&key, version).await?;
+        if !cluster.arrived(cache, &key) {
+            store_cache.forget_if_unchanged(&key, version).await?;
+        }
     }
     Ok(())
 }

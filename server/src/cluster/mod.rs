@@ -23,7 +23,7 @@ pub mod repair;
 mod sender;
 pub mod view;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -179,6 +179,9 @@ struct Inner {
     /// Writes hold it shared while they replicate and apply; a joiner's confirmation takes
     /// it exclusively, so it returns only once writes that did not include it are done.
     write_barrier: Arc<AsyncRwLock<()>>,
+    /// Keys of each cache that came by replication while this node was not ready:
+    /// writes its catch-up copy may not have seen at any donor, never dropped as missing.
+    arrived: Mutex<HashMap<String, HashSet<Bytes>>>,
     /// Milliseconds (monotonic, since `started`) when this node last heard from the site.
     heard_ms: AtomicU64,
     started: Instant,
@@ -213,6 +216,7 @@ impl Cluster {
                 suspects: Mutex::new(HashMap::new()),
                 suspected_in: AtomicU64::new(u64::MAX),
                 write_barrier: Arc::new(AsyncRwLock::new(())),
+                arrived: Mutex::new(HashMap::new()),
                 heard_ms: AtomicU64::new(0),
                 started: Instant::now(),
                 has_seeds,
@@ -276,6 +280,34 @@ impl Cluster {
         if previous != state {
             info!(from = previous.as_str(), to = state.as_str(), "node state");
         }
+        if state == MemberState::Ready {
+            // Caught up: what arrived meanwhile no longer needs telling apart.
+            self.inner.arrived.lock().clear();
+        }
+    }
+
+    /// Notes keys of `cache` about to be applied by replication, if this node is catching
+    /// up: a write in flight while a donor was copied may be here and not yet there, and
+    /// must not be dropped as a key the donors no longer have.
+    pub(crate) fn note_arrivals<'a>(&self, cache: &str, keys: impl Iterator<Item = &'a Bytes>) {
+        if *self.inner.state.borrow() == MemberState::Ready {
+            return;
+        }
+        let mut arrived = self.inner.arrived.lock();
+        let noted = match arrived.get_mut(cache) {
+            Some(noted) => noted,
+            None => arrived.entry(cache.to_string()).or_default(),
+        };
+        noted.extend(keys.cloned());
+    }
+
+    /// Whether `key` of `cache` came by replication since this node was last ready.
+    pub(crate) fn arrived(&self, cache: &str, key: &Bytes) -> bool {
+        self.inner
+            .arrived
+            .lock()
+            .get(cache)
+            .is_some_and(|noted| noted.contains(key))
     }
 
     /// Starts a catch-up: a new epoch, so suspicions from before it no longer count and
