@@ -580,15 +580,7 @@ impl Cluster {
                         .write_as_primary(cache, request.clone(), request_id)
                         .await;
                 }
-                Some(primary) => {
-                    let outcome = self.call_forward(&primary.address, message.clone()).await;
-                    if matches!(&outcome, Err(Error::Unavailable(reason)) if reason.to_ascii_lowercase().contains("connection refused"))
-                    {
-                        // Its port is closed: it is gone, whatever gossip says yet.
-                        self.suspect(&Target::of(&primary), "its port is closed");
-                    }
-                    outcome
-                }
+                Some(primary) => self.call_forward(&primary, message.clone()).await,
                 None => Err(Error::Unavailable("no ready member in the site".into())),
             };
             match outcome {
@@ -607,9 +599,10 @@ impl Cluster {
 
     async fn call_forward(
         &self,
-        address: &str,
+        primary: &Member,
         message: v1::ForwardWriteRequest,
     ) -> Result<Arc<WriteResult>> {
+        let address = primary.address.as_str();
         metrics::counter!("sitegrid_writes_forwarded_total").increment(1);
         let timeout = self.inner.timing.call_timeout + self.inner.timing.exclusion_timeout;
         let mut client = self
@@ -634,18 +627,27 @@ impl Cluster {
                     self.inner.store.services(),
                 )?))
             }
-            Err(status) if refused(&status) => Err(Error::Unavailable(format!(
-                "the primary {address} is gone: connection refused"
-            ))),
+            Err(status) if refused(&status) => {
+                // Its port is closed: it is gone, whatever gossip says yet.
+                self.suspect(&Target::of(primary), "its port is closed");
+                Err(Error::Unavailable(format!(
+                    "the primary {address} is gone: connection refused"
+                )))
+            }
             Err(status) => Err(status_to_error(status)),
         }
     }
 }
 
-/// Whether a failed call shows the member's port is closed (the process is gone).
+/// Whether a failed call shows the member's port is closed (the process is gone): a
+/// connection error here, never a status the member sent (its own calls to others may
+/// have been refused; that says nothing of its port).
 pub(crate) fn refused(status: &tonic::Status) -> bool {
-    let mut text = status.message().to_ascii_lowercase();
     let mut source = std::error::Error::source(status);
+    if source.is_none() {
+        return false;
+    }
+    let mut text = status.message().to_ascii_lowercase();
     while let Some(cause) = source {
         text.push_str(&cause.to_string().to_ascii_lowercase());
         source = cause.source();
@@ -806,5 +808,24 @@ impl SiteReplication for Cluster {
             }
         });
         join_all(calls).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refused;
+
+    #[test]
+    fn only_a_refused_connection_of_its_own_says_a_member_is_gone() {
+        let closed = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(refused(&tonic::Status::from_error(Box::new(closed))));
+        // The member answered: a call of its own (a sync backup to a peer site) was
+        // refused. Its port is open.
+        let answered = tonic::Status::unavailable(
+            "the sync backup to site site2 failed (tcp connect error: Connection refused)",
+        );
+        assert!(!refused(&answered));
+        let timed_out = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        assert!(!refused(&tonic::Status::from_error(Box::new(timed_out))));
     }
 }
