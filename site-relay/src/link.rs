@@ -176,12 +176,12 @@ impl<L: LocalSite> SiteLink for SiteLinkService<L> {
 
     async fn touch(
         &self,
-        request: Request<v1::TouchRequest>,
-    ) -> Result<Response<v1::TouchResponse>, Status> {
+        request: Request<v1::SiteLinkTouchRequest>,
+    ) -> Result<Response<v1::SiteLinkTouchResponse>, Status> {
         let request = request.into_inner();
         self.check_peer(&request.from_site)?;
         self.local.touch(&request.cache, request.touched).await?;
-        Ok(Response::new(v1::TouchResponse {}))
+        Ok(Response::new(v1::SiteLinkTouchResponse {}))
     }
 
     async fn fetch_keys(

@@ -216,7 +216,7 @@ impl PeerSite {
     /// Tells the peer which max-idle entries were read in this site.
     pub(crate) async fn touch(
         &self,
-        request: v1::TouchRequest,
+        request: v1::SiteLinkTouchRequest,
         timeout: Duration,
     ) -> Result<(), Failure> {
         self.call(timeout, |mut client| {

@@ -371,7 +371,7 @@ impl Relay {
             .collect();
         peers.sort_by_key(|(index, _)| *index);
         peers.dedup_by_key(|(index, _)| *index);
-        let request = v1::TouchRequest {
+        let request = v1::SiteLinkTouchRequest {
             cache: cache.to_string(),
             touched,
             from_site: self.inner.site.clone(),

@@ -791,7 +791,6 @@ impl SiteReplication for Cluster {
         let request = v1::TouchRequest {
             cache: cache.to_string(),
             touched: codec::encode_touches(touches),
-            from_site: String::new(),
         };
         let members = self.other_ready_members();
         let calls = members.iter().map(|member| {
