@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build run test lint bench chaos
+.PHONY: build run test lint bench chaos demo
 
 build:
 	$(CARGO) build --release --bins
@@ -16,6 +16,11 @@ test:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Two sites of two nodes each on loopback, and a simulated identity node per site that
+# prints what it receives; prints the commands to try; Ctrl-C stops everything.
+demo: build
+	./target/release/sitegrid-demo
 
 bench: build
 	$(CARGO) run --release -p sitegrid-integration-tests --bin sitegrid-bench -- --output BENCHMARKS.md
