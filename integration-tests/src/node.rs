@@ -40,6 +40,18 @@ pub fn node_binary() -> PathBuf {
     profile_dir.join(format!("sitegrid-node{}", std::env::consts::EXE_SUFFIX))
 }
 
+/// Path of `sitegridctl` of this build (the client crate builds it into the same profile
+/// directory when the workspace's tests are built).
+pub fn ctl_binary() -> PathBuf {
+    let ctl = node_binary().with_file_name(format!("sitegridctl{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        ctl.exists(),
+        "{} is missing: build it with `cargo build -p sitegrid-client`",
+        ctl.display()
+    );
+    ctl
+}
+
 /// What a node is and how it is configured.
 #[derive(Debug, Clone)]
 pub struct NodeSpec {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use sitegrid_integration_tests::eventually;
+use sitegrid_integration_tests::node::ctl_binary;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::mpsc;
@@ -139,17 +140,4 @@ async fn the_demo_brings_up_two_sites_whose_identity_nodes_see_each_write_and_st
         .await
         .unwrap();
     }
-}
-
-/// `sitegridctl` of this build: built by the client crate into the same profile
-/// directory as the test binaries.
-fn ctl_binary() -> std::path::PathBuf {
-    let demo = std::path::PathBuf::from(env!("CARGO_BIN_EXE_sitegrid-demo"));
-    let ctl = demo.with_file_name(format!("sitegridctl{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        ctl.exists(),
-        "{} is missing: build it with `cargo build -p sitegrid-client`",
-        ctl.display()
-    );
-    ctl
 }

@@ -295,6 +295,15 @@ pub(crate) struct SiteArg {
 /// separately.
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
+    /// What the workers do: one operation (`--op`) back to back, or the steps of an
+    /// identity provider's logins (`idp`).
+    #[arg(long, value_enum, default_value_t = Workload::Op)]
+    pub(crate) workload: Workload,
+    /// For `--workload idp`: the endpoints of one site, comma-separated; repeat for each
+    /// site. Every step goes to a site chosen at random, as a load balancer sends
+    /// back-channel requests. Default: the `--endpoint`s, as one site.
+    #[arg(long = "site")]
+    pub(crate) sites: Vec<String>,
     /// Operation to issue.
     #[arg(long, value_enum, default_value_t = BenchOp::Ping)]
     pub(crate) op: BenchOp,
@@ -329,6 +338,18 @@ pub(crate) struct BenchArgs {
     /// Number of gRPC connections the workers are spread over (per endpoint).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) connections: u32,
+}
+
+/// What a bench's workers do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Workload {
+    /// One operation (`--op`) back to back.
+    Op,
+    /// Virtual users of an identity provider: log in (a session, `PutIfAbsent`), refresh
+    /// it (`ReplaceWithVersion`, retried on a version mismatch), use an action token once
+    /// (two sites race to), record a login failure, publish an invalidation on `work`, log
+    /// out (`RemoveByTag`); anomalies (a token used twice, a refresh lost) are counted.
+    Idp,
 }
 
 /// Operation a bench issues.

@@ -24,6 +24,12 @@ pub(crate) enum CliError {
         /// The node's site.
         of: String,
     },
+    /// A bench saw what must never happen (a token used twice, a refresh lost).
+    #[error("the bench saw {anomalies} anomalies")]
+    BenchAnomalies {
+        /// How many.
+        anomalies: u64,
+    },
     /// A bench ran but not one of its requests succeeded.
     #[error("no bench request succeeded ({errors} errors)")]
     BenchFailed {

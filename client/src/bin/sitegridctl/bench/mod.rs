@@ -6,6 +6,7 @@
 //! unary calls with retries turned off, so a failure counts as an error instead of
 //! hiding in a retry's latency.
 
+mod idp;
 mod keys;
 mod report;
 
@@ -18,7 +19,7 @@ use bytes::Bytes;
 use sitegrid_client::{Backoff, Client, RemoteCache, WriteOptions};
 use tokio::time::Instant;
 
-use crate::args::{BenchArgs, BenchOp, GlobalArgs};
+use crate::args::{BenchArgs, BenchOp, GlobalArgs, Workload as Kind};
 use crate::error::CliError;
 use crate::output::emit;
 use keys::KeyPicker;
@@ -33,6 +34,9 @@ pub(crate) async fn run(
     args: &BenchArgs,
     out: &mut impl Write,
 ) -> Result<(), CliError> {
+    if args.workload == Kind::Idp {
+        return idp::run(global, args, out).await;
+    }
     let workload = Arc::new(Workload::connect(global, args).await?);
     if !args.warmup.is_zero() {
         tracing::info!(warmup = ?args.warmup, "warming up");

@@ -44,6 +44,21 @@ impl Tally {
         self.misses += u64::from(miss);
     }
 
+    /// Requests answered and requests failed.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        (self.answered, self.errors)
+    }
+
+    /// The latency at quantile `q` (0 to 1) of the answered requests, in microseconds; 0
+    /// if none was answered.
+    pub(crate) fn quantile_us(&self, q: f64) -> u64 {
+        if self.latency_us.is_empty() {
+            0
+        } else {
+            self.latency_us.value_at_quantile(q)
+        }
+    }
+
     /// Counts a failed request.
     pub(crate) fn failed(&mut self) {
         self.errors += 1;
@@ -91,13 +106,7 @@ impl BenchReport {
             0.0
         };
         let latency = &tally.latency_us;
-        let quantile = |q: f64| {
-            if latency.is_empty() {
-                0
-            } else {
-                latency.value_at_quantile(q)
-            }
-        };
+        let quantile = |q: f64| tally.quantile_us(q);
         BenchReport {
             op: op_name(args.op),
             cache: args.cache.clone(),
