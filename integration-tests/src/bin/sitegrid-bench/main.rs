@@ -8,6 +8,7 @@
 
 mod cluster;
 mod ctl;
+mod idp;
 mod listeners;
 mod machine;
 mod report;
@@ -55,6 +56,7 @@ enum Suite {
     Site,
     Sites,
     Resync,
+    Idp,
 }
 
 /// The settings every benchmark shares.
@@ -105,6 +107,10 @@ async fn main() -> anyhow::Result<()> {
             println!("{:#?}", resync::run(&settings).await?);
             return Ok(());
         }
+        Some(Suite::Idp) => {
+            println!("{:#}", idp::run(&settings).await?.report);
+            return Ok(());
+        }
         None => {}
     }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
@@ -114,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
         site: cluster::run(&settings).await?,
         two_sites: sites::run(&settings).await?,
         resync: resync::run(&settings).await?,
+        idp: idp::run(&settings).await?,
     };
     let markdown = report::render(&machine::describe(), &command, &settings, &figures);
     std::fs::write(&args.output, markdown)?;

@@ -4,6 +4,7 @@ use std::fmt::Write;
 
 use crate::Settings;
 use crate::cluster;
+use crate::idp;
 use crate::listeners;
 use crate::resync;
 use crate::single_node::Results;
@@ -16,6 +17,7 @@ pub(crate) struct Figures {
     pub(crate) site: cluster::Results,
     pub(crate) two_sites: sites::Results,
     pub(crate) resync: resync::Results,
+    pub(crate) idp: idp::Results,
 }
 
 /// The report as Markdown.
@@ -31,6 +33,7 @@ pub(crate) fn render(
         site,
         two_sites,
         resync,
+        idp,
     } = figures;
     let mut out = String::new();
     let _ = writeln!(out, "# sitegrid benchmarks\n");
@@ -100,7 +103,48 @@ pub(crate) fn render(
     render_site(&mut out, site);
     render_sites(&mut out, two_sites);
     render_resync(&mut out, resync);
+    render_idp(&mut out, idp);
     out
+}
+
+fn render_idp(out: &mut String, idp: &idp::Results) {
+    let r = &idp.report;
+    let _ = writeln!(out, "\n## Identity-provider workload\n");
+    let _ = writeln!(
+        out,
+        "The demo topology (`make demo`): two sites of two nodes each, linked directly, \
+         default caches (sync + fail backups; `loginFailures` async). `sitegridctl bench \
+         --workload idp --concurrency {}` for {}: each virtual user logs in \
+         (`PutIfAbsent` of a session tagged `user`/`realm`), refreshes it \
+         (`ReplaceWithVersion`, retried on a mismatch, then read in a random site), has \
+         two sites race to use an action token (`PutIfAbsent`), records a login failure, \
+         publishes an invalidation on `work` and logs out (`RemoveByTag`); every step goes \
+         to a site chosen at random. Anomalies: a new session found present, a token \
+         accepted twice or by nobody, a refresh a later read does not see.\n",
+        idp::USERS,
+        humantime::format_duration(idp::LENGTH)
+    );
+    let _ = writeln!(
+        out,
+        "- logins: {} ({:.1}/s)\n- anomalies: {}\n",
+        r["logins"],
+        r["logins_per_sec"].as_f64().unwrap_or(0.0),
+        r["anomalies"]
+    );
+    let _ = writeln!(out, "| step | answered | errors | p50 | p99 |");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+    for step in r["steps"].as_array().into_iter().flatten() {
+        let ms = |field: &str| step[field].as_u64().unwrap_or(0) as f64 / 1000.0;
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.2} ms | {:.2} ms |",
+            step["step"].as_str().unwrap_or("?"),
+            step["answered"],
+            step["errors"],
+            ms("p50_us"),
+            ms("p99_us")
+        );
+    }
 }
 
 fn render_resync(out: &mut String, r: &resync::Results) {
