@@ -708,4 +708,22 @@ async fn http_endpoints_report_health_readiness_and_metrics() {
         metrics.contains(r#"sitegrid_cache_entries{cache="work"} 1"#),
         "{metrics}"
     );
+    // A Prometheus text-format parser reads it all, and finds the families operators
+    // chart: per-cache operations and latencies, entries, memory, listeners.
+    let scrape = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_string())))
+        .expect("the Prometheus text format");
+    let names: std::collections::BTreeSet<&str> =
+        scrape.samples.iter().map(|s| s.metric.as_str()).collect();
+    for name in [
+        "sitegrid_requests_total",
+        "sitegrid_request_duration_seconds",
+        "sitegrid_cache_entries",
+        "sitegrid_listener_subscribers",
+        "sitegrid_listener_dropped_total",
+        "sitegrid_node_ready",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+    ] {
+        assert!(names.contains(name), "{name} missing from {names:?}");
+    }
 }

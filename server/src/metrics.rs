@@ -33,6 +33,9 @@ pub fn prometheus() -> &'static PrometheusHandle {
         if metrics::set_global_recorder(recorder).is_err() {
             error!("a metrics recorder was already installed; /metrics shows only sitegrid's own");
         }
+        metrics_process::Collector::default().describe();
+        // Shown from the start, so alerts on it need no "absent" case.
+        metrics::counter!("sitegrid_listener_dropped_total").absolute(0);
         handle
     })
 }
