@@ -434,6 +434,7 @@ fn serve_grpc<H: Health>(
     let admin = AdminServer::new(AdminService::new(store, state));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(sitegrid_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|error| Error::Io {
             context: "cannot build the reflection service".into(),
