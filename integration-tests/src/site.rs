@@ -30,6 +30,15 @@ impl Site {
         Ok(site)
     }
 
+    /// The gRPC addresses of the nodes, comma-separated (`sitegridctl -e`, `--site`).
+    pub fn grpc_endpoints(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|node| node.grpc_addr().to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// The index of the node that is `key`'s primary while every node is ready.
     pub fn primary_of(&self, key: &str) -> usize {
         let names: Vec<&str> = self.nodes.iter().map(|n| n.spec().name.as_str()).collect();

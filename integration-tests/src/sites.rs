@@ -16,6 +16,18 @@ pub struct TwoSites {
 }
 
 impl TwoSites {
+    /// `ctl` (a `sitegridctl`) running the identity-provider workload against both sites
+    /// with a JSON report; `args` adds the bench options (users, duration, warmup).
+    pub fn idp_bench(&self, ctl: &std::path::Path, args: &[&str]) -> std::process::Command {
+        let mut command = std::process::Command::new(ctl);
+        command.args(["--output", "json", "bench", "--workload", "idp"]);
+        command.args(args);
+        for site in &self.sites {
+            command.arg("--site").arg(site.grpc_endpoints());
+        }
+        command
+    }
+
     /// Starts two sites of `per_site` nodes each and waits until all are ready. `spec`
     /// makes each node's spec from its site's index (0, 1) and its name (site, site id,
     /// seeds and `[[sites]]` are filled in). Each site names the other in `[[sites]]` with

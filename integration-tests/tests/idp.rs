@@ -7,26 +7,21 @@ use sitegrid_integration_tests::{NodeSpec, TwoSites};
 
 /// Runs the workload for `seconds` against both sites; its JSON report and exit code.
 fn idp(sites: &TwoSites, seconds: u32) -> (serde_json::Value, Option<i32>) {
-    let mut command = std::process::Command::new(ctl_binary());
-    command.args([
-        "--output",
-        "json",
-        "bench",
-        "--workload",
-        "idp",
-        "--concurrency",
-        "8",
-    ]);
-    command.args(["--warmup", "0s", "--duration", &format!("{seconds}s")]);
-    for site in &sites.sites {
-        let endpoints: Vec<String> = site
-            .nodes
-            .iter()
-            .map(|n| n.grpc_addr().to_string())
-            .collect();
-        command.arg("--site").arg(endpoints.join(","));
-    }
-    let output = command.output().unwrap();
+    let duration = format!("{seconds}s");
+    let output = sites
+        .idp_bench(
+            &ctl_binary(),
+            &[
+                "--concurrency",
+                "8",
+                "--warmup",
+                "0s",
+                "--duration",
+                &duration,
+            ],
+        )
+        .output()
+        .unwrap();
     let report = serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
         panic!("no JSON report ({error}): {output:?}");
     });

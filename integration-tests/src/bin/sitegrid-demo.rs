@@ -71,8 +71,8 @@ async fn main() -> anyhow::Result<ExitCode> {
     let ctl = program(&programs, "sitegridctl")
         .map(|path| path.display().to_string())
         .unwrap_or_else(|| "sitegridctl".into());
-    let site1 = endpoints_of(&sites, 0);
-    let site2 = endpoints_of(&sites, 1);
+    let site1 = sites.sites[0].grpc_endpoints();
+    let site2 = sites.sites[1].grpc_endpoints();
     println!();
     for (index, site) in sites.sites.iter().enumerate() {
         for node in &site.nodes {
@@ -129,16 +129,6 @@ fn programs_dir() -> PathBuf {
 fn program(dir: &Path, name: &str) -> Option<PathBuf> {
     let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     path.exists().then_some(path)
-}
-
-/// The gRPC endpoints of a site, for `sitegridctl -e`.
-fn endpoints_of(sites: &TwoSites, index: usize) -> String {
-    sites.sites[index]
-        .nodes
-        .iter()
-        .map(|node| node.grpc_addr().to_string())
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// One line for an event.

@@ -2,7 +2,6 @@
 //! sitegrid"): two sites of two nodes each, linked directly, and `sitegridctl bench
 //! --workload idp` sending each step of each login to either site at random.
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -35,33 +34,20 @@ pub(crate) async fn run(settings: &Settings) -> anyhow::Result<Results> {
     for site in &sites.sites {
         site.wait_all_ready().await?;
     }
-    println!(
-        "idp: {USERS} users for {}",
-        humantime::format_duration(LENGTH)
+    let length = humantime::format_duration(LENGTH).to_string();
+    println!("idp: {USERS} users for {length}");
+    let users = USERS.to_string();
+    let mut command = sites.idp_bench(
+        &settings.bin_dir.join("sitegridctl"),
+        &[
+            "--warmup",
+            "2s",
+            "--concurrency",
+            &users,
+            "--duration",
+            &length,
+        ],
     );
-    let mut command = Command::new(settings.bin_dir.join("sitegridctl"));
-    command.args([
-        "--output",
-        "json",
-        "bench",
-        "--workload",
-        "idp",
-        "--warmup",
-        "2s",
-    ]);
-    command.args(["--concurrency", &USERS.to_string()]);
-    command.args([
-        "--duration",
-        &humantime::format_duration(LENGTH).to_string(),
-    ]);
-    for site in &sites.sites {
-        let endpoints: Vec<String> = site
-            .nodes
-            .iter()
-            .map(|n| n.grpc_addr().to_string())
-            .collect();
-        command.arg("--site").arg(endpoints.join(","));
-    }
     let output = tokio::task::spawn_blocking(move || command.output()).await??;
     let report: Value = serde_json::from_slice(&output.stdout).map_err(|error| {
         anyhow::anyhow!(
