@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sitegrid_config::Config;
-use sitegrid_config::Environment;
+use serde_json::Value;
+use sitegrid_config::{Config, Environment, Strategy};
 use sitegrid_integration_tests::node::node_binary;
 
 fn root() -> PathBuf {
@@ -39,14 +39,26 @@ fn each_site_config_loads_and_names_the_other_site_as_its_peer() {
         let peers: Vec<&str> = config.sites.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(peers, [peer], "{site}");
         assert!(!config.node.seeds.is_empty(), "{site}: gossip seeds");
-        for cache in [
-            "sessions",
-            "offlineSessions",
-            "actionTokens",
-            "loginFailures",
-            "work",
+        // The design's caches, each backed up to the peer: login failures asynchronously,
+        // the rest synchronously; the session caches on disk.
+        for (cache, strategy, persistent) in [
+            ("sessions", Strategy::Sync, true),
+            ("offlineSessions", Strategy::Sync, true),
+            ("actionTokens", Strategy::Sync, false),
+            ("loginFailures", Strategy::Async, false),
+            ("work", Strategy::Sync, false),
         ] {
-            assert!(config.caches.contains_key(cache), "{site}: cache {cache}");
+            let settings = config
+                .cache(cache)
+                .unwrap_or_else(|| panic!("{site}: no cache {cache}"));
+            let backup = settings
+                .backup_for(cache, peer)
+                .unwrap_or_else(|| panic!("{site}: {cache} is not backed up to {peer}"));
+            assert_eq!(backup.strategy, strategy, "{site}: {cache} to {peer}");
+            assert_eq!(
+                settings.persistent, persistent,
+                "{site}: {cache} persistent"
+            );
         }
     }
     let ids: BTreeSet<u16> = ["site1", "site2"]
@@ -62,15 +74,21 @@ fn each_site_config_loads_and_names_the_other_site_as_its_peer() {
     assert_eq!(systemd.sites.len(), 1);
 }
 
+/// The manifests of each site's kustomization (besides the generated ConfigMap).
+const MANIFESTS: [&str; 4] = ["namespace", "services", "statefulset", "pdb"];
+
+/// The oldest Kubernetes the manifests are checked against: nothing newer may be used.
+const OLDEST_KUBERNETES: &str = "1.34.0";
+
 #[test]
 fn the_manifests_pass_the_kubernetes_schemas_strictly() {
     let mut files = Vec::new();
     for site in ["site1", "site2"] {
-        for file in ["namespace", "services", "statefulset", "pdb"] {
+        for file in MANIFESTS {
             files.push(root().join(format!("deploy/k8s/{site}/{file}.yaml")));
         }
         let kustomization = read(&format!("deploy/k8s/{site}/kustomization.yaml"));
-        for file in ["namespace", "services", "statefulset", "pdb"] {
+        for file in MANIFESTS {
             assert!(
                 kustomization.contains(&format!("- {file}.yaml")),
                 "{site}: {file}"
@@ -83,6 +101,7 @@ fn the_manifests_pass_the_kubernetes_schemas_strictly() {
     }
     let output = Command::new("python3")
         .args(["-m", "kubernetes_validate", "--strict", "--no-warn"])
+        .args(["--kubernetes-version", OLDEST_KUBERNETES])
         .args(&files)
         .output()
         .expect("python3 runs");
@@ -102,7 +121,7 @@ fn default_ports() -> [u16; 3] {
 }
 
 #[test]
-fn the_image_the_pods_and_the_config_agree_on_the_ports() {
+fn the_image_and_the_pods_use_the_config_ports_and_seed_gossip_from_the_headless_service() {
     let [grpc, http, gossip] = default_ports();
     let dockerfile = read("Dockerfile");
     let expose = dockerfile
@@ -117,40 +136,112 @@ fn the_image_the_pods_and_the_config_agree_on_the_ports() {
         assert!(expose.contains(&port), "{expose} lacks{port}");
     }
     for site in ["site1", "site2"] {
-        let statefulset = read(&format!("deploy/k8s/{site}/statefulset.yaml"));
-        for port in [grpc, http, gossip] {
-            assert!(
-                statefulset.contains(&format!("containerPort: {port}")),
-                "{site}: containerPort {port}"
-            );
+        let manifests = manifests(site);
+        let statefulset = kind(&manifests, "StatefulSet");
+        let spec = &statefulset["spec"];
+        assert_eq!(spec["replicas"], 2, "{site}: replicas");
+        assert_eq!(spec["podManagementPolicy"], "Parallel", "{site}");
+        let container = &spec["template"]["spec"]["containers"][0];
+        let ports = container["ports"].as_array().expect("container ports");
+        let named = |name: &str| {
+            ports
+                .iter()
+                .find(|port| port["name"] == name)
+                .unwrap_or_else(|| panic!("{site}: no container port named {name}"))
+        };
+        for (name, port, protocol) in [
+            ("grpc", grpc, "TCP"),
+            ("http", http, "TCP"),
+            ("gossip", gossip, "UDP"),
+        ] {
+            assert_eq!(named(name)["containerPort"], port, "{site}: {name} port");
+            assert_eq!(named(name)["protocol"], protocol, "{site}: {name} protocol");
         }
+        for (probe, path) in [("readinessProbe", "/ready"), ("livenessProbe", "/health")] {
+            let get = &container[probe]["httpGet"];
+            assert_eq!(get["path"], path, "{site}: {probe}");
+            let port = match &get["port"] {
+                Value::String(name) => named(name)["containerPort"].clone(),
+                number => number.clone(),
+            };
+            assert_eq!(port, http, "{site}: {probe} on the HTTP port");
+        }
+        // The node binds the pod IP on the config's ports (the file leaves them out).
+        let env = container["env"].as_array().expect("container env");
         for (variable, port) in [
             ("SITEGRID_LISTEN", grpc),
             ("SITEGRID_HTTP", http),
             ("SITEGRID_GOSSIP", gossip),
         ] {
-            let set = format!("- name: {variable}\n              value: \"$(POD_IP):{port}\"");
-            assert!(
-                statefulset.contains(&set),
-                "{site}: {variable} on port {port}"
+            let value = env
+                .iter()
+                .find(|var| var["name"] == variable)
+                .unwrap_or_else(|| panic!("{site}: {variable} not set"));
+            assert_eq!(
+                value["value"],
+                format!("$(POD_IP):{port}"),
+                "{site}: {variable}"
             );
         }
-        assert!(
-            statefulset.contains("path: /ready"),
-            "{site}: readiness on /ready"
-        );
-        assert!(
-            statefulset.contains("path: /health"),
-            "{site}: liveness on /health"
-        );
+        // Gossip is seeded by the headless Service that governs the StatefulSet.
+        let headless = manifests
+            .iter()
+            .find(|m| m["kind"] == "Service" && m["spec"]["clusterIP"] == "None")
+            .unwrap_or_else(|| panic!("{site}: no headless Service"));
+        let headless_name = headless["metadata"]["name"].as_str().unwrap();
+        assert_eq!(spec["serviceName"], headless_name, "{site}: serviceName");
+        assert_eq!(headless["spec"]["publishNotReadyAddresses"], true, "{site}");
+        let gossip_port = headless["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|port| port["protocol"] == "UDP")
+            .unwrap_or_else(|| panic!("{site}: headless Service without gossip"));
+        assert_eq!(gossip_port["port"], gossip, "{site}: headless gossip port");
         let config = load_as_pod(&format!("deploy/k8s/{site}/sitegrid.toml"));
+        assert!(!config.node.seeds.is_empty(), "{site}: no seeds");
         for seed in &config.node.seeds {
+            let expected = format!("{headless_name}.");
+            assert!(seed.starts_with(&expected), "{site}: seed {seed}");
             assert!(seed.ends_with(&format!(":{gossip}")), "{site}: seed {seed}");
-            assert!(seed.starts_with("sitegrid-gossip."), "{site}: seed {seed}");
         }
-        let services = read(&format!("deploy/k8s/{site}/services.yaml"));
-        assert!(services.contains("name: sitegrid-gossip") && services.contains("clusterIP: None"));
+        let budget = kind(&manifests, "PodDisruptionBudget");
+        assert_eq!(budget["spec"]["maxUnavailable"], 1, "{site}");
     }
+}
+
+/// Every manifest of a site's kustomization, as JSON (PyYAML is there with
+/// kubernetes-validate, so no YAML crate is needed).
+fn manifests(site: &str) -> Vec<Value> {
+    let mut all = Vec::new();
+    for file in MANIFESTS {
+        let path = root().join(format!("deploy/k8s/{site}/{file}.yaml"));
+        let output = Command::new("python3")
+            .args([
+                "-c",
+                "import json, sys, yaml; \
+                 print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
+            ])
+            .arg(&path)
+            .output()
+            .expect("python3 runs");
+        assert!(
+            output.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let documents: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+        all.extend(documents.into_iter().filter(|d| !d.is_null()));
+    }
+    all
+}
+
+fn kind<'a>(manifests: &'a [Value], kind: &str) -> &'a Value {
+    manifests
+        .iter()
+        .find(|m| m["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind}"))
 }
 
 #[test]
