@@ -9,6 +9,7 @@
 //! - [`checks`]: checkers of recorded histories.
 //! - [`http`]: a tiny HTTP/1.1 GET for `/ready` and `/metrics`.
 //! - [`requests`]: the requests tests build over and over.
+//! - [`rpc`]: single-key requests sent unary or pipelined, for tests of both paths.
 //! - [`witness`]: the witness process that grants take-offline.
 //! - [`chaos`]: the fault-injection suite: topologies, nemeses, workloads, checkers.
 
@@ -19,6 +20,7 @@ pub mod node;
 pub mod ports;
 pub mod proxy;
 pub mod requests;
+pub mod rpc;
 pub mod site;
 pub mod sites;
 pub mod wait;

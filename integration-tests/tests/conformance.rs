@@ -1,32 +1,67 @@
 //! Black-box conformance of one node: every `Cache` RPC through the client generated from
-//! `proto/` (no sitegrid client library), against a real node process.
+//! `proto/` (no sitegrid client library), against a real node process. Tests of the
+//! single-key RPCs run twice: unary, and on one `Pipeline` stream.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::StreamExt;
 use sitegrid_integration_tests::requests::{get, put, remove};
+use sitegrid_integration_tests::rpc::{CacheRpc, Path};
 use sitegrid_integration_tests::{NodeProcess, NodeSpec, eventually, http};
 use sitegrid_proto::v1::admin_client::AdminClient;
-use sitegrid_proto::v1::cache_client::CacheClient;
 use sitegrid_proto::v1::*;
 use tonic::Code;
-use tonic::transport::Channel;
 
 struct Node {
     process: NodeProcess,
-    cache: CacheClient<Channel>,
+    cache: CacheRpc,
 }
 
-async fn start() -> Node {
+/// A node, and a client whose single-key requests travel by `path`.
+async fn start(path: Path) -> Node {
     let process = NodeProcess::start(NodeSpec::new("conformance"))
         .await
         .unwrap();
-    let cache = CacheClient::new(process.channel().await.unwrap())
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20);
+    let cache = CacheRpc::new(process.channel().await.unwrap(), path)
+        .await
+        .unwrap();
     Node { process, cache }
 }
+
+/// Runs each of the tests named, which take a [`Path`], once per path: the unary and
+/// the pipelined requests must answer alike.
+macro_rules! on_both_paths {
+    ($($test:ident),* $(,)?) => {
+        mod unary {$(
+            #[tokio::test]
+            async fn $test() {
+                super::$test(super::Path::Unary).await;
+            }
+        )*}
+        mod pipelined {$(
+            #[tokio::test]
+            async fn $test() {
+                super::$test(super::Path::Pipelined).await;
+            }
+        )*}
+    };
+}
+
+on_both_paths!(
+    a_put_reads_back_with_its_value_and_metadata,
+    put_returns_the_previous_entry_only_when_asked,
+    put_if_absent_stores_once_and_shows_losers_the_winner,
+    replace_only_touches_present_keys,
+    replace_with_version_succeeds_once_per_version,
+    remove_and_remove_with_version_report_exactly,
+    remove_by_tag_removes_all_sessions_of_a_user,
+    size_counts_live_entries_and_clear_empties_the_cache,
+    an_entry_reads_as_absent_once_its_lifespan_is_over,
+    a_retry_with_the_same_request_id_returns_the_first_answer,
+    bad_requests_get_clear_error_codes,
+    http_endpoints_report_health_readiness_and_metrics,
+);
 
 fn b(text: &str) -> Bytes {
     Bytes::copy_from_slice(text.as_bytes())
@@ -50,13 +85,12 @@ fn now_ms() -> i64 {
 
 #[tokio::test]
 async fn ping_answers() {
-    let mut node = start().await;
+    let mut node = start(Path::Unary).await;
     node.cache.ping(PingRequest {}).await.unwrap();
 }
 
-#[tokio::test]
-async fn a_put_reads_back_with_its_value_and_metadata() {
-    let mut node = start().await;
+async fn a_put_reads_back_with_its_value_and_metadata(path: Path) {
+    let mut node = start(path).await;
     let before = now_ms();
     let version = node
         .cache
@@ -98,9 +132,8 @@ async fn a_put_reads_back_with_its_value_and_metadata() {
     assert!(!missing.found && missing.metadata.is_none());
 }
 
-#[tokio::test]
-async fn put_returns_the_previous_entry_only_when_asked() {
-    let mut node = start().await;
+async fn put_returns_the_previous_entry_only_when_asked(path: Path) {
+    let mut node = start(path).await;
     let first = node
         .cache
         .put(put("work", "k", "a"))
@@ -130,9 +163,8 @@ async fn put_returns_the_previous_entry_only_when_asked() {
     assert_eq!(previous.metadata.unwrap().version, quiet.version);
 }
 
-#[tokio::test]
-async fn put_if_absent_stores_once_and_shows_losers_the_winner() {
-    let mut node = start().await;
+async fn put_if_absent_stores_once_and_shows_losers_the_winner(path: Path) {
+    let mut node = start(path).await;
     let won = node
         .cache
         .put_if_absent(put_if_absent("actionTokens", "t1", "first"))
@@ -153,9 +185,8 @@ async fn put_if_absent_stores_once_and_shows_losers_the_winner() {
     assert_eq!(existing.metadata.unwrap().version, won.version);
 }
 
-#[tokio::test]
-async fn replace_only_touches_present_keys() {
-    let mut node = start().await;
+async fn replace_only_touches_present_keys(path: Path) {
+    let mut node = start(path).await;
     let request = |value: &str| ReplaceRequest {
         cache: "work".into(),
         key: b("k"),
@@ -179,9 +210,8 @@ async fn replace_only_touches_present_keys() {
     assert_eq!(&replaced.previous.unwrap().value[..], b"a");
 }
 
-#[tokio::test]
-async fn replace_with_version_succeeds_once_per_version() {
-    let mut node = start().await;
+async fn replace_with_version_succeeds_once_per_version(path: Path) {
+    let mut node = start(path).await;
     let v1 = node
         .cache
         .put(put("sessions", "s", "a"))
@@ -226,9 +256,8 @@ async fn replace_with_version_succeeds_once_per_version() {
     assert!(!absent.replaced && absent.current.is_none());
 }
 
-#[tokio::test]
-async fn remove_and_remove_with_version_report_exactly() {
-    let mut node = start().await;
+async fn remove_and_remove_with_version_report_exactly(path: Path) {
+    let mut node = start(path).await;
     let v1 = node
         .cache
         .put(put("work", "a", "1"))
@@ -293,7 +322,7 @@ async fn remove_and_remove_with_version_report_exactly() {
 
 #[tokio::test]
 async fn get_all_and_put_all_work_on_many_keys() {
-    let mut node = start().await;
+    let mut node = start(Path::Unary).await;
     let entries = (0..20)
         .map(|i| PutAllEntry {
             key: b(&format!("k{i}")),
@@ -333,7 +362,7 @@ async fn get_all_and_put_all_work_on_many_keys() {
 
 #[tokio::test]
 async fn entries_stream_every_entry_in_batches_with_filters() {
-    let mut node = start().await;
+    let mut node = start(Path::Unary).await;
     let entries = (0..2500)
         .map(|i| PutAllEntry {
             key: b(&format!("k{i:05}")),
@@ -396,9 +425,8 @@ async fn entries_stream_every_entry_in_batches_with_filters() {
     assert_eq!(empty.iter().map(Vec::len).sum::<usize>(), 0);
 }
 
-#[tokio::test]
-async fn remove_by_tag_removes_all_sessions_of_a_user() {
-    let mut node = start().await;
+async fn remove_by_tag_removes_all_sessions_of_a_user(path: Path) {
+    let mut node = start(path).await;
     for (key, user) in [("s1", "u1"), ("s2", "u1"), ("s3", "u2")] {
         node.cache
             .put(PutRequest {
@@ -438,9 +466,8 @@ async fn remove_by_tag_removes_all_sessions_of_a_user() {
     );
 }
 
-#[tokio::test]
-async fn size_counts_live_entries_and_clear_empties_the_cache() {
-    let mut node = start().await;
+async fn size_counts_live_entries_and_clear_empties_the_cache(path: Path) {
+    let mut node = start(path).await;
     for i in 0..10 {
         node.cache
             .put(put("loginFailures", &format!("k{i}"), "1"))
@@ -451,7 +478,7 @@ async fn size_counts_live_entries_and_clear_empties_the_cache() {
         .remove(remove("loginFailures", "k0"))
         .await
         .unwrap();
-    let size = |cache: &mut CacheClient<Channel>| {
+    let size = |cache: &mut CacheRpc| {
         let mut cache = cache.clone();
         async move {
             cache
@@ -482,9 +509,8 @@ async fn size_counts_live_entries_and_clear_empties_the_cache() {
     assert_eq!(size(&mut node.cache).await, 0);
 }
 
-#[tokio::test]
-async fn an_entry_reads_as_absent_once_its_lifespan_is_over() {
-    let mut node = start().await;
+async fn an_entry_reads_as_absent_once_its_lifespan_is_over(path: Path) {
+    let mut node = start(path).await;
     node.cache
         .put(PutRequest {
             lifespan_ms: 300,
@@ -539,9 +565,8 @@ async fn an_entry_reads_as_absent_once_its_lifespan_is_over() {
     assert!(again.stored);
 }
 
-#[tokio::test]
-async fn a_retry_with_the_same_request_id_returns_the_first_answer() {
-    let mut node = start().await;
+async fn a_retry_with_the_same_request_id_returns_the_first_answer(path: Path) {
+    let mut node = start(path).await;
     let request = PutIfAbsentRequest {
         request_id: "retry-me".into(),
         ..put_if_absent("actionTokens", "t", "first")
@@ -572,9 +597,8 @@ async fn a_retry_with_the_same_request_id_returns_the_first_answer() {
     assert!(!other.stored);
 }
 
-#[tokio::test]
-async fn bad_requests_get_clear_error_codes() {
-    let mut node = start().await;
+async fn bad_requests_get_clear_error_codes(path: Path) {
+    let mut node = start(path).await;
     let unknown = node.cache.get(get("nope", "k")).await.unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
     assert!(unknown.message().contains("nope"), "{}", unknown.message());
@@ -656,7 +680,7 @@ async fn bad_requests_get_clear_error_codes() {
 
 #[tokio::test]
 async fn cluster_status_describes_the_node() {
-    let node = start().await;
+    let node = start(Path::Unary).await;
     let mut admin = AdminClient::new(node.process.channel().await.unwrap());
     let status = admin
         .cluster_status(ClusterStatusRequest {})
@@ -686,9 +710,8 @@ async fn cluster_status_describes_the_node() {
     );
 }
 
-#[tokio::test]
-async fn http_endpoints_report_health_readiness_and_metrics() {
-    let mut node = start().await;
+async fn http_endpoints_report_health_readiness_and_metrics(path: Path) {
+    let mut node = start(path).await;
     node.cache.put(put("work", "k", "v")).await.unwrap();
     node.cache.get(get("work", "k")).await.unwrap();
     let addr = node.process.http_addr();

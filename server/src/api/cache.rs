@@ -9,10 +9,11 @@ use sitegrid_proto::v1::{self, cache_server::Cache};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::convert::{self, keyed, metadata, versioned};
 use crate::api::observe::{Op, RequestMetrics};
+use crate::api::pipeline;
 use crate::api::validate::Validator;
 use crate::events::subscription::{ListenSpec, Subscription};
 use crate::node::NodeState;
@@ -26,6 +27,8 @@ const MAX_BATCH_SIZE: usize = 10_000;
 /// Events between a subscription's task and its gRPC stream; the real buffer is the
 /// hub's ring (`events.listener_buffer`), this only smooths the hand-over.
 const LISTEN_CHANNEL: usize = 64;
+/// Answers between a pipeline's task and its gRPC stream.
+const PIPELINE_CHANNEL: usize = 256;
 
 /// The `Cache` service of one node.
 #[derive(Debug, Clone)]
@@ -37,6 +40,7 @@ pub struct CacheService {
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<v1::CacheEvent, Status>> + Send>>;
+type PipelineStream = Pin<Box<dyn Stream<Item = Result<v1::PipelineResponse, Status>> + Send>>;
 type EntriesStream = Pin<Box<dyn Stream<Item = Result<v1::EntriesResponse, Status>> + Send>>;
 
 impl CacheService {
@@ -114,6 +118,161 @@ impl CacheService {
     }
 }
 
+impl CacheService {
+    /// `Get`, for the unary RPC and for pipelines.
+    pub(crate) async fn serve_get(&self, r: v1::GetRequest) -> Result<v1::GetResponse, Status> {
+        self.metrics
+            .observe(Op::Get, &r.cache, async {
+                self.state.check_serving()?;
+                self.validator.check_key(&r.key)?;
+                Ok(match self.store.get(&r.cache, &r.key)? {
+                    Some(entry) => v1::GetResponse {
+                        found: true,
+                        value: entry.value.clone(),
+                        metadata: Some(metadata(&entry)),
+                    },
+                    None => v1::GetResponse::default(),
+                })
+            })
+            .await
+    }
+
+    /// `Put`, for the unary RPC and for pipelines.
+    pub(crate) async fn serve_put(&self, r: v1::PutRequest) -> Result<v1::PutResponse, Status> {
+        self.metrics
+            .observe(Op::Put, &r.cache, async {
+                let write = self.put_request(&r, Condition::Always, r.return_previous)?;
+                let result = self.write(&r.cache, write, &r.request_id).await?;
+                Ok(v1::PutResponse {
+                    version: result.version,
+                    previous: result
+                        .previous
+                        .as_deref()
+                        .filter(|_| r.return_previous)
+                        .map(versioned),
+                })
+            })
+            .await
+    }
+
+    /// `PutIfAbsent`, for the unary RPC and for pipelines.
+    pub(crate) async fn serve_put_if_absent(
+        &self,
+        r: v1::PutIfAbsentRequest,
+    ) -> Result<v1::PutIfAbsentResponse, Status> {
+        self.metrics
+            .observe(Op::PutIfAbsent, &r.cache, async {
+                let write = self.put_request(&r, Condition::Absent, false)?;
+                let result = self.write(&r.cache, write, &r.request_id).await?;
+                Ok(v1::PutIfAbsentResponse {
+                    stored: result.applied,
+                    version: result.version,
+                    existing: if result.applied {
+                        None
+                    } else {
+                        result.previous.as_deref().map(versioned)
+                    },
+                })
+            })
+            .await
+    }
+
+    /// `Replace`, for the unary RPC and for pipelines.
+    pub(crate) async fn serve_replace(
+        &self,
+        r: v1::ReplaceRequest,
+    ) -> Result<v1::ReplaceResponse, Status> {
+        self.metrics
+            .observe(Op::Replace, &r.cache, async {
+                let write = self.put_request(&r, Condition::Present, true)?;
+                let result = self.write(&r.cache, write, &r.request_id).await?;
+                Ok(v1::ReplaceResponse {
+                    replaced: result.applied,
+                    version: result.version,
+                    previous: result
+                        .previous
+                        .as_deref()
+                        .filter(|_| result.applied)
+                        .map(versioned),
+                })
+            })
+            .await
+    }
+
+    /// `ReplaceWithVersion`, for the unary RPC and for pipelines.
+    pub(crate) async fn serve_replace_with_version(
+        &self,
+        r: v1::ReplaceWithVersionRequest,
+    ) -> Result<v1::ReplaceWithVersionResponse, Status> {
+        self.metrics
+            .observe(Op::ReplaceWithVersion, &r.cache, async {
+                let write =
+                    self.put_request(&r, Condition::VersionIs(r.expected_version), false)?;
+                let result = self.write(&r.cache, write, &r.request_id).await?;
+                Ok(v1::ReplaceWithVersionResponse {
+                    replaced: result.applied,
+                    version: result.version,
+                    current: if result.applied {
+                        None
+                    } else {
+                        result.previous.as_deref().map(versioned)
+                    },
+                })
+            })
+            .await
+    }
+
+    /// `Remove`, for the unary RPC and for pipelines.
+    pub(crate) async fn serve_remove(
+        &self,
+        r: v1::RemoveRequest,
+    ) -> Result<v1::RemoveResponse, Status> {
+        self.metrics
+            .observe(Op::Remove, &r.cache, async {
+                let write = WriteRequest {
+                    key: self.validator.key(&r.key)?,
+                    op: WriteOp::Remove,
+                    condition: Condition::Present,
+                    keep_previous: true,
+                };
+                let result = self.write(&r.cache, write, &r.request_id).await?;
+                Ok(v1::RemoveResponse {
+                    removed: result.applied,
+                    previous: result.previous.as_deref().map(versioned),
+                    version: result.version,
+                })
+            })
+            .await
+    }
+
+    /// `RemoveWithVersion`, for the unary RPC and for pipelines.
+    pub(crate) async fn serve_remove_with_version(
+        &self,
+        r: v1::RemoveWithVersionRequest,
+    ) -> Result<v1::RemoveWithVersionResponse, Status> {
+        self.metrics
+            .observe(Op::RemoveWithVersion, &r.cache, async {
+                let write = WriteRequest {
+                    key: self.validator.key(&r.key)?,
+                    op: WriteOp::Remove,
+                    condition: Condition::VersionIs(r.expected_version),
+                    keep_previous: false,
+                };
+                let result = self.write(&r.cache, write, &r.request_id).await?;
+                Ok(v1::RemoveWithVersionResponse {
+                    removed: result.applied,
+                    current: if result.applied {
+                        None
+                    } else {
+                        result.previous.as_deref().map(versioned)
+                    },
+                    version: result.version,
+                })
+            })
+            .await
+    }
+}
+
 /// The fields every put-like request has.
 trait PutFields {
     fn key(&self) -> &Bytes;
@@ -155,159 +314,63 @@ impl Cache for CacheService {
         &self,
         request: Request<v1::GetRequest>,
     ) -> Result<Response<v1::GetResponse>, Status> {
-        let r = request.into_inner();
-        self.metrics
-            .observe(Op::Get, &r.cache, async {
-                self.state.check_serving()?;
-                self.validator.check_key(&r.key)?;
-                Ok(match self.store.get(&r.cache, &r.key)? {
-                    Some(entry) => v1::GetResponse {
-                        found: true,
-                        value: entry.value.clone(),
-                        metadata: Some(metadata(&entry)),
-                    },
-                    None => v1::GetResponse::default(),
-                })
-            })
+        self.serve_get(request.into_inner())
             .await
+            .map(Response::new)
     }
 
     async fn put(
         &self,
         request: Request<v1::PutRequest>,
     ) -> Result<Response<v1::PutResponse>, Status> {
-        let r = request.into_inner();
-        self.metrics
-            .observe(Op::Put, &r.cache, async {
-                let write = self.put_request(&r, Condition::Always, r.return_previous)?;
-                let result = self.write(&r.cache, write, &r.request_id).await?;
-                Ok(v1::PutResponse {
-                    version: result.version,
-                    previous: result
-                        .previous
-                        .as_deref()
-                        .filter(|_| r.return_previous)
-                        .map(versioned),
-                })
-            })
+        self.serve_put(request.into_inner())
             .await
+            .map(Response::new)
     }
 
     async fn put_if_absent(
         &self,
         request: Request<v1::PutIfAbsentRequest>,
     ) -> Result<Response<v1::PutIfAbsentResponse>, Status> {
-        let r = request.into_inner();
-        self.metrics
-            .observe(Op::PutIfAbsent, &r.cache, async {
-                let write = self.put_request(&r, Condition::Absent, false)?;
-                let result = self.write(&r.cache, write, &r.request_id).await?;
-                Ok(v1::PutIfAbsentResponse {
-                    stored: result.applied,
-                    version: result.version,
-                    existing: if result.applied {
-                        None
-                    } else {
-                        result.previous.as_deref().map(versioned)
-                    },
-                })
-            })
+        self.serve_put_if_absent(request.into_inner())
             .await
+            .map(Response::new)
     }
 
     async fn replace(
         &self,
         request: Request<v1::ReplaceRequest>,
     ) -> Result<Response<v1::ReplaceResponse>, Status> {
-        let r = request.into_inner();
-        self.metrics
-            .observe(Op::Replace, &r.cache, async {
-                let write = self.put_request(&r, Condition::Present, true)?;
-                let result = self.write(&r.cache, write, &r.request_id).await?;
-                Ok(v1::ReplaceResponse {
-                    replaced: result.applied,
-                    version: result.version,
-                    previous: result
-                        .previous
-                        .as_deref()
-                        .filter(|_| result.applied)
-                        .map(versioned),
-                })
-            })
+        self.serve_replace(request.into_inner())
             .await
+            .map(Response::new)
     }
 
     async fn replace_with_version(
         &self,
         request: Request<v1::ReplaceWithVersionRequest>,
     ) -> Result<Response<v1::ReplaceWithVersionResponse>, Status> {
-        let r = request.into_inner();
-        self.metrics
-            .observe(Op::ReplaceWithVersion, &r.cache, async {
-                let write =
-                    self.put_request(&r, Condition::VersionIs(r.expected_version), false)?;
-                let result = self.write(&r.cache, write, &r.request_id).await?;
-                Ok(v1::ReplaceWithVersionResponse {
-                    replaced: result.applied,
-                    version: result.version,
-                    current: if result.applied {
-                        None
-                    } else {
-                        result.previous.as_deref().map(versioned)
-                    },
-                })
-            })
+        self.serve_replace_with_version(request.into_inner())
             .await
+            .map(Response::new)
     }
 
     async fn remove(
         &self,
         request: Request<v1::RemoveRequest>,
     ) -> Result<Response<v1::RemoveResponse>, Status> {
-        let r = request.into_inner();
-        self.metrics
-            .observe(Op::Remove, &r.cache, async {
-                let write = WriteRequest {
-                    key: self.validator.key(&r.key)?,
-                    op: WriteOp::Remove,
-                    condition: Condition::Present,
-                    keep_previous: true,
-                };
-                let result = self.write(&r.cache, write, &r.request_id).await?;
-                Ok(v1::RemoveResponse {
-                    removed: result.applied,
-                    previous: result.previous.as_deref().map(versioned),
-                    version: result.version,
-                })
-            })
+        self.serve_remove(request.into_inner())
             .await
+            .map(Response::new)
     }
 
     async fn remove_with_version(
         &self,
         request: Request<v1::RemoveWithVersionRequest>,
     ) -> Result<Response<v1::RemoveWithVersionResponse>, Status> {
-        let r = request.into_inner();
-        self.metrics
-            .observe(Op::RemoveWithVersion, &r.cache, async {
-                let write = WriteRequest {
-                    key: self.validator.key(&r.key)?,
-                    op: WriteOp::Remove,
-                    condition: Condition::VersionIs(r.expected_version),
-                    keep_previous: false,
-                };
-                let result = self.write(&r.cache, write, &r.request_id).await?;
-                Ok(v1::RemoveWithVersionResponse {
-                    removed: result.applied,
-                    current: if result.applied {
-                        None
-                    } else {
-                        result.previous.as_deref().map(versioned)
-                    },
-                    version: result.version,
-                })
-            })
+        self.serve_remove_with_version(request.into_inner())
             .await
+            .map(Response::new)
     }
 
     async fn get_all(
@@ -331,6 +394,7 @@ impl Cache for CacheService {
                 })
             })
             .await
+            .map(Response::new)
     }
 
     async fn put_all(
@@ -364,6 +428,7 @@ impl Cache for CacheService {
                 Ok(v1::PutAllResponse { versions })
             })
             .await
+            .map(Response::new)
     }
 
     type EntriesStream = EntriesStream;
@@ -428,6 +493,7 @@ impl Cache for CacheService {
                 Ok(v1::RemoveByTagResponse { removed })
             })
             .await
+            .map(Response::new)
     }
 
     async fn size(
@@ -443,6 +509,7 @@ impl Cache for CacheService {
                 })
             })
             .await
+            .map(Response::new)
     }
 
     async fn clear(
@@ -475,6 +542,23 @@ impl Cache for CacheService {
                 })
             })
             .await
+            .map(Response::new)
+    }
+
+    type PipelineStream = PipelineStream;
+
+    async fn pipeline(
+        &self,
+        request: Request<Streaming<v1::PipelineRequest>>,
+    ) -> Result<Response<Self::PipelineStream>, Status> {
+        let (sender, receiver) = mpsc::channel(PIPELINE_CHANNEL);
+        tokio::spawn(pipeline::run(
+            self.clone(),
+            request.into_inner(),
+            sender,
+            self.state.stopping(),
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
     type ListenStream = EventStream;

@@ -6,6 +6,7 @@ mod admin;
 mod cache;
 mod convert;
 mod observe;
+mod pipeline;
 mod replication;
 mod validate;
 

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use metrics::{Counter, Histogram};
 use sitegrid_proto::ServiceError;
-use tonic::{Response, Status};
+use tonic::Status;
 
 /// The operations of the `Cache` service that are measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +113,7 @@ impl RequestMetrics {
         op: Op,
         cache: &str,
         handler: impl Future<Output = crate::Result<T>>,
-    ) -> Result<Response<T>, Status> {
+    ) -> Result<T, Status> {
         let started = Instant::now();
         let result = handler.await;
         let elapsed = started.elapsed().as_secs_f64();
@@ -137,6 +137,6 @@ impl RequestMetrics {
                 "op" => op.label(), "cache" => "unknown")
             .record(elapsed),
         }
-        result.map(Response::new).map_err(Status::from)
+        result.map_err(Status::from)
     }
 }

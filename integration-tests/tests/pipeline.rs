@@ -1,0 +1,150 @@
+//! The `Pipeline` RPC on a real node: many requests in flight on one stream, answered by
+//! id; one stream's requests to a key run in the order sent; a bad request is answered
+//! with its error and the stream goes on.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use sitegrid_integration_tests::requests::{get, put};
+use sitegrid_integration_tests::rpc::open_pipeline;
+use sitegrid_integration_tests::{NodeProcess, NodeSpec};
+use sitegrid_proto::v1::cache_client::CacheClient;
+use sitegrid_proto::v1::pipeline_request::Operation;
+use sitegrid_proto::v1::pipeline_response::Result as Answer;
+use sitegrid_proto::v1::{PipelineRequest, ReplaceWithVersionRequest};
+use tonic::Code;
+
+const KEYS: usize = 50;
+const ROUNDS: usize = 20;
+
+#[tokio::test]
+async fn requests_in_flight_together_are_answered_by_id_in_per_key_order() {
+    let node = NodeProcess::start(NodeSpec::new("pipeline")).await.unwrap();
+    let mut client = CacheClient::new(node.channel().await.unwrap());
+    let (requests, mut answers) = open_pipeline(&mut client).await.unwrap();
+
+    // ROUNDS puts to each of KEYS keys, interleaved, and a request to an unknown cache
+    // and one naming no operation in the middle; all sent before any answer is read.
+    let mut sent: HashMap<u64, (usize, usize)> = HashMap::new();
+    let mut id = 0;
+    for round in 0..ROUNDS {
+        for key in 0..KEYS {
+            id += 1;
+            let request = put("sessions", &format!("k{key}"), &format!("{round}"));
+            requests
+                .send(PipelineRequest {
+                    id,
+                    operation: Some(Operation::Put(request)),
+                })
+                .await
+                .unwrap();
+            sent.insert(id, (key, round));
+        }
+        if round == ROUNDS / 2 {
+            let unknown = put("noSuchCache", "k", "v");
+            let operations = [Some(Operation::Put(unknown)), None];
+            for (offset, operation) in operations.into_iter().enumerate() {
+                requests
+                    .send(PipelineRequest {
+                        id: 1_000_000 + offset as u64,
+                        operation,
+                    })
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    let mut versions = vec![vec![0u64; ROUNDS]; KEYS];
+    let mut errors = HashMap::new();
+    for _ in 0..sent.len() + 2 {
+        let answer = answers
+            .message()
+            .await
+            .unwrap()
+            .expect("an answer per request");
+        match answer.result.unwrap() {
+            Answer::Put(put) => {
+                let (key, round) = sent.remove(&answer.id).expect("one answer per id");
+                versions[key][round] = put.version;
+            }
+            Answer::Error(error) => {
+                errors.insert(answer.id, Code::from(error.code));
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert!(sent.is_empty(), "unanswered: {sent:?}");
+    assert_eq!(errors[&1_000_000], Code::NotFound, "unknown cache");
+    assert_eq!(errors[&1_000_001], Code::InvalidArgument, "no operation");
+    for (key, versions) in versions.iter().enumerate() {
+        assert!(
+            versions.windows(2).all(|pair| pair[0] < pair[1]),
+            "key k{key}: puts applied out of order: {versions:?}"
+        );
+    }
+
+    // The stream is still usable after the errors, and reads see the last round.
+    requests
+        .send(PipelineRequest {
+            id: 2_000_000,
+            operation: Some(Operation::Get(get("sessions", "k7"))),
+        })
+        .await
+        .unwrap();
+    let answer = answers.message().await.unwrap().unwrap();
+    assert_eq!(answer.id, 2_000_000);
+    let Some(Answer::Get(found)) = answer.result else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(found.value, Bytes::from(format!("{}", ROUNDS - 1)));
+    assert_eq!(found.metadata.unwrap().version, versions[7][ROUNDS - 1]);
+}
+
+#[tokio::test]
+async fn a_chain_of_versioned_writes_on_one_stream_succeeds_in_order() {
+    let node = NodeProcess::start(NodeSpec::new("pipeline-chain"))
+        .await
+        .unwrap();
+    let mut client = CacheClient::new(node.channel().await.unwrap());
+    let first = client
+        .put(put("actionTokens", "t", "0"))
+        .await
+        .unwrap()
+        .into_inner()
+        .version;
+    let (requests, mut answers) = open_pipeline(&mut client).await.unwrap();
+    // Two requests expecting the same version, sent back to back: run in the order
+    // sent, the first wins and the second is told the first one's entry.
+    for id in 1..=2 {
+        requests
+            .send(PipelineRequest {
+                id,
+                operation: Some(Operation::ReplaceWithVersion(ReplaceWithVersionRequest {
+                    cache: "actionTokens".into(),
+                    key: Bytes::from_static(b"t"),
+                    value: Bytes::from(format!("{id}")),
+                    expected_version: first,
+                    ..Default::default()
+                })),
+            })
+            .await
+            .unwrap();
+    }
+    let mut outcomes = HashMap::new();
+    for _ in 0..2 {
+        let answer = answers.message().await.unwrap().unwrap();
+        let Some(Answer::ReplaceWithVersion(replaced)) = answer.result else {
+            panic!("{answer:?}")
+        };
+        outcomes.insert(answer.id, replaced);
+    }
+    assert!(outcomes[&1].replaced, "the first sent runs first");
+    assert!(!outcomes[&2].replaced);
+    let current = outcomes[&2].current.as_ref().unwrap();
+    assert_eq!(current.value, Bytes::from_static(b"1"));
+    assert_eq!(
+        current.metadata.as_ref().unwrap().version,
+        outcomes[&1].version
+    );
+}
