@@ -5,7 +5,7 @@ use std::time::Duration;
 use sitegrid_proto::Backoff;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::client::{Client, Settings};
+use crate::client::{Client, Connection, Settings};
 use crate::endpoint::normalize_endpoint;
 use crate::error::{Error, Result};
 use crate::topology::Topology;
@@ -32,6 +32,7 @@ pub struct ClientBuilder {
     backoff: Backoff,
     discover_topology: bool,
     topology_refresh_interval: Duration,
+    pipeline: bool,
 }
 
 impl ClientBuilder {
@@ -46,6 +47,7 @@ impl ClientBuilder {
             backoff: Backoff::default(),
             discover_topology: true,
             topology_refresh_interval: DEFAULT_TOPOLOGY_REFRESH_INTERVAL,
+            pipeline: true,
         }
     }
 
@@ -94,6 +96,18 @@ impl ClientBuilder {
         self
     }
 
+    /// Whether single-key requests (`get`, `put`, `put_if_absent`, `replace`,
+    /// `replace_with_version`, `remove`, `remove_with_version`) share a few long-lived
+    /// `Pipeline` streams per endpoint (on by default) rather than making one unary call
+    /// each. Same answers either way; pipelined, many concurrent requests cost the
+    /// server and the network much less. Turn it off for a server that predates
+    /// `Pipeline`, or to compare the two.
+    #[must_use]
+    pub fn pipeline(mut self, pipeline: bool) -> Self {
+        self.pipeline = pipeline;
+        self
+    }
+
     /// Makes the client. Connections open lazily, on the first request to each endpoint,
     /// so this fails only on malformed endpoints; an unreachable node shows up as a
     /// (retried) error on the requests themselves. The topology is learned in the
@@ -106,7 +120,7 @@ impl ClientBuilder {
             return Err(Error::NoEndpoint);
         }
         let mut configured = Vec::with_capacity(self.endpoints.len());
-        let mut channels = Vec::with_capacity(self.endpoints.len());
+        let mut connections = Vec::with_capacity(self.endpoints.len());
         for endpoint in &self.endpoints {
             let uri = normalize_endpoint(endpoint)?;
             let channel =
@@ -115,15 +129,16 @@ impl ClientBuilder {
                     reason: e.to_string(),
                 })?;
             configured.push(uri);
-            channels.push(channel);
+            connections.push(Connection::new(channel));
         }
         let client = Client::new(
             Topology::new(configured),
-            channels,
+            connections,
             Settings {
                 request_timeout: self.request_timeout,
                 connect_timeout: self.connect_timeout,
                 backoff: self.backoff,
+                pipeline: self.pipeline,
             },
         );
         if self.discover_topology {

@@ -69,7 +69,7 @@ impl RemoteCache {
         };
         let response = self
             .client
-            .unary(request, |channel, request| async move {
+            .read(request, |channel, request| async move {
                 CacheClient::new(channel).get(request).await
             })
             .await?;

@@ -15,6 +15,7 @@ use crate::endpoint::Failover;
 use crate::error::{Error, Result};
 use crate::event_stream::EventStream;
 use crate::options::ListenOptions;
+use crate::pipeline::{Pipelines, SingleKey};
 use crate::refresh::Refresher;
 use crate::retry::{RetryPolicy, send_with_retries};
 use crate::topology::Topology;
@@ -58,14 +59,34 @@ pub(crate) struct Settings {
     /// Also for the channels of endpoints learned later.
     pub(crate) connect_timeout: Duration,
     pub(crate) backoff: Backoff,
+    /// Single-key requests go on `Pipeline` streams rather than one unary call each.
+    pub(crate) pipeline: bool,
 }
 
 /// Every endpoint known and how to reach it.
 #[derive(Debug)]
 pub(crate) struct Nodes {
     pub(crate) topology: Topology,
-    /// The channel of every endpoint of `topology`, by index.
-    pub(crate) channels: Vec<Channel>,
+    /// How to reach every endpoint of `topology`, by index.
+    pub(crate) connections: Vec<Connection>,
+}
+
+/// How to reach one endpoint.
+#[derive(Debug, Clone)]
+pub(crate) struct Connection {
+    /// For unary and streaming calls.
+    pub(crate) channel: Channel,
+    /// For pipelined single-key requests, on the same channel.
+    pub(crate) pipelines: Arc<Pipelines>,
+}
+
+impl Connection {
+    pub(crate) fn new(channel: Channel) -> Connection {
+        Connection {
+            pipelines: Arc::new(Pipelines::new(&channel)),
+            channel,
+        }
+    }
 }
 
 /// Where a request goes first.
@@ -89,12 +110,19 @@ pub(crate) enum Deadline {
 }
 
 impl Client {
-    /// A client of the endpoints of `topology`, whose channels are `channels` (by index),
-    /// without refresh task.
-    pub(crate) fn new(topology: Topology, channels: Vec<Channel>, settings: Settings) -> Client {
+    /// A client of the endpoints of `topology`, reached through `connections` (by
+    /// index), without refresh task.
+    pub(crate) fn new(
+        topology: Topology,
+        connections: Vec<Connection>,
+        settings: Settings,
+    ) -> Client {
         Client {
             shared: Arc::new(Shared {
-                nodes: RwLock::new(Arc::new(Nodes { topology, channels })),
+                nodes: RwLock::new(Arc::new(Nodes {
+                    topology,
+                    connections,
+                })),
                 failover: Failover::default(),
                 settings,
                 refresher: OnceLock::new(),
@@ -219,10 +247,10 @@ impl Client {
         if topology == nodes.topology {
             return;
         }
-        let mut channels = nodes.channels.clone();
-        for uri in &topology.endpoints()[channels.len()..] {
+        let mut connections = nodes.connections.clone();
+        for uri in &topology.endpoints()[connections.len()..] {
             match lazy_channel(uri, self.shared.settings.connect_timeout) {
-                Ok(channel) => channels.push(channel),
+                Ok(channel) => connections.push(Connection::new(channel)),
                 Err(error) => {
                     tracing::warn!(endpoint = %uri, error = %error, "member address unusable, topology not updated");
                     return;
@@ -234,7 +262,10 @@ impl Client {
             ready = ?topology.ready_members().collect::<Vec<_>>(),
             "site topology changed"
         );
-        *nodes = Arc::new(Nodes { topology, channels });
+        *nodes = Arc::new(Nodes {
+            topology,
+            connections,
+        });
     }
 
     /// The endpoint that requests any node can answer go to now.
@@ -286,20 +317,67 @@ impl Client {
         self.unary_to(Target::AnyNode, request, call).await
     }
 
-    /// Sends a unary write of `key`, to its primary first, with retries and failover;
-    /// `call` makes one attempt on the given channel.
-    pub(crate) async fn write<Req, Resp, F, Fut>(
+    /// Sends a single-key read with retries and failover: on a pipeline, or as a unary
+    /// call made by `unary` on the given channel.
+    pub(crate) async fn read<Req, F, Fut>(&self, request: Req, unary: F) -> Result<Req::Response>
+    where
+        Req: SingleKey,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<Req::Response>, tonic::Status>>,
+    {
+        self.single_key(Target::AnyNode, request, unary).await
+    }
+
+    /// Sends a write of `key`, to its primary first, with retries and failover: on a
+    /// pipeline, or as a unary call made by `unary` on the given channel.
+    pub(crate) async fn write<Req, F, Fut>(
         &self,
         key: &[u8],
         request: Req,
-        call: F,
-    ) -> Result<Resp>
+        unary: F,
+    ) -> Result<Req::Response>
     where
-        Req: Clone,
+        Req: SingleKey,
         F: Fn(Channel, tonic::Request<Req>) -> Fut,
-        Fut: Future<Output = std::result::Result<tonic::Response<Resp>, tonic::Status>>,
+        Fut: Future<Output = std::result::Result<tonic::Response<Req::Response>, tonic::Status>>,
     {
-        self.unary_to(Target::PrimaryOf(key), request, call).await
+        self.single_key(Target::PrimaryOf(key), request, unary)
+            .await
+    }
+
+    /// A single-key request to `target` first, on the path the settings choose.
+    async fn single_key<Req, F, Fut>(
+        &self,
+        target: Target<'_>,
+        request: Req,
+        unary: F,
+    ) -> Result<Req::Response>
+    where
+        Req: SingleKey,
+        F: Fn(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<Req::Response>, tonic::Status>>,
+    {
+        if !self.shared.settings.pipeline {
+            return self.unary_to(target, request, unary).await;
+        }
+        let attempt = |connection: &Connection, request: Req| {
+            let pipelines = Arc::clone(&connection.pipelines);
+            async move {
+                let answer = pipelines.call(request.into_operation()).await?;
+                Req::response(answer).ok_or_else(|| {
+                    tonic::Status::internal("the pipeline answered with another request's response")
+                })
+            }
+        };
+        self.send_on(
+            target,
+            request,
+            RetryPolicy::Request,
+            &self.shared.settings.backoff,
+            attempt,
+        )
+        .await
+        .map(|(response, _)| response)
     }
 
     /// A unary request to `target` first, within the request deadline and policy.
@@ -369,6 +447,35 @@ impl Client {
         Fut: Future<Output = std::result::Result<tonic::Response<Resp>, tonic::Status>>,
     {
         let timeout = self.shared.settings.request_timeout;
+        let attempt = |connection: &Connection, message: Req| {
+            let mut request = tonic::Request::new(message);
+            if deadline == Deadline::WholeCall {
+                request.set_timeout(timeout);
+            }
+            let answer = call(connection.channel.clone(), request);
+            async move { answer.await.map(tonic::Response::into_inner) }
+        };
+        self.send_on(target, request, policy, backoff, attempt)
+            .await
+    }
+
+    /// Sends a request retried by `policy` with `backoff`, first to `target`, each
+    /// attempt made by `attempt` on an endpoint's connection within the request timeout,
+    /// and returns the answer with the index of the endpoint that gave it.
+    async fn send_on<Req, Resp, F, Fut>(
+        &self,
+        target: Target<'_>,
+        request: Req,
+        policy: RetryPolicy,
+        backoff: &Backoff,
+        attempt: F,
+    ) -> Result<(Resp, usize)>
+    where
+        Req: Clone,
+        F: Fn(&Connection, Req) -> Fut,
+        Fut: Future<Output = std::result::Result<Resp, tonic::Status>>,
+    {
+        let timeout = self.shared.settings.request_timeout;
         let first = {
             let nodes = self.nodes();
             let topology = &nodes.topology;
@@ -387,15 +494,11 @@ impl Client {
             |index, message| {
                 // Indexes stay valid across refreshes: endpoints are only ever added.
                 let nodes = self.nodes();
-                let channel = nodes.channels[index].clone();
-                let mut request = tonic::Request::new(message);
-                if deadline == Deadline::WholeCall {
-                    request.set_timeout(timeout);
-                }
-                let answer = tokio::time::timeout(timeout, call(channel, request));
+                let answer =
+                    tokio::time::timeout(timeout, attempt(&nodes.connections[index], message));
                 async move {
                     let error = match answer.await {
-                        Ok(Ok(response)) => return Ok((response.into_inner(), index)),
+                        Ok(Ok(response)) => return Ok((response, index)),
                         Ok(Err(status)) => {
                             Error::from_status(status, nodes.topology.uri(index), timeout)
                         }
@@ -512,7 +615,7 @@ mod tests {
             ]
         );
         let nodes = client.nodes();
-        assert_eq!(nodes.channels.len(), nodes.topology.endpoints().len());
+        assert_eq!(nodes.connections.len(), nodes.topology.endpoints().len());
     }
 
     #[tokio::test]

@@ -26,6 +26,10 @@
 //!   See [`ClientBuilder::discover_topology`].
 //! - [`RemoteCache`] mirrors every `Cache` RPC with typed results; a condition that does
 //!   not hold (`put_if_absent` on a present key...) is an outcome, not an error.
+//!   Single-key requests share a few long-lived `Pipeline` streams per endpoint, each
+//!   with a bounded window of requests in flight, so that many tasks' small requests
+//!   cost one message each way rather than an HTTP/2 stream each; see
+//!   [`ClientBuilder::pipeline`].
 //! - [`RemoteAdmin`] reads the cluster status.
 //! - [`Client::listen`] follows the changes of caches as an [`EventStream`] of
 //!   [`Event`]s, which resumes by itself after failures without losing or repeating a
@@ -45,6 +49,7 @@ mod error;
 mod event;
 mod event_stream;
 mod options;
+mod pipeline;
 mod refresh;
 mod resume;
 mod retry;

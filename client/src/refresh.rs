@@ -108,7 +108,7 @@ fn sources(client: &Client) -> Vec<(String, Channel)> {
         .map(|&index| {
             (
                 topology.uri(index).to_owned(),
-                nodes.channels[index].clone(),
+                nodes.connections[index].channel.clone(),
             )
         })
         .collect()

@@ -5,9 +5,10 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
+use sitegrid_client::{Client, WriteOptions};
 use sitegrid_integration_tests::requests::{get, put};
 use sitegrid_integration_tests::rpc::open_pipeline;
-use sitegrid_integration_tests::{NodeProcess, NodeSpec};
+use sitegrid_integration_tests::{NodeProcess, NodeSpec, http};
 use sitegrid_proto::v1::cache_client::CacheClient;
 use sitegrid_proto::v1::pipeline_request::Operation;
 use sitegrid_proto::v1::pipeline_response::Result as Answer;
@@ -147,4 +148,46 @@ async fn a_chain_of_versioned_writes_on_one_stream_succeeds_in_order() {
         current.metadata.as_ref().unwrap().version,
         outcomes[&1].version
     );
+}
+
+#[tokio::test]
+async fn the_client_library_pipelines_single_key_requests_unless_told_not_to() {
+    let node = NodeProcess::start(NodeSpec::new("pipeline-client"))
+        .await
+        .unwrap();
+    let pipelined = |node: &NodeProcess| {
+        let addr = node.http_addr();
+        async move {
+            http::metric(addr, "sitegrid_pipeline_requests_total")
+                .await
+                .unwrap()
+        }
+    };
+    let client = Client::connect([node.endpoint()]).await.unwrap();
+    let sessions = client.cache("sessions");
+    let writes = (0..200).map(|i| {
+        let sessions = sessions.clone();
+        async move {
+            let key = format!("s{i}");
+            let put = sessions.put(key.clone(), "v", WriteOptions::new()).await?;
+            let read = sessions.get(key).await?;
+            assert_eq!(read.unwrap().metadata.version, put.version);
+            Ok::<_, sitegrid_client::Error>(())
+        }
+    });
+    futures::future::try_join_all(writes).await.unwrap();
+    assert_eq!(pipelined(&node).await, 400.0);
+
+    let unary = Client::builder([node.endpoint()])
+        .pipeline(false)
+        .connect()
+        .await
+        .unwrap();
+    unary
+        .cache("sessions")
+        .put("u", "v", WriteOptions::new())
+        .await
+        .unwrap();
+    assert!(unary.cache("sessions").get("u").await.unwrap().is_some());
+    assert_eq!(pipelined(&node).await, 400.0, "unary requests stay unary");
 }

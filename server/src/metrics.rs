@@ -36,6 +36,8 @@ pub fn prometheus() -> &'static PrometheusHandle {
         metrics_process::Collector::default().describe();
         // Shown from the start, so alerts on it need no "absent" case.
         metrics::counter!("sitegrid_listener_dropped_total").absolute(0);
+        metrics::counter!("sitegrid_pipeline_requests_total").absolute(0);
+        metrics::gauge!("sitegrid_pipeline_streams").set(0.0);
         handle
     })
 }

@@ -34,6 +34,18 @@ pub(crate) const MAX_IN_FLIGHT: usize = 1024;
 /// until the client stops sending (or goes away) or `stopping` turns true.
 pub(crate) async fn run(
     service: CacheService,
+    requests: Streaming<v1::PipelineRequest>,
+    answers: mpsc::Sender<Result<v1::PipelineResponse, Status>>,
+    stopping: watch::Receiver<bool>,
+) {
+    let open = metrics::gauge!("sitegrid_pipeline_streams");
+    open.increment(1.0);
+    serve_stream(service, requests, answers, stopping).await;
+    open.decrement(1.0);
+}
+
+async fn serve_stream(
+    service: CacheService,
     mut requests: Streaming<v1::PipelineRequest>,
     answers: mpsc::Sender<Result<v1::PipelineResponse, Status>>,
     mut stopping: watch::Receiver<bool>,
@@ -42,6 +54,7 @@ pub(crate) async fn run(
     let mut queues = KeyQueues::default();
     let mut admitted = 0usize;
     let mut reading = !*stopping.borrow();
+    let requested = metrics::counter!("sitegrid_pipeline_requests_total");
     loop {
         tokio::select! {
             // Answers first: they free room for more requests.
@@ -58,6 +71,7 @@ pub(crate) async fn run(
             request = requests.next(), if reading && admitted < MAX_IN_FLIGHT => match request {
                 Some(Ok(request)) => {
                     admitted += 1;
+                    requested.increment(1);
                     let slot = slot_of(&request);
                     if let Some(request) = queues.admit(slot, request) {
                         running.push(serve(&service, slot, request));
