@@ -16,6 +16,9 @@ pub(crate) enum CliError {
     /// Printing the result failed.
     #[error("cannot write output")]
     Output(#[from] std::io::Error),
+    /// Options that do not go together.
+    #[error("{0}")]
+    Usage(String),
     /// A site named on the command line is not a peer site of the node's site.
     #[error("{site:?} is not a peer site of site {of}")]
     UnknownSite {
@@ -43,6 +46,7 @@ impl CliError {
     pub(crate) fn exit_code(&self) -> ExitCode {
         match self {
             CliError::Input(_)
+            | CliError::Usage(_)
             | CliError::UnknownSite { .. }
             | CliError::Client(
                 sitegrid_client::Error::InvalidEndpoint { .. } | sitegrid_client::Error::NoEndpoint,

@@ -23,6 +23,9 @@ pub(crate) struct Load<'a> {
     pub(crate) concurrency: u32,
     pub(crate) value_size: usize,
     pub(crate) keys: u64,
+    /// Requests in flight per worker on the client's pipelined path; `None` for unary
+    /// calls.
+    pub(crate) pipeline: Option<u32>,
 }
 
 /// Runs one closed-loop measurement for `duration` after a one-second warmup.
@@ -84,6 +87,7 @@ fn run(
         .args(["--concurrency", &load.concurrency.to_string()])
         .args(["--value-size", &load.value_size.to_string()])
         .args(["--keys", &load.keys.to_string()])
+        .args(load.pipeline.map(|depth| format!("--pipeline={depth}")))
         .args(extra)
         .output()
         .with_context(|| format!("cannot run {}", ctl.display()))?;

@@ -86,6 +86,7 @@ pub(crate) async fn run(settings: &Settings) -> anyhow::Result<Results> {
         concurrency: 64,
         value_size: 256,
         keys: 100_000,
+        pipeline: None,
     };
 
     println!("listeners: write throughput with 0 subscribers");
@@ -281,6 +282,7 @@ async fn slow_subscriber(
             concurrency: 64,
             value_size: 256,
             keys: SLOW_WRITES,
+            pipeline: None,
         };
         let m = crate::ctl::fill(&settings.bin_dir, endpoint, &load, SLOW_WRITES)?;
         println!("  {label}: {:.0} writes/s", m.ops_per_sec);

@@ -11,6 +11,7 @@ mod ctl;
 mod idp;
 mod listeners;
 mod machine;
+mod pipeline;
 mod report;
 mod resync;
 mod single_node;
@@ -57,6 +58,7 @@ enum Suite {
     Sites,
     Resync,
     Idp,
+    Pipeline,
 }
 
 /// The settings every benchmark shares.
@@ -107,6 +109,10 @@ async fn main() -> anyhow::Result<()> {
             println!("{:#?}", resync::run(&settings).await?);
             return Ok(());
         }
+        Some(Suite::Pipeline) => {
+            println!("{:#?}", pipeline::run(&settings).await?);
+            return Ok(());
+        }
         Some(Suite::Idp) => {
             println!("{:#}", idp::run(&settings).await?.report);
             return Ok(());
@@ -121,6 +127,7 @@ async fn main() -> anyhow::Result<()> {
         two_sites: sites::run(&settings).await?,
         resync: resync::run(&settings).await?,
         idp: idp::run(&settings).await?,
+        pipeline: pipeline::run(&settings).await?,
     };
     let markdown = report::render(&machine::describe(), &command, &settings, &figures);
     std::fs::write(&args.output, markdown)?;

@@ -6,8 +6,9 @@ use crate::Settings;
 use crate::cluster;
 use crate::idp;
 use crate::listeners;
+use crate::pipeline;
 use crate::resync;
-use crate::single_node::Results;
+use crate::single_node::{Results, Row};
 use crate::sites;
 
 /// Every suite's figures.
@@ -18,6 +19,7 @@ pub(crate) struct Figures {
     pub(crate) two_sites: sites::Results,
     pub(crate) resync: resync::Results,
     pub(crate) idp: idp::Results,
+    pub(crate) pipeline: pipeline::Results,
 }
 
 /// The report as Markdown.
@@ -34,6 +36,7 @@ pub(crate) fn render(
         two_sites,
         resync,
         idp,
+        pipeline,
     } = figures;
     let mut out = String::new();
     let _ = writeln!(out, "# sitegrid benchmarks\n");
@@ -57,29 +60,7 @@ pub(crate) fn render(
          said otherwise; `sessions` is persistent (a write is acknowledged once fsynced, \
          writers sharing one fsync).\n"
     );
-    let _ = writeln!(
-        out,
-        "| operation | concurrency | ops/s | p50 | p99 | ratio | to | target |"
-    );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|---|");
-    for row in &single.rows {
-        let (ratio, to) = match row.ratio {
-            Some((ratio, to)) => (format!("{ratio:.2}x"), to.to_string()),
-            None => ("".into(), "".into()),
-        };
-        let target = match (row.target, row.ratio) {
-            (Some(target), Some((ratio, _))) => {
-                let verdict = if ratio >= target { "met" } else { "**missed**" };
-                format!(">= {target}x: {verdict}")
-            }
-            _ => String::new(),
-        };
-        let _ = writeln!(
-            out,
-            "| {} | {} | {:.0} | {} us | {} us | {ratio} | {to} | {target} |",
-            row.label, row.concurrency, row.ops_per_sec, row.p50_us, row.p99_us
-        );
-    }
+    render_rows(&mut out, &single.rows);
     let memory = &single.memory;
     let gib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0 * 1024.0);
     let verdict = if memory.rss_bytes <= memory.limit_bytes {
@@ -104,7 +85,51 @@ pub(crate) fn render(
     render_sites(&mut out, two_sites);
     render_resync(&mut out, resync);
     render_idp(&mut out, idp);
+    render_pipeline(&mut out, pipeline);
     out
+}
+
+/// A table of figures, each with its ratio to its baseline and the target it has.
+fn render_rows(out: &mut String, rows: &[Row]) {
+    let _ = writeln!(
+        out,
+        "| operation | concurrency | ops/s | p50 | p99 | ratio | to | target |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|---|");
+    for row in rows {
+        let (ratio, to) = match row.ratio {
+            Some((ratio, to)) => (format!("{ratio:.2}x"), to.to_string()),
+            None => ("".into(), "".into()),
+        };
+        let target = match (row.target, row.ratio) {
+            (Some(target), Some((ratio, _))) => {
+                let verdict = if ratio >= target { "met" } else { "**missed**" };
+                format!(">= {target}x: {verdict}")
+            }
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {} us | {} us | {ratio} | {to} | {target} |",
+            row.label, row.concurrency, row.ops_per_sec, row.p50_us, row.p99_us
+        );
+    }
+}
+
+fn render_pipeline(out: &mut String, pipeline: &pipeline::Results) {
+    let _ = writeln!(out, "\n## Pipelined path against Redis\n");
+    let _ = writeln!(
+        out,
+        "`{}` on a free loopback port with persistence off, driven by `redis-benchmark -t \
+         set,get -c 50 -d 256 -r 100000 -P 1` (then `-P 16`), alternating in every round \
+         with `sitegridctl bench --pipeline DEPTH` against one node (and a 3-node site) \
+         with the same value size and key space (filled first) at 64 callers (depth 1) \
+         or 50 callers (depth 16, each sending 16 requests and waiting for all 16 \
+         answers, as `redis-benchmark -P` does). `Put, unary` is the same load as unary \
+         calls. Redis's latencies are `redis-benchmark`'s per-request figures.\n",
+        pipeline.redis_version
+    );
+    render_rows(out, &pipeline.rows);
 }
 
 fn render_idp(out: &mut String, idp: &idp::Results) {

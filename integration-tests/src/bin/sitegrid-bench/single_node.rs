@@ -59,6 +59,7 @@ fn load<'a>(op: &'a str, cache: &'a str, concurrency: u32) -> Load<'a> {
         concurrency,
         value_size: VALUE_SIZE,
         keys: KEY_SPACE,
+        pipeline: None,
     }
 }
 
@@ -174,7 +175,7 @@ async fn measure_memory(settings: &Settings) -> anyhow::Result<Memory> {
     })
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();
     if n == 0 {
@@ -187,6 +188,6 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-fn median_u64(values: Vec<u64>) -> u64 {
+pub(crate) fn median_u64(values: Vec<u64>) -> u64 {
     median(values.into_iter().map(|v| v as f64).collect()).round() as u64
 }

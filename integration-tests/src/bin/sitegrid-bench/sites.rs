@@ -64,6 +64,7 @@ pub(crate) async fn run(settings: &Settings) -> anyhow::Result<Results> {
         concurrency: 16,
         value_size: 256,
         keys: 100_000,
+        pipeline: None,
     };
     let mut rounds = Vec::new();
     for round in 1..=settings.rounds {

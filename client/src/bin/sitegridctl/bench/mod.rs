@@ -2,9 +2,11 @@
 //!
 //! `--concurrency` workers (tokio tasks) each send one request, wait for its answer and
 //! send the next. A warmup phase runs first and is thrown away; the measured phase runs
-//! for `--duration` or until `--requests` were sent. Requests go through the library's
-//! unary calls with retries turned off, so a failure counts as an error instead of
-//! hiding in a retry's latency.
+//! for `--duration` or until `--requests` were sent. Requests go through the library
+//! with retries turned off, so a failure counts as an error instead of hiding in a
+//! retry's latency: as unary calls, or with `--pipeline DEPTH` on the library's
+//! pipelined path, each worker then sending DEPTH requests at a time and waiting for
+//! all their answers (as `redis-benchmark -P` does).
 
 mod idp;
 mod keys;
@@ -37,6 +39,11 @@ pub(crate) async fn run(
     if args.workload == Kind::Idp {
         return idp::run(global, args, out).await;
     }
+    if args.pipeline.is_some() && args.op == BenchOp::Ping {
+        return Err(CliError::Usage(
+            "--pipeline applies to --op put and get; ping is a unary call".into(),
+        ));
+    }
     let workload = Arc::new(Workload::connect(global, args).await?);
     if !args.warmup.is_zero() {
         tracing::info!(warmup = ?args.warmup, "warming up");
@@ -65,6 +72,8 @@ pub(crate) async fn run(
 /// What every worker needs, shared.
 struct Workload {
     op: BenchOp,
+    /// Requests each worker sends at a time.
+    depth: usize,
     /// One handle per `--connections`, each on its own client and so its own channels.
     caches: Vec<RemoteCache>,
     /// The value every `put` writes.
@@ -87,6 +96,7 @@ impl Workload {
                 .request_timeout(global.timeout)
                 .connect_timeout(global.timeout)
                 .backoff(no_retries)
+                .pipeline(args.pipeline.is_some())
                 .connect()
                 .await?;
             caches.push(client.cache(args.cache.as_str()));
@@ -96,6 +106,7 @@ impl Workload {
             .collect();
         Ok(Workload {
             op: args.op,
+            depth: args.pipeline.unwrap_or(1) as usize,
             caches,
             value: Bytes::from(value),
             keys: KeyPicker::new(args.key_order, args.keys),
@@ -167,20 +178,32 @@ async fn run_phase(workload: &Arc<Workload>, stop: Stop, concurrency: u32) -> Ta
     total
 }
 
-/// One worker: requests back to back until `stop`.
+/// One worker: requests back to back until `stop`, `depth` at a time.
 async fn work(workload: &Workload, cache: &RemoteCache, stop: &Stop) -> Tally {
     let mut tally = Tally::new();
-    while stop.may_send() {
-        let sent = Instant::now();
-        match workload.request(cache).await {
-            Ok(miss) => tally.answered(sent.elapsed(), miss),
-            Err(error) => {
-                tally.failed();
-                if !workload.error_logged.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(error = %error, "bench request failed, counting errors");
+    let mut batch = Vec::with_capacity(workload.depth);
+    loop {
+        batch.extend(
+            (0..workload.depth)
+                .take_while(|_| stop.may_send())
+                .map(|_| async {
+                    let sent = Instant::now();
+                    (workload.request(cache).await, sent.elapsed())
+                }),
+        );
+        if batch.is_empty() {
+            return tally;
+        }
+        for (answer, latency) in futures::future::join_all(batch.drain(..)).await {
+            match answer {
+                Ok(miss) => tally.answered(latency, miss),
+                Err(error) => {
+                    tally.failed();
+                    if !workload.error_logged.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(error = %error, "bench request failed, counting errors");
+                    }
                 }
             }
         }
     }
-    tally
 }

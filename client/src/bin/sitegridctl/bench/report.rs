@@ -80,6 +80,8 @@ pub(crate) struct BenchReport {
     pub(crate) op: &'static str,
     pub(crate) cache: String,
     pub(crate) concurrency: u32,
+    /// Requests in flight per worker on the pipelined path; 0 for unary calls.
+    pub(crate) pipeline: u32,
     /// Requests answered (misses included).
     pub(crate) requests: u64,
     pub(crate) errors: u64,
@@ -111,6 +113,7 @@ impl BenchReport {
             op: op_name(args.op),
             cache: args.cache.clone(),
             concurrency: args.concurrency,
+            pipeline: args.pipeline.unwrap_or(0),
             requests: tally.answered,
             errors: tally.errors,
             misses: tally.misses,
@@ -140,6 +143,11 @@ impl Show for BenchReport {
         let _ = writeln!(text, "op            {}", self.op);
         let _ = writeln!(text, "cache         {}", self.cache);
         let _ = writeln!(text, "concurrency   {}", self.concurrency);
+        let path = match self.pipeline {
+            0 => "unary".to_owned(),
+            depth => format!("pipelined, depth {depth}"),
+        };
+        let _ = writeln!(text, "path          {path}");
         let _ = writeln!(text, "requests      {}", self.requests);
         let _ = writeln!(text, "errors        {}", self.errors);
         let _ = writeln!(text, "misses        {}", self.misses);
@@ -159,6 +167,7 @@ impl Show for BenchReport {
             "op": self.op,
             "cache": self.cache,
             "concurrency": self.concurrency,
+            "pipeline": self.pipeline,
             "requests": self.requests,
             "errors": self.errors,
             "misses": self.misses,
@@ -280,6 +289,7 @@ mod tests {
                 "p90_us",
                 "p999_us",
                 "p99_us",
+                "pipeline",
                 "requests",
                 "seconds",
                 "value_size",

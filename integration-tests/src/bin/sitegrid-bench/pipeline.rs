@@ -1,0 +1,257 @@
+//! Pipelined-path figures (issue "a pipelined client path that outruns Redis"):
+//! sitegrid's pipelined `Put` and `Get` against `redis-benchmark` SET and GET on a
+//! `redis-server` started on a free loopback port with persistence off, with the same
+//! value size (256 bytes), key space (100,000 keys picked at random) and concurrency,
+//! measured alternately in every round; and a 3-node site's pipelined `Put` against the
+//! single node's.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use sitegrid_integration_tests::ports::free_loopback_addr;
+use sitegrid_integration_tests::{NodeProcess, NodeSpec, Site, eventually};
+
+use crate::Settings;
+use crate::ctl::{Load, Measurement, fill, measure};
+use crate::single_node::{Row, median, median_u64};
+
+const KEY_SPACE: u64 = 100_000;
+const VALUE_SIZE: usize = 256;
+/// `redis-benchmark -c`, as the issue compares with.
+const REDIS_CLIENTS: u32 = 50;
+/// sitegrid's callers at depth 1, as the issue asks.
+const CALLERS: u32 = 64;
+/// The deep pipeline.
+const DEPTH: u32 = 16;
+
+/// What the pipeline benchmark measured.
+#[derive(Debug, Clone)]
+pub(crate) struct Results {
+    pub(crate) rows: Vec<Row>,
+    /// `redis-server --version`.
+    pub(crate) redis_version: String,
+}
+
+/// A `redis-server` on a free loopback port, without persistence; killed when dropped.
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    async fn start() -> anyhow::Result<RedisServer> {
+        let port = free_loopback_addr().port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("cannot run redis-server: install Debian's redis-server and redis-tools")?;
+        let server = RedisServer { child, port };
+        eventually(
+            "redis-server to listen",
+            Duration::from_secs(10),
+            || async { std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() },
+        )
+        .await?;
+        Ok(server)
+    }
+
+    /// `redis-benchmark` SET then GET, `requests` of each: their figures.
+    fn benchmark(&self, depth: u32, requests: u64) -> anyhow::Result<[Measurement; 2]> {
+        let output = Command::new("redis-benchmark")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-t", "set,get", "--csv"])
+            .args(["-n", &requests.to_string()])
+            .args(["-c", &REDIS_CLIENTS.to_string()])
+            .args(["-P", &depth.to_string()])
+            .args(["-d", &VALUE_SIZE.to_string()])
+            .args(["-r", &KEY_SPACE.to_string()])
+            .output()
+            .context("cannot run redis-benchmark: install Debian's redis-tools")?;
+        anyhow::ensure!(
+            output.status.success(),
+            "redis-benchmark failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let csv = String::from_utf8_lossy(&output.stdout);
+        let figure = |test: &str| -> anyhow::Result<Measurement> {
+            let line = csv
+                .lines()
+                .find(|line| line.starts_with(&format!("\"{test}\"")))
+                .with_context(|| format!("no {test} line in redis-benchmark output: {csv}"))?;
+            let fields: Vec<f64> = line
+                .split(',')
+                .skip(1)
+                .map(|field| field.trim_matches('"').parse())
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("unexpected redis-benchmark line {line}"))?;
+            // rps, avg, min, p50, p95, p99, max (milliseconds)
+            anyhow::ensure!(fields.len() >= 6, "unexpected redis-benchmark line {line}");
+            Ok(Measurement {
+                errors: 0,
+                ops_per_sec: fields[0],
+                p50_us: (fields[3] * 1000.0).round() as u64,
+                p99_us: (fields[5] * 1000.0).round() as u64,
+            })
+        };
+        Ok([figure("SET")?, figure("GET")?])
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spec(settings: &Settings, name: &str) -> NodeSpec {
+    NodeSpec {
+        binary: Some(settings.bin_dir.join("sitegrid")),
+        log_filter: Some("warn".into()),
+        ..NodeSpec::new(name)
+    }
+}
+
+fn load(op: &str, concurrency: u32, pipeline: Option<u32>) -> Load<'_> {
+    Load {
+        op,
+        cache: "work",
+        concurrency,
+        value_size: VALUE_SIZE,
+        keys: KEY_SPACE,
+        pipeline,
+    }
+}
+
+/// The figures of one round, in the order of [`LABELS`].
+const LABELS: [(&str, u32); 10] = [
+    ("Redis SET, -P 1", REDIS_CLIENTS),
+    ("Redis GET, -P 1", REDIS_CLIENTS),
+    ("Put, pipelined, depth 1", CALLERS),
+    ("Get, pipelined, depth 1", CALLERS),
+    ("Put, unary", CALLERS),
+    ("Redis SET, -P 16", REDIS_CLIENTS),
+    ("Redis GET, -P 16", REDIS_CLIENTS),
+    ("Put, pipelined, depth 16", REDIS_CLIENTS),
+    ("Get, pipelined, depth 16", REDIS_CLIENTS),
+    ("3-node site: Put, pipelined, depth 1", CALLERS),
+];
+
+/// Runs the pipeline benchmark.
+pub(crate) async fn run(settings: &Settings) -> anyhow::Result<Results> {
+    let redis_version = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        .context("cannot run redis-server: install Debian's redis-server and redis-tools")?;
+    let redis = RedisServer::start().await?;
+    let node = NodeProcess::start(spec(settings, "pipelined")).await?;
+    let site = Site::start_with(3, |name| spec(settings, name)).await?;
+    let single = node.endpoint();
+    let three = site.grpc_endpoints();
+    println!("pipeline: filling {KEY_SPACE} keys");
+    fill(
+        &settings.bin_dir,
+        &single,
+        &load("put", 64, None),
+        KEY_SPACE,
+    )?;
+
+    // redis-benchmark runs a number of requests, not a duration: size each run from a
+    // short first one so that it lasts about as long as the others.
+    let secs = settings.duration.as_secs_f64();
+    let sized = |depth: u32| -> anyhow::Result<u64> {
+        let [set, _] = redis.benchmark(depth, 20_000 * u64::from(depth))?;
+        Ok(((set.ops_per_sec * secs) as u64).max(10_000))
+    };
+    let (shallow, deep) = (sized(1)?, sized(DEPTH)?);
+
+    let bin = &settings.bin_dir;
+    let duration = settings.duration;
+    let mut rounds: Vec<Vec<Measurement>> = Vec::new();
+    for round in 1..=settings.rounds {
+        println!("pipeline: round {round} of {}", settings.rounds);
+        let mut measured = Vec::new();
+        measured.extend(redis.benchmark(1, shallow)?);
+        measured.push(measure(
+            bin,
+            &single,
+            &load("put", CALLERS, Some(1)),
+            duration,
+        )?);
+        measured.push(measure(
+            bin,
+            &single,
+            &load("get", CALLERS, Some(1)),
+            duration,
+        )?);
+        measured.push(measure(
+            bin,
+            &single,
+            &load("put", CALLERS, None),
+            duration,
+        )?);
+        measured.extend(redis.benchmark(DEPTH, deep)?);
+        let deep_load = |op| load(op, REDIS_CLIENTS, Some(DEPTH));
+        measured.push(measure(bin, &single, &deep_load("put"), duration)?);
+        measured.push(measure(bin, &single, &deep_load("get"), duration)?);
+        measured.push(measure(
+            bin,
+            &three,
+            &load("put", CALLERS, Some(1)),
+            duration,
+        )?);
+        for ((label, concurrency), m) in LABELS.iter().zip(&measured) {
+            println!(
+                "  {label:<38} c={concurrency:<3} {:>9.0} ops/s  p50 {:>6} us  p99 {:>6} us",
+                m.ops_per_sec, m.p50_us, m.p99_us
+            );
+        }
+        rounds.push(measured);
+    }
+    drop((redis, node, site));
+
+    let ratio = |index: usize, baseline: usize| {
+        median(
+            rounds
+                .iter()
+                .map(|r| r[index].ops_per_sec / r[baseline].ops_per_sec)
+                .collect(),
+        )
+    };
+    let row = |index: usize, ratio: Option<(f64, &'static str)>, target: Option<f64>| {
+        let (label, concurrency) = LABELS[index];
+        Row {
+            label: label.to_owned(),
+            concurrency,
+            ops_per_sec: median(rounds.iter().map(|r| r[index].ops_per_sec).collect()),
+            p50_us: median_u64(rounds.iter().map(|r| r[index].p50_us).collect()),
+            p99_us: median_u64(rounds.iter().map(|r| r[index].p99_us).collect()),
+            ratio,
+            target,
+        }
+    };
+    let rows = vec![
+        row(0, None, None),
+        row(1, None, None),
+        row(2, Some((ratio(2, 0), "Redis SET -P 1")), Some(1.0)),
+        row(3, Some((ratio(3, 1), "Redis GET -P 1")), Some(1.0)),
+        row(4, Some((ratio(4, 0), "Redis SET -P 1")), None),
+        row(5, None, None),
+        row(6, None, None),
+        row(7, Some((ratio(7, 5), "Redis SET -P 16")), Some(1.0)),
+        row(8, Some((ratio(8, 6), "Redis GET -P 16")), Some(1.0)),
+        row(
+            9,
+            Some((ratio(9, 2), "single node, pipelined Put")),
+            Some(0.5),
+        ),
+    ];
+    Ok(Results {
+        rows,
+        redis_version,
+    })
+}
