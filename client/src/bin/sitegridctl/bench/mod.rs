@@ -183,12 +183,16 @@ async fn work(workload: &Workload, cache: &RemoteCache, stop: &Stop) -> Tally {
     let mut tally = Tally::new();
     let mut batch = Vec::with_capacity(workload.depth);
     loop {
+        // Boxed: a request's future is large, and moving DEPTH of them in and out of the
+        // batch would cost the load generator more than the requests.
         batch.extend(
             (0..workload.depth)
                 .take_while(|_| stop.may_send())
-                .map(|_| async {
-                    let sent = Instant::now();
-                    (workload.request(cache).await, sent.elapsed())
+                .map(|_| {
+                    Box::pin(async {
+                        let sent = Instant::now();
+                        (workload.request(cache).await, sent.elapsed())
+                    })
                 }),
         );
         if batch.is_empty() {
