@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use sitegrid_integration_tests::checks::{contents, one_winner_per_token, token_attempt};
 use sitegrid_integration_tests::requests::{get, put, remove};
-use sitegrid_integration_tests::{Direction, NodeProcess, NodeSpec, TwoSites, eventually};
+use sitegrid_integration_tests::{Direction, NodeProcess, NodeSpec, TwoSites, eventually, http};
 use sitegrid_proto::v1::cache_client::CacheClient;
 use sitegrid_proto::v1::*;
 use tonic::Code;
@@ -463,4 +463,50 @@ async fn a_session_read_through_one_node_stays_alive_on_every_node_of_both_sites
             node.spec().name
         );
     }
+}
+
+#[tokio::test]
+async fn sync_backups_of_writes_in_flight_together_share_round_trips() {
+    let (sites, proxy) = TwoSites::start_behind_proxy(1, |_, name| NodeSpec::new(name))
+        .await
+        .unwrap();
+    proxy.set_delay(Direction::Both, Duration::from_millis(20));
+    const WRITES: usize = 600;
+    let [first, second] = &sites.sites;
+    let writer = client(&first.nodes[0]).await;
+    let acknowledged: Vec<(usize, u64)> = stream::iter(0..WRITES)
+        .map(|i| {
+            let mut writer = writer.clone();
+            async move {
+                let written = writer
+                    .put(put("sessions", &format!("b{i}"), "v"))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                (i, written.version)
+            }
+        })
+        .buffer_unordered(100)
+        .collect()
+        .await;
+    // Each backup was answered on its own: every acknowledged write is in site 2.
+    let mut reader = client(&second.nodes[0]).await;
+    for (i, version) in acknowledged {
+        let seen = reader
+            .get(get("sessions", &format!("b{i}")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(seen.metadata.map(|m| m.version), Some(version), "key b{i}");
+    }
+    let batches = http::metric(
+        first.nodes[0].http_addr(),
+        r#"sitegrid_backup_batches_total{site="site2"}"#,
+    )
+    .await
+    .unwrap();
+    assert!(
+        batches > 0.0 && batches < WRITES as f64 / 5.0,
+        "{batches} batches carried {WRITES} backups"
+    );
 }

@@ -62,6 +62,24 @@ impl<L: LocalSite> SiteLinkService<L> {
         }
     }
 
+    /// Whether `from_site` may back writes up to this site: it is a peer, and online
+    /// here (a site this one holds offline or resyncing is fenced: it missed writes, so
+    /// it must not take writes that need this site's agreement).
+    fn check_backup(&self, from_site: &str) -> Result<(), Status> {
+        self.check_peer(from_site)?;
+        let state = self.states.get(from_site);
+        if state.mode != Mode::Online {
+            return Err(Status::failed_precondition(format!(
+                "site {} holds site {from_site} {} (epoch {}): it takes no writes to caches \
+                 with sync backups until it is brought online",
+                self.site,
+                state.mode.as_str(),
+                state.epoch
+            )));
+        }
+        Ok(())
+    }
+
     fn check_peer(&self, from_site: &str) -> Result<(), Status> {
         if self.peers.contains(from_site) {
             return Ok(());
@@ -80,20 +98,7 @@ impl<L: LocalSite> SiteLink for SiteLinkService<L> {
         request: Request<v1::BackupRequest>,
     ) -> Result<Response<v1::BackupResponse>, Status> {
         let request = request.into_inner();
-        self.check_peer(&request.from_site)?;
-        // A site this one holds offline or resyncing is fenced: it missed writes, so it
-        // must not take writes that need this site's agreement.
-        let state = self.states.get(&request.from_site);
-        if state.mode != Mode::Online {
-            return Err(Status::failed_precondition(format!(
-                "site {} holds site {} {} (epoch {}): it takes no writes to caches with sync \
-                 backups until it is brought online",
-                self.site,
-                request.from_site,
-                state.mode.as_str(),
-                state.epoch
-            )));
-        }
+        self.check_backup(&request.from_site)?;
         let mutation = request
             .mutation
             .ok_or_else(|| Status::invalid_argument("a backup needs a mutation"))?;
@@ -104,6 +109,39 @@ impl<L: LocalSite> SiteLink for SiteLinkService<L> {
         Ok(Response::new(v1::BackupResponse {
             outcome: Some(outcome),
         }))
+    }
+
+    async fn backup_batch(
+        &self,
+        request: Request<v1::BackupBatchRequest>,
+    ) -> Result<Response<v1::BackupBatchResponse>, Status> {
+        let request = request.into_inner();
+        self.check_backup(&request.from_site)?;
+        let from_site = &request.from_site;
+        // All at once: the items are writes to different keys, each waiting for its
+        // answer, and each forwarded to its own key's primary.
+        let results = futures::future::join_all(request.items.into_iter().map(|item| async move {
+            let applied = match item.mutation {
+                Some(mutation) => {
+                    self.local
+                        .apply_backup(&item.cache, from_site, mutation)
+                        .await
+                }
+                None => Err(Status::invalid_argument("a backup needs a mutation")),
+            };
+            let result = match applied {
+                Ok(outcome) => v1::backup_result::Result::Outcome(outcome),
+                Err(status) => v1::backup_result::Result::Error(v1::RequestError {
+                    code: status.code() as i32,
+                    message: status.message().to_string(),
+                }),
+            };
+            v1::BackupResult {
+                result: Some(result),
+            }
+        }))
+        .await;
+        Ok(Response::new(v1::BackupBatchResponse { results }))
     }
 
     async fn apply_async(

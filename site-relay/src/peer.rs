@@ -1,12 +1,14 @@
 //! One peer site: channels to its endpoints, tried in turn.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use prost::Message as _;
 use sitegrid_config::SiteConfig;
 use sitegrid_proto::v1;
 use sitegrid_proto::v1::site_link_client::SiteLinkClient;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::RelayError;
@@ -53,6 +55,14 @@ impl std::fmt::Display for Failure {
 #[derive(Debug)]
 pub(crate) struct PeerSite {
     pub(crate) name: Arc<str>,
+    link: Arc<Link>,
+    /// Where sync backups queue for [`send_backups`], which starts with the first one.
+    backups: OnceLock<mpsc::UnboundedSender<QueuedBackup>>,
+}
+
+/// The channels to a peer site's endpoints.
+#[derive(Debug)]
+struct Link {
     endpoints: Vec<(String, Channel)>,
     /// The endpoint that answered last; calls start there.
     preferred: AtomicUsize,
@@ -99,36 +109,53 @@ impl PeerSite {
             .collect::<Result<Vec<_>, RelayError>>()?;
         Ok(PeerSite {
             name: config.name.as_str().into(),
-            endpoints,
-            preferred: AtomicUsize::new(0),
-            max_message_bytes,
+            link: Arc::new(Link {
+                endpoints,
+                preferred: AtomicUsize::new(0),
+                max_message_bytes,
+            }),
+            backups: OnceLock::new(),
         })
     }
 
-    fn client(&self, index: usize) -> SiteLinkClient<Channel> {
-        SiteLinkClient::new(self.endpoints[index].1.clone())
-            .max_decoding_message_size(self.max_message_bytes)
-            .max_encoding_message_size(self.max_message_bytes)
-    }
-
-    /// Sends a backup; see [`PeerSite::call`].
+    /// Sends a primary's write to the peer site within `timeout`. Backups of writes in
+    /// flight together share calls: they queue for the peer's backup sender, which sends
+    /// everything queued as one `BackupBatch` (at once when a call slot is free, so a lone
+    /// write is not delayed).
     pub(crate) async fn backup(
         &self,
-        request: v1::BackupRequest,
+        item: v1::BackupItem,
+        from_site: &str,
         timeout: Duration,
     ) -> Result<v1::ApplyOutcome, Failure> {
-        let answer = self
-            .call(timeout, |mut client| {
-                let request = request.clone();
-                async move { client.backup(request).await }
+        let queue = self.backups.get_or_init(|| {
+            let (queue, queued) = mpsc::unbounded_channel();
+            tokio::spawn(send_backups(
+                Arc::clone(&self.link),
+                Arc::clone(&self.name),
+                from_site.to_string(),
+                queued,
+            ));
+            queue
+        });
+        let (reply, answer) = oneshot::channel();
+        let size = item.encoded_len();
+        queue
+            .send(QueuedBackup {
+                item,
+                size,
+                timeout,
+                reply,
             })
-            .await?;
-        answer
-            .outcome
-            .ok_or_else(|| Failure::Unreachable("a backup was answered without an outcome".into()))
+            .map_err(|_| Failure::Unreachable("the backup sender stopped".into()))?;
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(Failure::Unreachable("the backup sender stopped".into())),
+            Err(_) => Err(Failure::TimedOut(timeout)),
+        }
     }
 
-    /// Sends a batch of queued changes; see [`PeerSite::call`].
+    /// Sends a batch of queued changes; see [`Link::call`].
     pub(crate) async fn apply_async(
         &self,
         request: v1::ApplyAsyncRequest,
@@ -136,6 +163,7 @@ impl PeerSite {
     ) -> Result<Vec<v1::AsyncResult>, Failure> {
         let expected = request.changes.len();
         let answer = self
+            .link
             .call(timeout, |mut client| {
                 let request = request.clone();
                 async move { client.apply_async(request).await }
@@ -155,7 +183,7 @@ impl PeerSite {
     }
 
     /// Asks whether the peer site answers, and what it thinks of this site; see
-    /// [`PeerSite::call`].
+    /// [`Link::call`].
     pub(crate) async fn heartbeat(
         &self,
         from_site: &str,
@@ -164,11 +192,12 @@ impl PeerSite {
         let request = v1::HeartbeatRequest {
             from_site: from_site.to_string(),
         };
-        self.call(timeout, |mut client| {
-            let request = request.clone();
-            async move { client.heartbeat(request).await }
-        })
-        .await
+        self.link
+            .call(timeout, |mut client| {
+                let request = request.clone();
+                async move { client.heartbeat(request).await }
+            })
+            .await
     }
 
     /// The peer's digest of every key range of a cache.
@@ -177,12 +206,13 @@ impl PeerSite {
         request: v1::RangeDigestsRequest,
         timeout: Duration,
     ) -> Result<Vec<u64>, Failure> {
-        self.call(timeout, |mut client| {
-            let request = request.clone();
-            async move { client.range_digests(request).await }
-        })
-        .await
-        .map(|answer| answer.digests)
+        self.link
+            .call(timeout, |mut client| {
+                let request = request.clone();
+                async move { client.range_digests(request).await }
+            })
+            .await
+            .map(|answer| answer.digests)
     }
 
     /// The peer's keys of some key ranges, with their versions.
@@ -191,12 +221,13 @@ impl PeerSite {
         request: v1::RangeVersionsRequest,
         timeout: Duration,
     ) -> Result<Vec<v1::KeyVersion>, Failure> {
-        self.call(timeout, |mut client| {
-            let request = request.clone();
-            async move { client.range_versions(request).await }
-        })
-        .await
-        .map(|answer| answer.keys)
+        self.link
+            .call(timeout, |mut client| {
+                let request = request.clone();
+                async move { client.range_versions(request).await }
+            })
+            .await
+            .map(|answer| answer.keys)
     }
 
     /// Clears a cache in the peer site; answers the entries removed.
@@ -205,12 +236,13 @@ impl PeerSite {
         request: v1::ClearCacheRequest,
         timeout: Duration,
     ) -> Result<u64, Failure> {
-        self.call(timeout, |mut client| {
-            let request = request.clone();
-            async move { client.clear_cache(request).await }
-        })
-        .await
-        .map(|answer| answer.removed)
+        self.link
+            .call(timeout, |mut client| {
+                let request = request.clone();
+                async move { client.clear_cache(request).await }
+            })
+            .await
+            .map(|answer| answer.removed)
     }
 
     /// Tells the peer which max-idle entries were read in this site.
@@ -219,12 +251,13 @@ impl PeerSite {
         request: v1::SiteLinkTouchRequest,
         timeout: Duration,
     ) -> Result<(), Failure> {
-        self.call(timeout, |mut client| {
-            let request = request.clone();
-            async move { client.touch(request).await }
-        })
-        .await
-        .map(|_| ())
+        self.link
+            .call(timeout, |mut client| {
+                let request = request.clone();
+                async move { client.touch(request).await }
+            })
+            .await
+            .map(|_| ())
     }
 
     /// The peer's state of some keys.
@@ -233,12 +266,21 @@ impl PeerSite {
         request: v1::FetchKeysRequest,
         timeout: Duration,
     ) -> Result<Vec<v1::ReplicatedMutation>, Failure> {
-        self.call(timeout, |mut client| {
-            let request = request.clone();
-            async move { client.fetch_keys(request).await }
-        })
-        .await
-        .map(|answer| answer.mutations)
+        self.link
+            .call(timeout, |mut client| {
+                let request = request.clone();
+                async move { client.fetch_keys(request).await }
+            })
+            .await
+            .map(|answer| answer.mutations)
+    }
+}
+
+impl Link {
+    fn client(&self, index: usize) -> SiteLinkClient<Channel> {
+        SiteLinkClient::new(self.endpoints[index].1.clone())
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes)
     }
 
     /// Makes a call, trying the endpoints in turn from the one that answered last, until
@@ -273,6 +315,23 @@ impl PeerSite {
             .await
             .unwrap_or(Err(Failure::TimedOut(timeout)))
     }
+
+    /// Sends one backup on its own; see [`Link::call`].
+    async fn backup_one(
+        &self,
+        request: v1::BackupRequest,
+        timeout: Duration,
+    ) -> Result<v1::ApplyOutcome, Failure> {
+        let answer = self
+            .call(timeout, |mut client| {
+                let request = request.clone();
+                async move { client.backup(request).await }
+            })
+            .await?;
+        answer
+            .outcome
+            .ok_or_else(|| Failure::Unreachable("a backup was answered without an outcome".into()))
+    }
 }
 
 /// Whether a call that ended with `code` was answered by the peer site (it refused the
@@ -282,9 +341,149 @@ fn is_answer(code: tonic::Code) -> bool {
     matches!(
         code,
         Code::FailedPrecondition
+            | Code::Unimplemented
             | Code::NotFound
             | Code::InvalidArgument
             | Code::PermissionDenied
             | Code::Unauthenticated
     )
+}
+
+/// Most backups one `BackupBatch` carries.
+const MAX_BATCH: usize = 256;
+/// Most bytes of backups one `BackupBatch` carries (less if the message limit is lower);
+/// a single larger backup goes alone.
+const MAX_BATCH_BYTES: usize = 4 << 20;
+/// `BackupBatch` calls under way at once to one peer site. More than one, so that a
+/// write arriving while a batch crosses a long link is sent at once instead of waiting
+/// a round trip; under load the queue still fills while every slot is busy.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// A backup waiting for its batch, and where its answer goes.
+struct QueuedBackup {
+    item: v1::BackupItem,
+    /// Its encoded size.
+    size: usize,
+    timeout: Duration,
+    reply: oneshot::Sender<Result<v1::ApplyOutcome, Failure>>,
+}
+
+/// A peer site's backup sender: takes every backup queued when a call slot is free, up
+/// to [`MAX_BATCH`] and a byte budget, and sends them as one `BackupBatch`. Ends when
+/// its peer site is dropped.
+async fn send_backups(
+    link: Arc<Link>,
+    site: Arc<str>,
+    from_site: String,
+    mut queued: mpsc::UnboundedReceiver<QueuedBackup>,
+) {
+    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    let budget = MAX_BATCH_BYTES.min(link.max_message_bytes / 2);
+    let mut carried = None;
+    loop {
+        let first = match carried.take() {
+            Some(first) => first,
+            None => match queued.recv().await {
+                Some(first) => first,
+                None => return,
+            },
+        };
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let mut bytes = first.size;
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            let Ok(next) = queued.try_recv() else { break };
+            if bytes + next.size > budget {
+                carried = Some(next);
+                break;
+            }
+            bytes += next.size;
+            batch.push(next);
+        }
+        metrics::counter!("sitegrid_backup_batches_total", "site" => Arc::clone(&site).to_string())
+            .increment(1);
+        metrics::histogram!("sitegrid_backup_batch_size", "site" => Arc::clone(&site).to_string())
+            .record(batch.len() as f64);
+        let link = Arc::clone(&link);
+        let from_site = from_site.clone();
+        tokio::spawn(async move {
+            send_batch(&link, from_site, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Sends one batch and answers each of its backups. A backup the batch could not place
+/// (the peer refused the whole batch, or failed this one with an error another of its
+/// nodes might not have) is sent again on its own, so that it ends exactly as a lone
+/// `Backup` would.
+async fn send_batch(link: &Link, from_site: String, batch: Vec<QueuedBackup>) {
+    let timeout = batch
+        .iter()
+        .map(|queued| queued.timeout)
+        .max()
+        .unwrap_or_default();
+    let request = v1::BackupBatchRequest {
+        from_site,
+        items: batch.iter().map(|queued| queued.item.clone()).collect(),
+    };
+    let answer = link
+        .call(timeout, |mut client| {
+            let request = request.clone();
+            async move { client.backup_batch(request).await }
+        })
+        .await;
+    let v1::BackupBatchRequest { from_site, items } = request;
+    let results = match answer {
+        Ok(answer) if answer.results.len() == batch.len() => answer.results,
+        Ok(answer) => {
+            let failure = Failure::Unreachable(format!(
+                "{} answers to a batch of {} backups",
+                answer.results.len(),
+                batch.len()
+            ));
+            for queued in batch {
+                let _ = queued.reply.send(Err(failure.clone()));
+            }
+            return;
+        }
+        // Refused whole (or not understood, by a peer of an older version): each on its
+        // own gets the peer's exact answer.
+        Err(Failure::Refused(_)) => vec![v1::BackupResult::default(); batch.len()],
+        Err(failure) => {
+            for queued in batch {
+                let _ = queued.reply.send(Err(failure.clone()));
+            }
+            return;
+        }
+    };
+    let alone = batch
+        .into_iter()
+        .zip(items)
+        .zip(results)
+        .map(|((queued, item), result)| {
+            let from_site = from_site.clone();
+            async move {
+                let answer = match result.result {
+                    Some(v1::backup_result::Result::Outcome(outcome)) => Ok(outcome),
+                    Some(v1::backup_result::Result::Error(error))
+                        if is_answer(tonic::Code::from(error.code)) =>
+                    {
+                        Err(Failure::Refused(error.message))
+                    }
+                    _ => {
+                        let request = v1::BackupRequest {
+                            cache: item.cache,
+                            mutation: item.mutation,
+                            from_site,
+                        };
+                        link.backup_one(request, queued.timeout).await
+                    }
+                };
+                let _ = queued.reply.send(answer);
+            }
+        });
+    futures::future::join_all(alone).await;
 }

@@ -217,16 +217,15 @@ impl Relay {
             return SyncOutcome::Done;
         };
         let key = mutation.key.clone();
-        let request = v1::BackupRequest {
+        let item = v1::BackupItem {
             cache: cache.to_string(),
             mutation: Some(mutation),
-            from_site: self.inner.site.clone(),
         };
         let calls = targets.iter().map(|(index, backup)| {
             let index = *index;
             let peer = &self.inner.peers[index];
             let state = self.inner.states.get(&peer.name);
-            let request = request.clone();
+            let item = item.clone();
             async move {
                 if let Some(why) = &state.fenced {
                     return (index, backup, state.mode, Err(Failure::Fenced(why.clone())));
@@ -239,7 +238,7 @@ impl Relay {
                     return (index, backup, state.mode, Err(Failure::Down(failures)));
                 }
                 let started = Instant::now();
-                let answer = peer.backup(request, backup.timeout).await;
+                let answer = peer.backup(item, &self.inner.site, backup.timeout).await;
                 metrics::histogram!(
                     "sitegrid_backup_duration_seconds",
                     "site" => peer.name.to_string(),

@@ -141,7 +141,7 @@ async fn serve(
         )),
     };
     let result = answer.unwrap_or_else(|status| {
-        Answer::Error(v1::PipelineError {
+        Answer::Error(v1::RequestError {
             code: status.code() as i32,
             message: status.message().to_owned(),
         })
