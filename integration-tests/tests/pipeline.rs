@@ -3,12 +3,15 @@
 //! with its error and the stream goes on.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use sitegrid_client::{Client, WriteOptions};
 use sitegrid_integration_tests::requests::{get, put};
 use sitegrid_integration_tests::rpc::open_pipeline;
-use sitegrid_integration_tests::{NodeProcess, NodeSpec, http};
+use sitegrid_integration_tests::{NodeProcess, NodeSpec, Site, eventually, http};
 use sitegrid_proto::v1::cache_client::CacheClient;
 use sitegrid_proto::v1::pipeline_request::Operation;
 use sitegrid_proto::v1::pipeline_response::Result as Answer;
@@ -190,4 +193,71 @@ async fn the_client_library_pipelines_single_key_requests_unless_told_not_to() {
         .unwrap();
     assert!(unary.cache("sessions").get("u").await.unwrap().is_some());
     assert_eq!(pipelined(&node).await, 400.0, "unary requests stay unary");
+}
+
+#[tokio::test]
+async fn pipelined_writes_in_flight_when_a_node_dies_are_retried_on_the_others() {
+    const WRITERS: usize = 32;
+    const EACH: usize = 150;
+    let mut site = Site::start(3, "").await.unwrap();
+    let client = Client::builder([site.nodes[0].endpoint()])
+        .topology_refresh_interval(Duration::from_millis(200))
+        .connect()
+        .await
+        .unwrap();
+    eventually(
+        "the client to learn every member",
+        Duration::from_secs(30),
+        || {
+            let client = client.clone();
+            async move { client.endpoints().len() == 3 }
+        },
+    )
+    .await
+    .unwrap();
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            let sessions = client.cache("sessions");
+            let acknowledged = Arc::clone(&acknowledged);
+            tokio::spawn(async move {
+                let mut written = Vec::new();
+                for i in 0..EACH {
+                    let key = format!("w{writer}-{i}");
+                    let put = sessions
+                        .put(key.clone(), "v", WriteOptions::new())
+                        .await
+                        .unwrap_or_else(|error| panic!("{key}: {error}"));
+                    acknowledged.fetch_add(1, Ordering::Relaxed);
+                    written.push((key, put.version));
+                }
+                written
+            })
+        })
+        .collect();
+    // A node dies while every writer has requests in flight, some on its pipelines.
+    eventually("a third of the writes", Duration::from_secs(60), || {
+        let acknowledged = Arc::clone(&acknowledged);
+        async move { acknowledged.load(Ordering::Relaxed) >= WRITERS * EACH / 3 }
+    })
+    .await
+    .unwrap();
+    site.nodes[1].kill().unwrap();
+    let mut written = Vec::new();
+    for writer in writers {
+        written.extend(writer.await.unwrap());
+    }
+    assert_eq!(written.len(), WRITERS * EACH);
+    for survivor in [&site.nodes[0], &site.nodes[2]] {
+        let mut reader = CacheClient::new(survivor.channel().await.unwrap());
+        for (key, version) in &written {
+            let seen = reader.get(get("sessions", key)).await.unwrap().into_inner();
+            assert_eq!(
+                seen.metadata.map(|m| m.version),
+                Some(*version),
+                "{key} on {}",
+                survivor.endpoint()
+            );
+        }
+    }
 }
