@@ -354,10 +354,12 @@ const MAX_BATCH: usize = 256;
 /// Most bytes of backups one `BackupBatch` carries (less if the message limit is lower);
 /// a single larger backup goes alone.
 const MAX_BATCH_BYTES: usize = 4 << 20;
-/// `BackupBatch` calls under way at once to one peer site. More than one, so that a
-/// write arriving while a batch crosses a long link is sent at once instead of waiting
-/// a round trip; under load the queue still fills while every slot is busy.
-const BATCHES_IN_FLIGHT: usize = 4;
+/// `BackupBatch` calls under way at once to one peer site. A write that finds every
+/// slot busy waits up to a round trip of the link, so there are as many slots as the
+/// writes an identity node's site typically has in flight: at that load every write
+/// goes at once, as it would alone; beyond it the queue fills while the slots are busy,
+/// and batches grow instead of calls.
+const BATCHES_IN_FLIGHT: usize = 16;
 
 /// A backup waiting for its batch, and where its answer goes.
 struct QueuedBackup {
