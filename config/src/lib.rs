@@ -208,6 +208,19 @@ pub struct LimitsConfig {
     /// Most keys in one `GetAll` or `PutAll`.
     #[serde(default = "default_max_batch_entries")]
     pub max_batch_entries: usize,
+    /// HTTP/2 streams one connection may have open at once (advertised to every client
+    /// and peer as `SETTINGS_MAX_CONCURRENT_STREAMS`).
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+    /// `Listen` streams one client address (IP) may have open at once; one more is
+    /// refused with RESOURCE_EXHAUSTED.
+    #[serde(default = "default_max_listeners_per_client")]
+    pub max_listeners_per_client: usize,
+    /// Requests per second one client address (IP) may make to the `Cache` service
+    /// (each request of a `Pipeline` stream counts); beyond, RESOURCE_EXHAUSTED. 0 means
+    /// no limit.
+    #[serde(default)]
+    pub max_requests_per_second_per_client: u32,
 }
 
 fn default_max_key_bytes() -> usize {
@@ -225,6 +238,16 @@ fn default_max_tag_bytes() -> usize {
 fn default_max_batch_entries() -> usize {
     10_000
 }
+fn default_max_concurrent_streams() -> u32 {
+    1024
+}
+fn default_max_listeners_per_client() -> usize {
+    256
+}
+
+/// The fewest streams per connection a node may allow: the Rust client keeps 4
+/// `Pipeline` streams per node open beside its other calls.
+pub const MIN_CONCURRENT_STREAMS: u32 = 16;
 
 impl Default for LimitsConfig {
     fn default() -> Self {
@@ -234,6 +257,9 @@ impl Default for LimitsConfig {
             max_tags: default_max_tags(),
             max_tag_bytes: default_max_tag_bytes(),
             max_batch_entries: default_max_batch_entries(),
+            max_concurrent_streams: default_max_concurrent_streams(),
+            max_listeners_per_client: default_max_listeners_per_client(),
+            max_requests_per_second_per_client: 0,
         }
     }
 }
@@ -352,6 +378,10 @@ impl Config {
             ("limits.max_value_bytes", limits.max_value_bytes),
             ("limits.max_tag_bytes", limits.max_tag_bytes),
             ("limits.max_batch_entries", limits.max_batch_entries),
+            (
+                "limits.max_listeners_per_client",
+                limits.max_listeners_per_client,
+            ),
         ] {
             if value == 0 {
                 problems.push(field, "must be > 0");
@@ -364,6 +394,15 @@ impl Config {
         }
         if limits.max_key_bytes > MAX_PAYLOAD {
             problems.push("limits.max_key_bytes", "must be <= 1 GiB");
+        }
+        if limits.max_concurrent_streams < MIN_CONCURRENT_STREAMS {
+            problems.push(
+                "limits.max_concurrent_streams",
+                format!(
+                    "must be >= {MIN_CONCURRENT_STREAMS}: the Rust client keeps 4 pipeline \
+                     streams per node open beside its other calls"
+                ),
+            );
         }
     }
 
@@ -506,6 +545,23 @@ mod tests {
         let config = Config::from_toml("[caches.clients]\npersistent = true\n", "t").unwrap();
         assert_eq!(config.caches.len(), 6);
         assert!(config.caches["clients"].persistent);
+    }
+
+    #[test]
+    fn too_few_streams_per_connection_are_refused_with_the_reason() {
+        let problems = invalid("[limits]\nmax_concurrent_streams = 8\n");
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].starts_with("limits.max_concurrent_streams: must be >= 16"),
+            "{problems:?}"
+        );
+        let config =
+            Config::from_toml("[limits]\nmax_requests_per_second_per_client = 500\n", "t").unwrap();
+        assert_eq!(config.limits.max_requests_per_second_per_client, 500);
+        assert_eq!(
+            Config::default().limits.max_requests_per_second_per_client,
+            0
+        );
     }
 
     #[test]

@@ -18,10 +18,11 @@ use sitegrid_proto::v1::cache_server::CacheServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
+use tonic::service::interceptor::InterceptedService;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tracing::{info, warn};
 
-use crate::api::{AdminService, CacheService, ReplicationApi, Validator};
+use crate::api::{AdminService, CacheService, ClientLimits, ReplicationApi, Validator};
 use crate::cluster::membership::{GossipSettings, Membership};
 use crate::cluster::{Cluster, Member, MemberState, Timing, join, repair};
 use crate::error::{Error, Result};
@@ -405,6 +406,15 @@ async fn follow_health(
 const STREAM_WINDOW: u32 = 4 << 20;
 /// HTTP/2 flow-control window of one connection, in bytes.
 const CONNECTION_WINDOW: u32 = 16 << 20;
+/// Largest header block a request may carry; gRPC requests carry a few hundred bytes.
+const MAX_HEADER_LIST_BYTES: u32 = 16 << 10;
+/// Streams opened and reset by a client before the server took them, per connection.
+const MAX_PENDING_RESETS: usize = 20;
+/// Streams the server had to reset for protocol errors, per connection.
+const MAX_LOCAL_RESETS: usize = 1024;
+/// How often an idle connection is pinged, and how long the ping may go unanswered.
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Builds the gRPC server; the returned future serves until `stopped` turns true.
 fn serve_grpc<H: Health>(
@@ -417,9 +427,21 @@ fn serve_grpc<H: Health>(
 ) -> Result<impl Future<Output = Result<(), tonic::transport::Error>> + Send + use<H>> {
     let max_message = config.limits.max_message_bytes();
     let validator = Validator::new(config.limits.clone());
-    let cache = CacheServer::new(CacheService::new(store.clone(), validator, state.clone()))
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
+    let limits = ClientLimits::new(&config.limits);
+    let cache = CacheServer::new(CacheService::new(
+        store.clone(),
+        validator,
+        state.clone(),
+        Arc::clone(&limits),
+    ))
+    .max_decoding_message_size(max_message)
+    .max_encoding_message_size(max_message);
+    // Unary calls and stream openings; a pipeline admits its requests one by one.
+    let cache = InterceptedService::new(cache, move |request: tonic::Request<()>| {
+        limits.admit(request.remote_addr().map(|addr| addr.ip()))?;
+        Ok(request)
+    });
+    let max_streams = config.limits.max_concurrent_streams;
     let replication = ReplicationServiceServer::new(ReplicationApi::new(state.cluster().clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
@@ -448,6 +470,17 @@ fn serve_grpc<H: Health>(
         let result = tonic::transport::Server::builder()
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_concurrent_streams(max_streams)
+            // HTTP/2 abuse: header blocks (CONTINUATION floods), streams a client opens
+            // and resets at once (rapid reset), streams the server has to reset (made-you
+            // reset); over these, the connection is closed.
+            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+            .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
+            .http2_max_local_error_reset_streams(Some(MAX_LOCAL_RESETS))
+            // A client that vanished without closing its connection (its streams, its
+            // listener places) is noticed.
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .add_service(cache)
             .add_service(admin)
             .add_service(replication)

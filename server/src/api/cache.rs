@@ -12,6 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::convert::{self, keyed, metadata, versioned};
+use crate::api::limits::ClientLimits;
 use crate::api::observe::{Op, RequestMetrics};
 use crate::api::pipeline;
 use crate::api::validate::Validator;
@@ -37,6 +38,7 @@ pub struct CacheService {
     validator: Validator,
     state: NodeState,
     metrics: std::sync::Arc<RequestMetrics>,
+    limits: std::sync::Arc<ClientLimits>,
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<v1::CacheEvent, Status>> + Send>>;
@@ -44,14 +46,25 @@ type PipelineStream = Pin<Box<dyn Stream<Item = Result<v1::PipelineResponse, Sta
 type EntriesStream = Pin<Box<dyn Stream<Item = Result<v1::EntriesResponse, Status>> + Send>>;
 
 impl CacheService {
-    pub(crate) fn new(store: Store, validator: Validator, state: NodeState) -> CacheService {
+    pub(crate) fn new(
+        store: Store,
+        validator: Validator,
+        state: NodeState,
+        limits: std::sync::Arc<ClientLimits>,
+    ) -> CacheService {
         let metrics = RequestMetrics::new(store.caches().map(|cache| &**cache.name()));
         CacheService {
             store,
             validator,
             state,
             metrics: std::sync::Arc::new(metrics),
+            limits,
         }
+    }
+
+    /// The per-client limits this service enforces.
+    pub(crate) fn limits(&self) -> &ClientLimits {
+        &self.limits
     }
 
     /// Checks a Listen request and resolves its caches.
@@ -552,8 +565,10 @@ impl Cache for CacheService {
         request: Request<Streaming<v1::PipelineRequest>>,
     ) -> Result<Response<Self::PipelineStream>, Status> {
         let (sender, receiver) = mpsc::channel(PIPELINE_CHANNEL);
+        let client = request.remote_addr().map(|addr| addr.ip());
         tokio::spawn(pipeline::run(
             self.clone(),
+            client,
             request.into_inner(),
             sender,
             self.state.stopping(),
@@ -567,13 +582,21 @@ impl Cache for CacheService {
         &self,
         request: Request<v1::ListenRequest>,
     ) -> Result<Response<Self::ListenStream>, Status> {
+        let slot = self
+            .limits
+            .open_listener(request.remote_addr().map(|addr| addr.ip()))?;
         let r = request.into_inner();
         self.state.check_serving()?;
         let spec = self.listen_spec(&r)?;
         let (sender, receiver) = mpsc::channel(LISTEN_CHANNEL);
         // Subscribed before the stream is returned: nothing written after can be missed.
         let subscription = Subscription::new(spec, self.store.hub(), self.store.clock().current());
-        tokio::spawn(subscription.run(sender, self.state.stopping()));
+        let stopping = self.state.stopping();
+        tokio::spawn(async move {
+            // The client's place stays taken as long as the subscription runs.
+            let _slot = slot;
+            subscription.run(sender, stopping).await;
+        });
         let with_values = r.with_values;
         let events = ReceiverStream::new(receiver)
             .map(move |change| Ok(convert::event(&change, with_values)));

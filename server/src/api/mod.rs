@@ -5,6 +5,7 @@
 mod admin;
 mod cache;
 mod convert;
+mod limits;
 mod observe;
 mod pipeline;
 mod replication;
@@ -12,5 +13,6 @@ mod validate;
 
 pub use admin::AdminService;
 pub use cache::CacheService;
+pub(crate) use limits::ClientLimits;
 pub use replication::ReplicationApi;
 pub(crate) use validate::Validator;

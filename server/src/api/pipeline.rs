@@ -17,6 +17,7 @@
 use std::collections::hash_map::{DefaultHasher, Entry};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -34,18 +35,20 @@ pub(crate) const MAX_IN_FLIGHT: usize = 1024;
 /// until the client stops sending (or goes away) or `stopping` turns true.
 pub(crate) async fn run(
     service: CacheService,
+    client: Option<IpAddr>,
     requests: Streaming<v1::PipelineRequest>,
     answers: mpsc::Sender<Result<v1::PipelineResponse, Status>>,
     stopping: watch::Receiver<bool>,
 ) {
     let open = metrics::gauge!("sitegrid_pipeline_streams");
     open.increment(1.0);
-    serve_stream(service, requests, answers, stopping).await;
+    serve_stream(service, client, requests, answers, stopping).await;
     open.decrement(1.0);
 }
 
 async fn serve_stream(
     service: CacheService,
+    client: Option<IpAddr>,
     mut requests: Streaming<v1::PipelineRequest>,
     answers: mpsc::Sender<Result<v1::PipelineResponse, Status>>,
     mut stopping: watch::Receiver<bool>,
@@ -70,8 +73,14 @@ async fn serve_stream(
             }
             request = requests.next(), if reading && admitted < MAX_IN_FLIGHT => match request {
                 Some(Ok(request)) => {
-                    admitted += 1;
                     requested.increment(1);
+                    if let Err(status) = service.limits().admit(client) {
+                        if answers.send(Ok(failed(request.id, &status))).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    admitted += 1;
                     let slot = slot_of(&request);
                     if let Some(request) = queues.admit(slot, request) {
                         running.push(serve(&service, slot, request));
@@ -140,19 +149,25 @@ async fn serve(
             "pipeline request names no operation",
         )),
     };
-    let result = answer.unwrap_or_else(|status| {
-        Answer::Error(v1::RequestError {
+    let answer = match answer {
+        Ok(answer) => v1::PipelineResponse {
+            id: request.id,
+            result: Some(answer),
+        },
+        Err(status) => failed(request.id, &status),
+    };
+    (slot, answer)
+}
+
+/// The answer to request `id` that failed with `status`.
+fn failed(id: u64, status: &Status) -> v1::PipelineResponse {
+    v1::PipelineResponse {
+        id,
+        result: Some(Answer::Error(v1::RequestError {
             code: status.code() as i32,
             message: status.message().to_owned(),
-        })
-    });
-    (
-        slot,
-        v1::PipelineResponse {
-            id: request.id,
-            result: Some(result),
-        },
-    )
+        })),
+    }
 }
 
 /// The keys with a request running, and the requests waiting behind it, in order.

@@ -155,6 +155,7 @@ mod tests {
             max_tags: 2,
             max_tag_bytes: 10,
             max_batch_entries: 3,
+            ..LimitsConfig::default()
         })
     }
 
