@@ -30,6 +30,26 @@ impl Site {
         Ok(site)
     }
 
+    /// A client of the library given only the first node, once it has learned every
+    /// node of the site from it (refreshing the topology every 200 ms).
+    pub async fn client_knowing_every_node(&self) -> anyhow::Result<sitegrid_client::Client> {
+        let client = sitegrid_client::Client::builder([self.nodes[0].endpoint()])
+            .topology_refresh_interval(Duration::from_millis(200))
+            .connect()
+            .await?;
+        let nodes = self.nodes.len();
+        eventually(
+            "the client to learn every node",
+            Duration::from_secs(30),
+            || {
+                let client = client.clone();
+                async move { client.endpoints().len() == nodes }
+            },
+        )
+        .await?;
+        Ok(client)
+    }
+
     /// The gRPC addresses of the nodes, comma-separated (`sitegridctl -e`, `--site`).
     pub fn grpc_endpoints(&self) -> String {
         self.nodes

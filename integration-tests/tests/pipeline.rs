@@ -200,21 +200,7 @@ async fn pipelined_writes_in_flight_when_a_node_dies_are_retried_on_the_others()
     const WRITERS: usize = 32;
     const EACH: usize = 150;
     let mut site = Site::start(3, "").await.unwrap();
-    let client = Client::builder([site.nodes[0].endpoint()])
-        .topology_refresh_interval(Duration::from_millis(200))
-        .connect()
-        .await
-        .unwrap();
-    eventually(
-        "the client to learn every member",
-        Duration::from_secs(30),
-        || {
-            let client = client.clone();
-            async move { client.endpoints().len() == 3 }
-        },
-    )
-    .await
-    .unwrap();
+    let client = site.client_knowing_every_node().await.unwrap();
     let acknowledged = Arc::new(AtomicUsize::new(0));
     let writers: Vec<_> = (0..WRITERS)
         .map(|writer| {

@@ -531,21 +531,7 @@ async fn counter_total(site: &Site, name: &str) -> u64 {
 async fn a_client_given_one_node_learns_the_site_writes_to_primaries_and_outlives_that_node() {
     let mut site = Site::start(3, "").await.unwrap();
     wait_for_ready_members(&site, 3).await;
-    let client = sitegrid_client::Client::builder([site.nodes[0].endpoint()])
-        .topology_refresh_interval(Duration::from_millis(200))
-        .connect()
-        .await
-        .unwrap();
-    eventually(
-        "the client to learn every member",
-        Duration::from_secs(30),
-        || {
-            let client = client.clone();
-            async move { client.endpoints().len() == 3 }
-        },
-    )
-    .await
-    .unwrap();
+    let client = site.client_knowing_every_node().await.unwrap();
     let mut learned = client.endpoints();
     learned.sort();
     let mut expected: Vec<String> = site.nodes.iter().map(NodeProcess::endpoint).collect();

@@ -8,7 +8,9 @@
 //! - [`transport`]: the TCP stream both sides use, tuned for small messages.
 //! - [`version`]: the layout of versions.
 //! - [`routing`]: which node of a site is a key's primary, the same for nodes and clients.
+//! - [`batch`]: taking batches off a queue, for the senders of batched calls.
 
+pub mod batch;
 mod error;
 mod retry;
 pub mod routing;

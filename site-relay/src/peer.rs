@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use prost::Message as _;
 use sitegrid_config::SiteConfig;
+use sitegrid_proto::batch::{BatchQueue, Weighed};
 use sitegrid_proto::v1;
 use sitegrid_proto::v1::site_link_client::SiteLinkClient;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -361,6 +362,12 @@ const MAX_BATCH_BYTES: usize = 4 << 20;
 /// and batches grow instead of calls.
 const BATCHES_IN_FLIGHT: usize = 16;
 
+impl Weighed for QueuedBackup {
+    fn weight(&self) -> usize {
+        self.size
+    }
+}
+
 /// A backup waiting for its batch, and where its answer goes.
 struct QueuedBackup {
     item: v1::BackupItem,
@@ -377,36 +384,19 @@ async fn send_backups(
     link: Arc<Link>,
     site: Arc<str>,
     from_site: String,
-    mut queued: mpsc::UnboundedReceiver<QueuedBackup>,
+    queued: mpsc::UnboundedReceiver<QueuedBackup>,
 ) {
     let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     let budget = MAX_BATCH_BYTES.min(link.max_message_bytes / 2);
-    let mut carried = None;
-    loop {
-        let first = match carried.take() {
-            Some(first) => first,
-            None => match queued.recv().await {
-                Some(first) => first,
-                None => return,
-            },
-        };
+    let mut queued = BatchQueue::new(queued, MAX_BATCH, budget);
+    while let Some(first) = queued.first().await {
+        // Waiting for a slot lets the queue fill.
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
-        let mut bytes = first.size;
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            let Ok(next) = queued.try_recv() else { break };
-            if bytes + next.size > budget {
-                carried = Some(next);
-                break;
-            }
-            bytes += next.size;
-            batch.push(next);
-        }
-        metrics::counter!("sitegrid_backup_batches_total", "site" => Arc::clone(&site).to_string())
-            .increment(1);
-        metrics::histogram!("sitegrid_backup_batch_size", "site" => Arc::clone(&site).to_string())
+        let batch = queued.fill(first);
+        metrics::counter!("sitegrid_backup_batches_total", "site" => site.to_string()).increment(1);
+        metrics::histogram!("sitegrid_backup_batch_size", "site" => site.to_string())
             .record(batch.len() as f64);
         let link = Arc::clone(&link);
         let from_site = from_site.clone();

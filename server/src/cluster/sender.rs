@@ -12,6 +12,7 @@
 use std::sync::{Arc, Weak};
 
 use prost::Message;
+use sitegrid_proto::batch::{BatchQueue, Weighed};
 use sitegrid_proto::v1;
 use tokio::sync::{mpsc, oneshot};
 
@@ -74,34 +75,23 @@ impl Sender {
     }
 }
 
+impl Weighed for Job {
+    fn weight(&self) -> usize {
+        self.size
+    }
+}
+
 async fn run(
     cluster: Weak<Inner>,
     target: Target,
-    mut queue: mpsc::UnboundedReceiver<Job>,
+    queue: mpsc::UnboundedReceiver<Job>,
     budget: usize,
 ) {
-    let mut held: Option<Job> = None;
-    loop {
-        let first = match held.take() {
-            Some(job) => job,
-            None => match queue.recv().await {
-                Some(job) => job,
-                None => return,
-            },
-        };
+    let mut queue = BatchQueue::new(queue, MAX_BATCH, budget);
+    while let Some(first) = queue.first().await {
         // Writers about to queue get one turn first, so the batch carries them too.
         tokio::task::yield_now().await;
-        let mut bytes = first.size;
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            let Ok(job) = queue.try_recv() else { break };
-            if bytes + job.size > budget {
-                held = Some(job);
-                break;
-            }
-            bytes += job.size;
-            batch.push(job);
-        }
+        let batch = queue.fill(first);
         let Some(inner) = cluster.upgrade() else {
             // The node stopped: whatever is queued is answered by the queue closing.
             return;

@@ -14,7 +14,7 @@ use sitegrid_integration_tests::{NodeProcess, NodeSpec, Site, eventually};
 
 use crate::Settings;
 use crate::ctl::{Load, Measurement, fill, measure};
-use crate::single_node::{Row, median, median_u64};
+use crate::single_node::{Rounds, Row};
 
 const KEY_SPACE: u64 = 100_000;
 const VALUE_SIZE: usize = 256;
@@ -214,25 +214,11 @@ pub(crate) async fn run(settings: &Settings) -> anyhow::Result<Results> {
     }
     drop((redis, node, site));
 
-    let ratio = |index: usize, baseline: usize| {
-        median(
-            rounds
-                .iter()
-                .map(|r| r[index].ops_per_sec / r[baseline].ops_per_sec)
-                .collect(),
-        )
-    };
+    let rounds = Rounds(rounds);
+    let ratio = |index: usize, baseline: usize| rounds.ratio(index, baseline);
     let row = |index: usize, ratio: Option<(f64, &'static str)>, target: Option<f64>| {
         let (label, concurrency) = LABELS[index];
-        Row {
-            label: label.to_owned(),
-            concurrency,
-            ops_per_sec: median(rounds.iter().map(|r| r[index].ops_per_sec).collect()),
-            p50_us: median_u64(rounds.iter().map(|r| r[index].p50_us).collect()),
-            p99_us: median_u64(rounds.iter().map(|r| r[index].p99_us).collect()),
-            ratio,
-            target,
-        }
+        rounds.row(index, label, concurrency, ratio, target)
     };
     let rows = vec![
         row(0, None, None),

@@ -28,6 +28,45 @@ pub(crate) struct Row {
     pub(crate) target: Option<f64>,
 }
 
+/// The measurements of every round, each in the order of its plan.
+pub(crate) struct Rounds(pub(crate) Vec<Vec<Measurement>>);
+
+impl Rounds {
+    /// The median over rounds of figure `index`'s throughput divided by figure
+    /// `baseline`'s, measured in the same round.
+    pub(crate) fn ratio(&self, index: usize, baseline: usize) -> f64 {
+        median(
+            self.0
+                .iter()
+                .map(|round| round[index].ops_per_sec / round[baseline].ops_per_sec)
+                .collect(),
+        )
+    }
+
+    /// Figure `index` as a row of the report: medians over rounds.
+    pub(crate) fn row(
+        &self,
+        index: usize,
+        label: &str,
+        concurrency: u32,
+        ratio: Option<(f64, &'static str)>,
+        target: Option<f64>,
+    ) -> Row {
+        let figure = |of: fn(&Measurement) -> f64| {
+            median(self.0.iter().map(|round| of(&round[index])).collect())
+        };
+        Row {
+            label: label.to_owned(),
+            concurrency,
+            ops_per_sec: figure(|m| m.ops_per_sec),
+            p50_us: figure(|m| m.p50_us as f64).round() as u64,
+            p99_us: figure(|m| m.p99_us as f64).round() as u64,
+            ratio,
+            target,
+        }
+    }
+}
+
 /// The memory figure.
 #[derive(Debug, Clone)]
 pub(crate) struct Memory {
@@ -106,26 +145,10 @@ pub(crate) async fn run(settings: &Settings) -> anyhow::Result<Results> {
     }
     drop(node);
 
-    let column = |index: usize| rounds.iter().map(|r| r[index].clone()).collect::<Vec<_>>();
-    let ratio = |index: usize, baseline: usize| {
-        median(
-            rounds
-                .iter()
-                .map(|r| r[index].ops_per_sec / r[baseline].ops_per_sec)
-                .collect(),
-        )
-    };
+    let rounds = Rounds(rounds);
+    let ratio = |index: usize, baseline: usize| rounds.ratio(index, baseline);
     let row = |index: usize, ratio: Option<(f64, &'static str)>, target: Option<f64>| {
-        let measured = column(index);
-        Row {
-            label: plan[index].0.to_string(),
-            concurrency: plan[index].3,
-            ops_per_sec: median(measured.iter().map(|m| m.ops_per_sec).collect()),
-            p50_us: median_u64(measured.iter().map(|m| m.p50_us).collect()),
-            p99_us: median_u64(measured.iter().map(|m| m.p99_us).collect()),
-            ratio,
-            target,
-        }
+        rounds.row(index, plan[index].0, plan[index].3, ratio, target)
     };
     let rows = vec![
         row(0, None, None),
@@ -175,7 +198,7 @@ async fn measure_memory(settings: &Settings) -> anyhow::Result<Memory> {
     })
 }
 
-pub(crate) fn median(mut values: Vec<f64>) -> f64 {
+fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();
     if n == 0 {
@@ -186,8 +209,4 @@ pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     } else {
         (values[n / 2 - 1] + values[n / 2]) / 2.0
     }
-}
-
-pub(crate) fn median_u64(values: Vec<u64>) -> u64 {
-    median(values.into_iter().map(|v| v as f64).collect()).round() as u64
 }
