@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build run test lint bench chaos demo
+.PHONY: build run test lint bench chaos demo fuzz
 
 build:
 	$(CARGO) build --release --bins
@@ -24,6 +24,14 @@ demo: build
 
 bench: build
 	$(CARGO) run --release -p sitegrid-integration-tests --bin sitegrid-bench -- --output BENCHMARKS.md
+
+# Every fuzz target (integration-tests/tests/fuzz.rs) for FUZZ_SECONDS each, two at a
+# time; each prints how many cases it ran. `cargo test` runs them briefly.
+FUZZ_SECONDS ?= 600
+
+fuzz:
+	SITEGRID_FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test --release -p sitegrid-integration-tests \
+		--test fuzz -- --test-threads 2 --nocapture
 
 # Long randomized fault-injection runs: `make chaos SEEDS=10 DURATION=30s [SEED=n]`.
 SEEDS ?= 10
