@@ -104,7 +104,7 @@ async fn stopped(stopping: &mut watch::Receiver<bool>) {
 }
 
 /// Which queue a request waits in: a hash of its cache and key (a collision only makes
-/// two keys wait for each other). Requests naming no operation have their own slot.
+/// two keys wait for each other). Requests naming no operation all take slot 0.
 fn slot_of(request: &v1::PipelineRequest) -> u64 {
     let (cache, key) = match &request.operation {
         Some(Operation::Get(r)) => (&r.cache, &r.key),
