@@ -2,9 +2,8 @@
 
 use bytes::Bytes;
 use sitegrid_proto::v1;
-use sitegrid_proto::v1::cache_client::CacheClient;
 
-use crate::client::{Client, Deadline};
+use crate::client::{Client, Deadline, cache_client};
 use crate::entry_stream::EntryStream;
 use crate::error::Result;
 use crate::options::{EntriesOptions, WriteOptions};
@@ -55,7 +54,7 @@ impl RemoteCache {
     pub async fn ping(&self) -> Result<()> {
         self.client
             .unary(v1::PingRequest {}, |channel, request| async move {
-                CacheClient::new(channel).ping(request).await
+                cache_client(channel).ping(request).await
             })
             .await
             .map(|_| ())
@@ -70,7 +69,7 @@ impl RemoteCache {
         let response = self
             .client
             .read(request, |channel, request| async move {
-                CacheClient::new(channel).get(request).await
+                cache_client(channel).get(request).await
             })
             .await?;
         Ok(response.found.then(|| Versioned {
@@ -91,7 +90,7 @@ impl RemoteCache {
         let response = self
             .client
             .write(&key, request, |channel, request| async move {
-                CacheClient::new(channel).put(request).await
+                cache_client(channel).put(request).await
             })
             .await?;
         Ok(response.into())
@@ -109,7 +108,7 @@ impl RemoteCache {
         let response = self
             .client
             .write(&key, request, |channel, request| async move {
-                CacheClient::new(channel).put_if_absent(request).await
+                cache_client(channel).put_if_absent(request).await
             })
             .await?;
         Ok(response.into())
@@ -127,7 +126,7 @@ impl RemoteCache {
         let response = self
             .client
             .write(&key, request, |channel, request| async move {
-                CacheClient::new(channel).replace(request).await
+                cache_client(channel).replace(request).await
             })
             .await?;
         Ok(response.into())
@@ -156,9 +155,7 @@ impl RemoteCache {
         let response = self
             .client
             .write(&key, request, |channel, request| async move {
-                CacheClient::new(channel)
-                    .replace_with_version(request)
-                    .await
+                cache_client(channel).replace_with_version(request).await
             })
             .await?;
         Ok(response.into())
@@ -180,7 +177,7 @@ impl RemoteCache {
         let response = self
             .client
             .write(&key, request, |channel, request| async move {
-                CacheClient::new(channel).remove(request).await
+                cache_client(channel).remove(request).await
             })
             .await?;
         Ok(response.into())
@@ -204,7 +201,7 @@ impl RemoteCache {
         let response = self
             .client
             .write(&key, request, |channel, request| async move {
-                CacheClient::new(channel).remove_with_version(request).await
+                cache_client(channel).remove_with_version(request).await
             })
             .await?;
         Ok(response.into())
@@ -222,7 +219,7 @@ impl RemoteCache {
         let response = self
             .client
             .unary(request, |channel, request| async move {
-                CacheClient::new(channel).get_all(request).await
+                cache_client(channel).get_all(request).await
             })
             .await?;
         Ok(response.entries.into_iter().map(Entry::from).collect())
@@ -260,7 +257,7 @@ impl RemoteCache {
         let response = self
             .client
             .unary(request, |channel, request| async move {
-                CacheClient::new(channel).put_all(request).await
+                cache_client(channel).put_all(request).await
             })
             .await?;
         Ok(response.versions)
@@ -282,7 +279,7 @@ impl RemoteCache {
             .send(
                 request,
                 Deadline::FirstAnswer,
-                |channel, request| async move { CacheClient::new(channel).entries(request).await },
+                |channel, request| async move { cache_client(channel).entries(request).await },
             )
             .await?;
         Ok(EntryStream::new(
@@ -301,7 +298,7 @@ impl RemoteCache {
         let response = self
             .client
             .unary(request, |channel, request| async move {
-                CacheClient::new(channel).remove_by_tag(request).await
+                cache_client(channel).remove_by_tag(request).await
             })
             .await?;
         Ok(response.removed)
@@ -315,7 +312,7 @@ impl RemoteCache {
         let response = self
             .client
             .unary(request, |channel, request| async move {
-                CacheClient::new(channel).size(request).await
+                cache_client(channel).size(request).await
             })
             .await?;
         Ok(response.size)
@@ -341,7 +338,7 @@ impl RemoteCache {
         };
         self.client
             .unary(request, |channel, request| async move {
-                CacheClient::new(channel).clear(request).await
+                cache_client(channel).clear(request).await
             })
             .await
     }

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
+use sitegrid_proto::v1::cache_client::CacheClient;
 use sitegrid_proto::{Backoff, v1};
 use tonic::transport::Channel;
 
@@ -87,6 +88,13 @@ impl Connection {
             channel,
         }
     }
+}
+
+/// A `Cache` client on `channel` that takes answers of any size: the server bounds what
+/// it sends by its own limits (a value may be up to `limits.max_value_bytes`, 8 MiB by
+/// default, over tonic's default of 4 MiB).
+pub(crate) fn cache_client(channel: Channel) -> CacheClient<Channel> {
+    CacheClient::new(channel).max_decoding_message_size(usize::MAX)
 }
 
 /// Where a request goes first.

@@ -8,10 +8,10 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::client::cache_client;
 use futures::Stream;
 use sitegrid_proto::Backoff;
 use sitegrid_proto::v1;
-use sitegrid_proto::v1::cache_client::CacheClient;
 use tonic::codec::Streaming;
 
 use crate::client::{Client, Deadline, Target};
@@ -205,7 +205,7 @@ impl Driver {
                 Deadline::FirstAnswer,
                 RetryPolicy::Listen,
                 &backoff,
-                |channel, request| async move { CacheClient::new(channel).listen(request).await },
+                |channel, request| async move { cache_client(channel).listen(request).await },
             )
             .await?;
         self.stream = Some(Open {

@@ -16,11 +16,12 @@ use std::collections::HashMap;
 use std::error::Error as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use sitegrid_proto::v1::cache_client::CacheClient;
 use sitegrid_proto::v1::{self, pipeline_request::Operation, pipeline_response::Result as Answer};
 use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Channel;
+
+use crate::client::cache_client;
 use tonic::{Code, Status, Streaming};
 
 /// Streams per endpoint.
@@ -95,7 +96,7 @@ impl PipelineStream {
             return Ok(open.clone());
         }
         let (requests, outgoing) = mpsc::unbounded_channel();
-        let answers = CacheClient::new(self.channel.clone())
+        let answers = cache_client(self.channel.clone())
             .pipeline(UnboundedReceiverStream::new(outgoing))
             .await?
             .into_inner();

@@ -25,6 +25,9 @@ use crate::store::cache::{Condition, WriteOp, WriteRequest, WriteResult};
 const DEFAULT_BATCH_SIZE: usize = 1000;
 /// Largest batch an `Entries` stream sends.
 const MAX_BATCH_SIZE: usize = 10_000;
+/// Most bytes of entries in one `Entries` message (a larger entry goes alone), so that
+/// a batch of large values stays within what clients accept.
+const MAX_BATCH_BYTES: usize = 1 << 20;
 /// Events between a subscription's task and its gRPC stream; the real buffer is the
 /// hub's ring (`events.listener_buffer`), this only smooths the hand-over.
 const LISTEN_CHANNEL: usize = 64;
@@ -286,6 +289,27 @@ impl CacheService {
     }
 }
 
+/// `entries` in order, cut into runs of at most `max_bytes` encoded bytes; an entry
+/// larger than that is a run of its own.
+fn by_size(entries: impl Iterator<Item = v1::Entry>, max_bytes: usize) -> Vec<Vec<v1::Entry>> {
+    let mut runs: Vec<Vec<v1::Entry>> = Vec::new();
+    let mut bytes = 0;
+    for entry in entries {
+        let size = prost::Message::encoded_len(&entry);
+        match runs.last_mut() {
+            Some(run) if bytes + size <= max_bytes => {
+                bytes += size;
+                run.push(entry);
+            }
+            _ => {
+                bytes = size;
+                runs.push(vec![entry]);
+            }
+        }
+    }
+    runs
+}
+
 /// The fields every put-like request has.
 trait PutFields {
     fn key(&self) -> &Bytes;
@@ -470,16 +494,19 @@ impl Cache for CacheService {
                         return;
                     }
                 };
-                let batch = v1::EntriesResponse {
-                    entries: page
-                        .entries
-                        .iter()
-                        .map(|(key, entry)| keyed(key.clone(), entry, r.with_values))
-                        .collect(),
-                };
-                let last = page.next_after.is_none();
-                if (!batch.entries.is_empty() || last) && sender.send(Ok(batch)).await.is_err() {
-                    return; // the client went away
+                let entries = page
+                    .entries
+                    .iter()
+                    .map(|(key, entry)| keyed(key.clone(), entry, r.with_values));
+                let mut batches = by_size(entries, MAX_BATCH_BYTES);
+                if batches.is_empty() && page.next_after.is_none() {
+                    batches.push(Vec::new()); // the stream ends with a batch
+                }
+                for entries in batches {
+                    let batch = v1::EntriesResponse { entries };
+                    if sender.send(Ok(batch)).await.is_err() {
+                        return; // the client went away
+                    }
                 }
                 match page.next_after {
                     Some(next) => after = Some(next),
@@ -601,5 +628,30 @@ impl Cache for CacheService {
         let events = ReceiverStream::new(receiver)
             .map(move |change| Ok(convert::event(&change, with_values)));
         Ok(Response::new(Box::pin(events)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(value_bytes: usize) -> v1::Entry {
+        v1::Entry {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from(vec![0; value_bytes]),
+            metadata: None,
+        }
+    }
+
+    #[test]
+    fn entries_are_cut_into_runs_within_the_byte_budget() {
+        let entries = [10, 10, 10, 500, 10].map(entry);
+        let runs = by_size(entries.into_iter(), 40);
+        let sizes: Vec<Vec<usize>> = runs
+            .iter()
+            .map(|run| run.iter().map(|e| e.value.len()).collect())
+            .collect();
+        assert_eq!(sizes, [vec![10, 10], vec![10], vec![500], vec![10]]);
+        assert!(by_size(std::iter::empty(), 40).is_empty());
     }
 }
