@@ -161,38 +161,8 @@ fn config_parsing_never_panics() {
     });
 }
 
-/// The stored form of a slot, field for field as `store::record` writes it, so that
-/// cases reach past the protobuf decoder into the slot's own checks.
-#[derive(Clone, PartialEq, prost::Message)]
-struct StoredRecord {
-    #[prost(uint32, tag = "1")]
-    kind: u32,
-    #[prost(uint64, tag = "2")]
-    version: u64,
-    #[prost(string, tag = "3")]
-    origin_site: String,
-    #[prost(bytes = "bytes", tag = "4")]
-    value: Bytes,
-    #[prost(uint64, tag = "5")]
-    created_ms: u64,
-    #[prost(uint64, tag = "6")]
-    last_used_ms: u64,
-    #[prost(uint64, tag = "7")]
-    lifespan_ms: u64,
-    #[prost(uint64, tag = "8")]
-    max_idle_ms: u64,
-    #[prost(string, repeated, tag = "9")]
-    tags: Vec<String>,
-    #[prost(uint64, tag = "10")]
-    removed_ms: u64,
-    #[prost(uint64, tag = "11")]
-    base_version: u64,
-    #[prost(uint64, tag = "12")]
-    writer: u64,
-}
-
-/// Record bytes: well-formed records of every kind (some with fields out of range),
-/// then damaged (truncated, bytes flipped), or plain noise.
+/// Record bytes in `store::record`'s format: well-formed records of every kind (some
+/// with fields out of range), then damaged (truncated, bytes flipped), or plain noise.
 fn record_bytes() -> impl Strategy<Value = Vec<u8>> {
     let stored = (
         0u32..5,
@@ -204,7 +174,7 @@ fn record_bytes() -> impl Strategy<Value = Vec<u8>> {
         any::<[u64; 3]>(),
     )
         .prop_map(|(kind, version, origin, value, times, tags, more)| {
-            let record = StoredRecord {
+            let stored = record::StoredRecord {
                 kind,
                 version,
                 origin_site: origin,
@@ -218,8 +188,8 @@ fn record_bytes() -> impl Strategy<Value = Vec<u8>> {
                 base_version: more[1],
                 writer: more[2],
             };
-            let mut bytes = vec![1u8];
-            prost::Message::encode(&record, &mut bytes).expect("a Vec grows");
+            let mut bytes = vec![record::FORMAT_V1];
+            prost::Message::encode(&stored, &mut bytes).expect("a Vec grows");
             bytes
         });
     let damaged = (stored.clone(), any::<usize>(), any::<u8>(), any::<bool>()).prop_map(

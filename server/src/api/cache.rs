@@ -289,13 +289,15 @@ impl CacheService {
     }
 }
 
-/// `entries` in order, cut into runs of at most `max_bytes` encoded bytes; an entry
-/// larger than that is a run of its own.
+/// `entries` in order, cut into runs that encode as an `EntriesResponse` of at most
+/// `max_bytes` (a node's message limit is at least 1 MiB more than its largest entry);
+/// an entry larger than that is a run of its own.
 fn by_size(entries: impl Iterator<Item = v1::Entry>, max_bytes: usize) -> Vec<Vec<v1::Entry>> {
     let mut runs: Vec<Vec<v1::Entry>> = Vec::new();
     let mut bytes = 0;
     for entry in entries {
-        let size = prost::Message::encoded_len(&entry);
+        // With its field tag and length, as it sits in the response.
+        let size = prost::encoding::message::encoded_len(1, &entry);
         match runs.last_mut() {
             Some(run) if bytes + size <= max_bytes => {
                 bytes += size;
@@ -646,12 +648,20 @@ mod tests {
     #[test]
     fn entries_are_cut_into_runs_within_the_byte_budget() {
         let entries = [10, 10, 10, 500, 10].map(entry);
+        // Each small entry encodes in 17 bytes inside a response (tag, length, key,
+        // value).
         let runs = by_size(entries.into_iter(), 40);
         let sizes: Vec<Vec<usize>> = runs
             .iter()
             .map(|run| run.iter().map(|e| e.value.len()).collect())
             .collect();
         assert_eq!(sizes, [vec![10, 10], vec![10], vec![500], vec![10]]);
+        for run in &runs[..2] {
+            let response = v1::EntriesResponse {
+                entries: run.clone(),
+            };
+            assert!(prost::Message::encoded_len(&response) <= 40);
+        }
         assert!(by_size(std::iter::empty(), 40).is_empty());
     }
 }

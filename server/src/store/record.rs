@@ -12,41 +12,53 @@ use prost::Message;
 
 use crate::store::entry::{Entry, SiteName, Slot, Tombstone, TombstoneCause};
 
-/// The only record format so far.
-const FORMAT_V1: u8 = 1;
+/// The only record format so far: the first byte of every record.
+pub const FORMAT_V1: u8 = 1;
 
 const KIND_LIVE: u32 = 0;
 const KIND_REMOVED: u32 = 1;
 const KIND_EXPIRED: u32 = 2;
 
+/// A slot as it is stored, after the format byte: public so that tests and fuzz targets
+/// can build records of every shape, well-formed or not.
 #[derive(Clone, PartialEq, Message)]
-struct StoredRecord {
+pub struct StoredRecord {
+    /// `0` live, `1` removed, `2` expired.
     #[prost(uint32, tag = "1")]
-    kind: u32,
+    pub kind: u32,
+    /// The slot's version.
     #[prost(uint64, tag = "2")]
-    version: u64,
+    pub version: u64,
+    /// Site where the write was accepted.
     #[prost(string, tag = "3")]
-    origin_site: String,
+    pub origin_site: String,
+    /// The value (live entries).
     #[prost(bytes = "bytes", tag = "4")]
-    value: Bytes,
+    pub value: Bytes,
+    /// When the entry was written.
     #[prost(uint64, tag = "5")]
-    created_ms: u64,
+    pub created_ms: u64,
+    /// Last read or write.
     #[prost(uint64, tag = "6")]
-    last_used_ms: u64,
+    pub last_used_ms: u64,
+    /// Lifespan, 0 = none.
     #[prost(uint64, tag = "7")]
-    lifespan_ms: u64,
+    pub lifespan_ms: u64,
+    /// Max idle, 0 = none.
     #[prost(uint64, tag = "8")]
-    max_idle_ms: u64,
+    pub max_idle_ms: u64,
+    /// Tags, each `name=value`.
     #[prost(string, repeated, tag = "9")]
-    tags: Vec<String>,
-    /// Tombstones: when removed. Expired tombstones: also the expired entry's version.
+    pub tags: Vec<String>,
+    /// Tombstones: when removed.
     #[prost(uint64, tag = "10")]
-    removed_ms: u64,
+    pub removed_ms: u64,
+    /// Expired tombstones: the expired entry's version.
     #[prost(uint64, tag = "11")]
-    base_version: u64,
+    pub base_version: u64,
     /// The request that made the slot (see `Entry::writer`); 0 = none.
     #[prost(uint64, tag = "12")]
-    writer: u64,
+    pub writer: u64,
 }
 
 /// Why stored bytes could not be read back as a slot.
