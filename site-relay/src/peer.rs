@@ -1,4 +1,5 @@
-//! One peer site: channels to its endpoints, tried in turn.
+//! One peer site: channels to its endpoints, tried in turn, and the sender that takes
+//! the sync backups of writes in flight together to it in batches.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
