@@ -430,21 +430,19 @@ async fn send_batch(link: &Link, from_site: String, batch: Vec<QueuedBackup>) {
         .await;
     let v1::BackupBatchRequest { from_site, items } = request;
     let results = match answer {
-        Ok(answer) if answer.results.len() == batch.len() => answer.results,
-        Ok(answer) => {
-            let failure = Failure::Unreachable(format!(
-                "{} answers to a batch of {} backups",
-                answer.results.len(),
-                batch.len()
-            ));
-            for queued in batch {
-                let _ = queued.reply.send(Err(failure.clone()));
-            }
-            return;
-        }
+        Ok(answer) if answer.results.len() == batch.len() => Ok(answer.results),
+        Ok(answer) => Err(Failure::Unreachable(format!(
+            "{} answers to a batch of {} backups",
+            answer.results.len(),
+            batch.len()
+        ))),
         // Refused whole (or not understood, by a peer of an older version): each on its
         // own gets the peer's exact answer.
-        Err(Failure::Refused(_)) => vec![v1::BackupResult::default(); batch.len()],
+        Err(Failure::Refused(_)) => Ok(vec![v1::BackupResult::default(); batch.len()]),
+        Err(failure) => Err(failure),
+    };
+    let results = match results {
+        Ok(results) => results,
         Err(failure) => {
             for queued in batch {
                 let _ = queued.reply.send(Err(failure.clone()));

@@ -132,9 +132,7 @@ impl CacheService {
             keep_previous,
         })
     }
-}
 
-impl CacheService {
     /// `Get`, for the unary RPC and for pipelines.
     pub(crate) async fn serve_get(&self, r: v1::GetRequest) -> Result<v1::GetResponse, Status> {
         self.metrics
