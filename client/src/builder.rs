@@ -1,11 +1,14 @@
 //! [`ClientBuilder`]: a client's options, and making its channels.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use sitegrid_proto::Backoff;
+use sitegrid_proto::tls::ClientTls;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::client::{Client, Connection, Settings};
+use crate::credentials::Credentials;
 use crate::endpoint::normalize_endpoint;
 use crate::error::{Error, Result};
 use crate::topology::Topology;
@@ -33,6 +36,16 @@ pub struct ClientBuilder {
     discover_topology: bool,
     topology_refresh_interval: Duration,
     pipeline: bool,
+    token: Option<String>,
+    tls: Option<TlsOptions>,
+}
+
+/// The TLS files a client uses.
+#[derive(Debug, Clone)]
+struct TlsOptions {
+    ca: PathBuf,
+    identity: Option<(PathBuf, PathBuf)>,
+    server_name: Option<String>,
 }
 
 impl ClientBuilder {
@@ -48,7 +61,79 @@ impl ClientBuilder {
             discover_topology: true,
             topology_refresh_interval: DEFAULT_TOPOLOGY_REFRESH_INTERVAL,
             pipeline: true,
+            token: None,
+            tls: None,
         }
+    }
+
+    /// Every call carries `authorization: Bearer <token>`: a token of a principal in the
+    /// nodes' `[[security.principals]]` (they keep its SHA-256).
+    #[must_use]
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Connections use TLS and trust the certificate authorities in the PEM file `ca`.
+    /// A node's certificate must name the host of the endpoint, unless
+    /// [`tls_server_name`](Self::tls_server_name) names what it must carry instead.
+    #[must_use]
+    pub fn tls(mut self, ca: impl Into<PathBuf>) -> Self {
+        self.tls = Some(TlsOptions {
+            ca: ca.into(),
+            identity: None,
+            server_name: None,
+        });
+        self
+    }
+
+    /// With [`tls`](Self::tls): present the client certificate chain `cert` (PEM) with
+    /// its key `key`, for a principal that authenticates by certificate.
+    #[must_use]
+    pub fn tls_identity(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        if let Some(tls) = &mut self.tls {
+            tls.identity = Some((cert.into(), key.into()));
+        }
+        self
+    }
+
+    /// With [`tls`](Self::tls): the name the nodes' certificates must carry (their site
+    /// name, say), instead of the endpoint's host.
+    #[must_use]
+    pub fn tls_server_name(mut self, name: impl Into<String>) -> Self {
+        if let Some(tls) = &mut self.tls {
+            tls.server_name = Some(name.into());
+        }
+        self
+    }
+
+    /// The credentials and TLS configuration the options describe.
+    fn credentials(&self) -> Result<(Credentials, Option<ClientTls>)> {
+        let invalid = |reason: String| Error::InvalidCredentials { reason };
+        let credentials = match &self.token {
+            Some(token) => Credentials::bearer(token)
+                .ok_or_else(|| invalid("the token must be visible ASCII".into()))?,
+            None => Credentials::default(),
+        };
+        let tls = match &self.tls {
+            None => None,
+            Some(options) => {
+                let identity = options
+                    .identity
+                    .as_ref()
+                    .map(|(cert, key)| (cert.as_path(), key.as_path()));
+                let config = sitegrid_proto::tls::client_config(&options.ca, identity)
+                    .map_err(|error| invalid(error.to_string()))?;
+                let tls = ClientTls::fixed(config);
+                Some(match &options.server_name {
+                    Some(name) => tls
+                        .expecting(name)
+                        .map_err(|error| invalid(error.to_string()))?,
+                    None => tls,
+                })
+            }
+        };
+        Ok((credentials, tls))
     }
 
     /// How long one attempt of a request may take; it is also sent to the server as the
@@ -119,17 +204,19 @@ impl ClientBuilder {
         if self.endpoints.is_empty() {
             return Err(Error::NoEndpoint);
         }
+        let (credentials, tls) = self.credentials()?;
         let mut configured = Vec::with_capacity(self.endpoints.len());
         let mut connections = Vec::with_capacity(self.endpoints.len());
         for endpoint in &self.endpoints {
             let uri = normalize_endpoint(endpoint)?;
-            let channel =
-                lazy_channel(&uri, self.connect_timeout).map_err(|e| Error::InvalidEndpoint {
+            let channel = lazy_channel(&uri, self.connect_timeout, tls.clone()).map_err(|e| {
+                Error::InvalidEndpoint {
                     endpoint: endpoint.clone(),
                     reason: e.to_string(),
-                })?;
+                }
+            })?;
             configured.push(uri);
-            connections.push(Connection::new(channel));
+            connections.push(Connection::new(channel, &credentials));
         }
         let client = Client::new(
             Topology::new(configured),
@@ -139,6 +226,8 @@ impl ClientBuilder {
                 connect_timeout: self.connect_timeout,
                 backoff: self.backoff,
                 pipeline: self.pipeline,
+                credentials,
+                tls,
             },
         );
         if self.discover_topology {
@@ -152,11 +241,12 @@ impl ClientBuilder {
 pub(crate) fn lazy_channel(
     uri: &str,
     connect_timeout: Duration,
+    tls: Option<ClientTls>,
 ) -> Result<Channel, tonic::transport::Error> {
     let endpoint = Endpoint::from_shared(uri.to_owned())?
         .connect_timeout(connect_timeout)
         .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
         .keep_alive_timeout(KEEP_ALIVE_TIMEOUT);
     // Connections are `CoalescingStream`s: small requests share system calls.
-    Ok(sitegrid_proto::transport::lazy_channel(&endpoint))
+    Ok(sitegrid_proto::transport::lazy_channel(&endpoint, tls))
 }

@@ -12,6 +12,7 @@ use tonic::transport::Channel;
 use crate::admin::RemoteAdmin;
 use crate::builder::{ClientBuilder, lazy_channel};
 use crate::cache::RemoteCache;
+use crate::credentials::Credentials;
 use crate::endpoint::Failover;
 use crate::error::{Error, Result};
 use crate::event_stream::EventStream;
@@ -62,6 +63,10 @@ pub(crate) struct Settings {
     pub(crate) backoff: Backoff,
     /// Single-key requests go on `Pipeline` streams rather than one unary call each.
     pub(crate) pipeline: bool,
+    /// The token every call carries.
+    pub(crate) credentials: Credentials,
+    /// TLS on every connection, for endpoints learned later too.
+    pub(crate) tls: Option<sitegrid_proto::tls::ClientTls>,
 }
 
 /// Every endpoint known and how to reach it.
@@ -82,9 +87,9 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    pub(crate) fn new(channel: Channel) -> Connection {
+    pub(crate) fn new(channel: Channel, credentials: &Credentials) -> Connection {
         Connection {
-            pipelines: Arc::new(Pipelines::new(&channel)),
+            pipelines: Arc::new(Pipelines::new(&channel, credentials)),
             channel,
         }
     }
@@ -257,8 +262,9 @@ impl Client {
         }
         let mut connections = nodes.connections.clone();
         for uri in &topology.endpoints()[connections.len()..] {
-            match lazy_channel(uri, self.shared.settings.connect_timeout) {
-                Ok(channel) => connections.push(Connection::new(channel)),
+            let settings = &self.shared.settings;
+            match lazy_channel(uri, settings.connect_timeout, settings.tls.clone()) {
+                Ok(channel) => connections.push(Connection::new(channel, &settings.credentials)),
                 Err(error) => {
                     tracing::warn!(endpoint = %uri, error = %error, "member address unusable, topology not updated");
                     return;
@@ -293,6 +299,10 @@ impl Client {
 
     pub(crate) fn request_timeout(&self) -> Duration {
         self.shared.settings.request_timeout
+    }
+
+    pub(crate) fn credentials(&self) -> &Credentials {
+        &self.shared.settings.credentials
     }
 
     pub(crate) fn backoff(&self) -> &Backoff {
@@ -457,6 +467,7 @@ impl Client {
         let timeout = self.shared.settings.request_timeout;
         let attempt = |connection: &Connection, message: Req| {
             let mut request = tonic::Request::new(message);
+            self.shared.settings.credentials.sign(&mut request);
             if deadline == Deadline::WholeCall {
                 request.set_timeout(timeout);
             }

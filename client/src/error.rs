@@ -56,6 +56,13 @@ pub enum Error {
     /// The client was given no endpoint at all.
     #[error("no endpoint given")]
     NoEndpoint,
+    /// The TLS files or the token given to the builder can't be used; the reason names
+    /// the file.
+    #[error("invalid credentials: {reason}")]
+    InvalidCredentials {
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -67,7 +74,9 @@ impl Error {
             Error::Server { code, .. } => *code,
             Error::Transport { .. } => ErrorCode::Unavailable,
             Error::Timeout { .. } => ErrorCode::DeadlineExceeded,
-            Error::InvalidEndpoint { .. } | Error::NoEndpoint => ErrorCode::InvalidArgument,
+            Error::InvalidEndpoint { .. }
+            | Error::NoEndpoint
+            | Error::InvalidCredentials { .. } => ErrorCode::InvalidArgument,
         }
     }
 
@@ -78,7 +87,10 @@ impl Error {
             Error::Transport { .. } => true,
             // A timed-out request may still be running on the server; retrying it at
             // once would pile more work on a node that is already slow.
-            Error::Timeout { .. } | Error::InvalidEndpoint { .. } | Error::NoEndpoint => false,
+            Error::Timeout { .. }
+            | Error::InvalidEndpoint { .. }
+            | Error::NoEndpoint
+            | Error::InvalidCredentials { .. } => false,
         }
     }
 
@@ -88,7 +100,10 @@ impl Error {
         match self {
             Error::Server { code, .. } => *code == ErrorCode::Unavailable,
             Error::Transport { .. } => true,
-            Error::Timeout { .. } | Error::InvalidEndpoint { .. } | Error::NoEndpoint => false,
+            Error::Timeout { .. }
+            | Error::InvalidEndpoint { .. }
+            | Error::NoEndpoint
+            | Error::InvalidCredentials { .. } => false,
         }
     }
 
@@ -117,7 +132,9 @@ impl Error {
                 | ErrorCode::Internal => true,
             },
             Error::Transport { .. } | Error::Timeout { .. } => true,
-            Error::InvalidEndpoint { .. } | Error::NoEndpoint => false,
+            Error::InvalidEndpoint { .. }
+            | Error::NoEndpoint
+            | Error::InvalidCredentials { .. } => false,
         }
     }
 

@@ -43,6 +43,7 @@ mod admin;
 mod builder;
 mod cache;
 mod client;
+mod credentials;
 mod endpoint;
 mod entry_stream;
 mod error;

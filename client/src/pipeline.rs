@@ -18,6 +18,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sitegrid_proto::v1::{self, pipeline_request::Operation, pipeline_response::Result as Answer};
 use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
+
+use crate::credentials::Credentials;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Channel;
 
@@ -42,11 +44,12 @@ pub(crate) struct Pipelines {
 
 impl Pipelines {
     /// Streams on `channel`, none open yet.
-    pub(crate) fn new(channel: &Channel) -> Pipelines {
+    pub(crate) fn new(channel: &Channel, credentials: &Credentials) -> Pipelines {
         Pipelines {
             streams: (0..STREAMS)
                 .map(|_| PipelineStream {
                     channel: channel.clone(),
+                    credentials: credentials.clone(),
                     link: Mutex::new(None),
                     window: Semaphore::new(WINDOW),
                 })
@@ -67,6 +70,8 @@ impl Pipelines {
 #[derive(Debug)]
 struct PipelineStream {
     channel: Channel,
+    /// What the stream is opened with.
+    credentials: Credentials,
     /// Where the stream's task takes requests; `None` or closed when no stream is open.
     link: Mutex<Option<mpsc::UnboundedSender<Call>>>,
     /// Room for requests in flight.
@@ -96,8 +101,10 @@ impl PipelineStream {
             return Ok(open.clone());
         }
         let (requests, outgoing) = mpsc::unbounded_channel();
+        let mut request = tonic::Request::new(UnboundedReceiverStream::new(outgoing));
+        self.credentials.sign(&mut request);
         let answers = cache_client(self.channel.clone())
-            .pipeline(UnboundedReceiverStream::new(outgoing))
+            .pipeline(request)
             .await?
             .into_inner();
         let (calls, incoming) = mpsc::unbounded_channel();

@@ -17,6 +17,7 @@ use tokio::task::AbortHandle;
 use tonic::transport::Channel;
 
 use crate::client::{Client, WeakClient};
+use crate::credentials::Credentials;
 use crate::error::Error;
 
 /// The least time between two refreshes: when a node dies, every request in flight
@@ -72,9 +73,10 @@ async fn run(client: WeakClient, wake: Arc<Notify>, interval: Duration) {
         };
         let sources = sources(&strong);
         let timeout = strong.request_timeout().min(ASK_TIMEOUT);
+        let credentials = strong.credentials().clone();
         // Not held across the wait on the network: the client may be dropped meanwhile.
         drop(strong);
-        let status = ask(sources, timeout).await;
+        let status = ask(sources, timeout, &credentials).await;
         let Some(strong) = client.upgrade() else {
             return;
         };
@@ -118,9 +120,11 @@ fn sources(client: &Client) -> Vec<(String, Channel)> {
 async fn ask(
     sources: Vec<(String, Channel)>,
     timeout: Duration,
+    credentials: &Credentials,
 ) -> Option<v1::ClusterStatusResponse> {
     for (endpoint, channel) in sources {
         let mut request = tonic::Request::new(v1::ClusterStatusRequest {});
+        credentials.sign(&mut request);
         request.set_timeout(timeout);
         let mut admin = AdminClient::new(channel);
         match tokio::time::timeout(timeout, admin.cluster_status(request)).await {

@@ -16,6 +16,7 @@ mod cache;
 mod env;
 mod error;
 mod node;
+mod security;
 mod site;
 
 use std::collections::BTreeMap;
@@ -28,6 +29,7 @@ pub use cache::{BackupConfig, CacheConfig, FailurePolicy, MergePolicy, Strategy,
 pub use env::Environment;
 pub use error::{ConfigError, Result};
 pub use node::NodeConfig;
+pub use security::{Auth, PrincipalConfig, Role, SecurityConfig, TlsConfig};
 pub use site::{SiteConfig, TakeOfflineConfig, WitnessConfig};
 
 /// A node's whole configuration.
@@ -62,6 +64,10 @@ pub struct Config {
     /// The witness that grants take-offline in a partition, if there is one.
     #[serde(default)]
     pub witness: Option<WitnessConfig>,
+    /// TLS, authentication and roles. A file without this section requires credentials;
+    /// the no-file default is anonymous.
+    #[serde(default = "SecurityConfig::required")]
+    pub security: SecurityConfig,
 }
 
 /// Backups to peer sites.
@@ -133,6 +139,7 @@ impl Default for Config {
             sites: Vec::new(),
             relay: RelayConfig::default(),
             witness: None,
+            security: SecurityConfig::anonymous(),
         }
     }
 }
@@ -352,6 +359,18 @@ impl Config {
         for (name, cache) in &self.caches {
             cache.validate(name, &self.sites, &mut problems);
         }
+        let has_peers = !self.node.seeds.is_empty() || !self.sites.is_empty();
+        self.security.validate(has_peers, &mut problems);
+        for (i, principal) in self.security.principals.iter().enumerate() {
+            for cache in principal.caches.iter().flatten() {
+                if !self.caches.contains_key(cache) {
+                    problems.push(
+                        format!("security.principals[{i}].caches"),
+                        format!("names {cache:?}, which is not a cache of this node"),
+                    );
+                }
+            }
+        }
         problems.into_result()
     }
 
@@ -450,8 +469,12 @@ pub(crate) fn check_name(field: &str, name: &str, problems: &mut Problems) {
 mod tests {
     use super::*;
 
+    /// What a test file adds so that only its own problems are reported.
+    const ANONYMOUS: &str = "\n[security]\nauth = \"none\"\n";
+
     fn invalid(text: &str) -> Vec<String> {
-        let mut config = Config::from_toml(text, "test.toml").expect("parses");
+        let mut config =
+            Config::from_toml(&format!("{text}{ANONYMOUS}"), "test.toml").expect("parses");
         config
             .apply_env(&Environment::default().with_hostname("test-host"))
             .unwrap();
@@ -463,7 +486,16 @@ mod tests {
 
     #[test]
     fn empty_file_gives_the_default_single_node() {
-        let mut config = Config::from_toml("", "empty.toml").unwrap();
+        // A file, even an empty one, requires credentials unless it says otherwise.
+        let required = Config::from_toml("", "empty.toml").unwrap();
+        assert_eq!(required.security, SecurityConfig::required());
+        let problems = required.validate().unwrap_err().to_string();
+        assert!(
+            problems.contains("security.principals: auth is required"),
+            "{problems}"
+        );
+        assert_eq!(Config::default().security, SecurityConfig::anonymous());
+        let mut config = Config::from_toml(ANONYMOUS, "empty.toml").unwrap();
         assert_eq!(config, Config::default());
         config
             .apply_env(&Environment::default().with_hostname("host1"))
@@ -512,7 +544,7 @@ mod tests {
             persistent = false
             backup = { site2 = { strategy = "sync", failure_policy = "fail", timeout = "4500ms" } }
         "#;
-        let config = Config::from_toml(text, "design.toml").unwrap();
+        let config = Config::from_toml(&format!("{text}{ANONYMOUS}"), "design.toml").unwrap();
         config.validate().unwrap();
         let backup = &config.caches["actionTokens"].backup["site2"];
         assert_eq!(backup.strategy, Strategy::Sync);
@@ -655,11 +687,73 @@ mod tests {
     fn load_reads_the_file_then_applies_the_environment() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
-        std::fs::write(&path, "[node]\nname = \"from-file\"\nsite = \"site1\"\n").unwrap();
+        std::fs::write(
+            &path,
+            format!("[node]\nname = \"from-file\"\nsite = \"site1\"\n{ANONYMOUS}"),
+        )
+        .unwrap();
         let env = Environment::from_pairs([("SITEGRID_NODE_NAME", "from-env")]);
         let config = Config::load(Some(&path), &env).unwrap();
         assert_eq!(config.node.name, "from-env");
         assert_eq!(config.node.site, "site1");
+    }
+
+    #[test]
+    fn principals_are_checked_field_by_field() {
+        let text = r#"
+            [node]
+            name = "n1"
+            seeds = ["127.0.0.1:7947"]
+            [security]
+            [[security.principals]]
+            name = "app"
+            role = "application"
+            token_sha256 = "not-hex"
+            [[security.principals]]
+            name = "app"
+            role = "observer"
+            certificate = "observer.example"
+            caches = ["nope"]
+            [[security.principals]]
+            name = "silent"
+            role = "monitor"
+        "#;
+        let config = Config::from_toml(text, "t").unwrap();
+        let problems = match config.validate() {
+            Err(ConfigError::Invalid { problems }) => problems,
+            other => panic!("expected problems, got {other:?}"),
+        };
+        assert_eq!(
+            problems,
+            [
+                "security.tls.ca: auth is required and this node has peers (seeds or sites), \
+                 which prove who they are with certificates: set security.tls with cert, key and ca",
+                "security.principals[0].token_sha256: must be 64 hex digits (the SHA-256 of the token)",
+                "security.principals[1].name: \"app\" is named twice",
+                "security.principals[1].certificate: client certificates need security.tls.ca to verify them",
+                "security.principals[2]: needs token_sha256 or certificate (or both): how else would it connect?",
+                "security.principals[1].caches: names \"nope\", which is not a cache of this node",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_role_and_a_token_hash_make_a_usable_principal() {
+        let text = format!(
+            "[node]\nname = \"n1\"\n[security]\n[[security.principals]]\nname = \"kc\"\nrole = \"application\"\n\
+             token_sha256 = \"{}\"\ncaches = [\"sessions\"]\n",
+            "ab".repeat(32)
+        );
+        let config = Config::from_toml(&text, "t").unwrap();
+        config.validate().unwrap();
+        let principal = &config.security.principals[0];
+        assert_eq!(principal.role, Role::Application);
+        assert_eq!(
+            principal.caches.as_deref(),
+            Some(&["sessions".to_string()][..])
+        );
+        let error = Config::from_toml("[security]\nauth = \"maybe\"\n", "t").unwrap_err();
+        assert!(error.to_string().contains("maybe"), "{error}");
     }
 
     #[test]

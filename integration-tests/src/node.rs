@@ -76,7 +76,13 @@ pub struct NodeSpec {
     pub faults: Vec<String>,
     /// How far the node's clock is shifted from the machine's (`node.clock_offset_ms`).
     pub clock_offset_ms: i64,
+    /// The `[security]` section (with its subsections): anonymous access unless a test
+    /// sets it with [`NodeSpec::with_security`].
+    pub security: String,
 }
+
+/// The `[security]` of test nodes that don't test security.
+pub const ANONYMOUS: &str = "[security]\nauth = \"none\"\n";
 
 /// The addresses a node listens on, chosen before it starts so peers can be told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,7 +120,14 @@ impl NodeSpec {
             seeds: Vec::new(),
             faults: Vec::new(),
             clock_offset_ms: 0,
+            security: ANONYMOUS.to_string(),
         }
+    }
+
+    /// Replaces the node's `[security]` section (TOML starting with `[security]`).
+    pub fn with_security(mut self, toml: &str) -> NodeSpec {
+        self.security = toml.to_string();
+        self
     }
 
     /// Switches a test-only fault on in the node (see `sitegrid_server::faults`).
@@ -248,7 +261,7 @@ impl NodeProcess {
         let config = format!(
             "[node]\nname = {name:?}\nsite = {site:?}\nsite_id = {site_id}\nlisten = \"{grpc}\"\n\
              http = \"{http}\"\ngossip = \"{gossip}\"\ndata_dir = {data:?}\nseeds = [{seeds}]\n\
-             clock_offset_ms = {offset}\n\n{extra}",
+             clock_offset_ms = {offset}\n\n{extra}\n{security}",
             name = spec.name,
             site = spec.site,
             site_id = spec.site_id,
@@ -259,6 +272,7 @@ impl NodeProcess {
             seeds = seeds.join(", "),
             offset = spec.clock_offset_ms,
             extra = spec.extra_toml,
+            security = spec.security,
         );
         std::fs::write(self.config_path(), config)?;
         Ok(())

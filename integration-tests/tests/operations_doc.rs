@@ -22,6 +22,17 @@ endpoints = ["10.0.2.11:11222"]
 
 [witness]
 endpoint = "10.0.3.1:11300"
+
+[security]
+audit_log = "/var/log/sitegrid/audit.log"
+tls = { cert = "node.crt", key = "node.key", ca = "ca.crt" }
+
+[[security.principals]]
+name = "keycloak"
+role = "application"
+token_sha256 = "9c6709dedf8105374733621fd2ff9fbfbde08a2e6709a0b3c3eff6a289cd597f"
+certificate = "keycloak.example"
+caches = ["sessions"]
 "#;
 
 /// Every field's dotted path, with cache and site names as `<cache>` and `<site>`.
@@ -95,6 +106,8 @@ fn the_operations_guide_names_every_config_field() {
         "relay",
         "witness",
         "sites.take_offline",
+        "security",
+        "security.tls",
     ];
     let missing: Vec<&String> = fields
         .iter()

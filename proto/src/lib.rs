@@ -6,6 +6,7 @@
 //! - [`Backoff`]: the one retry policy, shared by the client library and the server's own
 //!   internal retries.
 //! - [`transport`]: the TCP stream both sides use, tuned for small messages.
+//! - [`tls`]: TLS configurations from PEM files, and the names a certificate vouches for.
 //! - [`version`]: the layout of versions.
 //! - [`routing`]: which node of a site is a key's primary, the same for nodes and clients.
 //! - [`batch`]: taking batches off a queue, for the senders of batched calls.
@@ -14,6 +15,7 @@ pub mod batch;
 mod error;
 mod retry;
 pub mod routing;
+pub mod tls;
 pub mod transport;
 pub mod version;
 

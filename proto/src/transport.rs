@@ -17,6 +17,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use crate::tls::ClientTls;
+
 /// A [`TcpStream`] that declines vectored writes, so small gRPC messages are coalesced.
 #[derive(Debug)]
 pub struct CoalescingStream {
@@ -89,21 +91,168 @@ impl tonic::transport::server::Connected for CoalescingStream {
     }
 }
 
-/// A channel to `endpoint` whose connections are [`CoalescingStream`]s; it connects on
-/// first use (and again after a connection breaks).
-pub fn lazy_channel(endpoint: &Endpoint) -> Channel {
-    endpoint.connect_with_connector_lazy(tower::service_fn(connect))
+/// A connection that is plain or TLS over a [`CoalescingStream`]; clients and servers
+/// each use it with their side's TLS stream.
+#[derive(Debug)]
+pub enum MaybeTls<T> {
+    /// No TLS.
+    Plain(CoalescingStream),
+    /// TLS, boxed: a TLS stream is several kilobytes.
+    Tls(Box<T>),
 }
 
-async fn connect(uri: Uri) -> io::Result<TokioIo<CoalescingStream>> {
+impl<T> MaybeTls<T> {
+    /// The TCP stream underneath.
+    pub fn tcp(&self) -> &TcpStream
+    where
+        T: AsRef<CoalescingStream>,
+    {
+        match self {
+            MaybeTls::Plain(stream) => stream.get_ref(),
+            MaybeTls::Tls(tls) => (**tls).as_ref().get_ref(),
+        }
+    }
+}
+
+impl AsRef<CoalescingStream> for tokio_rustls::client::TlsStream<CoalescingStream> {
+    fn as_ref(&self) -> &CoalescingStream {
+        self.get_ref().0
+    }
+}
+
+impl AsRef<CoalescingStream> for tokio_rustls::server::TlsStream<CoalescingStream> {
+    fn as_ref(&self) -> &CoalescingStream {
+        self.get_ref().0
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for MaybeTls<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            MaybeTls::Tls(stream) => Pin::new(&mut **stream).poll_read(cx, buf),
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            MaybeTls::Tls(stream) => Pin::new(&mut **stream).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            MaybeTls::Tls(stream) => Pin::new(&mut **stream).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            MaybeTls::Plain(stream) => stream.is_write_vectored(),
+            MaybeTls::Tls(stream) => stream.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            MaybeTls::Tls(stream) => Pin::new(&mut **stream).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            MaybeTls::Tls(stream) => Pin::new(&mut **stream).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A connection a server accepted.
+pub type ServerStream = MaybeTls<tokio_rustls::server::TlsStream<CoalescingStream>>;
+
+/// What a server knows of a connection: where it comes from and, over TLS with a client
+/// certificate, the names the verified certificate vouches for. Servers put it in each
+/// request's extensions.
+#[derive(Debug, Clone, Default)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub remote: Option<std::net::SocketAddr>,
+    /// The names of the client's verified certificate.
+    pub peer: Option<crate::tls::PeerNames>,
+}
+
+impl ConnInfo {
+    /// The connection a request came on, if it came through a sitegrid server.
+    pub fn of(extensions: &tonic::Extensions) -> Option<&ConnInfo> {
+        extensions.get::<ConnInfo>()
+    }
+}
+
+impl tonic::transport::server::Connected for ServerStream {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        let peer = match self {
+            MaybeTls::Plain(_) => None,
+            MaybeTls::Tls(tls) => tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(crate::tls::PeerNames::of),
+        };
+        ConnInfo {
+            remote: self.tcp().peer_addr().ok(),
+            peer,
+        }
+    }
+}
+
+/// A client connection.
+pub type ClientStream = MaybeTls<tokio_rustls::client::TlsStream<CoalescingStream>>;
+
+/// A channel to `endpoint` whose connections are [`CoalescingStream`]s, in TLS when `tls`
+/// is given; it connects on first use (and again after a connection breaks).
+pub fn lazy_channel(endpoint: &Endpoint, tls: Option<ClientTls>) -> Channel {
+    endpoint.connect_with_connector_lazy(tower::service_fn(move |uri: Uri| {
+        let tls = tls.clone();
+        async move { connect(uri, tls).await }
+    }))
+}
+
+async fn connect(uri: Uri, tls: Option<ClientTls>) -> io::Result<TokioIo<ClientStream>> {
     let host = uri
         .host()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("no host in {uri}")))?;
     // IPv6 literals come bracketed in URIs, not in socket addresses.
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port = uri.port_u16().unwrap_or(80);
-    let stream = TcpStream::connect((host, port)).await?;
-    Ok(TokioIo::new(CoalescingStream::new(stream)?))
+    let stream = CoalescingStream::new(TcpStream::connect((host, port)).await?)?;
+    Ok(TokioIo::new(match tls {
+        None => MaybeTls::Plain(stream),
+        Some(tls) => {
+            let name = tls.server_name(host)?;
+            let connector = tokio_rustls::TlsConnector::from(tls.config());
+            MaybeTls::Tls(Box::new(connector.connect(name, stream).await?))
+        }
+    }))
 }
 
 #[cfg(test)]

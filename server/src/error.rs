@@ -49,6 +49,12 @@ pub enum Error {
     /// An invariant did not hold (a bug); the message says which.
     #[error("internal error: {0}")]
     Internal(&'static str),
+    /// The caller's role does not allow the request; the message says what it lacks.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// TLS files could not be used at start; the message names the file.
+    #[error("TLS: {0}")]
+    Tls(#[from] sitegrid_proto::tls::TlsError),
     /// A socket or file could not be used.
     #[error("{context}")]
     Io {
@@ -69,10 +75,12 @@ impl ServiceError for Error {
                 ErrorCode::Unavailable
             }
             Error::Aborted(_) => ErrorCode::Aborted,
+            Error::PermissionDenied(_) => ErrorCode::PermissionDenied,
             Error::Storage { .. }
             | Error::OpenStorage(_)
             | Error::TaskFailed(_)
             | Error::Internal(_)
+            | Error::Tls(_)
             | Error::Io { .. } => ErrorCode::Internal,
         }
     }

@@ -12,5 +12,6 @@ pub mod metrics;
 pub mod node;
 pub mod sites;
 pub mod store;
+pub mod tls;
 
 pub use error::{Error, Result};

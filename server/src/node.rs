@@ -11,8 +11,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use sitegrid_config::Config;
-use sitegrid_proto::transport::CoalescingStream;
+use sitegrid_config::{Auth, Config};
+use sitegrid_proto::transport::{CoalescingStream, ConnInfo, MaybeTls, ServerStream};
 use sitegrid_proto::v1::admin_server::AdminServer;
 use sitegrid_proto::v1::cache_server::CacheServer;
 use tokio::net::TcpListener;
@@ -22,7 +22,10 @@ use tonic::service::interceptor::InterceptedService;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tracing::{info, warn};
 
-use crate::api::{AdminService, CacheService, ClientLimits, ReplicationApi, Validator};
+use crate::api::{
+    AdminService, Audit, AuthLayer, Authenticator, CacheService, ClientLimits, ReplicationApi,
+    Validator,
+};
 use crate::cluster::membership::{GossipSettings, Membership};
 use crate::cluster::{Cluster, Member, MemberState, Timing, join, repair};
 use crate::error::{Error, Result};
@@ -30,6 +33,7 @@ use crate::events::Hub;
 use crate::store::storage::{SledStorage, Storage};
 use crate::store::time::SystemTimeSource;
 use crate::store::{Store, reaper};
+use crate::tls::NodeTls;
 use sitegrid_proto::v1::replication_service_server::ReplicationServiceServer;
 use sitegrid_proto::v1::site_link_server::SiteLinkServer;
 use sitegrid_relay::{Relay, SiteLinkService};
@@ -241,6 +245,20 @@ pub async fn run(
     info!(node = %config.node.name, site = %config.node.site, grpc = %grpc_address,
         http = %http_address, data_dir = %config.node.data_dir.display(), "starting");
     crate::metrics::prometheus();
+    // Bad TLS files stop the node here, before anything else starts.
+    let tls = config
+        .security
+        .tls
+        .as_ref()
+        .map(NodeTls::load)
+        .transpose()?;
+    let peer_tls = tls.as_ref().and_then(|tls| tls.client());
+    let site_tls = peer_tls
+        .as_ref()
+        .map(|tls| tls.expecting(&config.node.site))
+        .transpose()?;
+    log_security(&config, grpc_address, tls.is_some());
+    let audit = Arc::new(Audit::open(&audit_path(&config))?);
 
     let storage = open_storage(&config).await?;
     let time = Arc::new(SystemTimeSource::with_offset(config.node.clock_offset_ms));
@@ -281,9 +299,11 @@ pub async fn run(
         view,
         config.limits.max_message_bytes(),
         !config.node.seeds.is_empty(),
+        site_tls,
     );
     store.set_site(Arc::new(cluster.clone()));
-    let relay = Relay::new(&config).map_err(|error| Error::InvalidArgument(error.to_string()))?;
+    let relay = Relay::new(&config, peer_tls.as_ref())
+        .map_err(|error| Error::InvalidArgument(error.to_string()))?;
     store.set_peers(Arc::new(RelayPeers::new(relay.clone())));
 
     let (stop, stopped) = watch::channel(false);
@@ -321,12 +341,15 @@ pub async fn run(
         stopped.clone(),
     ));
     let (health, health_service) = tonic_health::server::health_reporter();
+    let incoming = incoming(listeners.grpc, tls.clone(), stopped.clone());
+    let reloading = tokio::spawn(crate::tls::watch(tls.clone(), stopped.clone()));
     let grpc = tokio::spawn(serve_grpc(
         &config,
-        listeners.grpc,
+        incoming,
         store.clone(),
         state.clone(),
         health_service,
+        audit,
         stopped.clone(),
     )?);
     state.inner.ready.store(true, Ordering::Release);
@@ -359,6 +382,7 @@ pub async fn run(
     let _ = sending.await;
     let _ = membership.await;
     let _ = health_task.await;
+    let _ = reloading.await;
     drop(state);
     store.shutdown();
     info!("stopped");
@@ -416,29 +440,89 @@ const MAX_LOCAL_RESETS: usize = 1024;
 const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Where the audit log goes.
+fn audit_path(config: &Config) -> std::path::PathBuf {
+    config
+        .security
+        .audit_log
+        .clone()
+        .unwrap_or_else(|| config.node.data_dir.join("audit.log"))
+}
+
+/// Says at start who may connect, and warns when anyone may.
+fn log_security(config: &Config, grpc: SocketAddr, tls: bool) {
+    let security = &config.security;
+    match security.auth {
+        Auth::None if grpc.ip().is_loopback() => info!(
+            %grpc, tls,
+            "auth = none: any process on this machine may read and write every cache"
+        ),
+        Auth::None => warn!(
+            %grpc, tls,
+            "auth = none: anyone who reaches this address may read and write every cache; \
+             configure [security] principals before exposing it"
+        ),
+        Auth::Required => info!(
+            %grpc, tls, principals = security.principals.len(),
+            mutual_tls = security.mutual_tls(), "clients must authenticate"
+        ),
+    }
+}
+
+/// The connections a gRPC server takes.
+type Incoming =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = std::io::Result<ServerStream>> + Send>>;
+
+/// Connections accepted on `listener`: after their TLS handshake when `tls` is given.
+fn incoming(
+    listener: TcpListener,
+    tls: Option<Arc<NodeTls>>,
+    stopped: watch::Receiver<bool>,
+) -> Incoming {
+    match tls {
+        Some(tls) => Box::pin(tokio_stream::wrappers::ReceiverStream::new(
+            tls.accept(listener, stopped),
+        )),
+        None => Box::pin(
+            tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+                accepted
+                    .and_then(CoalescingStream::new)
+                    .map(MaybeTls::Plain)
+            }),
+        ),
+    }
+}
+
 /// Builds the gRPC server; the returned future serves until `stopped` turns true.
 fn serve_grpc<H: Health>(
     config: &Config,
-    listener: TcpListener,
+    incoming: Incoming,
     store: Store,
     state: NodeState,
     health: HealthServer<H>,
+    audit: Arc<Audit>,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<impl Future<Output = Result<(), tonic::transport::Error>> + Send + use<H>> {
     let max_message = config.limits.max_message_bytes();
     let validator = Validator::new(config.limits.clone());
     let limits = ClientLimits::new(&config.limits);
+    let authenticator = Arc::new(Authenticator::new(config, audit.clone()));
     let cache = CacheServer::new(CacheService::new(
         store.clone(),
         validator,
         state.clone(),
         Arc::clone(&limits),
+        audit.clone(),
     ))
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
     // Unary calls and stream openings; a pipeline admits its requests one by one.
     let cache = InterceptedService::new(cache, move |request: tonic::Request<()>| {
-        limits.admit(request.remote_addr().map(|addr| addr.ip()))?;
+        limits.admit(
+            ConnInfo::of(request.extensions())
+                .and_then(|c| c.remote)
+                .map(|a| a.ip()),
+        )?;
         Ok(request)
     });
     let max_streams = config.limits.max_concurrent_streams;
@@ -450,10 +534,11 @@ fn serve_grpc<H: Health>(
         &config.node.site,
         config.sites.iter().map(|site| site.name.clone()),
         state.relay().states().clone(),
+        config.security.mutual_tls(),
     ))
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
-    let admin = AdminServer::new(AdminService::new(store, state));
+    let admin = AdminServer::new(AdminService::new(store, state, audit));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(sitegrid_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -462,8 +547,6 @@ fn serve_grpc<H: Health>(
             context: "cannot build the reflection service".into(),
             source: std::io::Error::other(error),
         })?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener)
-        .map(|accepted| accepted.and_then(CoalescingStream::new));
     Ok(async move {
         // Windows wide enough that a peer site's batches are not held back by HTTP/2
         // flow control over a link with a long round trip (64 KiB per round trip is not).
@@ -481,6 +564,8 @@ fn serve_grpc<H: Health>(
             // listener places) is noticed.
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            // Every request is authenticated before any service sees it.
+            .layer(AuthLayer::new(authenticator))
             .add_service(cache)
             .add_service(admin)
             .add_service(replication)

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use futures::{StreamExt, stream};
 
+use sitegrid_proto::tls::PeerNames;
 use sitegrid_proto::v1;
 use sitegrid_proto::v1::site_link_server::SiteLink;
 use tonic::{Request, Response, Status};
@@ -43,30 +44,81 @@ pub struct SiteLinkService<L> {
     site: String,
     peers: HashSet<String>,
     states: SiteStates,
+    /// Requests must come with a verified certificate naming the site they say they are
+    /// from (mutual TLS is configured).
+    certificates: bool,
 }
+
+/// A request of the site link: it names the site it comes from.
+trait FromSite {
+    fn sender(&self) -> &str;
+}
+
+macro_rules! from_site {
+    ($($request:ty),* $(,)?) => {
+        $(impl FromSite for $request {
+            fn sender(&self) -> &str {
+                &self.from_site
+            }
+        })*
+    };
+}
+
+from_site!(
+    v1::BackupRequest,
+    v1::BackupBatchRequest,
+    v1::ApplyAsyncRequest,
+    v1::HeartbeatRequest,
+    v1::RangeDigestsRequest,
+    v1::RangeVersionsRequest,
+    v1::ClearCacheRequest,
+    v1::SiteLinkTouchRequest,
+    v1::FetchKeysRequest,
+);
 
 impl<L: LocalSite> SiteLinkService<L> {
     /// The service of a node of `site`, taking backups from the sites named in `peers`;
-    /// `states` is this site's state of each of them.
+    /// `states` is this site's state of each of them. With `certificates`, a request
+    /// is taken only with a verified client certificate naming the site it is from
+    /// (the server puts the certificate's [`PeerNames`] in the request's extensions).
     pub fn new(
         local: Arc<L>,
         site: &str,
         peers: impl IntoIterator<Item = String>,
         states: SiteStates,
+        certificates: bool,
     ) -> Self {
         SiteLinkService {
             local,
             site: site.to_string(),
             peers: peers.into_iter().collect(),
             states,
+            certificates,
         }
     }
 
-    /// Whether `from_site` may back writes up to this site: it is a peer, and online
-    /// here (a site this one holds offline or resyncing is fenced: it missed writes, so
-    /// it must not take writes that need this site's agreement).
-    fn check_backup(&self, from_site: &str) -> Result<(), Status> {
+    /// The request, if it comes from a peer site that proved it is that site, or from a
+    /// node of this site (which forwards a peer site's request to a key's primary).
+    fn open<T: FromSite>(&self, request: Request<T>) -> Result<T, Status> {
+        let certified = request.extensions().get::<PeerNames>().cloned();
+        let request = request.into_inner();
+        let from_site = request.sender();
         self.check_peer(from_site)?;
+        let proven =
+            certified.is_some_and(|names| names.contains(from_site) || names.contains(&self.site));
+        if self.certificates && !proven {
+            return Err(Status::permission_denied(format!(
+                "a request from site {from_site:?} must come with a client certificate \
+                 naming that site"
+            )));
+        }
+        Ok(request)
+    }
+
+    /// Whether `from_site` may back writes up to this site: online here (a site this one
+    /// holds offline or resyncing is fenced: it missed writes, so it must not take
+    /// writes that need this site's agreement).
+    fn check_online(&self, from_site: &str) -> Result<(), Status> {
         let state = self.states.get(from_site);
         if state.mode != Mode::Online {
             return Err(Status::failed_precondition(format!(
@@ -97,8 +149,8 @@ impl<L: LocalSite> SiteLink for SiteLinkService<L> {
         &self,
         request: Request<v1::BackupRequest>,
     ) -> Result<Response<v1::BackupResponse>, Status> {
-        let request = request.into_inner();
-        self.check_backup(&request.from_site)?;
+        let request = self.open(request)?;
+        self.check_online(&request.from_site)?;
         let mutation = request
             .mutation
             .ok_or_else(|| Status::invalid_argument("a backup needs a mutation"))?;
@@ -115,8 +167,8 @@ impl<L: LocalSite> SiteLink for SiteLinkService<L> {
         &self,
         request: Request<v1::BackupBatchRequest>,
     ) -> Result<Response<v1::BackupBatchResponse>, Status> {
-        let request = request.into_inner();
-        self.check_backup(&request.from_site)?;
+        let request = self.open(request)?;
+        self.check_online(&request.from_site)?;
         let from_site = &request.from_site;
         // All at once: the items are writes to different keys, each waiting for its
         // answer, and each forwarded to its own key's primary.
@@ -148,8 +200,7 @@ impl<L: LocalSite> SiteLink for SiteLinkService<L> {
         &self,
         request: Request<v1::ApplyAsyncRequest>,
     ) -> Result<Response<v1::ApplyAsyncResponse>, Status> {
-        let request = request.into_inner();
-        self.check_peer(&request.from_site)?;
+        let request = self.open(request)?;
         let changes = request
             .changes
             .into_iter()
@@ -172,8 +223,7 @@ impl<L: LocalSite> SiteLink for SiteLinkService<L> {
         &self,
         request: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
-        let from_site = request.into_inner().from_site;
-        self.check_peer(&from_site)?;
+        let from_site = self.open(request)?.from_site;
         let state = self.states.get(&from_site);
         Ok(Response::new(v1::HeartbeatResponse {
             site: self.site.clone(),
@@ -186,8 +236,7 @@ impl<L: LocalSite> SiteLink for SiteLinkService<L> {
         &self,
         request: Request<v1::RangeDigestsRequest>,
     ) -> Result<Response<v1::RangeDigestsResponse>, Status> {
-        let request = request.into_inner();
-        self.check_peer(&request.from_site)?;
+        let request = self.open(request)?;
         let digests = self.local.range_digests(&request.cache)?;
         Ok(Response::new(v1::RangeDigestsResponse { digests }))
     }
@@ -196,8 +245,7 @@ impl<L: LocalSite> SiteLink for SiteLinkService<L> {
         &self,
         request: Request<v1::RangeVersionsRequest>,
     ) -> Result<Response<v1::RangeVersionsResponse>, Status> {
-        let request = request.into_inner();
-        self.check_peer(&request.from_site)?;
+        let request = self.open(request)?;
         let keys = self.local.range_versions(&request.cache, &request.ranges)?;
         Ok(Response::new(v1::RangeVersionsResponse { keys }))
     }
@@ -206,8 +254,7 @@ impl<L: LocalSite> SiteLink for SiteLinkService<L> {
         &self,
         request: Request<v1::ClearCacheRequest>,
     ) -> Result<Response<v1::ClearCacheResponse>, Status> {
-        let request = request.into_inner();
-        self.check_peer(&request.from_site)?;
+        let request = self.open(request)?;
         let removed = self.local.clear(&request.cache).await?;
         Ok(Response::new(v1::ClearCacheResponse { removed }))
     }
@@ -216,8 +263,7 @@ impl<L: LocalSite> SiteLink for SiteLinkService<L> {
         &self,
         request: Request<v1::SiteLinkTouchRequest>,
     ) -> Result<Response<v1::SiteLinkTouchResponse>, Status> {
-        let request = request.into_inner();
-        self.check_peer(&request.from_site)?;
+        let request = self.open(request)?;
         self.local.touch(&request.cache, request.touched).await?;
         Ok(Response::new(v1::SiteLinkTouchResponse {}))
     }
@@ -226,8 +272,7 @@ impl<L: LocalSite> SiteLink for SiteLinkService<L> {
         &self,
         request: Request<v1::FetchKeysRequest>,
     ) -> Result<Response<v1::FetchKeysResponse>, Status> {
-        let request = request.into_inner();
-        self.check_peer(&request.from_site)?;
+        let request = self.open(request)?;
         let mutations = self.local.fetch_keys(&request.cache, &request.keys)?;
         Ok(Response::new(v1::FetchKeysResponse { mutations }))
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use prost::Message as _;
 use sitegrid_config::SiteConfig;
 use sitegrid_proto::batch::{BatchQueue, Weighed};
+use sitegrid_proto::tls::ClientTls;
 use sitegrid_proto::v1;
 use sitegrid_proto::v1::site_link_client::SiteLinkClient;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -89,7 +90,20 @@ pub(crate) fn endpoint_of(endpoint: &str) -> Result<Endpoint, String> {
 
 impl PeerSite {
     /// The peer site of `config`, connecting lazily.
-    pub(crate) fn new(config: &SiteConfig, max_message_bytes: usize) -> Result<Self, RelayError> {
+    pub(crate) fn new(
+        config: &SiteConfig,
+        max_message_bytes: usize,
+        tls: Option<&ClientTls>,
+    ) -> Result<Self, RelayError> {
+        // The peer's nodes must show a certificate that names the peer site.
+        let tls = tls
+            .map(|tls| tls.expecting(&config.name))
+            .transpose()
+            .map_err(|error| RelayError::InvalidEndpoint {
+                site: config.name.clone(),
+                endpoint: String::new(),
+                reason: error.to_string(),
+            })?;
         let endpoints = config
             .endpoints
             .iter()
@@ -105,7 +119,7 @@ impl PeerSite {
                     .initial_connection_window_size(16 << 20);
                 Ok((
                     endpoint.clone(),
-                    sitegrid_proto::transport::lazy_channel(&channel),
+                    sitegrid_proto::transport::lazy_channel(&channel, tls.clone()),
                 ))
             })
             .collect::<Result<Vec<_>, RelayError>>()?;

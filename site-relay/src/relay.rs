@@ -9,6 +9,7 @@ use futures::stream::FuturesUnordered;
 use futures::{StreamExt, stream};
 use parking_lot::Mutex;
 use sitegrid_config::{BackupConfig, Config, FailurePolicy, SiteConfig, Strategy};
+use sitegrid_proto::tls::ClientTls;
 use sitegrid_proto::{Backoff, v1};
 use tokio::sync::watch;
 use tonic::Status;
@@ -125,13 +126,14 @@ pub(crate) struct Inner {
 }
 
 impl Relay {
-    /// The relay of a node configured by `config`.
-    pub fn new(config: &Config) -> Result<Relay, RelayError> {
+    /// The relay of a node configured by `config`; with `tls`, peer sites are called
+    /// over TLS and must present a certificate naming their site.
+    pub fn new(config: &Config, tls: Option<&ClientTls>) -> Result<Relay, RelayError> {
         let max_message_bytes = config.limits.max_message_bytes();
         let peers = config
             .sites
             .iter()
-            .map(|site| PeerSite::new(site, max_message_bytes))
+            .map(|site| PeerSite::new(site, max_message_bytes, tls))
             .collect::<Result<Vec<_>, _>>()?;
         let mut sync: HashMap<String, Vec<(usize, BackupConfig)>> = HashMap::new();
         let mut asynchronous: HashMap<String, Vec<(usize, BackupConfig)>> = HashMap::new();

@@ -227,7 +227,7 @@ impl WitnessLink {
         })?;
         Ok(WitnessLink {
             endpoint: endpoint.to_string(),
-            channel: sitegrid_proto::transport::lazy_channel(&channel),
+            channel: sitegrid_proto::transport::lazy_channel(&channel, None),
             site: site.to_string(),
             grants: Mutex::new(vec![Grant::Unknown; peers]),
         })

@@ -4,6 +4,10 @@ use sitegrid_proto::v1::{self, admin_server::Admin};
 use sitegrid_relay::{PeerStatus, Progress};
 use tonic::{Request, Response, Status};
 
+use std::sync::Arc;
+
+use crate::api::audit::{Audit, outcome};
+use crate::api::auth::Caller;
 use crate::node::NodeState;
 use crate::store::Store;
 
@@ -12,11 +16,53 @@ use crate::store::Store;
 pub struct AdminService {
     store: Store,
     state: NodeState,
+    audit: Arc<Audit>,
 }
 
 impl AdminService {
-    pub(crate) fn new(store: Store, state: NodeState) -> AdminService {
-        AdminService { store, state }
+    pub(crate) fn new(store: Store, state: NodeState, audit: Arc<Audit>) -> AdminService {
+        AdminService {
+            store,
+            state,
+            audit,
+        }
+    }
+
+    /// Runs a site command, here or on the site's decider.
+    async fn run_site_command(
+        &self,
+        request: v1::SiteCommandRequest,
+    ) -> Result<Response<v1::SiteCommandResponse>, Status> {
+        let action = v1::SiteAction::try_from(request.action).map_err(|_| {
+            Status::invalid_argument(format!("unknown site action {}", request.action))
+        })?;
+        // Resyncs run on the site's decider: commands go there.
+        if !request.forwarded
+            && let Some(mut decider) = self.decider()
+        {
+            return decider
+                .site_command(v1::SiteCommandRequest {
+                    forwarded: true,
+                    ..request
+                })
+                .await;
+        }
+        let relay = self.state.relay();
+        let local = self.state.local_site();
+        let site = request.site.as_str();
+        let status = match action {
+            v1::SiteAction::TakeOffline => relay.take_offline(site)?,
+            v1::SiteAction::BringOnline => relay.bring_online(site, local, false)?,
+            v1::SiteAction::Resync => relay.bring_online(site, local, true)?,
+            v1::SiteAction::CancelResync => relay.cancel_resync(site)?,
+            v1::SiteAction::Diff => relay.diff(site, local).await?,
+            v1::SiteAction::Unspecified => {
+                return Err(Status::invalid_argument("a site command needs an action"));
+            }
+        };
+        Ok(Response::new(v1::SiteCommandResponse {
+            status: Some(peer_status(status, &self.state.identity().name)),
+        }))
     }
 
     /// An admin client of the site's decider, unless this node is it (or knows none).
@@ -109,37 +155,26 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::SiteCommandRequest>,
     ) -> Result<Response<v1::SiteCommandResponse>, Status> {
+        let caller = Caller::of(request.extensions());
         let request = request.into_inner();
-        let action = v1::SiteAction::try_from(request.action).map_err(|_| {
-            Status::invalid_argument(format!("unknown site action {}", request.action))
-        })?;
-        // Resyncs run on the site's decider: commands go there.
-        if !request.forwarded
-            && let Some(mut decider) = self.decider()
-        {
-            return decider
-                .site_command(v1::SiteCommandRequest {
-                    forwarded: true,
-                    ..request
-                })
-                .await;
+        let forwarded = request.forwarded;
+        let operation = format!(
+            "SiteCommand {}",
+            v1::SiteAction::try_from(request.action)
+                .map_or("unknown", |action| action.as_str_name())
+        );
+        let site = request.site.clone();
+        let result = self.run_site_command(request).await;
+        // The node the operator called writes the line, not the decider it forwarded to.
+        if !forwarded {
+            self.audit.record(
+                &caller,
+                &operation,
+                &format!("site {site}"),
+                outcome(&result),
+            );
         }
-        let relay = self.state.relay();
-        let local = self.state.local_site();
-        let site = request.site.as_str();
-        let status = match action {
-            v1::SiteAction::TakeOffline => relay.take_offline(site)?,
-            v1::SiteAction::BringOnline => relay.bring_online(site, local, false)?,
-            v1::SiteAction::Resync => relay.bring_online(site, local, true)?,
-            v1::SiteAction::CancelResync => relay.cancel_resync(site)?,
-            v1::SiteAction::Diff => relay.diff(site, local).await?,
-            v1::SiteAction::Unspecified => {
-                return Err(Status::invalid_argument("a site command needs an action"));
-            }
-        };
-        Ok(Response::new(v1::SiteCommandResponse {
-            status: Some(peer_status(status, &self.state.identity().name)),
-        }))
+        result
     }
 
     async fn cluster_status(

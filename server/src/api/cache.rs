@@ -11,6 +11,8 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::api::audit::{self, Audit};
+use crate::api::auth::{Caller, Permission};
 use crate::api::convert::{self, keyed, metadata, versioned};
 use crate::api::limits::ClientLimits;
 use crate::api::observe::{Op, RequestMetrics};
@@ -42,6 +44,7 @@ pub struct CacheService {
     state: NodeState,
     metrics: std::sync::Arc<RequestMetrics>,
     limits: std::sync::Arc<ClientLimits>,
+    audit: std::sync::Arc<Audit>,
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<v1::CacheEvent, Status>> + Send>>;
@@ -54,6 +57,7 @@ impl CacheService {
         validator: Validator,
         state: NodeState,
         limits: std::sync::Arc<ClientLimits>,
+        audit: std::sync::Arc<Audit>,
     ) -> CacheService {
         let metrics = RequestMetrics::new(store.caches().map(|cache| &**cache.name()));
         CacheService {
@@ -62,6 +66,7 @@ impl CacheService {
             state,
             metrics: std::sync::Arc::new(metrics),
             limits,
+            audit,
         }
     }
 
@@ -71,7 +76,7 @@ impl CacheService {
     }
 
     /// Checks a Listen request and resolves its caches.
-    fn listen_spec(&self, r: &v1::ListenRequest) -> crate::Result<ListenSpec> {
+    fn listen_spec(&self, caller: &Caller, r: &v1::ListenRequest) -> crate::Result<ListenSpec> {
         if r.caches.is_empty() {
             return Err(crate::Error::InvalidArgument(
                 "caches must name at least one cache".into(),
@@ -79,6 +84,7 @@ impl CacheService {
         }
         let mut caches: Vec<std::sync::Arc<crate::store::cache::CacheStore>> = Vec::new();
         for name in &r.caches {
+            caller.may(Permission::Listen, name)?;
             let cache = self.store.cache(name)?;
             if !caches.iter().any(|c| c.name() == cache.name()) {
                 caches.push(cache.clone());
@@ -134,9 +140,13 @@ impl CacheService {
     }
 
     /// `Get`, for the unary RPC and for pipelines.
-    pub(crate) async fn serve_get(&self, r: v1::GetRequest) -> Result<v1::GetResponse, Status> {
+    pub(crate) async fn serve_get(
+        &self,
+        caller: &Caller,
+        r: v1::GetRequest,
+    ) -> Result<v1::GetResponse, Status> {
         self.metrics
-            .observe(Op::Get, &r.cache, async {
+            .observe(Op::Get, &r.cache, caller, async {
                 self.state.check_serving()?;
                 self.validator.check_key(&r.key)?;
                 Ok(match self.store.get(&r.cache, &r.key)? {
@@ -152,9 +162,13 @@ impl CacheService {
     }
 
     /// `Put`, for the unary RPC and for pipelines.
-    pub(crate) async fn serve_put(&self, r: v1::PutRequest) -> Result<v1::PutResponse, Status> {
+    pub(crate) async fn serve_put(
+        &self,
+        caller: &Caller,
+        r: v1::PutRequest,
+    ) -> Result<v1::PutResponse, Status> {
         self.metrics
-            .observe(Op::Put, &r.cache, async {
+            .observe(Op::Put, &r.cache, caller, async {
                 let write = self.put_request(&r, Condition::Always, r.return_previous)?;
                 let result = self.write(&r.cache, write, &r.request_id).await?;
                 Ok(v1::PutResponse {
@@ -172,10 +186,11 @@ impl CacheService {
     /// `PutIfAbsent`, for the unary RPC and for pipelines.
     pub(crate) async fn serve_put_if_absent(
         &self,
+        caller: &Caller,
         r: v1::PutIfAbsentRequest,
     ) -> Result<v1::PutIfAbsentResponse, Status> {
         self.metrics
-            .observe(Op::PutIfAbsent, &r.cache, async {
+            .observe(Op::PutIfAbsent, &r.cache, caller, async {
                 let write = self.put_request(&r, Condition::Absent, false)?;
                 let result = self.write(&r.cache, write, &r.request_id).await?;
                 Ok(v1::PutIfAbsentResponse {
@@ -194,10 +209,11 @@ impl CacheService {
     /// `Replace`, for the unary RPC and for pipelines.
     pub(crate) async fn serve_replace(
         &self,
+        caller: &Caller,
         r: v1::ReplaceRequest,
     ) -> Result<v1::ReplaceResponse, Status> {
         self.metrics
-            .observe(Op::Replace, &r.cache, async {
+            .observe(Op::Replace, &r.cache, caller, async {
                 let write = self.put_request(&r, Condition::Present, true)?;
                 let result = self.write(&r.cache, write, &r.request_id).await?;
                 Ok(v1::ReplaceResponse {
@@ -216,10 +232,11 @@ impl CacheService {
     /// `ReplaceWithVersion`, for the unary RPC and for pipelines.
     pub(crate) async fn serve_replace_with_version(
         &self,
+        caller: &Caller,
         r: v1::ReplaceWithVersionRequest,
     ) -> Result<v1::ReplaceWithVersionResponse, Status> {
         self.metrics
-            .observe(Op::ReplaceWithVersion, &r.cache, async {
+            .observe(Op::ReplaceWithVersion, &r.cache, caller, async {
                 let write =
                     self.put_request(&r, Condition::VersionIs(r.expected_version), false)?;
                 let result = self.write(&r.cache, write, &r.request_id).await?;
@@ -239,10 +256,11 @@ impl CacheService {
     /// `Remove`, for the unary RPC and for pipelines.
     pub(crate) async fn serve_remove(
         &self,
+        caller: &Caller,
         r: v1::RemoveRequest,
     ) -> Result<v1::RemoveResponse, Status> {
         self.metrics
-            .observe(Op::Remove, &r.cache, async {
+            .observe(Op::Remove, &r.cache, caller, async {
                 let write = WriteRequest {
                     key: self.validator.key(&r.key)?,
                     op: WriteOp::Remove,
@@ -262,10 +280,11 @@ impl CacheService {
     /// `RemoveWithVersion`, for the unary RPC and for pipelines.
     pub(crate) async fn serve_remove_with_version(
         &self,
+        caller: &Caller,
         r: v1::RemoveWithVersionRequest,
     ) -> Result<v1::RemoveWithVersionResponse, Status> {
         self.metrics
-            .observe(Op::RemoveWithVersion, &r.cache, async {
+            .observe(Op::RemoveWithVersion, &r.cache, caller, async {
                 let write = WriteRequest {
                     key: self.validator.key(&r.key)?,
                     op: WriteOp::Remove,
@@ -351,7 +370,7 @@ impl Cache for CacheService {
         &self,
         request: Request<v1::GetRequest>,
     ) -> Result<Response<v1::GetResponse>, Status> {
-        self.serve_get(request.into_inner())
+        self.serve_get(&Caller::of(request.extensions()), request.into_inner())
             .await
             .map(Response::new)
     }
@@ -360,7 +379,7 @@ impl Cache for CacheService {
         &self,
         request: Request<v1::PutRequest>,
     ) -> Result<Response<v1::PutResponse>, Status> {
-        self.serve_put(request.into_inner())
+        self.serve_put(&Caller::of(request.extensions()), request.into_inner())
             .await
             .map(Response::new)
     }
@@ -369,7 +388,7 @@ impl Cache for CacheService {
         &self,
         request: Request<v1::PutIfAbsentRequest>,
     ) -> Result<Response<v1::PutIfAbsentResponse>, Status> {
-        self.serve_put_if_absent(request.into_inner())
+        self.serve_put_if_absent(&Caller::of(request.extensions()), request.into_inner())
             .await
             .map(Response::new)
     }
@@ -378,7 +397,7 @@ impl Cache for CacheService {
         &self,
         request: Request<v1::ReplaceRequest>,
     ) -> Result<Response<v1::ReplaceResponse>, Status> {
-        self.serve_replace(request.into_inner())
+        self.serve_replace(&Caller::of(request.extensions()), request.into_inner())
             .await
             .map(Response::new)
     }
@@ -387,7 +406,7 @@ impl Cache for CacheService {
         &self,
         request: Request<v1::ReplaceWithVersionRequest>,
     ) -> Result<Response<v1::ReplaceWithVersionResponse>, Status> {
-        self.serve_replace_with_version(request.into_inner())
+        self.serve_replace_with_version(&Caller::of(request.extensions()), request.into_inner())
             .await
             .map(Response::new)
     }
@@ -396,7 +415,7 @@ impl Cache for CacheService {
         &self,
         request: Request<v1::RemoveRequest>,
     ) -> Result<Response<v1::RemoveResponse>, Status> {
-        self.serve_remove(request.into_inner())
+        self.serve_remove(&Caller::of(request.extensions()), request.into_inner())
             .await
             .map(Response::new)
     }
@@ -405,7 +424,7 @@ impl Cache for CacheService {
         &self,
         request: Request<v1::RemoveWithVersionRequest>,
     ) -> Result<Response<v1::RemoveWithVersionResponse>, Status> {
-        self.serve_remove_with_version(request.into_inner())
+        self.serve_remove_with_version(&Caller::of(request.extensions()), request.into_inner())
             .await
             .map(Response::new)
     }
@@ -414,9 +433,10 @@ impl Cache for CacheService {
         &self,
         request: Request<v1::GetAllRequest>,
     ) -> Result<Response<v1::GetAllResponse>, Status> {
+        let caller = &Caller::of(request.extensions());
         let r = request.into_inner();
         self.metrics
-            .observe(Op::GetAll, &r.cache, async {
+            .observe(Op::GetAll, &r.cache, caller, async {
                 self.state.check_serving()?;
                 self.validator.batch(r.keys.len())?;
                 for key in &r.keys {
@@ -438,9 +458,10 @@ impl Cache for CacheService {
         &self,
         request: Request<v1::PutAllRequest>,
     ) -> Result<Response<v1::PutAllResponse>, Status> {
+        let caller = &Caller::of(request.extensions());
         let r = request.into_inner();
         self.metrics
-            .observe(Op::PutAll, &r.cache, async {
+            .observe(Op::PutAll, &r.cache, caller, async {
                 self.state.check_accepting()?;
                 self.validator.batch(r.entries.len())?;
                 let entries = r
@@ -474,7 +495,9 @@ impl Cache for CacheService {
         &self,
         request: Request<v1::EntriesRequest>,
     ) -> Result<Response<Self::EntriesStream>, Status> {
+        let caller = Caller::of(request.extensions());
         let r = request.into_inner();
+        caller.may(Permission::BulkRead, &r.cache)?;
         self.state.check_serving()?;
         self.store.cache(&r.cache)?;
         let tag = self.validator.tag_filter(&r.tag)?;
@@ -521,9 +544,10 @@ impl Cache for CacheService {
         &self,
         request: Request<v1::RemoveByTagRequest>,
     ) -> Result<Response<v1::RemoveByTagResponse>, Status> {
+        let caller = &Caller::of(request.extensions());
         let r = request.into_inner();
         self.metrics
-            .observe(Op::RemoveByTag, &r.cache, async {
+            .observe(Op::RemoveByTag, &r.cache, caller, async {
                 self.state.check_serving()?;
                 let tag = self
                     .validator
@@ -540,9 +564,10 @@ impl Cache for CacheService {
         &self,
         request: Request<v1::SizeRequest>,
     ) -> Result<Response<v1::SizeResponse>, Status> {
+        let caller = &Caller::of(request.extensions());
         let r = request.into_inner();
         self.metrics
-            .observe(Op::Size, &r.cache, async {
+            .observe(Op::Size, &r.cache, caller, async {
                 self.state.check_serving()?;
                 Ok(v1::SizeResponse {
                     size: self.store.size(&r.cache)?,
@@ -556,9 +581,17 @@ impl Cache for CacheService {
         &self,
         request: Request<v1::ClearRequest>,
     ) -> Result<Response<v1::ClearResponse>, Status> {
+        let caller = &Caller::of(request.extensions());
         let r = request.into_inner();
-        self.metrics
-            .observe(Op::Clear, &r.cache, async {
+        let scope = if r.all_sites {
+            "every site"
+        } else {
+            "this site"
+        };
+        let target = format!("cache {} in {scope}", r.cache);
+        let result = self
+            .metrics
+            .observe(Op::Clear, &r.cache, caller, async {
                 self.state.check_accepting()?;
                 let removed = self.store.clear(&r.cache).await?;
                 tracing::info!(cache = %r.cache, removed, "cache cleared");
@@ -581,8 +614,10 @@ impl Cache for CacheService {
                     removed_in_peer_sites,
                 })
             })
-            .await
-            .map(Response::new)
+            .await;
+        self.audit
+            .record(caller, "Clear", &target, audit::outcome(&result));
+        result.map(Response::new)
     }
 
     type PipelineStream = PipelineStream;
@@ -592,10 +627,10 @@ impl Cache for CacheService {
         request: Request<Streaming<v1::PipelineRequest>>,
     ) -> Result<Response<Self::PipelineStream>, Status> {
         let (sender, receiver) = mpsc::channel(PIPELINE_CHANNEL);
-        let client = request.remote_addr().map(|addr| addr.ip());
+        let caller = Caller::of(request.extensions());
         tokio::spawn(pipeline::run(
             self.clone(),
-            client,
+            caller,
             request.into_inner(),
             sender,
             self.state.stopping(),
@@ -609,12 +644,13 @@ impl Cache for CacheService {
         &self,
         request: Request<v1::ListenRequest>,
     ) -> Result<Response<Self::ListenStream>, Status> {
+        let caller = Caller::of(request.extensions());
+        let r = request.into_inner();
+        let spec = self.listen_spec(&caller, &r)?;
+        self.state.check_serving()?;
         let slot = self
             .limits
-            .open_listener(request.remote_addr().map(|addr| addr.ip()))?;
-        let r = request.into_inner();
-        self.state.check_serving()?;
-        let spec = self.listen_spec(&r)?;
+            .open_listener(caller.address.map(|addr| addr.ip()))?;
         let (sender, receiver) = mpsc::channel(LISTEN_CHANNEL);
         // Subscribed before the stream is returned: nothing written after can be missed.
         let subscription = Subscription::new(spec, self.store.hub(), self.store.clock().current());

@@ -3,6 +3,8 @@
 //! reflection services.
 
 mod admin;
+mod audit;
+mod auth;
 mod cache;
 mod convert;
 mod limits;
@@ -12,6 +14,8 @@ mod replication;
 mod validate;
 
 pub use admin::AdminService;
+pub(crate) use audit::Audit;
+pub(crate) use auth::{AuthLayer, Authenticator};
 pub use cache::CacheService;
 pub(crate) use limits::ClientLimits;
 pub use replication::ReplicationApi;

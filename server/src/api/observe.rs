@@ -13,6 +13,8 @@ use metrics::{Counter, Histogram};
 use sitegrid_proto::ServiceError;
 use tonic::Status;
 
+use crate::api::auth::{Caller, Permission};
+
 /// The operations of the `Cache` service that are measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Op {
@@ -45,6 +47,22 @@ impl Op {
         Op::Size,
         Op::Clear,
     ];
+
+    /// What the caller must be allowed to do to the cache.
+    fn permission(self) -> Permission {
+        match self {
+            Op::Get | Op::GetAll | Op::Size => Permission::Read,
+            Op::Put
+            | Op::PutIfAbsent
+            | Op::Replace
+            | Op::ReplaceWithVersion
+            | Op::Remove
+            | Op::RemoveWithVersion
+            | Op::PutAll
+            | Op::RemoveByTag => Permission::Write,
+            Op::Clear => Permission::Admin,
+        }
+    }
 
     fn label(self) -> &'static str {
         match self {
@@ -106,16 +124,20 @@ impl RequestMetrics {
         }
     }
 
-    /// Runs a request handler, records its outcome and latency, and turns its error into
-    /// a status.
+    /// Runs a request handler if `caller` may do `op` to `cache`, records its outcome
+    /// and latency, and turns its error into a status.
     pub(crate) async fn observe<T>(
         &self,
         op: Op,
         cache: &str,
+        caller: &Caller,
         handler: impl Future<Output = crate::Result<T>>,
     ) -> Result<T, Status> {
         let started = Instant::now();
-        let result = handler.await;
+        let result = match caller.may(op.permission(), cache) {
+            Ok(()) => handler.await,
+            Err(denied) => Err(denied),
+        };
         let elapsed = started.elapsed().as_secs_f64();
         let known = self.by_cache.get(cache).map(|ops| &ops[op as usize]);
         match (&result, known) {

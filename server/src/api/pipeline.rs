@@ -17,7 +17,6 @@
 use std::collections::hash_map::{DefaultHasher, Entry};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::net::IpAddr;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -25,6 +24,7 @@ use sitegrid_proto::v1::{self, pipeline_request::Operation, pipeline_response::R
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
+use super::auth::Caller;
 use super::cache::CacheService;
 
 /// Requests of one stream admitted at once: running, or waiting behind a request to the
@@ -35,20 +35,20 @@ pub(crate) const MAX_IN_FLIGHT: usize = 1024;
 /// until the client stops sending (or goes away) or `stopping` turns true.
 pub(crate) async fn run(
     service: CacheService,
-    client: Option<IpAddr>,
+    caller: Caller,
     requests: Streaming<v1::PipelineRequest>,
     answers: mpsc::Sender<Result<v1::PipelineResponse, Status>>,
     stopping: watch::Receiver<bool>,
 ) {
     let open = metrics::gauge!("sitegrid_pipeline_streams");
     open.increment(1.0);
-    serve_stream(service, client, requests, answers, stopping).await;
+    serve_stream(service, caller, requests, answers, stopping).await;
     open.decrement(1.0);
 }
 
 async fn serve_stream(
     service: CacheService,
-    client: Option<IpAddr>,
+    caller: Caller,
     mut requests: Streaming<v1::PipelineRequest>,
     answers: mpsc::Sender<Result<v1::PipelineResponse, Status>>,
     mut stopping: watch::Receiver<bool>,
@@ -65,7 +65,7 @@ async fn serve_stream(
             Some((slot, answer)) = running.next() => {
                 admitted -= 1;
                 if let Some(next) = queues.finished(slot) {
-                    running.push(serve(&service, slot, next));
+                    running.push(serve(&service, &caller, slot, next));
                 }
                 if answers.send(Ok(answer)).await.is_err() {
                     return; // the client went away; what runs is dropped, as for unary calls
@@ -74,7 +74,7 @@ async fn serve_stream(
             request = requests.next(), if reading && admitted < MAX_IN_FLIGHT => match request {
                 Some(Ok(request)) => {
                     requested.increment(1);
-                    if let Err(status) = service.limits().admit(client) {
+                    if let Err(status) = service.limits().admit(caller.address.map(|a| a.ip())) {
                         if answers.send(Ok(failed(request.id, &status))).await.is_err() {
                             return;
                         }
@@ -83,7 +83,7 @@ async fn serve_stream(
                     admitted += 1;
                     let slot = slot_of(&request);
                     if let Some(request) = queues.admit(slot, request) {
-                        running.push(serve(&service, slot, request));
+                        running.push(serve(&service, &caller, slot, request));
                     }
                 }
                 Some(Err(status)) => {
@@ -125,24 +125,25 @@ fn slot_of(request: &v1::PipelineRequest) -> u64 {
 /// Runs one request through its unary handler.
 async fn serve(
     service: &CacheService,
+    caller: &Caller,
     slot: u64,
     request: v1::PipelineRequest,
 ) -> (u64, v1::PipelineResponse) {
     let answer = match request.operation {
-        Some(Operation::Get(r)) => service.serve_get(r).await.map(Answer::Get),
-        Some(Operation::Put(r)) => service.serve_put(r).await.map(Answer::Put),
+        Some(Operation::Get(r)) => service.serve_get(caller, r).await.map(Answer::Get),
+        Some(Operation::Put(r)) => service.serve_put(caller, r).await.map(Answer::Put),
         Some(Operation::PutIfAbsent(r)) => service
-            .serve_put_if_absent(r)
+            .serve_put_if_absent(caller, r)
             .await
             .map(Answer::PutIfAbsent),
-        Some(Operation::Replace(r)) => service.serve_replace(r).await.map(Answer::Replace),
+        Some(Operation::Replace(r)) => service.serve_replace(caller, r).await.map(Answer::Replace),
         Some(Operation::ReplaceWithVersion(r)) => service
-            .serve_replace_with_version(r)
+            .serve_replace_with_version(caller, r)
             .await
             .map(Answer::ReplaceWithVersion),
-        Some(Operation::Remove(r)) => service.serve_remove(r).await.map(Answer::Remove),
+        Some(Operation::Remove(r)) => service.serve_remove(caller, r).await.map(Answer::Remove),
         Some(Operation::RemoveWithVersion(r)) => service
-            .serve_remove_with_version(r)
+            .serve_remove_with_version(caller, r)
             .await
             .map(Answer::RemoveWithVersion),
         None => Err(Status::invalid_argument(

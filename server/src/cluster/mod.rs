@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::future::join_all;
 use parking_lot::Mutex;
+use sitegrid_proto::tls::ClientTls;
 use sitegrid_proto::{Backoff, ErrorCode, v1};
 use tokio::sync::{RwLock as AsyncRwLock, watch};
 use tracing::{debug, info, warn};
@@ -199,6 +200,7 @@ impl Cluster {
         view: watch::Receiver<View>,
         max_message_bytes: usize,
         has_seeds: bool,
+        tls: Option<ClientTls>,
     ) -> Cluster {
         let (state, _) = watch::channel(MemberState::Joining);
         Cluster {
@@ -209,7 +211,7 @@ impl Cluster {
                 view,
                 state,
                 epoch: AtomicU64::new(0),
-                peers: Peers::new(max_message_bytes),
+                peers: Peers::new(max_message_bytes, tls),
                 senders: Mutex::new(HashMap::new()),
                 max_message_bytes,
                 joiners: Mutex::new(HashMap::new()),

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use sitegrid_proto::tls::ClientTls;
 use sitegrid_proto::v1::admin_client::AdminClient;
 use sitegrid_proto::v1::replication_service_client::ReplicationServiceClient;
 use sitegrid_proto::v1::site_link_client::SiteLinkClient;
@@ -17,14 +18,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct Peers {
     channels: Mutex<HashMap<String, Channel>>,
     max_message_bytes: usize,
+    /// TLS to members, whose certificates must name the site.
+    tls: Option<ClientTls>,
 }
 
 impl Peers {
-    /// Channels carrying messages up to `max_message_bytes`.
-    pub fn new(max_message_bytes: usize) -> Peers {
+    /// Channels carrying messages up to `max_message_bytes`, over `tls` if given.
+    pub fn new(max_message_bytes: usize, tls: Option<ClientTls>) -> Peers {
         Peers {
             channels: Mutex::new(HashMap::new()),
             max_message_bytes,
+            tls,
         }
     }
 
@@ -63,7 +67,7 @@ impl Peers {
             .connect_timeout(CONNECT_TIMEOUT)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
-        let channel = sitegrid_proto::transport::lazy_channel(&endpoint);
+        let channel = sitegrid_proto::transport::lazy_channel(&endpoint, self.tls.clone());
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)
     }

@@ -1,5 +1,6 @@
 //! Command-line arguments (clap derive): global options and every subcommand.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -59,6 +60,27 @@ pub(crate) struct GlobalArgs {
     /// Timeout of each request (and of connecting), e.g. `500ms`, `10s`.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, global = true)]
     pub(crate) timeout: Duration,
+    /// Bearer token of a principal of the nodes' `[[security.principals]]`.
+    #[arg(long, env = "SITEGRID_TOKEN", global = true, hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// Use TLS, trusting the certificate authorities in this PEM file.
+    #[arg(long, env = "SITEGRID_TLS_CA", global = true)]
+    pub(crate) tls_ca: Option<PathBuf>,
+    /// With --tls-ca: a client certificate chain (PEM) to present...
+    #[arg(long, env = "SITEGRID_TLS_CERT", global = true, requires_all = ["tls_ca", "tls_key"])]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// ...and its private key (PEM).
+    #[arg(long, env = "SITEGRID_TLS_KEY", global = true, requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// With --tls-ca: the name the nodes' certificates must carry (their site's name,
+    /// say) instead of the endpoint's host.
+    #[arg(
+        long,
+        env = "SITEGRID_TLS_SERVER_NAME",
+        global = true,
+        requires = "tls_ca"
+    )]
+    pub(crate) tls_server_name: Option<String>,
 }
 
 /// What to do.
@@ -76,6 +98,19 @@ pub(crate) enum Command {
     Site(SiteCommand),
     /// Built-in load generator: closed-loop workers issuing one operation back to back.
     Bench(BenchArgs),
+    /// Bearer tokens for `[[security.principals]]`.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// Token subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Make a random token; print it (give it to the application) and its SHA-256 (put
+    /// it in the nodes' `token_sha256`). Nothing is sent anywhere.
+    New,
+    /// Print the SHA-256 of a token read from stdin, for `token_sha256`.
+    Hash,
 }
 
 /// Cache subcommands. KEY is text, or `base64:...` for arbitrary bytes; VALUE is text,

@@ -14,6 +14,7 @@ mod input;
 mod listen_cmd;
 mod output;
 mod site_cmd;
+mod token_cmd;
 
 use std::io::{BufWriter, IsTerminal as _, Write};
 use std::process::ExitCode;
@@ -69,17 +70,38 @@ async fn run(cli: Cli, out: &mut impl Write) -> Result<(), CliError> {
         Command::Site(command) => {
             site_cmd::run(&connect(global, false).await?, command, global.output, out).await
         }
+        Command::Token(command) => token_cmd::run(command, out),
     }
 }
 
 /// A client of the endpoints given; `discover_topology` lets it learn the site's other
 /// members and send writes to their keys' primaries.
 async fn connect(global: &GlobalArgs, discover_topology: bool) -> Result<Client, CliError> {
-    let client = Client::builder(global.endpoint.iter().cloned())
+    let client = secured(global, Client::builder(global.endpoint.iter().cloned()))
         .request_timeout(global.timeout)
         .connect_timeout(global.timeout)
         .discover_topology(discover_topology)
         .connect()
         .await?;
     Ok(client)
+}
+
+/// The builder with the token and TLS files of the global arguments.
+pub(crate) fn secured(
+    global: &GlobalArgs,
+    mut builder: sitegrid_client::ClientBuilder,
+) -> sitegrid_client::ClientBuilder {
+    if let Some(token) = &global.token {
+        builder = builder.token(token);
+    }
+    if let Some(ca) = &global.tls_ca {
+        builder = builder.tls(ca);
+        if let (Some(cert), Some(key)) = (&global.tls_cert, &global.tls_key) {
+            builder = builder.tls_identity(cert, key);
+        }
+        if let Some(name) = &global.tls_server_name {
+            builder = builder.tls_server_name(name);
+        }
+    }
+    builder
 }

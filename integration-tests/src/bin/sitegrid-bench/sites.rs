@@ -41,7 +41,7 @@ pub(crate) struct Results {
 fn client(endpoint: &str) -> anyhow::Result<CacheClient<Channel>> {
     let endpoint = Endpoint::from_shared(endpoint.to_string())?;
     Ok(CacheClient::new(sitegrid_proto::transport::lazy_channel(
-        &endpoint,
+        &endpoint, None,
     )))
 }
 

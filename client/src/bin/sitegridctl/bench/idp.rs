@@ -64,7 +64,7 @@ pub(crate) async fn run(
     };
     let mut sites = Vec::new();
     for site in endpoints {
-        let client = Client::builder(site)
+        let client = crate::secured(global, Client::builder(site))
             .request_timeout(global.timeout)
             .connect_timeout(global.timeout)
             .connect()

@@ -92,7 +92,7 @@ impl Workload {
         };
         let mut caches = Vec::new();
         for _ in 0..args.connections {
-            let client = Client::builder(global.endpoint.iter().cloned())
+            let client = crate::secured(global, Client::builder(global.endpoint.iter().cloned()))
                 .request_timeout(global.timeout)
                 .connect_timeout(global.timeout)
                 .backoff(no_retries)
