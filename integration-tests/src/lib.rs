@@ -17,6 +17,7 @@ pub mod chaos;
 pub mod checks;
 pub mod http;
 pub mod node;
+pub mod pki;
 pub mod ports;
 pub mod proxy;
 pub mod requests;

@@ -433,6 +433,12 @@ impl NodeProcess {
         Ok(())
     }
 
+    /// Sends the node `signal` (SIGHUP to reload its TLS files, say).
+    pub fn signal(&self, signal: Signal) -> anyhow::Result<()> {
+        kill(self.pid()?, signal)?;
+        Ok(())
+    }
+
     /// Thaws a frozen node (SIGCONT).
     pub fn resume(&self) -> anyhow::Result<()> {
         kill(self.pid()?, Signal::SIGCONT)?;
