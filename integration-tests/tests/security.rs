@@ -7,6 +7,7 @@ use std::time::Duration;
 use sitegrid_client::{Backoff, Client, ErrorCode, WriteOptions};
 use sitegrid_integration_tests::node::{NodeProcess, NodeSpec, run_to_exit};
 use sitegrid_integration_tests::pki::{Authority, Issued, principal};
+use sitegrid_integration_tests::site::Site;
 use sitegrid_integration_tests::sites::TwoSites;
 use sitegrid_integration_tests::wait::eventually;
 use sitegrid_proto::v1;
@@ -506,4 +507,95 @@ async fn sites_back_up_to_each_other_over_mutual_tls_and_refuse_anyone_else() {
         .unwrap();
     let genuine = ops2.cache("work").get("genuine").await.unwrap().unwrap();
     assert_eq!(&genuine.value[..], b"forged");
+}
+
+/// A counter's value in the node's `/metrics` (0 if it was never counted).
+async fn counter(node: &NodeProcess, name: &str) -> f64 {
+    let (_, metrics) = sitegrid_integration_tests::http::get(node.http_addr(), "/metrics")
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn members_replicate_over_mutual_tls_and_a_node_of_another_ca_is_not_believed() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new(dir.path(), "site1-ca").unwrap();
+    let ops = principal("ops", "admin", "t-ops", None);
+    let site = Site::start_with(2, |name| {
+        let issued = authority.issue(name, &["site1"]).unwrap();
+        NodeSpec::new(name).with_security(&format!(
+            "[security]\n{}{ops}",
+            issued.tls_toml(&authority.ca)
+        ))
+    })
+    .await
+    .unwrap();
+    let clients: Vec<Client> = futures::future::join_all(
+        site.nodes
+            .iter()
+            .map(|node| tls_client(node, &authority.ca, Some("t-ops"))),
+    )
+    .await;
+    for i in 0..20 {
+        let key = format!("k{i}");
+        clients[0]
+            .cache("work")
+            .put(key.clone(), "v", WriteOptions::default())
+            .await
+            .unwrap();
+        // Written through one member, read at once from the other: replicated.
+        assert!(clients[1].cache("work").get(key).await.unwrap().is_some());
+    }
+
+    // A node that gossips as a member of site 1 but holds a certificate of another CA
+    // (naming site 1 all the same) is never believed: the members stay two.
+    let other = Authority::new(dir.path(), "other-ca").unwrap();
+    let issued = other.issue("n3", &["site1"]).unwrap();
+    let unproven = counter(&site.nodes[0], "sitegrid_gossip_unproven_total").await;
+    let rogue = NodeProcess::launch_at(
+        NodeSpec {
+            seeds: site
+                .nodes
+                .iter()
+                .map(|n| n.addrs().gossip.to_string())
+                .collect(),
+            ..NodeSpec::new("n3")
+                .with_security(&format!("[security]\n{}{ops}", issued.tls_toml(&other.ca)))
+        },
+        sitegrid_integration_tests::node::NodeAddrs::free(),
+    )
+    .unwrap();
+    eventually(
+        "the members trying to prove the stranger",
+        Duration::from_secs(30),
+        || async {
+            counter(&site.nodes[0], "sitegrid_gossip_unproven_total").await >= unproven + 2.0
+        },
+    )
+    .await
+    .unwrap();
+    let status = clients[0].admin().cluster_status().await.unwrap();
+    let members: Vec<&str> = status.members.iter().map(|m| m.node.as_str()).collect();
+    assert_eq!(members, ["n1", "n2"]);
+    assert!(
+        !rogue.is_ready().await,
+        "the stranger can't copy the site's data"
+    );
+    clients[1]
+        .cache("work")
+        .put("after", "v", WriteOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        clients[0]
+            .cache("work")
+            .get("after")
+            .await
+            .unwrap()
+            .is_some()
+    );
 }

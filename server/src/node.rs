@@ -290,6 +290,7 @@ pub async fn run(
         site: config.node.site.clone(),
         listen: config.node.gossip,
         seeds: config.node.seeds.clone(),
+        verify_identities: site_tls.is_some(),
     };
     let (membership, view) = Membership::start(&me, &gossip, &timing).await?;
     let cluster = Cluster::new(

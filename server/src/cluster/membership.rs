@@ -13,6 +13,9 @@
 //!   it (it must catch up before it serves again); a member any live member suspects is
 //!   isolated in the view of all;
 //! - publishes this node's own keys.
+//!
+//! With mutual TLS, only nodes that proved who they are over gRPC are believed
+//! ([`verify`](super::verify)); the others' gossip is ignored until they have.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -26,6 +29,7 @@ use tracing::{info, warn};
 
 use sitegrid_relay::{GOSSIP_PREFIX, SiteStates};
 
+use crate::cluster::verify::{Claim, Verifier};
 use crate::cluster::view::NO_SLOT;
 use crate::cluster::{Cluster, Member, MemberState, Suspicion, Timing, View};
 use crate::error::{Error, Result};
@@ -41,6 +45,7 @@ const SUSPECT_PREFIX: &str = "suspect/";
 pub struct Membership {
     handle: ChitchatHandle,
     view: watch::Sender<View>,
+    verifier: Verifier,
 }
 
 impl std::fmt::Debug for Membership {
@@ -58,6 +63,9 @@ pub struct GossipSettings {
     pub listen: SocketAddr,
     /// Other nodes to contact first (addresses or DNS names, with ports).
     pub seeds: Vec<String>,
+    /// Believe a gossiping node only once it proved its identity over gRPC (mutual TLS
+    /// is configured, so it can).
+    pub verify_identities: bool,
 }
 
 impl Membership {
@@ -103,7 +111,15 @@ impl Membership {
         let (view, receiver) = watch::channel(View {
             members: vec![me.clone()],
         });
-        Ok((Membership { handle, view }, receiver))
+        let verifier = Verifier::new(&gossip.site, gossip.verify_identities);
+        Ok((
+            Membership {
+                handle,
+                view,
+                verifier,
+            },
+            receiver,
+        ))
     }
 
     /// Follows the site every gossip interval until `shutdown` turns true.
@@ -134,7 +150,8 @@ impl Membership {
                 cluster.set_state(MemberState::Isolated);
             }
             let me = cluster.me();
-            let (view, suspected, heard) = self
+            let verifier = &self.verifier;
+            let (view, suspected, heard, claims) = self
                 .handle
                 .with_chitchat(|chitchat| {
                     publish(
@@ -144,10 +161,14 @@ impl Membership {
                         &sites,
                         &mut published,
                     );
-                    adopt_site_states(chitchat, &me, &sites);
-                    observe(chitchat, &me, &mut heartbeats)
+                    let (trusted, claims) = trusted_nodes(chitchat, &me, verifier);
+                    adopt_site_states(chitchat, &trusted, &sites);
+                    let (view, suspected, heard) =
+                        observe(chitchat, &me, &trusted, &mut heartbeats);
+                    (view, suspected, heard, claims)
                 })
                 .await;
+            verifier.check(&cluster, claims);
             if me.state == MemberState::Ready
                 && let Some(other) = view.members.iter().find(|m| {
                     m.name != me.name && m.is_ready() && m.slot == me.slot && m.name < me.name
@@ -228,12 +249,40 @@ fn publish(
     *published = wanted;
 }
 
-/// Adopts the peer site states the site's other live nodes publish, where newer.
-fn adopt_site_states(chitchat: &chitchat::Chitchat, me: &Member, sites: &SiteStates) {
+/// The live nodes other than `me` whose gossip is believed, and every live node's claim
+/// (name, generation, gRPC address) for the verifier.
+fn trusted_nodes(
+    chitchat: &chitchat::Chitchat,
+    me: &Member,
+    verifier: &Verifier,
+) -> (Vec<ChitchatId>, Vec<Claim>) {
+    let mut trusted = Vec::new();
+    let mut claims = Vec::new();
     for id in chitchat.live_nodes() {
         if *id.node_id == *me.name {
             continue;
         }
+        let Some(address) = chitchat
+            .node_state(id)
+            .and_then(|state| state.get(KEY_GRPC))
+        else {
+            continue;
+        };
+        if verifier.trusts(&id.node_id, id.generation_id, address) {
+            trusted.push(id.clone());
+        }
+        claims.push((
+            Arc::from(&*id.node_id),
+            id.generation_id,
+            address.to_string(),
+        ));
+    }
+    (trusted, claims)
+}
+
+/// Adopts the peer site states the `trusted` nodes publish, where newer.
+fn adopt_site_states(chitchat: &chitchat::Chitchat, trusted: &[ChitchatId], sites: &SiteStates) {
+    for id in trusted {
         let Some(state) = chitchat.node_state(id) else {
             continue;
         };
@@ -245,14 +294,20 @@ fn adopt_site_states(chitchat: &chitchat::Chitchat, me: &Member, sites: &SiteSta
     }
 }
 
-/// The view from chitchat's live nodes, whether any member suspects `me` (its current
+/// The view from the `trusted` live nodes, whether any member suspects `me` (its current
 /// generation and epoch), and whether any peer's heartbeat moved since the last call.
 fn observe(
     chitchat: &chitchat::Chitchat,
     me: &Member,
+    trusted: &[ChitchatId],
     heartbeats: &mut HashMap<(Arc<str>, u64), u64>,
 ) -> (View, bool, bool) {
-    let live: Vec<ChitchatId> = chitchat.live_nodes().cloned().collect();
+    // This node's own suspicions count too.
+    let live: Vec<ChitchatId> = trusted
+        .iter()
+        .cloned()
+        .chain(std::iter::once(chitchat.self_chitchat_id().clone()))
+        .collect();
     // Suspicions gossiped by any live member, this node's own included: the site leaves a
     // suspected member out as one.
     let suspicions: HashSet<String> = live

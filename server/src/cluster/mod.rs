@@ -21,6 +21,7 @@ pub mod membership;
 pub mod peers;
 pub mod repair;
 mod sender;
+mod verify;
 pub mod view;
 
 use std::collections::{HashMap, HashSet};
