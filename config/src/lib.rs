@@ -324,11 +324,29 @@ impl Config {
     /// Loads a node's configuration: the file if one is given (otherwise the defaults),
     /// then the environment overrides, then validation.
     pub fn load(path: Option<&Path>, env: &Environment) -> Result<Config> {
+        Config::load_then(path, env, |_| {})
+    }
+
+    /// Loads the configuration of a witness (`sitegrid --witness`): as [`Config::load`],
+    /// but `[security]` is not the witness's business (it serves no cache and calls no
+    /// peer), so a witness file needs none.
+    pub fn load_witness(path: Option<&Path>, env: &Environment) -> Result<Config> {
+        Config::load_then(path, env, |config| {
+            config.security = SecurityConfig::anonymous();
+        })
+    }
+
+    fn load_then(
+        path: Option<&Path>,
+        env: &Environment,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Result<Config> {
         let mut config = match path {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
         };
         config.apply_env(env)?;
+        adjust(&mut config);
         config.validate()?;
         Ok(config)
     }
@@ -754,6 +772,17 @@ mod tests {
         );
         let error = Config::from_toml("[security]\nauth = \"maybe\"\n", "t").unwrap_err();
         assert!(error.to_string().contains("maybe"), "{error}");
+    }
+
+    #[test]
+    fn a_witness_file_needs_no_security_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("witness.toml");
+        std::fs::write(&path, "[witness]\nlisten = \"127.0.0.1:11300\"\n").unwrap();
+        let env = Environment::default().with_hostname("w");
+        assert!(Config::load(Some(&path), &env).is_err());
+        let config = Config::load_witness(Some(&path), &env).unwrap();
+        assert_eq!(config.witness.unwrap().listen.port(), 11300);
     }
 
     #[test]

@@ -48,7 +48,13 @@ pub fn main() -> ExitCode {
     let args = Args::parse();
     init_logs(args.log_format);
     let hostname = gethostname::gethostname().to_string_lossy().into_owned();
-    let config = match Config::load(args.config.as_deref(), &Environment::from_process(hostname)) {
+    let env = Environment::from_process(hostname);
+    let loaded = if args.witness {
+        Config::load_witness(args.config.as_deref(), &env)
+    } else {
+        Config::load(args.config.as_deref(), &env)
+    };
+    let config = match loaded {
         Ok(config) => config,
         Err(problem) => {
             eprintln!("sitegrid: {problem}");
