@@ -172,26 +172,33 @@ fn record_bytes() -> impl Strategy<Value = Vec<u8>> {
         any::<[u64; 4]>(),
         prop::collection::vec("[ -~]{0,12}", 0..4),
         any::<[u64; 3]>(),
+        any::<bool>(),
     )
-        .prop_map(|(kind, version, origin, value, times, tags, more)| {
-            let stored = record::StoredRecord {
-                kind,
-                version,
-                origin_site: origin,
-                value: value.into(),
-                created_ms: times[0],
-                last_used_ms: times[1],
-                lifespan_ms: times[2],
-                max_idle_ms: times[3],
-                tags,
-                removed_ms: more[0],
-                base_version: more[1],
-                writer: more[2],
-            };
-            let mut bytes = vec![record::FORMAT_V1];
-            prost::Message::encode(&stored, &mut bytes).expect("a Vec grows");
-            bytes
-        });
+        .prop_map(
+            |(kind, version, origin, value, times, tags, more, checked)| {
+                let stored = record::StoredRecord {
+                    kind,
+                    version,
+                    origin_site: origin,
+                    value: value.into(),
+                    created_ms: times[0],
+                    last_used_ms: times[1],
+                    lifespan_ms: times[2],
+                    max_idle_ms: times[3],
+                    tags,
+                    removed_ms: more[0],
+                    base_version: more[1],
+                    writer: more[2],
+                };
+                if checked {
+                    return record::frame(&stored);
+                }
+                // The first format, unchecked, is still read.
+                let mut bytes = vec![record::FORMAT_V1];
+                prost::Message::encode(&stored, &mut bytes).expect("a Vec grows");
+                bytes
+            },
+        );
     let damaged = (stored.clone(), any::<usize>(), any::<u8>(), any::<bool>()).prop_map(
         |(mut bytes, at, byte, truncate)| {
             let at = at % bytes.len();

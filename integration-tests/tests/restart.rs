@@ -131,4 +131,10 @@ async fn a_node_stopped_with_sigterm_exits_cleanly_and_keeps_its_data() {
             .into_inner()
             .found
     );
+    // The clean stop counted the store, and the start found it whole.
+    let log = node.log();
+    let (_, log) = log.rsplit_once("starting node=").unwrap();
+    assert!(!log.contains("no clean-stop census"), "{log}");
+    assert!(!log.contains("lost records"), "{log}");
+    assert!(!log.contains("store still in use"), "{log}");
 }

@@ -404,8 +404,7 @@ fn backup(from_site: &str, key: &str) -> v1::BackupRequest {
         last_used_ms: now,
         ..Default::default()
     };
-    let mut bytes = vec![record::FORMAT_V1];
-    prost::Message::encode(&stored, &mut bytes).unwrap();
+    let bytes = record::frame(&stored);
     v1::BackupRequest {
         cache: "work".into(),
         from_site: from_site.into(),

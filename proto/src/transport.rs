@@ -91,6 +91,12 @@ impl tonic::transport::server::Connected for CoalescingStream {
     }
 }
 
+/// The longest any call between nodes (in a site or between sites) may wait for its
+/// answer, or a stream for its next message: a backstop behind each call's own, tighter
+/// deadline, so that no call to a peer that stopped answering (frozen, half-open
+/// connection) waits forever.
+pub const INTERNAL_CALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A connection that is plain or TLS over a [`CoalescingStream`]; clients and servers
 /// each use it with their side's TLS stream.
 #[derive(Debug)]

@@ -270,6 +270,14 @@ pub async fn run(
             .map_err(Error::TaskFailed)??
     };
     store.persist_high_water().await?;
+    let census = config
+        .caches
+        .values()
+        .any(|cache| cache.persistent)
+        .then(|| crate::store::census::path(&config.node.data_dir));
+    if let Some(path) = &census {
+        crate::store::census::check(path, &store);
+    }
 
     let timing = Timing::default();
     let me = Member {
@@ -385,7 +393,25 @@ pub async fn run(
     let _ = health_task.await;
     let _ = reloading.await;
     drop(state);
+    // Nothing writes any more: once what is queued is durable (the storage thread takes
+    // its work in order), what the persistent caches hold is what the store must give
+    // back at the next start.
+    let counted = match &census {
+        Some(path) => match store.persist_high_water().await {
+            Ok(()) => Some((path, crate::store::census::take(&store))),
+            Err(error) => {
+                warn!(%error, "the store did not sync at shutdown: no census for the next start");
+                None
+            }
+        },
+        None => None,
+    };
     store.shutdown();
+    if let Some((path, counted)) = counted
+        && let Err(error) = crate::store::census::write(path, &counted)
+    {
+        warn!(path = %path.display(), %error, "cannot write the store's census: the next start can't check the store");
+    }
     info!("stopped");
     match grpc_result {
         Ok(Ok(())) => Ok(()),

@@ -84,6 +84,7 @@ pub(crate) fn endpoint_of(endpoint: &str) -> Result<Endpoint, String> {
     Ok(Endpoint::from_shared(uri)
         .map_err(|error| error.to_string())?
         .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(sitegrid_proto::transport::INTERNAL_CALL_DEADLINE)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5)))
 }

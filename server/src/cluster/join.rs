@@ -226,7 +226,7 @@ pub(super) async fn sync_cache_from(
         .await
         .map_err(|status| failed("fetch", status))?
         .into_inner();
-    while let Some(batch) = stream.next().await {
+    while let Some(batch) = next_within(&mut stream, donor).await? {
         let batch = batch.map_err(|status| failed("fetch", status))?;
         let mut changes = Vec::with_capacity(batch.slots.len());
         for slot in batch.slots {
@@ -249,6 +249,26 @@ pub(super) async fn sync_cache_from(
         taken += apply_all(cluster, cache, changes).await?;
     }
     Ok(Some((taken, differing)))
+}
+
+/// The next message of a donor's stream, unless it sends none for
+/// [`INTERNAL_CALL_DEADLINE`](sitegrid_proto::transport::INTERNAL_CALL_DEADLINE).
+async fn next_within<T>(
+    stream: &mut tonic::Streaming<T>,
+    donor: &Member,
+) -> Result<Option<std::result::Result<T, tonic::Status>>> {
+    tokio::time::timeout(
+        sitegrid_proto::transport::INTERNAL_CALL_DEADLINE,
+        stream.next(),
+    )
+    .await
+    .map_err(|_| {
+        Error::Unavailable(format!(
+            "{} sent nothing for {:?} while this node copied from it",
+            donor.name,
+            sitegrid_proto::transport::INTERNAL_CALL_DEADLINE
+        ))
+    })
 }
 
 /// Applies changes copied from a donor, waiting out keys busy with a write here.
@@ -344,7 +364,7 @@ async fn copy_answers(cluster: &Cluster, donors: &[Member]) -> Result<u64> {
             Err(status) if super::refused(&status) => continue,
             Err(status) => return Err(failed(status)),
         };
-        while let Some(batch) = stream.next().await {
+        while let Some(batch) = next_within(&mut stream, donor).await? {
             for kept in batch.map_err(failed)?.answers {
                 let id = <[u8; 16]>::try_from(&kept.id[..])
                     .map_err(|_| Error::Internal("a kept answer's id is not 16 bytes"))?;

@@ -65,6 +65,7 @@ impl Peers {
         }
         let endpoint = Endpoint::from_shared(format!("http://{address}"))?
             .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(sitegrid_proto::transport::INTERNAL_CALL_DEADLINE)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
         let channel = sitegrid_proto::transport::lazy_channel(&endpoint, self.tls.clone());

@@ -495,6 +495,15 @@ impl Keyspace {
         (slots, done)
     }
 
+    /// Number of slots (live entries and tombstones) in each key range.
+    pub fn range_counts(&self) -> Vec<u64> {
+        let mut counts = vec![0; RANGES];
+        for key in self.slots.keys() {
+            counts[range_of(key.hash())] += 1;
+        }
+        counts
+    }
+
     /// Number of slots, tombstones included (for memory accounting and tests).
     pub fn slot_count(&self) -> usize {
         self.slots.len()

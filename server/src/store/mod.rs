@@ -13,6 +13,7 @@
 //! - [`load`], [`reaper`]: start-up and background upkeep.
 
 pub mod cache;
+pub mod census;
 pub mod durability;
 pub mod entry;
 pub mod idempotency;

@@ -1,9 +1,12 @@
 //! How a slot is written to storage.
 //!
-//! A record is one format byte followed by a protobuf message. Protobuf because fields
-//! can be added without breaking older data (nodes are upgraded one at a time and must
-//! read what the previous version wrote), and because its decoder is bounds-checked:
-//! damaged bytes give an error, never a panic.
+//! A record is one format byte, then (format 2) an 8-byte checksum of the rest, then a
+//! protobuf message. Protobuf because fields can be added without breaking older data
+//! (nodes are upgraded one at a time and must read what the previous version wrote), and
+//! because its decoder is bounds-checked: damaged bytes give an error, never a panic. The
+//! checksum because protobuf alone can't tell a record cut short at a field boundary
+//! from a shorter record: a truncated value would read back as an entry with an empty
+//! value. Records of format 1 (no checksum) are still read.
 
 use std::sync::Arc;
 
@@ -12,8 +15,13 @@ use prost::Message;
 
 use crate::store::entry::{Entry, SiteName, Slot, Tombstone, TombstoneCause};
 
-/// The only record format so far: the first byte of every record.
+/// The first record format: the protobuf message, unchecked. Still read, no longer
+/// written.
 pub const FORMAT_V1: u8 = 1;
+/// The format written: the xxh3-64 of the message (little-endian), then the message.
+pub const FORMAT_V2: u8 = 2;
+/// Bytes of the checksum of a format 2 record.
+const CHECKSUM_BYTES: usize = 8;
 
 const KIND_LIVE: u32 = 0;
 const KIND_REMOVED: u32 = 1;
@@ -73,6 +81,9 @@ pub enum RecordError {
     /// The protobuf part does not decode.
     #[error("damaged record: {0}")]
     Damaged(String),
+    /// The bytes are not those that were written (cut short, overwritten).
+    #[error("damaged record: the checksum does not match ({0} bytes)")]
+    Checksum(usize),
     /// It decodes but is not a valid slot.
     #[error("invalid record: {0}")]
     Invalid(&'static str),
@@ -111,22 +122,44 @@ pub fn encode(slot: &Slot) -> Vec<u8> {
             }
         }
     };
-    let mut bytes = Vec::with_capacity(1 + record.encoded_len());
-    bytes.push(FORMAT_V1);
+    frame(&record)
+}
+
+/// The bytes stored for `record`: the format byte, the checksum, the message.
+pub fn frame(record: &StoredRecord) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(1 + CHECKSUM_BYTES + record.encoded_len());
+    bytes.push(FORMAT_V2);
+    bytes.extend_from_slice(&[0; CHECKSUM_BYTES]);
     record
         .encode(&mut bytes)
         .expect("a Vec grows to fit any message");
+    let checksum = xxhash_rust::xxh3::xxh3_64(&bytes[1 + CHECKSUM_BYTES..]);
+    bytes[1..=CHECKSUM_BYTES].copy_from_slice(&checksum.to_le_bytes());
     bytes
+}
+
+/// The protobuf message of a record, checked against its checksum where it has one.
+fn message(bytes: &[u8]) -> Result<&[u8], RecordError> {
+    let (&format, rest) = bytes.split_first().ok_or(RecordError::Empty)?;
+    match format {
+        FORMAT_V1 => Ok(rest),
+        FORMAT_V2 => {
+            let (checksum, body) = rest
+                .split_first_chunk::<CHECKSUM_BYTES>()
+                .ok_or(RecordError::Checksum(bytes.len()))?;
+            if u64::from_le_bytes(*checksum) != xxhash_rust::xxh3::xxh3_64(body) {
+                return Err(RecordError::Checksum(bytes.len()));
+            }
+            Ok(body)
+        }
+        other => Err(RecordError::UnknownFormat(other)),
+    }
 }
 
 /// Decodes stored bytes; `intern` turns a site name into the shared name entries use.
 pub fn decode(bytes: &[u8], intern: &dyn Fn(&str) -> SiteName) -> Result<Slot, RecordError> {
-    let (&format, body) = bytes.split_first().ok_or(RecordError::Empty)?;
-    if format != FORMAT_V1 {
-        return Err(RecordError::UnknownFormat(format));
-    }
-    let record =
-        StoredRecord::decode(body).map_err(|error| RecordError::Damaged(error.to_string()))?;
+    let record = StoredRecord::decode(message(bytes)?)
+        .map_err(|error| RecordError::Damaged(error.to_string()))?;
     if record.version == 0 {
         return Err(RecordError::Invalid("version 0"));
     }
@@ -236,6 +269,27 @@ mod tests {
             decode(&[FORMAT_V1], &intern).unwrap_err(),
             RecordError::Invalid("version 0")
         );
+        assert_eq!(
+            decode(&[FORMAT_V2, 1, 2], &intern).unwrap_err(),
+            RecordError::Checksum(3)
+        );
+    }
+
+    #[test]
+    fn records_of_the_first_format_are_still_read() {
+        let stored = StoredRecord {
+            kind: KIND_LIVE,
+            version: 77,
+            origin_site: "site1".into(),
+            value: Bytes::from_static(b"old"),
+            ..StoredRecord::default()
+        };
+        let mut bytes = vec![FORMAT_V1];
+        stored.encode(&mut bytes).unwrap();
+        let Ok(Slot::Live(entry)) = decode(&bytes, &intern) else {
+            panic!("a format 1 record decodes")
+        };
+        assert_eq!((&entry.value[..], entry.version), (&b"old"[..], 77));
     }
 
     proptest! {
@@ -245,11 +299,17 @@ mod tests {
         }
 
         #[test]
-        fn truncating_a_valid_record_never_panics(cut in 0usize..64) {
+        fn a_record_cut_short_or_changed_anywhere_is_an_error(cut in 0usize..64, flip in 0usize..64) {
             let entry = Entry::new(Bytes::from_static(b"some value"), 5, Arc::from("s"), 1, 2, 3,
                 vec![Arc::from("a=b")].into_boxed_slice());
             let bytes = encode(&Slot::Live(Arc::new(entry)));
-            let _ = decode(&bytes[..cut.min(bytes.len())], &intern);
+            if cut < bytes.len() {
+                prop_assert!(decode(&bytes[..cut], &intern).is_err());
+            }
+            let mut changed = bytes.clone();
+            let at = flip % changed.len();
+            changed[at] ^= 0x20;
+            prop_assert!(decode(&changed, &intern).is_err());
         }
     }
 }
