@@ -328,11 +328,12 @@ impl Config {
     }
 
     /// Loads the configuration of a witness (`sitegrid --witness`): as [`Config::load`],
-    /// but `[security]` is not the witness's business (it serves no cache and calls no
-    /// peer), so a witness file needs none.
+    /// but it serves no cache, so it has no principals: only `security.tls` applies
+    /// (sites prove who they are with certificates when it has a CA).
     pub fn load_witness(path: Option<&Path>, env: &Environment) -> Result<Config> {
         Config::load_then(path, env, |config| {
-            config.security = SecurityConfig::anonymous();
+            config.security.auth = Auth::None;
+            config.security.principals.clear();
         })
     }
 

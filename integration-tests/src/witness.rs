@@ -20,6 +20,8 @@ pub struct WitnessProcess {
     dir: tempfile::TempDir,
     addr: SocketAddr,
     lease: Duration,
+    /// The `[security]` section of its config (TLS), if any.
+    security: String,
     child: Option<Child>,
 }
 
@@ -33,6 +35,23 @@ impl WitnessProcess {
                 .tempdir()?,
             addr: free_loopback_addr(),
             lease,
+            security: String::new(),
+            child: None,
+        };
+        witness.launch().await?;
+        Ok(witness)
+    }
+
+    /// Starts a witness with `security` (a `[security]` section with TLS) and waits until
+    /// it listens.
+    pub async fn start_secured(lease: Duration, security: &str) -> anyhow::Result<WitnessProcess> {
+        let mut witness = WitnessProcess {
+            dir: tempfile::Builder::new()
+                .prefix("sitegrid-witness-")
+                .tempdir()?,
+            addr: free_loopback_addr(),
+            lease,
+            security: security.to_string(),
             child: None,
         };
         witness.launch().await?;
@@ -59,9 +78,10 @@ impl WitnessProcess {
         std::fs::write(
             &config,
             format!(
-                "[witness]\nlisten = \"{}\"\nlease = \"{}ms\"\n",
+                "[witness]\nlisten = \"{}\"\nlease = \"{}ms\"\n{}",
                 self.addr,
-                self.lease.as_millis()
+                self.lease.as_millis(),
+                self.security
             ),
         )?;
         let log = File::options()
@@ -80,7 +100,11 @@ impl WitnessProcess {
         die_with_parent(&mut command);
         self.child = Some(command.spawn().context("cannot start the witness")?);
         eventually("the witness to answer", Duration::from_secs(30), || async {
-            self.grants().await.is_ok()
+            if self.security.is_empty() {
+                self.grants().await.is_ok()
+            } else {
+                self.log().contains("witness serving")
+            }
         })
         .await
     }

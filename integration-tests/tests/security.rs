@@ -598,3 +598,77 @@ async fn members_replicate_over_mutual_tls_and_a_node_of_another_ca_is_not_belie
             .is_some()
     );
 }
+
+#[tokio::test]
+async fn the_witness_serves_tls_and_grants_a_site_only_to_its_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new(dir.path(), "ca").unwrap();
+    let served = authority.issue("witness", &["witness.example"]).unwrap();
+    let witness = sitegrid_integration_tests::witness::WitnessProcess::start_secured(
+        Duration::from_millis(300),
+        &format!("[security]\n{}", served.tls_toml(&authority.ca)),
+    )
+    .await
+    .unwrap();
+    let client = |identity: &Issued| {
+        let config = sitegrid_proto::tls::client_config(
+            &authority.ca,
+            Some((&identity.cert, &identity.key)),
+        )
+        .unwrap();
+        let tls = sitegrid_proto::tls::ClientTls::fixed(config);
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", witness.addr())).unwrap();
+        sitegrid_proto::v1::witness_client::WitnessClient::new(
+            sitegrid_proto::transport::lazy_channel(&endpoint, Some(tls)),
+        )
+    };
+    let acquire = |site: &str| v1::AcquireRequest {
+        site: site.into(),
+        peer_site: "site2".into(),
+    };
+    let site1 = authority.issue("site1", &["site1"]).unwrap();
+    let site3 = authority.issue("site3", &["site3"]).unwrap();
+    // Site 3's certificate can't ask for site 1.
+    let refused = client(&site3)
+        .acquire(acquire("site1"))
+        .await
+        .expect_err("a site asks only for itself");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    // Plain text does not get through the handshake.
+    let plain = sitegrid_proto::v1::witness_client::WitnessClient::connect(format!(
+        "http://{}",
+        witness.addr()
+    ))
+    .await;
+    if let Ok(mut plain) = plain {
+        plain
+            .acquire(acquire("site1"))
+            .await
+            .expect_err("plain text is refused");
+    }
+    // Site 1 with its own certificate gets the grant (once the witness's first lease,
+    // in which it grants nothing, is over).
+    let mut site1_client = client(&site1);
+    eventually("site 1 granted", Duration::from_secs(10), || {
+        let mut client = site1_client.clone();
+        async move {
+            client
+                .acquire(acquire("site1"))
+                .await
+                .unwrap()
+                .into_inner()
+                .granted
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        site1_client
+            .acquire(acquire("site1"))
+            .await
+            .unwrap()
+            .into_inner()
+            .granted
+    );
+}

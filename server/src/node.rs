@@ -613,20 +613,35 @@ fn serve_grpc<H: Health>(
 
 /// Runs the witness (`sitegrid --witness`) on `config.witness` until `shutdown`
 /// completes: it grants one site of each pair the right to hold the other offline.
+///
+/// With `[security] tls`, it serves TLS (its certificate must name the host the nodes'
+/// `witness.endpoint` gives), reloaded like a node's; with `tls.ca`, a site's requests
+/// are taken only with a client certificate naming that site.
 pub async fn run_witness(config: &Config, shutdown: impl Future<Output = ()>) -> Result<()> {
     let witness = config.witness.clone().unwrap_or_default();
+    let tls = config
+        .security
+        .tls
+        .as_ref()
+        .map(NodeTls::load)
+        .transpose()?;
     let listener = bind(witness.listen, "witness.listen").await?;
-    info!(listen = %witness.listen, lease = ?witness.lease,
+    info!(listen = %witness.listen, lease = ?witness.lease, tls = tls.is_some(),
+        mutual_tls = config.security.mutual_tls(),
         "witness serving: grants nothing for one lease, which any grant given before it started outlives");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
-        .add_service(sitegrid_relay::WitnessService::new(witness.lease).into_server())
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .map_err(|error| Error::Io {
-            context: "the witness's server failed".into(),
-            source: std::io::Error::other(error),
-        })?;
+    let (stop, stopped) = watch::channel(false);
+    let reloading = tokio::spawn(crate::tls::watch(tls.clone(), stopped.clone()));
+    let service = sitegrid_relay::WitnessService::new(witness.lease, config.security.mutual_tls());
+    let served = tonic::transport::Server::builder()
+        .add_service(service.into_server())
+        .serve_with_incoming_shutdown(incoming(listener, tls, stopped), shutdown)
+        .await;
+    let _ = stop.send(true);
+    let _ = reloading.await;
+    served.map_err(|error| Error::Io {
+        context: "the witness's server failed".into(),
+        source: std::io::Error::other(error),
+    })?;
     info!("witness stopped");
     Ok(())
 }

@@ -169,7 +169,7 @@ impl Relay {
             .witness
             .as_ref()
             .and_then(|w| w.endpoint.as_deref())
-            .map(|endpoint| WitnessLink::new(endpoint, &config.node.site, peers.len()))
+            .map(|endpoint| WitnessLink::new(endpoint, &config.node.site, peers.len(), tls))
             .transpose()?;
         let states = SiteStates::open(
             &config.node.name,

@@ -19,6 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use sitegrid_proto::tls::ClientTls;
+use sitegrid_proto::transport::ConnInfo;
 use sitegrid_proto::v1;
 use sitegrid_proto::v1::witness_client::WitnessClient;
 use sitegrid_proto::v1::witness_server::{Witness, WitnessServer};
@@ -33,6 +35,8 @@ use crate::peer::endpoint_of;
 #[derive(Debug, Clone)]
 pub struct WitnessService {
     inner: Arc<Grants>,
+    /// Sites must ask with a verified certificate naming the site they ask for.
+    certificates: bool,
 }
 
 #[derive(Debug)]
@@ -58,14 +62,33 @@ fn pair(a: &str, b: &str) -> (String, String) {
 }
 
 impl WitnessService {
-    /// A witness whose grants hold for `lease` unless renewed.
-    pub fn new(lease: Duration) -> WitnessService {
+    /// A witness whose grants hold for `lease` unless renewed; with `certificates`, a
+    /// site asks only with a verified client certificate naming it (mutual TLS).
+    pub fn new(lease: Duration, certificates: bool) -> WitnessService {
         WitnessService {
             inner: Arc::new(Grants {
                 lease,
                 started: Instant::now(),
                 held: Mutex::new(HashMap::new()),
             }),
+            certificates,
+        }
+    }
+
+    /// `Ok` if a request naming `site` may be taken: without mutual TLS always, with it
+    /// only from a certificate naming that site (`None`: any verified certificate).
+    fn check_caller<T>(&self, request: &Request<T>, site: Option<&str>) -> Result<(), Status> {
+        if !self.certificates {
+            return Ok(());
+        }
+        let names = ConnInfo::of(request.extensions()).and_then(|c| c.peer.as_ref());
+        match (names, site) {
+            (Some(names), Some(site)) if names.contains(site) => Ok(()),
+            (Some(_), None) => Ok(()),
+            _ => Err(Status::permission_denied(format!(
+                "the witness takes requests of site {} only with a client certificate naming it",
+                site.unwrap_or("any")
+            ))),
         }
     }
 
@@ -165,6 +188,7 @@ impl Witness for WitnessService {
         &self,
         request: Request<v1::AcquireRequest>,
     ) -> Result<Response<v1::AcquireResponse>, Status> {
+        self.check_caller(&request, Some(&request.get_ref().site))?;
         let request = request.into_inner();
         check_names(&request.site, &request.peer_site)?;
         Ok(Response::new(WitnessService::acquire(
@@ -179,6 +203,7 @@ impl Witness for WitnessService {
         &self,
         request: Request<v1::ReleaseRequest>,
     ) -> Result<Response<v1::ReleaseResponse>, Status> {
+        self.check_caller(&request, Some(&request.get_ref().site))?;
         let request = request.into_inner();
         check_names(&request.site, &request.peer_site)?;
         Ok(Response::new(v1::ReleaseResponse {
@@ -188,8 +213,9 @@ impl Witness for WitnessService {
 
     async fn grants(
         &self,
-        _request: Request<v1::GrantsRequest>,
+        request: Request<v1::GrantsRequest>,
     ) -> Result<Response<v1::GrantsResponse>, Status> {
+        self.check_caller(&request, None)?;
         Ok(Response::new(v1::GrantsResponse {
             grants: WitnessService::grants(self, Instant::now()),
         }))
@@ -219,15 +245,21 @@ pub(crate) struct WitnessLink {
 }
 
 impl WitnessLink {
-    /// The link of site `site`, with `peers` peer sites, to the witness at `endpoint`.
-    pub(crate) fn new(endpoint: &str, site: &str, peers: usize) -> Result<Self, RelayError> {
+    /// The link of site `site`, with `peers` peer sites, to the witness at `endpoint`;
+    /// over `tls` if given (the witness's certificate must name the endpoint's host).
+    pub(crate) fn new(
+        endpoint: &str,
+        site: &str,
+        peers: usize,
+        tls: Option<&ClientTls>,
+    ) -> Result<Self, RelayError> {
         let channel = endpoint_of(endpoint).map_err(|reason| RelayError::InvalidWitness {
             endpoint: endpoint.to_string(),
             reason,
         })?;
         Ok(WitnessLink {
             endpoint: endpoint.to_string(),
-            channel: sitegrid_proto::transport::lazy_channel(&channel, None),
+            channel: sitegrid_proto::transport::lazy_channel(&channel, tls.cloned()),
             site: site.to_string(),
             grants: Mutex::new(vec![Grant::Unknown; peers]),
         })
@@ -333,7 +365,7 @@ mod tests {
     #[test]
     fn one_site_of_a_pair_holds_the_grant_until_it_lapses_or_is_released() {
         let lease = Duration::from_secs(10);
-        let witness = WitnessService::new(lease);
+        let witness = WitnessService::new(lease, false);
         let start = witness.inner.started;
         let early = witness.acquire("site1", "site2", start + Duration::from_secs(1));
         assert!(!early.granted, "nothing granted during the first lease");
