@@ -83,6 +83,9 @@ fn config_text() -> impl Strategy<Value = String> {
         "[[sites]]",
         "[sites.backup]",
         "[witness]",
+        "[security]",
+        "[security.tls]",
+        "[[security.principals]]",
         "[node",
     ]);
     let key = prop::sample::select(vec![
@@ -108,6 +111,16 @@ fn config_text() -> impl Strategy<Value = String> {
         "failure_policy",
         "timeout",
         "take_offline",
+        "auth",
+        "role",
+        "token_sha256",
+        "certificate",
+        "caches",
+        "cert",
+        "key",
+        "ca",
+        "reload_interval",
+        "audit_log",
         "unknown",
     ]);
     let value = prop_oneof![
@@ -129,6 +142,12 @@ fn config_text() -> impl Strategy<Value = String> {
             "\"fail\"",
             "\"warn\"",
             "\"bogus\"",
+            "\"none\"",
+            "\"required\"",
+            "\"admin\"",
+            "\"observer\"",
+            "\"9c6709dedf8105374733621fd2ff9fbfbde08a2e6709a0b3c3eff6a289cd597f\"",
+            "[\"sessions\", \"nope\"]",
             "\"127.0.0.1:0\"",
             "\"[::1]:99999\"",
             "\"localhost\"",
@@ -155,8 +174,11 @@ fn config_text() -> impl Strategy<Value = String> {
 fn config_parsing_never_panics() {
     fuzz("config", config_text(), |text| {
         if let Ok(config) = sitegrid_config::Config::from_toml(&text, "fuzz") {
-            // A config that loads is usable: its derived limits are computable.
+            // A config that loads is usable: its derived limits are computable, and it
+            // validates to a verdict.
             let _ = config.limits.max_message_bytes();
+            let _ = config.security.mutual_tls();
+            let _ = config.validate();
         }
     });
 }
