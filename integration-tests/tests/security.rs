@@ -672,3 +672,69 @@ async fn the_witness_serves_tls_and_grants_a_site_only_to_its_certificate() {
             .granted
     );
 }
+
+#[tokio::test]
+async fn sitegridctl_makes_a_token_and_connects_with_it() {
+    let ctl = sitegrid_integration_tests::node::ctl_binary();
+    let made = std::process::Command::new(&ctl)
+        .args(["token", "new"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let made = String::from_utf8(made.stdout).unwrap();
+    let field = |name: &str| {
+        made.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(|rest| {
+                rest.trim()
+                    .trim_start_matches('=')
+                    .trim()
+                    .trim_matches('"')
+                    .to_string()
+            })
+            .unwrap_or_else(|| panic!("no {name} in {made}"))
+    };
+    let (token, hash) = (field("token "), field("token_sha256"));
+    assert_eq!(token.len(), 64, "{made}");
+    assert_eq!(hash, sitegrid_integration_tests::pki::token_sha256(&token));
+
+    // `token hash` gives the same hash for the token on stdin.
+    let mut hashing = std::process::Command::new(&ctl)
+        .args(["token", "hash"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut hashing.stdin.take().unwrap(),
+        format!("{token}\n").as_bytes(),
+    )
+    .unwrap();
+    let hashed = String::from_utf8(hashing.wait_with_output().unwrap().stdout).unwrap();
+    assert!(hashed.contains(&hash), "{hashed}");
+
+    let node = NodeProcess::start(NodeSpec::new("n1").with_security(&format!(
+        "[security]\n[[security.principals]]\nname = \"ops\"\nrole = \"admin\"\ntoken_sha256 = \"{hash}\"\n"
+    )))
+    .await
+    .unwrap();
+    let endpoint = node.grpc_addr().to_string();
+    let put = |token: Option<&str>| {
+        let mut command = std::process::Command::new(&ctl);
+        command
+            .args(["-e", &endpoint, "cache", "put", "--cache", "work", "k", "v"])
+            .env_remove("SITEGRID_TOKEN");
+        if let Some(token) = token {
+            command.env("SITEGRID_TOKEN", token);
+        }
+        command.output().unwrap()
+    };
+    let refused = put(None);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("unauthenticated"),
+        "{refused:?}"
+    );
+    let accepted = put(Some(&token));
+    assert!(accepted.status.success(), "{accepted:?}");
+}
