@@ -29,21 +29,11 @@ impl WitnessProcess {
     /// Starts a witness on a free loopback port whose grants last `lease`, and waits
     /// until it answers.
     pub async fn start(lease: Duration) -> anyhow::Result<WitnessProcess> {
-        let mut witness = WitnessProcess {
-            dir: tempfile::Builder::new()
-                .prefix("sitegrid-witness-")
-                .tempdir()?,
-            addr: free_loopback_addr(),
-            lease,
-            security: String::new(),
-            child: None,
-        };
-        witness.launch().await?;
-        Ok(witness)
+        WitnessProcess::start_secured(lease, "").await
     }
 
-    /// Starts a witness with `security` (a `[security]` section with TLS) and waits until
-    /// it listens.
+    /// Starts a witness with `security` (a `[security]` section with TLS; empty for
+    /// none) and waits until it listens.
     pub async fn start_secured(lease: Duration, security: &str) -> anyhow::Result<WitnessProcess> {
         let mut witness = WitnessProcess {
             dir: tempfile::Builder::new()

@@ -246,12 +246,7 @@ pub async fn run(
         http = %http_address, data_dir = %config.node.data_dir.display(), "starting");
     crate::metrics::prometheus();
     // Bad TLS files stop the node here, before anything else starts.
-    let tls = config
-        .security
-        .tls
-        .as_ref()
-        .map(NodeTls::load)
-        .transpose()?;
+    let tls = NodeTls::of(&config)?;
     let peer_tls = tls.as_ref().and_then(|tls| tls.client());
     let site_tls = peer_tls
         .as_ref()
@@ -270,11 +265,7 @@ pub async fn run(
             .map_err(Error::TaskFailed)??
     };
     store.persist_high_water().await?;
-    let census = config
-        .caches
-        .values()
-        .any(|cache| cache.persistent)
-        .then(|| crate::store::census::path(&config.node.data_dir));
+    let census = crate::store::census::path_of(&config);
     if let Some(path) = &census {
         crate::store::census::check(path, &store);
     }
@@ -393,25 +384,12 @@ pub async fn run(
     let _ = health_task.await;
     let _ = reloading.await;
     drop(state);
-    // Nothing writes any more: once what is queued is durable (the storage thread takes
-    // its work in order), what the persistent caches hold is what the store must give
-    // back at the next start.
-    let counted = match &census {
-        Some(path) => match store.persist_high_water().await {
-            Ok(()) => Some((path, crate::store::census::take(&store))),
-            Err(error) => {
-                warn!(%error, "the store did not sync at shutdown: no census for the next start");
-                None
-            }
-        },
-        None => None,
-    };
-    store.shutdown();
-    if let Some((path, counted)) = counted
-        && let Err(error) = crate::store::census::write(path, &counted)
-    {
-        warn!(path = %path.display(), %error, "cannot write the store's census: the next start can't check the store");
+    // Nothing writes any more: what the persistent caches hold is what the store must
+    // give back at the next start.
+    if let Some(path) = &census {
+        crate::store::census::record(path, &store).await;
     }
+    store.shutdown();
     info!("stopped");
     match grpc_result {
         Ok(Ok(())) => Ok(()),
@@ -619,12 +597,7 @@ fn serve_grpc<H: Health>(
 /// are taken only with a client certificate naming that site.
 pub async fn run_witness(config: &Config, shutdown: impl Future<Output = ()>) -> Result<()> {
     let witness = config.witness.clone().unwrap_or_default();
-    let tls = config
-        .security
-        .tls
-        .as_ref()
-        .map(NodeTls::load)
-        .transpose()?;
+    let tls = NodeTls::of(config)?;
     let listener = bind(witness.listen, "witness.listen").await?;
     info!(listen = %witness.listen, lease = ?witness.lease, tls = tls.is_some(),
         mutual_tls = config.security.mutual_tls(),

@@ -42,6 +42,11 @@ pub struct NodeTls {
 }
 
 impl NodeTls {
+    /// The TLS of a node's (or the witness's) config, if it has `security.tls`.
+    pub fn of(config: &sitegrid_config::Config) -> Result<Option<Arc<NodeTls>>, TlsError> {
+        config.security.tls.as_ref().map(NodeTls::load).transpose()
+    }
+
     /// Reads the files of `config`; the error names the file and what is wrong with it.
     pub fn load(config: &TlsConfig) -> Result<Arc<NodeTls>, TlsError> {
         let files = NodeFiles {

@@ -21,13 +21,30 @@ use crate::store::Store;
 /// Records per key range of each persistent cache.
 type Census = BTreeMap<String, Vec<u64>>;
 
-/// Where the census of a node's data dir is kept.
-pub fn path(data_dir: &Path) -> PathBuf {
-    data_dir.join("census.json")
+/// Where the census of a node is kept, if it has persistent caches.
+pub fn path_of(config: &sitegrid_config::Config) -> Option<PathBuf> {
+    config
+        .caches
+        .values()
+        .any(|cache| cache.persistent)
+        .then(|| config.node.data_dir.join("census.json"))
+}
+
+/// At a clean stop, once nothing writes any more: waits until what is queued is durable
+/// (the storage thread takes its work in order), then writes the census to `path`.
+pub async fn record(path: &Path, store: &Store) {
+    if let Err(error) = store.persist_high_water().await {
+        warn!(%error, "the store did not sync at shutdown: no census for the next start");
+        return;
+    }
+    if let Err(error) = write(path, &take(store)) {
+        warn!(path = %path.display(), %error,
+            "cannot write the store's census: the next start can't check the store");
+    }
 }
 
 /// Counts the records of every persistent cache, per key range.
-pub fn take(store: &Store) -> BTreeMap<String, Vec<u64>> {
+fn take(store: &Store) -> Census {
     store
         .caches()
         .filter(|cache| cache.is_persistent())
@@ -41,7 +58,7 @@ pub fn take(store: &Store) -> BTreeMap<String, Vec<u64>> {
 }
 
 /// Writes `census` to `path` durably (a new file renamed over the old one).
-pub fn write(path: &Path, census: &Census) -> std::io::Result<()> {
+fn write(path: &Path, census: &Census) -> std::io::Result<()> {
     let temporary = path.with_extension("json.new");
     let mut file = std::fs::File::create(&temporary)?;
     file.write_all(&serde_json::to_vec(census).map_err(std::io::Error::other)?)?;
