@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build run test lint bench chaos demo fuzz
+.PHONY: build run test lint bench chaos demo fuzz audit
 
 build:
 	$(CARGO) build --release --bins
@@ -32,6 +32,16 @@ FUZZ_SECONDS ?= 600
 fuzz:
 	SITEGRID_FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test --release -p sitegrid-integration-tests \
 		--test fuzz -- --test-threads 2 --nocapture
+
+# Known advisories (RustSec) against Cargo.lock; installs cargo-audit if missing. The
+# database comes from github.com; where that is out of reach, give a copy:
+# `make audit AUDIT_ARGS="--db DIR --no-fetch --stale"`. Unmaintained crates are
+# reported as warnings (today: fxhash and instant, both only through sled 0.34).
+AUDIT_ARGS ?=
+
+audit:
+	$(CARGO) audit --version >/dev/null 2>&1 || $(CARGO) install cargo-audit --locked
+	$(CARGO) audit $(AUDIT_ARGS)
 
 # Long randomized fault-injection runs: `make chaos SEEDS=10 DURATION=30s [SEED=n]`.
 SEEDS ?= 10
