@@ -33,10 +33,11 @@ fuzz:
 	SITEGRID_FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test --release -p sitegrid-integration-tests \
 		--test fuzz -- --test-threads 2 --nocapture
 
-# Known advisories (RustSec) against Cargo.lock; installs cargo-audit if missing. The
-# database comes from github.com; where that is out of reach, give a copy:
-# `make audit AUDIT_ARGS="--db DIR --no-fetch --stale"`. Unmaintained crates are
-# reported as warnings (today: fxhash and instant, both only through sled 0.34).
+# Known advisories (RustSec) against Cargo.lock with the live database from github.com;
+# installs cargo-audit if missing. Where github.com is out of reach, give a copy:
+# `make audit AUDIT_ARGS="--db DIR --no-fetch --stale"`. `cargo test` audits offline
+# too, against the snapshot in .ci/advisory-db (integration-tests/tests/advisories.rs);
+# `.ci/advisories.sh DIR` refreshes it from a checkout of rustsec/advisory-db.
 AUDIT_ARGS ?=
 
 audit:
