@@ -381,6 +381,22 @@ impl Config {
         let has_peers = !self.node.seeds.is_empty() || !self.sites.is_empty();
         self.security.validate(has_peers, &mut problems);
         for (i, principal) in self.security.principals.iter().enumerate() {
+            // A certificate naming a site is a node of that site (or of a peer site) and is
+            // never taken for a principal: the principal would be unreachable, and an
+            // operator who wrote it meant something else.
+            if let Some(name) = &principal.certificate {
+                let names_site =
+                    *name == self.node.site || self.sites.iter().any(|site| site.name == *name);
+                if names_site {
+                    problems.push(
+                        format!("security.principals[{i}].certificate"),
+                        format!(
+                            "{name:?} is a site's name: certificates naming a site belong to \
+                             that site's nodes, not to clients"
+                        ),
+                    );
+                }
+            }
             for cache in principal.caches.iter().flatten() {
                 if !self.caches.contains_key(cache) {
                     problems.push(
@@ -736,6 +752,10 @@ mod tests {
             [[security.principals]]
             name = "silent"
             role = "monitor"
+            [[security.principals]]
+            name = "impostor"
+            role = "admin"
+            certificate = "local"
         "#;
         let config = Config::from_toml(text, "t").unwrap();
         let problems = match config.validate() {
@@ -751,7 +771,10 @@ mod tests {
                 "security.principals[1].name: \"app\" is named twice",
                 "security.principals[1].certificate: client certificates need security.tls.ca to verify them",
                 "security.principals[2]: needs token_sha256 or certificate (or both): how else would it connect?",
+                "security.principals[3].certificate: client certificates need security.tls.ca to verify them",
                 "security.principals[1].caches: names \"nope\", which is not a cache of this node",
+                "security.principals[3].certificate: \"local\" is a site's name: certificates naming \
+                 a site belong to that site's nodes, not to clients",
             ]
         );
     }
