@@ -97,6 +97,26 @@ impl tonic::transport::server::Connected for CoalescingStream {
 /// connection) waits forever.
 pub const INTERNAL_CALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// The endpoint of a node's own kind at `address` (`HOST:PORT`, or with a scheme): a
+/// member of the site, a peer site's node, the witness. Opening a connection may take
+/// `connect_timeout`; each call is bounded by [`INTERNAL_CALL_DEADLINE`]; keep-alives
+/// notice a dead link within seconds.
+pub fn internal_endpoint(
+    address: &str,
+    connect_timeout: std::time::Duration,
+) -> Result<Endpoint, tonic::transport::Error> {
+    let uri = if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    };
+    Ok(Endpoint::from_shared(uri)?
+        .connect_timeout(connect_timeout)
+        .timeout(INTERNAL_CALL_DEADLINE)
+        .http2_keep_alive_interval(std::time::Duration::from_secs(5))
+        .keep_alive_timeout(std::time::Duration::from_secs(5)))
+}
+
 /// A connection that is plain or TLS over a [`CoalescingStream`]; clients and servers
 /// each use it with their side's TLS stream.
 #[derive(Debug)]

@@ -73,20 +73,10 @@ struct Link {
 }
 
 /// The endpoint of a `HOST:PORT` or `http://HOST:PORT` in another site or place (a peer
-/// site's node, the witness): a bounded connect time, and keep-alives that notice a
-/// dead link.
+/// site's node, the witness).
 pub(crate) fn endpoint_of(endpoint: &str) -> Result<Endpoint, String> {
-    let uri = if endpoint.contains("://") {
-        endpoint.to_string()
-    } else {
-        format!("http://{endpoint}")
-    };
-    Ok(Endpoint::from_shared(uri)
-        .map_err(|error| error.to_string())?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(sitegrid_proto::transport::INTERNAL_CALL_DEADLINE)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5)))
+    sitegrid_proto::transport::internal_endpoint(endpoint, CONNECT_TIMEOUT)
+        .map_err(|error| error.to_string())
 }
 
 impl PeerSite {

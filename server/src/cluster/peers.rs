@@ -8,7 +8,7 @@ use sitegrid_proto::tls::ClientTls;
 use sitegrid_proto::v1::admin_client::AdminClient;
 use sitegrid_proto::v1::replication_service_client::ReplicationServiceClient;
 use sitegrid_proto::v1::site_link_client::SiteLinkClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// How long opening a connection to a member may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -63,11 +63,7 @@ impl Peers {
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(sitegrid_proto::transport::INTERNAL_CALL_DEADLINE)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5));
+        let endpoint = sitegrid_proto::transport::internal_endpoint(address, CONNECT_TIMEOUT)?;
         let channel = sitegrid_proto::transport::lazy_channel(&endpoint, self.tls.clone());
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)
