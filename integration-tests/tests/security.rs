@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use sitegrid_client::{Backoff, Client, ErrorCode, WriteOptions};
+use sitegrid_client::{Backoff, Client, ClientBuilder, ErrorCode, WriteOptions};
 use sitegrid_integration_tests::node::{NodeProcess, NodeSpec, run_to_exit};
 use sitegrid_integration_tests::pki::{Authority, Issued, principal};
 use sitegrid_integration_tests::site::Site;
@@ -166,17 +166,31 @@ fn tls_security(authority: &Authority, site: &str, principals: &str) -> String {
 }
 
 /// A TLS client of `node` trusting `ca`, expecting certificates naming `site`.
-async fn tls_client(node: &NodeProcess, ca: &std::path::Path, token: Option<&str>) -> Client {
-    let mut builder = Client::builder([node.endpoint()])
+/// A client of `node` over TLS, trusting `ca` (the node's certificate names `site1`).
+fn tls_builder(node: &NodeProcess, ca: &std::path::Path) -> ClientBuilder {
+    Client::builder([node.endpoint()])
         .discover_topology(false)
         .backoff(once())
         .request_timeout(Duration::from_secs(5))
         .tls(ca)
-        .tls_server_name("site1");
+        .tls_server_name("site1")
+}
+
+async fn tls_client(node: &NodeProcess, ca: &std::path::Path, token: Option<&str>) -> Client {
+    let mut builder = tls_builder(node, ca);
     if let Some(token) = token {
         builder = builder.token(token);
     }
     builder.connect().await.unwrap()
+}
+
+/// A client that presents `identity` as its client certificate.
+async fn cert_client(node: &NodeProcess, ca: &std::path::Path, identity: &Issued) -> Client {
+    tls_builder(node, ca)
+        .tls_identity(&identity.cert, &identity.key)
+        .connect()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -215,15 +229,7 @@ async fn the_tls_port_refuses_plain_text_and_other_cas_and_takes_a_principals_ce
     );
     // A client certificate of another CA fails the handshake on the node's side.
     let forged = other.issue("forged", &["keycloak.example"]).unwrap();
-    let impostor = Client::builder([node.endpoint()])
-        .discover_topology(false)
-        .backoff(once())
-        .tls(&authority.ca)
-        .tls_identity(&forged.cert, &forged.key)
-        .tls_server_name("site1")
-        .connect()
-        .await
-        .unwrap();
+    let impostor = cert_client(&node, &authority.ca, &forged).await;
     assert_eq!(
         code(
             impostor
@@ -236,15 +242,7 @@ async fn the_tls_port_refuses_plain_text_and_other_cas_and_takes_a_principals_ce
 
     // The application's own certificate is its credential: no token needed.
     let issued = authority.issue("keycloak", &["keycloak.example"]).unwrap();
-    let keycloak = Client::builder([node.endpoint()])
-        .discover_topology(false)
-        .backoff(once())
-        .tls(&authority.ca)
-        .tls_identity(&issued.cert, &issued.key)
-        .tls_server_name("site1")
-        .connect()
-        .await
-        .unwrap();
+    let keycloak = cert_client(&node, &authority.ca, &issued).await;
     keycloak
         .cache("sessions")
         .put("s1", "alice", WriteOptions::default())
