@@ -222,19 +222,22 @@ fn render_resync(out: &mut String, r: &resync::Results) {
 fn render_sites(out: &mut String, s: &sites::Results) {
     let met = |ok: bool| if ok { "met" } else { "**missed**" };
     let sync_ms = sites::SYNC_DELAY.as_millis() as u64;
-    let async_ms = sites::ASYNC_DELAY.as_millis() as u64;
+    let allowance_ms = sites::ASYNC_ALLOWANCE.as_millis() as u64;
     let _ = writeln!(out, "\n## Two sites\n");
     let _ = writeln!(
         out,
         "Two sites of one node each; site 1 reaches site 2 through the test suite's TCP \
          proxy, which delays each direction. Sync: `Put` of 256-byte values at concurrency \
          16 to `work` (sync backup, `fail`) with {sync_ms} ms each way, next to `Put` to a \
-         `local_only` cache (no backup) on the same node in the same rounds (the median \
-         round by sync p50). Async: `Put` to `loginFailures` (async backup) at {} writes/s \
-         for {:.1} s with {async_ms} ms each way; lag is from the write's acknowledgement in \
-         site 1 to its event on a listener in site 2.\n",
+         `local_only` cache (no backup) on the same node and `Ping` of site 2 through the \
+         proxy (the round trip the link gives, the proxy's timer granularity included) in \
+         the same rounds (the median round by sync p50). Async: `Put` to `loginFailures` \
+         (async backup) at {} writes/s for {:.1} s, with 10 ms each way (the issue's \
+         setting) and with 50 ms (its convergence test's); lag is from the write's \
+         acknowledgement in site 1 to its event on a listener in site 2, and may be the \
+         one-way delay plus {allowance_ms} ms.\n",
         sites::ASYNC_RATE,
-        s.async_seconds
+        s.lags.first().map_or(0.0, |(_, lag)| lag.async_seconds)
     );
     let _ = writeln!(out, "| figure | p50 | p99 | target |");
     let _ = writeln!(out, "|---|---:|---:|---|");
@@ -242,6 +245,11 @@ fn render_sites(out: &mut String, s: &sites::Results) {
         out,
         "| Put, no backup | {} us | {} us |  |",
         s.local.p50_us, s.local.p99_us
+    );
+    let _ = writeln!(
+        out,
+        "| Ping through the link ({sync_ms} ms each way) | {} us | {} us |  |",
+        s.link.p50_us, s.link.p99_us
     );
     let target_us = (2 * sync_ms + 2) * 1_000;
     let _ = writeln!(
@@ -252,19 +260,27 @@ fn render_sites(out: &mut String, s: &sites::Results) {
         2 * sync_ms + 2,
         met(s.sync.p50_us <= target_us)
     );
-    let lag_target_us = (async_ms + 10) * 1_000;
+    let over_link = s.sync.p50_us.saturating_sub(s.link.p50_us);
     let _ = writeln!(
         out,
-        "| async lag ({} writes sent, {} acknowledged, {} seen in site 2) | {} us | {} us (max {} us) | p99 <= {} ms: {} |",
-        s.async_writes,
-        s.lag_samples,
-        s.lag_seen,
-        s.lag_p50_us,
-        s.lag_p99_us,
-        s.lag_max_us,
-        async_ms + 10,
-        met(s.lag_p99_us <= lag_target_us)
+        "| sync backup p50 over the link's own round trip | {over_link} us |  | local cost <= 2 ms: {} |",
+        met(over_link <= 2_000)
     );
+    for (delay, lag) in &s.lags {
+        let delay_ms = delay.as_millis() as u64;
+        let target_ms = delay_ms + allowance_ms;
+        let _ = writeln!(
+            out,
+            "| async lag, {delay_ms} ms each way ({} writes sent, {} acknowledged, {} seen in site 2) | {} us | {} us (max {} us) | p99 <= {target_ms} ms: {} |",
+            lag.async_writes,
+            lag.lag_samples,
+            lag.lag_seen,
+            lag.lag_p50_us,
+            lag.lag_p99_us,
+            lag.lag_max_us,
+            met(lag.lag_p99_us <= target_ms * 1_000)
+        );
+    }
 }
 
 fn render_site(out: &mut String, s: &cluster::Results) {
