@@ -120,7 +120,12 @@ async fn a_node_stopped_with_sigterm_exits_cleanly_and_keeps_its_data() {
         "exit status {status}; log:\n{}",
         node.log()
     );
-    assert!(node.log().contains("stopped"));
+    // The storage thread wrote what was queued and stopped before the process ended.
+    assert!(
+        node.log().contains("storage thread stopped"),
+        "{}",
+        node.log()
+    );
     node.restart().await.unwrap();
     let mut client = CacheClient::new(node.channel().await.unwrap());
     assert!(
@@ -136,5 +141,4 @@ async fn a_node_stopped_with_sigterm_exits_cleanly_and_keeps_its_data() {
     let (_, log) = log.rsplit_once("starting node=").unwrap();
     assert!(!log.contains("no clean-stop census"), "{log}");
     assert!(!log.contains("lost records"), "{log}");
-    assert!(!log.contains("store still in use"), "{log}");
 }

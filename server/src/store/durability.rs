@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
+use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tracing::{error, info};
 
@@ -32,12 +33,13 @@ struct Job {
     done: Option<oneshot::Sender<DurableResult>>,
 }
 
-/// Handle to the storage thread. Dropping it lets the thread finish what is queued, sync
-/// and exit; [`Durability::shutdown`] also waits for that.
+/// Handle to the storage thread. [`Durability::close`] (or dropping it) has the thread
+/// finish what is queued, sync and exit, and waits for that.
 #[derive(Debug)]
 pub struct Durability {
-    sender: Option<mpsc::Sender<Job>>,
-    thread: Option<JoinHandle<()>>,
+    /// Jobs, then `None` to stop.
+    sender: mpsc::Sender<Option<Job>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Durability {
@@ -48,8 +50,8 @@ impl Durability {
             .name("sitegrid-storage".into())
             .spawn(move || run(&*storage, &receiver))?;
         Ok(Durability {
-            sender: Some(sender),
-            thread: Some(thread),
+            sender,
+            thread: Mutex::new(Some(thread)),
         })
     }
 
@@ -71,22 +73,18 @@ impl Durability {
     }
 
     fn send(&self, job: Job) -> DurableResult {
-        self.sender
-            .as_ref()
-            .and_then(|sender| sender.send(job).ok())
-            .ok_or_else(stopped)
+        self.sender.send(Some(job)).map_err(|_| stopped())
     }
 
-    /// Finishes every queued write, syncs, and stops the thread.
-    pub fn shutdown(mut self) {
-        self.stop();
-    }
-
-    fn stop(&mut self) {
-        self.sender.take();
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
+    /// Finishes every write queued so far, syncs, and stops the thread; writes after
+    /// that fail as "stopped". Through a shared handle: the store is still held by the
+    /// parts of a node that hold each other (cluster, relay) when the node stops.
+    pub fn close(&self) {
+        let Some(thread) = self.thread.lock().take() else {
+            return;
+        };
+        let _ = self.sender.send(None);
+        if thread.join().is_err() {
             error!("storage thread panicked");
         }
     }
@@ -94,7 +92,7 @@ impl Durability {
 
 impl Drop for Durability {
     fn drop(&mut self) {
-        self.stop();
+        self.close();
     }
 }
 
@@ -106,11 +104,13 @@ fn stopped() -> Arc<StorageError> {
     })
 }
 
-fn run(storage: &dyn Storage, receiver: &mpsc::Receiver<Job>) {
+fn run(storage: &dyn Storage, receiver: &mpsc::Receiver<Option<Job>>) {
     let mut ops = Vec::new();
     let mut waiters = Vec::new();
-    // `recv` fails once every sender is gone and the queue is empty: time to stop.
-    while let Ok(first) = receiver.recv() {
+    let mut stopping = false;
+    // Jobs sent after the stop are dropped with the receiver: their writers hear
+    // "stopped" (their answer channel closes).
+    while !stopping && let Ok(Some(first)) = receiver.recv() {
         let mut job = Some(first);
         while let Some(Job { ops: batch, done }) = job.take() {
             ops.extend(batch);
@@ -118,7 +118,14 @@ fn run(storage: &dyn Storage, receiver: &mpsc::Receiver<Job>) {
             if ops.len() >= MAX_BATCH_OPS {
                 break;
             }
-            job = receiver.try_recv().ok();
+            job = match receiver.try_recv() {
+                Ok(Some(job)) => Some(job),
+                Ok(None) => {
+                    stopping = true;
+                    None
+                }
+                Err(_) => None,
+            };
         }
         let result = storage
             .write(&ops)
@@ -182,11 +189,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn shutdown_makes_background_writes_durable() {
+    async fn close_makes_background_writes_durable() {
         let storage = Arc::new(MemoryStorage::default());
         let durability = Durability::start(storage.clone()).unwrap();
         durability.write_in_background(vec![put("a"), put("b")]);
-        durability.shutdown();
+        durability.close();
         assert_eq!(durable_keys(&storage), 2);
+    }
+
+    #[tokio::test]
+    async fn a_write_after_close_fails_instead_of_waiting() {
+        let storage = Arc::new(MemoryStorage::default());
+        let durability = Arc::new(Durability::start(storage.clone()).unwrap());
+        let other_handle = durability.clone();
+        durability.write(vec![put("a")]).await.unwrap();
+        other_handle.close();
+        assert!(durability.write(vec![put("b")]).await.is_err());
+        assert_eq!(durable_keys(&storage), 1);
     }
 }

@@ -569,13 +569,12 @@ impl Store {
             .unwrap_or(0)
     }
 
-    /// Finishes pending storage writes and stops the storage thread.
+    /// Finishes pending storage writes and stops the storage thread; a write after this
+    /// fails. The cluster and the relay still hold the store (and it them) when the node
+    /// stops, so this does not wait for the last handle.
     pub fn shutdown(self) {
-        match Arc::try_unwrap(self.inner) {
-            Ok(inner) => drop(inner),
-            Err(_) => tracing::warn!(
-                "store still in use at shutdown; storage thread stops with the last handle"
-            ),
+        if let Some(durability) = &self.inner.services.durability {
+            durability.close();
         }
     }
 }
