@@ -1,6 +1,7 @@
 //! Per-client limits and HTTP/2 settings of a real node: a client over its request rate
 //! or its listener count is refused with RESOURCE_EXHAUSTED while other clients are
-//! served; oversized header blocks are refused; the stream limit is advertised.
+//! served; oversized header blocks are refused; the stream limit is advertised; a client
+//! resetting streams as fast as it opens them is disconnected.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
@@ -156,4 +157,54 @@ async fn the_node_advertises_its_stream_limit() {
     });
     let advertised = tokio::time::timeout_at(deadline, advertised).await.unwrap();
     assert_eq!(advertised, 40);
+}
+
+#[tokio::test]
+async fn a_client_resetting_every_stream_it_opens_is_disconnected_and_the_node_serves_on() {
+    let node = NodeProcess::start(NodeSpec::new("resets")).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(node.grpc_addr())
+        .await
+        .unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    // Rapid reset (CVE-2023-44487): open a stream, cancel it at once, again and again.
+    let mut client = client;
+    let mut opened = 0;
+    while opened < 10_000 {
+        client = match client.ready().await {
+            Ok(client) => client,
+            Err(_) => break,
+        };
+        let request = tonic::codegen::http::Request::post(format!(
+            "http://{}/sitegrid.v1.Cache/Ping",
+            node.grpc_addr()
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+        let Ok((_response, mut stream)) = client.send_request(request, false) else {
+            break;
+        };
+        stream.send_reset(h2::Reason::CANCEL);
+        opened += 1;
+        // Let the connection task write (and read what the node sends back).
+        tokio::task::yield_now().await;
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), connection)
+        .await
+        .expect("the node closes the connection")
+        .unwrap();
+    // The node says GOAWAY (ENHANCE_YOUR_CALM) and closes; a client still writing may
+    // see the closed socket before it reads the GOAWAY.
+    let error = ended.expect_err("closed by the node while the client held it open");
+    assert!(
+        error.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || error.is_io(),
+        "{error} after {opened} streams"
+    );
+    assert!(opened < 10_000, "{opened} streams opened and reset");
+    client_from(&node, [127, 0, 0, 1])
+        .ping(PingRequest {})
+        .await
+        .unwrap();
 }
