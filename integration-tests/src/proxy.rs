@@ -7,7 +7,9 @@
 //!
 //! Each direction of a connection is a delay line: a reader stamps every chunk with the
 //! time it is due and hands it to a writer, which sends chunks in order once due. Many
-//! chunks are in flight at once, so latency does not cap throughput.
+//! chunks are in flight at once, so latency does not cap throughput. The writer waits on
+//! a timerfd, to the kernel's precision: tokio's timers round each deadline up to the next
+//! millisecond, which made a 10 ms delay about 11.3 ms.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -15,7 +17,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 use parking_lot::Mutex;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -366,17 +374,60 @@ async fn pipe(
             }
         }
     };
+    let timer = PreciseTimer::new()?;
     let write = async move {
         while let Some(chunk) = chunks_rx.recv().await {
-            if chunk.due > Instant::now() {
-                tokio::time::sleep_until(chunk.due).await;
-            }
+            timer.sleep_until(chunk.due).await?;
             to.write_all(&chunk.bytes).await?;
             shared.bytes[link].fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
         }
         to.shutdown().await
     };
     tokio::try_join!(read, write).map(|_| ())
+}
+
+/// A one-shot timer on a timerfd, woken through tokio's reactor.
+struct PreciseTimer(AsyncFd<Timerfd>);
+
+struct Timerfd(TimerFd);
+
+impl AsRawFd for Timerfd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+impl PreciseTimer {
+    fn new() -> io::Result<PreciseTimer> {
+        let timer = TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )?;
+        // SAFETY: `Timerfd` owns the descriptor (a `TimerFd` holds an `OwnedFd`), so it
+        // stays open, and the same, for as long as the `AsyncFd` holds it.
+        let registered =
+            unsafe { AsyncFd::register_with_interest(Timerfd(timer), Interest::READABLE) };
+        Ok(PreciseTimer(registered.map_err(io::Error::from)?))
+    }
+
+    async fn sleep_until(&self, due: Instant) -> io::Result<()> {
+        let wait = due.saturating_duration_since(Instant::now());
+        if wait.is_zero() {
+            return Ok(());
+        }
+        self.0.get_ref().0.set(
+            Expiration::OneShot(TimeSpec::from_duration(wait)),
+            TimerSetTimeFlags::empty(),
+        )?;
+        loop {
+            let mut ready = self.0.readable().await?;
+            // Reading the expiration count clears it; EAGAIN (not yet) is WouldBlock.
+            match ready.try_io(|timer| Ok(timer.get_ref().0.wait()?)) {
+                Ok(result) => return result,
+                Err(_would_block) => continue,
+            }
+        }
+    }
 }
 
 /// Closes `stream` with an RST rather than a FIN once it is dropped.
