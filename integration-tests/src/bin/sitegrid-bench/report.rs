@@ -230,7 +230,7 @@ fn render_sites(out: &mut String, s: &sites::Results) {
          proxy, which delays each direction. Sync: `Put` of 256-byte values at concurrency \
          16 to `work` (sync backup, `fail`) with {sync_ms} ms each way, next to `Put` to a \
          `local_only` cache (no backup) on the same node and `Ping` of site 2 through the \
-         proxy (the round trip the link gives, the proxy's timer granularity included) in \
+         proxy (the round trip the link gives, the proxy's own cost included) in \
          the same rounds (the median round by sync p50). Async: `Put` to `loginFailures` \
          (async backup) at {} writes/s for {:.1} s, with 10 ms each way (the issue's \
          setting) and with 50 ms (its convergence test's); lag is from the write's \
