@@ -330,18 +330,26 @@ async fn a_node_catching_up_with_its_clock_ahead_keeps_the_writes_that_reached_i
             true
         })
         .await;
+        let mut on_the_other = Vec::new();
         if arrived.is_err() {
             for node in &site.nodes {
                 eprintln!("--- {} ---\n{}", node.spec().name, node.log());
+            }
+            // Lost by the site, or only not copied to this node?
+            for key in &missing {
+                if read(&site.nodes[0], "sessions", key).await.is_some() {
+                    on_the_other.push(key.clone());
+                }
             }
         }
         assert!(
             arrived.is_ok(),
             "round {round}: {} of {} acknowledged writes missing on the node that caught \
-             up: {:?}",
+             up: {:?}; of those, held by the other node: {:?}",
             missing.len(),
             acknowledged.len(),
-            &missing[..missing.len().min(10)]
+            &missing[..missing.len().min(10)],
+            &on_the_other[..on_the_other.len().min(10)]
         );
     }
 }
