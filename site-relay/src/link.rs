@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use futures::{StreamExt, stream};
 
-use sitegrid_proto::tls::PeerNames;
+use sitegrid_proto::transport::ConnInfo;
 use sitegrid_proto::v1;
 use sitegrid_proto::v1::site_link_server::SiteLink;
 use tonic::{Request, Response, Status};
@@ -80,7 +80,7 @@ impl<L: LocalSite> SiteLinkService<L> {
     /// The service of a node of `site`, taking backups from the sites named in `peers`;
     /// `states` is this site's state of each of them. With `certificates`, a request
     /// is taken only with a verified client certificate naming the site it is from
-    /// (the server puts the certificate's [`PeerNames`] in the request's extensions).
+    /// (the connection's [`ConnInfo`] carries the certificate's names).
     pub fn new(
         local: Arc<L>,
         site: &str,
@@ -100,12 +100,12 @@ impl<L: LocalSite> SiteLinkService<L> {
     /// The request, if it comes from a peer site that proved it is that site, or from a
     /// node of this site (which forwards a peer site's request to a key's primary).
     fn open<T: FromSite>(&self, request: Request<T>) -> Result<T, Status> {
-        let certified = request.extensions().get::<PeerNames>().cloned();
-        let request = request.into_inner();
+        let (_, extensions, request) = request.into_parts();
         let from_site = request.sender();
         self.check_peer(from_site)?;
-        let proven =
-            certified.is_some_and(|names| names.contains(from_site) || names.contains(&self.site));
+        let proven = ConnInfo::of(&extensions)
+            .and_then(|connection| connection.peer.as_ref())
+            .is_some_and(|names| names.contains(from_site) || names.contains(&self.site));
         if self.certificates && !proven {
             return Err(Status::permission_denied(format!(
                 "a request from site {from_site:?} must come with a client certificate \

@@ -384,14 +384,6 @@ where
         );
         match admitted {
             Ok(caller) => {
-                if let Some(names) = request
-                    .extensions()
-                    .get::<ConnInfo>()
-                    .and_then(|connection| connection.peer.clone())
-                {
-                    // The site link checks the site a request names against these.
-                    request.extensions_mut().insert(names);
-                }
                 request.extensions_mut().insert(caller);
                 futures::future::Either::Left(self.inner.call(request))
             }
