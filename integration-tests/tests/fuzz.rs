@@ -423,8 +423,9 @@ fn peer_changes() -> impl Strategy<Value = (Vec<(String, ReplicatedMutation)>, b
         any::<u64>(),
         record_bytes(),
         prop::option::of((any::<bool>(), any::<u64>(), record_bytes())),
+        any::<u64>(),
     )
-        .prop_map(|(key, prev, record, answer)| ReplicatedMutation {
+        .prop_map(|(key, prev, record, answer, undoes)| ReplicatedMutation {
             key: key.into(),
             prev,
             record: record.into(),
@@ -438,6 +439,7 @@ fn peer_changes() -> impl Strategy<Value = (Vec<(String, ReplicatedMutation)>, b
                 version,
                 previous: previous.into(),
             }),
+            undoes,
         });
     (
         prop::collection::vec((cache, mutation), 0..8),

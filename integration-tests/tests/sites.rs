@@ -288,6 +288,149 @@ async fn writes_in_doubt_behind_a_blackholed_link_fail_in_time_and_converge_once
 }
 
 #[tokio::test]
+async fn a_retry_failing_over_after_its_write_in_doubt_was_undone_is_not_told_it_won() {
+    // A token is used in site 1; site 2 takes the write but its answer is lost, so the
+    // client is told the write failed and site 1 undoes it in site 2 once the link is
+    // back. Another client then uses the token in site 1. The first client's retry (same
+    // request id) fails over to site 2: the answer site 2 kept for that request is void.
+    let spec = |index, name: &str| NodeSpec::new(name).with_toml(&short_timeout(index));
+    let (sites, proxy) = TwoSites::start_behind_proxy(1, spec).await.unwrap();
+    let [first, second] = &sites.sites;
+    let (first, second) = (&first.nodes[0], &second.nodes[0]);
+    let mut in_first = client(first).await;
+    let token = |key: &str, request_id: &str| PutIfAbsentRequest {
+        cache: "actionTokens".into(),
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        value: Bytes::copy_from_slice(request_id.as_bytes()),
+        request_id: request_id.into(),
+        ..Default::default()
+    };
+    assert!(
+        in_first
+            .put_if_absent(token("warm", "warm"))
+            .await
+            .unwrap()
+            .into_inner()
+            .stored
+    );
+    proxy.blackhole(Direction::FromTarget);
+    let status = in_first
+        .put_if_absent(token("t", "first-client"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        found(second, "actionTokens", "t").await,
+        "the peer should have taken the write whose answer was lost"
+    );
+    proxy.heal();
+    proxy.reset_all();
+    eventually(
+        "the write in doubt undone in site 2",
+        Duration::from_secs(30),
+        || async { !found(second, "actionTokens", "t").await },
+    )
+    .await
+    .unwrap();
+    let other = in_first
+        .put_if_absent(token("t", "other-client"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(other.stored, "{other:?}");
+
+    let retry = client(second)
+        .await
+        .put_if_absent(token("t", "first-client"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !retry.stored,
+        "two clients were told they used the token: {other:?} and {retry:?}"
+    );
+    let existing = retry.existing.expect("the winner's entry");
+    assert_eq!(existing.value, "other-client".as_bytes());
+    assert_eq!(existing.metadata.unwrap().version, other.version);
+}
+
+#[tokio::test]
+async fn a_retry_failing_over_before_its_write_in_doubt_is_reconciled_makes_it_stick() {
+    // As above, but the retry reaches site 2 before site 1 can reconcile the write in
+    // doubt (its link to site 2 still loses the answers). Site 2 holds the write and its
+    // answer; before it answers the retry with it, site 1 must hold the write too, or
+    // site 1 would undo it once the link is back and the token would be free again.
+    let spec = |index, name: &str| NodeSpec::new(name).with_toml(&short_timeout(index));
+    let (sites, proxy) = TwoSites::start_behind_proxy(1, spec).await.unwrap();
+    let [first, second] = &sites.sites;
+    let (first, second) = (&first.nodes[0], &second.nodes[0]);
+    let mut in_first = client(first).await;
+    let token = |key: &str, request_id: &str| PutIfAbsentRequest {
+        cache: "actionTokens".into(),
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        value: Bytes::copy_from_slice(request_id.as_bytes()),
+        request_id: request_id.into(),
+        ..Default::default()
+    };
+    assert!(
+        in_first
+            .put_if_absent(token("warm", "warm"))
+            .await
+            .unwrap()
+            .into_inner()
+            .stored
+    );
+    proxy.blackhole(Direction::FromTarget);
+    let status = in_first
+        .put_if_absent(token("t", "first-client"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(found(second, "actionTokens", "t").await);
+
+    // Site 2 reaches site 1 directly: the retry's answer can be made to hold there.
+    let retry = client(second)
+        .await
+        .put_if_absent(token("t", "first-client"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(retry.stored, "{retry:?}");
+    assert!(
+        found(first, "actionTokens", "t").await,
+        "site 2 answered the retry with a write site 1 does not hold"
+    );
+
+    proxy.heal();
+    proxy.reset_all();
+    eventually(
+        "the key in doubt reconciled",
+        Duration::from_secs(30),
+        || async {
+            http::metric(
+                first.http_addr(),
+                r#"sitegrid_backup_in_doubt_keys{site="site2"}"#,
+            )
+            .await
+            .is_ok_and(|keys| keys == 0.0)
+        },
+    )
+    .await
+    .unwrap();
+    let other = in_first
+        .put_if_absent(token("t", "other-client"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !other.stored,
+        "two clients were told they used the token: {retry:?} and {other:?}"
+    );
+    assert_eq!(other.existing.unwrap().value, "first-client".as_bytes());
+    assert!(found(second, "actionTokens", "t").await);
+}
+
+#[tokio::test]
 async fn async_backups_cross_a_slow_link_converge_and_survive_a_kill_of_the_sender() {
     // `loginFailures` is backed up asynchronously by default. Site 1 reaches site 2
     // through a proxy that delays each direction by 50 ms.

@@ -72,7 +72,10 @@ impl PeerSites for RelayPeers {
             SyncOutcome::Done => Ok(Backed::Done),
             SyncOutcome::Busy => Ok(Backed::Busy),
             SyncOutcome::Conflict {
-                current, recorded, ..
+                current,
+                recorded,
+                voided,
+                ..
             } => {
                 let current = (!current.is_empty())
                     .then(|| codec::decode_slot(&current, services))
@@ -80,7 +83,11 @@ impl PeerSites for RelayPeers {
                 let recorded = recorded
                     .map(|answer| codec::decode_answer(&answer, services))
                     .transpose()?;
-                Ok(Backed::Conflict { current, recorded })
+                Ok(Backed::Conflict {
+                    current,
+                    recorded,
+                    voided,
+                })
             }
             SyncOutcome::Unavailable { site, reason } => Err(Error::Unavailable(format!(
                 "cache {cache}: the sync backup to site {site} failed ({reason}); the write \
@@ -174,15 +181,17 @@ impl LocalSite for NodeSite {
         let store = self.cluster.store();
         let request_id = mutation.request_id.clone();
         let change = codec::decode_mutation(mutation, store.services())?;
+        let (key, version) = (change.mutation.key.clone(), change.mutation.next());
         let outcome = store.apply_backup(cache, change).await?;
         // Refused: the write may be this very one, retried on another primary of the
         // sending site after the first failed; its answer here is the answer, if the key
-        // still holds what it wrote.
-        let recorded = match &outcome {
-            ReplicaOutcome::Conflict(current) => {
-                store.recorded_answer(cache, &request_id, current.as_ref())
-            }
-            _ => None,
+        // still holds what it wrote. Or it may be one this site undid.
+        let (recorded, voided) = match &outcome {
+            ReplicaOutcome::Conflict(current) => (
+                store.recorded_answer(cache, &request_id, current.as_ref()),
+                store.is_void(cache, &key, version),
+            ),
+            _ => (None, false),
         };
         let (result, current) = match outcome {
             ReplicaOutcome::Applied => (v1::ApplyResult::Applied, None),
@@ -194,6 +203,7 @@ impl LocalSite for NodeSite {
             result: result as i32,
             current: current.as_ref().map(codec::encode_slot).unwrap_or_default(),
             recorded_answer: recorded.as_deref().map(codec::encode_answer),
+            voided,
         })
     }
 
@@ -332,6 +342,7 @@ impl LocalSite for NodeSite {
                     record: codec::encode_slot(slot),
                     request_id: String::new(),
                     answer: None,
+                    undoes: 0,
                 })
             })
             .collect())

@@ -70,6 +70,8 @@ pub enum SyncOutcome {
         /// The answer it keeps for the write's request id: this very write already
         /// happened there, sent by a primary of this site that failed before it answered.
         recorded: Option<v1::WriteAnswer>,
+        /// The write's version is void there: a write in doubt its site undid.
+        voided: bool,
     },
     /// A peer site was busy with a write of its own to the key: try again.
     Busy,
@@ -317,6 +319,7 @@ impl Relay {
                     site: peer.name.to_string(),
                     current: applied.current,
                     recorded: applied.recorded_answer,
+                    voided: applied.voided,
                 },
             ),
             v1::ApplyResult::Busy | v1::ApplyResult::Unspecified => ("busy", SyncOutcome::Busy),

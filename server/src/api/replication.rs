@@ -65,6 +65,8 @@ impl ReplicationService for ReplicationApi {
                     result: result as i32,
                     current: current.as_ref().map(codec::encode_slot).unwrap_or_default(),
                     recorded_answer: reply.recorded.as_deref().map(codec::encode_answer),
+                    // Members of one site share their voids through the changes.
+                    voided: false,
                 }
             })
             .collect();

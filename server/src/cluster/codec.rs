@@ -68,6 +68,7 @@ pub(crate) fn encode_mutation(
         record: encode_slot(&mutation.slot()),
         request_id: request_id.unwrap_or_default().to_string(),
         answer: answer.map(encode_answer),
+        undoes: mutation.undoes,
     }
 }
 
@@ -89,6 +90,7 @@ pub(crate) fn decode_mutation(
             key: Bytes::copy_from_slice(&mutation.key),
             prev: mutation.prev,
             change: crate::store::mutation::Change::from_slot(slot),
+            undoes: mutation.undoes,
         },
         answer,
     })

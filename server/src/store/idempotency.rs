@@ -9,6 +9,10 @@
 //! old or holds half of `store.idempotency_max_entries`. So an answer is kept at least
 //! `store.idempotency_window` (unless the table fills sooner) and at most twice that,
 //! memory stays bounded, and forgetting old answers costs nothing per request.
+//!
+//! The table also remembers, for as long, which versions of a key are void: writes in
+//! doubt that their site then undid ([`Idempotency::void`]). An answer kept for such a
+//! write is not an answer: a retry of it runs again.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -31,6 +35,16 @@ fn id_of(cache: &str, request_id: &str) -> Id {
     hasher.digest128()
 }
 
+/// A 128-bit digest of (cache, key, version), for the set of void versions.
+fn void_id_of(cache: &str, key: &[u8], version: u64) -> Id {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(&(cache.len() as u64).to_le_bytes());
+    hasher.update(cache.as_bytes());
+    hasher.update(&version.to_le_bytes());
+    hasher.update(key);
+    hasher.digest128()
+}
+
 #[derive(Debug)]
 enum State<T> {
     /// A run is under way; duplicates that arrive meanwhile wait on the `Notify`, made
@@ -50,6 +64,7 @@ pub struct Idempotency<T> {
 }
 
 type States<T> = HashMap<Id, State<T>, foldhash::fast::FixedState>;
+type Voids = std::collections::HashSet<Id, foldhash::fast::FixedState>;
 
 /// An answer, run now or kept from an earlier run of the same request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +90,9 @@ struct Inner<T> {
     current: States<T>,
     /// The generation before; looked in, never added to.
     previous: States<T>,
+    /// Void versions (see [`void_id_of`]) since `current` began, and in the generation
+    /// before.
+    voids: [Voids; 2],
     /// When `current` began.
     current_since: UnixMillis,
 }
@@ -130,6 +148,7 @@ impl<T: Clone + Send + Sync> Idempotency<T> {
             inner: Mutex::new(Inner {
                 current: HashMap::default(),
                 previous: HashMap::default(),
+                voids: Default::default(),
                 current_since: 0,
             }),
         }
@@ -240,21 +259,53 @@ impl<T: Clone + Send + Sync> Idempotency<T> {
         }
     }
 
+    /// Forgets the answer kept for a request id (one found void): a retry runs again.
+    pub fn forget(&self, cache: &str, request_id: &str) {
+        let id = id_of(cache, request_id);
+        let mut inner = self.inner.lock();
+        if matches!(inner.get_mut(&id), Some(State::Done(_))) {
+            inner.remove(&id);
+        }
+    }
+
+    /// Remembers that the write that made `version` of `key` did not happen: it was in
+    /// doubt, and its site replaced it. Whatever answer was kept for it is void.
+    pub fn void(&self, cache: &str, key: &[u8], version: u64) {
+        let mut inner = self.inner.lock();
+        let dropped = self.rotate(&mut inner);
+        inner.voids[0].insert(void_id_of(cache, key, version));
+        drop(inner);
+        drop(dropped);
+    }
+
+    /// Whether `version` of `key` is void (see [`Idempotency::void`]).
+    pub fn is_void(&self, cache: &str, key: &[u8], version: u64) -> bool {
+        let id = void_id_of(cache, key, version);
+        self.inner
+            .lock()
+            .voids
+            .iter()
+            .any(|voids| voids.contains(&id))
+    }
+
     /// Starts a new generation when the current one is a window old or holds half the
     /// allowed entries; returns the dropped generation, to be freed after the lock is
     /// released.
     fn rotate(&self, inner: &mut Inner<T>) -> Option<States<T>> {
         let now = self.time.now_ms();
         let age = now.saturating_sub(inner.current_since);
-        let full = inner.current.len() >= self.max_entries.div_ceil(2);
+        let full = inner.current.len() + inner.voids[0].len() >= self.max_entries.div_ceil(2);
         if !(age >= self.window_ms || full) {
             return None;
         }
         let current = std::mem::take(&mut inner.current);
         let mut dropped = std::mem::replace(&mut inner.previous, current);
+        inner.voids.rotate_right(1);
+        inner.voids[0].clear();
         if age >= self.window_ms.saturating_mul(2) {
             // Nothing was asked for a whole window: the newer generation is over too.
             dropped.extend(inner.previous.drain());
+            inner.voids[1].clear();
         }
         inner.current_since = now;
         // Runs under way must stay findable: their duplicates wait on them.
@@ -422,5 +473,26 @@ mod tests {
         release.send(()).unwrap();
         assert_eq!(first.await.unwrap(), Ok(Ran::Fresh(1)));
         assert_eq!(second.await.unwrap(), Ok(Ran::Replayed(1)));
+    }
+
+    #[tokio::test]
+    async fn a_void_version_is_remembered_a_window_and_a_forgotten_answer_runs_again() {
+        let time = ManualTimeSource::starting_at(0);
+        let table = Idempotency::<u32>::new(1_000, 100, time.clone());
+        table.void("c", b"k", 7);
+        assert!(table.is_void("c", b"k", 7));
+        assert!(!table.is_void("c", b"k", 8));
+        assert!(!table.is_void("c", b"other", 7));
+        assert!(!table.is_void("d", b"k", 7));
+        assert_eq!(once(&table, "c", Some("r"), 1).await, Ok(Ran::Fresh(1)));
+        table.forget("c", "r");
+        assert_eq!(once(&table, "c", Some("r"), 2).await, Ok(Ran::Fresh(2)));
+        // Kept at least a window, like the answers.
+        time.advance_ms(1_000);
+        table.keep(0, 0);
+        assert!(table.is_void("c", b"k", 7));
+        time.advance_ms(2_000);
+        table.keep(1, 0);
+        assert!(!table.is_void("c", b"k", 7));
     }
 }

@@ -585,6 +585,7 @@ mod tests {
                 max_idle_ms,
                 tags.iter().map(|t| Arc::from(*t)).collect(),
             ))),
+            undoes: 0,
         }
     }
 
@@ -599,6 +600,7 @@ mod tests {
                 cause: TombstoneCause::Removed,
                 writer: 0,
             })),
+            undoes: 0,
         }
     }
 

@@ -72,6 +72,8 @@ pub(crate) struct Services {
     peers: OnceLock<Arc<dyn PeerSites>>,
     /// How long a write's answer is kept for retries (`store.idempotency_window`).
     pub(crate) idempotency_window_ms: u64,
+    /// The answers kept for retries, and the void versions of keys.
+    pub(crate) idempotency: Idempotency<Arc<WriteResult>>,
 }
 
 impl Services {
@@ -123,7 +125,6 @@ pub struct Store {
 struct Inner {
     caches: BTreeMap<String, Arc<CacheStore>>,
     services: Arc<Services>,
-    idempotency: Idempotency<Arc<WriteResult>>,
     settings: Settings,
     /// The clock's high-water mark as last stored (see `reaper`).
     stored_high_water: Mutex<Version>,
@@ -153,6 +154,8 @@ impl Store {
                 context: "cannot start the storage thread".into(),
                 source,
             })?;
+        let idempotency_window_ms =
+            u64::try_from(config.store.idempotency_window.as_millis()).unwrap_or(u64::MAX);
         let services = Arc::new(Services {
             clock: VersionClock::new(config.node.site_byte(), time.clone(), 0),
             time: time.clone(),
@@ -161,8 +164,12 @@ impl Store {
             hub,
             site_names: Mutex::new(HashSet::new()),
             peers: OnceLock::new(),
-            idempotency_window_ms: u64::try_from(config.store.idempotency_window.as_millis())
-                .unwrap_or(u64::MAX),
+            idempotency_window_ms,
+            idempotency: Idempotency::new(
+                idempotency_window_ms,
+                config.store.idempotency_max_entries,
+                time.clone(),
+            ),
         });
         let caches = config
             .caches
@@ -177,11 +184,6 @@ impl Store {
         let store = Store {
             inner: Arc::new(Inner {
                 caches,
-                idempotency: Idempotency::new(
-                    services.idempotency_window_ms,
-                    config.store.idempotency_max_entries,
-                    time,
-                ),
                 services,
                 settings: Settings {
                     tombstone_ttl_ms: u64::try_from(config.store.tombstone_ttl.as_millis())
@@ -334,23 +336,30 @@ impl Store {
         request_id: Option<&str>,
     ) -> Result<Arc<WriteResult>> {
         let site = self.site();
-        let ran = self
-            .inner
-            .idempotency
-            .run(cache.name(), request_id, || async {
-                let (answer, in_doubt) = cache.write(&request, site, request_id).await?;
-                Ok((Arc::new(answer), in_doubt))
-            })
-            .await?;
-        match ran {
-            Ran::Fresh(answer) => Ok(answer),
-            Ran::Replayed(answer) => {
-                // A retry: the first run may have failed before every member had the
-                // change, so hand the key's state to them all before answering again.
-                let with_answer = request_id.map(|id| (id, &*answer));
-                cache.share_key(&request.key, with_answer, site).await?;
-                Ok(answer)
+        let idempotency = &self.inner.services.idempotency;
+        loop {
+            let ran = idempotency
+                .run(cache.name(), request_id, || async {
+                    let (answer, in_doubt) = cache.write(&request, site, request_id).await?;
+                    Ok((Arc::new(answer), in_doubt))
+                })
+                .await?;
+            let (Ran::Fresh(answer) | Ran::Replayed(answer)) = &ran;
+            let (Ran::Replayed(_), Some(id)) = (&ran, request_id) else {
+                return Ok(answer.clone());
+            };
+            // A retry of a write in doubt that its site then undid: the answer kept for
+            // it is void, and the request runs as new.
+            if !cache.answer_holds(&request.key, id, answer, site).await? {
+                idempotency.forget(cache.name(), id);
+                continue;
             }
+            // A retry: the first run may have failed before every member had the
+            // change, so hand the key's state to them all before answering again.
+            cache
+                .share_key(&request.key, Some((id, answer)), site)
+                .await?;
+            return Ok(answer.clone());
         }
     }
 
@@ -405,7 +414,11 @@ impl Store {
             if let (ReplicaOutcome::Applied | ReplicaOutcome::AlreadyApplied, Some((id, answer))) =
                 (&outcome, change.answer)
             {
-                store.inner.idempotency.record(cache.name(), &id, answer);
+                store
+                    .inner
+                    .services
+                    .idempotency
+                    .record(cache.name(), &id, answer);
             }
             Ok(outcome)
         })
@@ -422,19 +435,29 @@ impl Store {
         request_id: &str,
         current: Option<&Slot>,
     ) -> Option<Arc<WriteResult>> {
-        let answer = self.inner.idempotency.recorded(cache, request_id)?;
+        let answer = self
+            .inner
+            .services
+            .idempotency
+            .recorded(cache, request_id)?;
         let holds = current.is_some_and(|slot| slot.version() == answer.version);
         (answer.applied && holds).then_some(answer)
     }
 
+    /// Whether `version` of `key` is a write in doubt that its site undid (see
+    /// [`idempotency::Idempotency::void`]).
+    pub fn is_void(&self, cache: &str, key: &[u8], version: Version) -> bool {
+        self.inner.services.idempotency.is_void(cache, key, version)
+    }
+
     /// Every write answer kept for retries, by id, older ones first.
     pub fn kept_answers(&self) -> Vec<(idempotency::Id, Arc<WriteResult>)> {
-        self.inner.idempotency.kept()
+        self.inner.services.idempotency.kept()
     }
 
     /// Keeps a write answer another member kept, unless one is kept here for that id.
     pub fn keep_answer(&self, id: idempotency::Id, answer: Arc<WriteResult>) {
-        self.inner.idempotency.keep(id, answer);
+        self.inner.services.idempotency.keep(id, answer);
     }
 
     /// Takes changes another member sent (the key's primary, or a joining node's donor)
@@ -454,7 +477,10 @@ impl Store {
         for (outcome, answer) in outcomes.into_iter().zip(answers) {
             let recorded = match (&outcome, answer) {
                 (ReplicaOutcome::Applied | ReplicaOutcome::AlreadyApplied, Some((id, answer))) => {
-                    self.inner.idempotency.record(cache.name(), &id, answer);
+                    self.inner
+                        .services
+                        .idempotency
+                        .record(cache.name(), &id, answer);
                     None
                 }
                 (ReplicaOutcome::Conflict(current), Some((id, _))) => {

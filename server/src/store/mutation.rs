@@ -22,6 +22,10 @@ pub struct Mutation {
     pub prev: Version,
     /// What the key becomes.
     pub change: Change,
+    /// The version of a write in doubt that this change replaces, in a site that may
+    /// hold it: that write did not happen (its site's primary failed it), so an answer
+    /// kept for it is void. 0 = none.
+    pub undoes: Version,
 }
 
 /// What a key becomes.

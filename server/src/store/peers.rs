@@ -24,6 +24,9 @@ pub(crate) enum Backed {
         /// The answer the peer keeps for the write's request id: this very write already
         /// happened there.
         recorded: Option<WriteResult>,
+        /// The change's version is void there: a write in doubt that the peer's site
+        /// undid.
+        voided: bool,
     },
     /// A peer site was busy with a write of its own to the key: try again.
     Busy,

@@ -783,6 +783,7 @@ fn replicated(key: &str, value: &str, prev: u64, next: u64) -> super::mutation::
             0,
             Box::new([]),
         ))),
+        undoes: 0,
     }
 }
 

@@ -60,6 +60,11 @@ impl VersionClock {
         self.slot.store(slot % SLOTS, Ordering::Release);
     }
 
+    /// The id of this node's site, in the low bits of every version it assigns.
+    pub fn site_id(&self) -> u8 {
+        self.site_id
+    }
+
     /// This node's slot in its site.
     pub fn slot(&self) -> u8 {
         self.slot.load(Ordering::Acquire)

@@ -161,6 +161,12 @@ impl CacheStore {
             key: request.key.clone(),
             prev,
             change: self.change(&request.op, version, now, previous.as_ref(), writer),
+            // A restamp of a state older than the write in doubt: that write never was
+            // applied here, and where it was, it is undone.
+            undoes: match request.op {
+                WriteOp::Restamp { in_doubt } if prev < in_doubt => in_doubt,
+                _ => 0,
+            },
         };
         let answer = WriteResult {
             applied: true,
@@ -193,7 +199,9 @@ impl CacheStore {
             match backed {
                 Backed::Done => {}
                 Backed::Busy => return Ok(Attempt::Again),
-                Backed::Conflict { current, recorded } => {
+                Backed::Conflict {
+                    current, recorded, ..
+                } => {
                     // The peer has a newer state: take it. This very write, if the peer
                     // kept its answer (a primary here failed before answering), is done;
                     // so is a restamp (the sites agree); another write is evaluated again
@@ -388,6 +396,7 @@ impl CacheStore {
                 },
                 writer: 0,
             })),
+            undoes: 0,
         };
         match site.replicate(self.name(), &mutation, None, None).await? {
             Replicated::Done => {
@@ -431,6 +440,7 @@ impl CacheStore {
             key: key.clone(),
             prev,
             change: Change::from_slot(newer),
+            undoes: 0,
         };
         self.commit(&mutation, true).await?;
         self.share_key(key, None, site).await
@@ -443,14 +453,101 @@ impl CacheStore {
             .await?;
         let outcome = self.keyspace.write().apply(mutation);
         match outcome {
-            ApplyOutcome::Applied { replaced } => {
-                self.publish(mutation, replaced);
-                Ok(())
-            }
-            ApplyOutcome::AlreadyApplied => Ok(()),
+            ApplyOutcome::Applied { replaced } => self.publish(mutation, replaced),
+            ApplyOutcome::AlreadyApplied => {}
             ApplyOutcome::Conflict { .. } => {
-                Err(Error::Internal("a locked key changed under its writer"))
+                return Err(Error::Internal("a locked key changed under its writer"));
             }
+        }
+        self.note_undone(mutation);
+        Ok(())
+    }
+
+    /// Whether `answer`, kept here for a write to `key`, still is the answer to give a
+    /// retry of it; `false`: the write did not happen after all, and the retry runs as a
+    /// new request.
+    ///
+    /// A write that was in doubt in its site (a peer site took it but the answer was
+    /// lost) is undone by that site once it hears from the peer again: the peer then
+    /// remembers the write's version as void. And a write a peer site's primary made and
+    /// backed up here may be such a write, not undone yet: while this site still holds
+    /// it, it goes to the sync peers again, the newer state winning, before the retry is
+    /// answered. A peer that takes it, or holds it, makes it stick (reconciling then
+    /// keeps it); a peer that undid it says so. A peer that can't be reached fails the
+    /// retry, as it fails any write.
+    pub(crate) async fn answer_holds(
+        &self,
+        key: &Bytes,
+        request_id: &str,
+        answer: &WriteResult,
+        site: &dyn SiteReplication,
+    ) -> Result<bool> {
+        if !answer.applied {
+            return Ok(true);
+        }
+        let services = self.services();
+        let from_here =
+            sitegrid_proto::version::site_of(answer.version) == services.clock.site_id();
+        let peers = services.sync_peers(self.name()).filter(|_| !from_here);
+        let mut retry = 0;
+        loop {
+            {
+                let _site = site.write_guard().await;
+                // A change to the key under way may be its undoing.
+                let _lock = self.locks.lock(key).await;
+                if services
+                    .idempotency
+                    .is_void(self.name(), key, answer.version)
+                {
+                    return Ok(false);
+                }
+                let Some(peers) = peers else { return Ok(true) };
+                // A newer state here was made on top of it (or on its undoing, which the
+                // void says).
+                let Some(slot) = self
+                    .keyspace
+                    .read()
+                    .slot(key)
+                    .filter(|slot| slot.version() == answer.version)
+                    .cloned()
+                else {
+                    return Ok(true);
+                };
+                let mutation = Mutation::newer_wins(key.clone(), slot);
+                match peers
+                    .backup(self.name(), &mutation, Some(request_id), answer, services)
+                    .await?
+                {
+                    Backed::Done => return Ok(true),
+                    Backed::Conflict {
+                        current, voided, ..
+                    } => {
+                        self.adopt(key, current, site).await?;
+                        return Ok(!voided);
+                    }
+                    Backed::Busy => {}
+                }
+            }
+            let Some(wait) = WRITE_RETRY.delay(retry) else {
+                return Err(Error::Aborted(format!(
+                    "cache {}: the peer sites stayed busy with the key",
+                    self.name()
+                )));
+            };
+            tokio::time::sleep(wait).await;
+            retry += 1;
+        }
+    }
+
+    /// Remembers the write in doubt a change taken here undoes (see
+    /// [`Mutation::undoes`]): an answer kept for that write is void. Called with the
+    /// key's lock held, so a retry looking at the key sees the change and the void
+    /// together.
+    fn note_undone(&self, mutation: &Mutation) {
+        if mutation.undoes != 0 {
+            self.services()
+                .idempotency
+                .void(self.name(), &mutation.key, mutation.undoes);
         }
     }
 
@@ -497,7 +594,10 @@ impl CacheStore {
                     locks.push(lock);
                     ReplicaOutcome::Applied
                 }
-                ApplyOutcome::AlreadyApplied => ReplicaOutcome::AlreadyApplied,
+                ApplyOutcome::AlreadyApplied => {
+                    self.note_undone(mutation);
+                    ReplicaOutcome::AlreadyApplied
+                }
                 ApplyOutcome::Conflict { current } => self.conflict(current, floor),
             });
         }
@@ -516,6 +616,7 @@ impl CacheStore {
                     return Err(Error::Internal("a locked key changed under its writer"));
                 }
             }
+            self.note_undone(mutation);
         }
         drop(locks);
         Ok(outcomes)
@@ -556,6 +657,7 @@ impl CacheStore {
             // Sent again (the first try got no answer): this site's primary then may have
             // failed after applying it on only some members; it must be on all of them
             // before the peer is told so.
+            self.note_undone(mutation);
             self.share_key(&mutation.key, answer, site).await?;
             return Ok(ReplicaOutcome::AlreadyApplied);
         };
@@ -564,6 +666,7 @@ impl CacheStore {
             key: mutation.key.clone(),
             prev: here,
             change: mutation.change.clone(),
+            undoes: mutation.undoes,
         };
         self.apply_in_site(&local, answer, site).await
     }
@@ -605,6 +708,7 @@ impl CacheStore {
             key: key.clone(),
             prev: here,
             change: Change::from_slot(winner),
+            undoes: 0,
         };
         match self.apply_in_site(&local, None, site).await? {
             ReplicaOutcome::Applied if restamped => Ok(Merged::Restamped(local)),
@@ -737,6 +841,7 @@ impl Mutation {
             key,
             prev: slot.version().saturating_sub(1),
             change: Change::from_slot(slot),
+            undoes: 0,
         }
     }
 }
