@@ -140,13 +140,19 @@ const LABELS: [(&str, u32); 10] = [
     ("3-node site: Put, pipelined, depth 1", CALLERS),
 ];
 
-/// Runs the pipeline benchmark.
-pub(crate) async fn run(settings: &Settings) -> anyhow::Result<Results> {
-    let redis_version = Command::new("redis-server")
+/// The version line of the `redis-server` this machine has; an error naming what to
+/// install when it has none.
+pub(crate) fn redis_version() -> anyhow::Result<String> {
+    Command::new("redis-server")
         .arg("--version")
         .output()
         .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
-        .context("cannot run redis-server: install Debian's redis-server and redis-tools")?;
+        .context("cannot run redis-server: install Debian's redis-server and redis-tools")
+}
+
+/// Runs the pipeline benchmark.
+pub(crate) async fn run(settings: &Settings) -> anyhow::Result<Results> {
+    let redis_version = redis_version()?;
     let redis = RedisServer::start().await?;
     let node = NodeProcess::start(spec(settings, "pipelined")).await?;
     let site = Site::start_with(3, |name| spec(settings, name)).await?;

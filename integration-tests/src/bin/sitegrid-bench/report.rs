@@ -19,7 +19,8 @@ pub(crate) struct Figures {
     pub(crate) two_sites: sites::Results,
     pub(crate) resync: resync::Results,
     pub(crate) idp: idp::Results,
-    pub(crate) pipeline: pipeline::Results,
+    /// Or why it was not run.
+    pub(crate) pipeline: Result<pipeline::Results, String>,
 }
 
 /// The report as Markdown.
@@ -116,8 +117,15 @@ fn render_rows(out: &mut String, rows: &[Row]) {
     }
 }
 
-fn render_pipeline(out: &mut String, pipeline: &pipeline::Results) {
+fn render_pipeline(out: &mut String, pipeline: &Result<pipeline::Results, String>) {
     let _ = writeln!(out, "\n## Pipelined path against Redis\n");
+    let pipeline = match pipeline {
+        Ok(pipeline) => pipeline,
+        Err(missing) => {
+            let _ = writeln!(out, "Not measured: {missing}.");
+            return;
+        }
+    };
     let _ = writeln!(
         out,
         "`{}` on a free loopback port with persistence off, driven by `redis-benchmark -t \
