@@ -355,6 +355,83 @@ async fn a_node_catching_up_with_its_clock_ahead_keeps_the_writes_that_reached_i
 }
 
 #[tokio::test]
+async fn a_write_a_node_took_just_before_it_catches_up_again_stays_there() {
+    // Node 0, the key's primary, holds a write back (a fault) after node 1 took it and
+    // before applying it itself. Node 1 meanwhile is paused, left out, and catches up
+    // from node 0, which lacks the write: node 1 must keep it, not take it for a key that
+    // node 0 removed long ago (its catch-up waits for the writes under way, then copies
+    // again).
+    let site = Site::start_with(2, |name| NodeSpec::new(name).with_fault("slow-commit"))
+        .await
+        .unwrap();
+    wait_for_ready_members(&site, 2).await;
+    let primary_is_0 = |prefix: &str| {
+        (0..)
+            .map(|i| format!("{prefix}-{i}"))
+            .find(|key| site.primary_of(key) == 0)
+            .unwrap()
+    };
+    let key = primary_is_0("slow-commit");
+    let writer = {
+        let mut writer = client(&site.nodes[0]).await;
+        let key = key.clone();
+        tokio::spawn(async move { writer.put(put("sessions", &key, "v")).await })
+    };
+    eventually(
+        "node 1 to take the write",
+        Duration::from_secs(10),
+        || async { read(&site.nodes[1], "sessions", &key).await.is_some() },
+    )
+    .await
+    .unwrap();
+    assert!(read(&site.nodes[0], "sessions", &key).await.is_none());
+
+    let count = |node: &NodeProcess, line: &str| node.log().matches(line).count();
+    let (catching_up, caught_up) = (
+        count(&site.nodes[1], "catching up donors"),
+        count(&site.nodes[1], "caught up donors"),
+    );
+    site.nodes[1].pause().unwrap();
+    let other = primary_is_0("other");
+    eventually(
+        "node 0 to write without node 1",
+        Duration::from_secs(30),
+        || async {
+            client(&site.nodes[0])
+                .await
+                .put(put("sessions", &other, "v"))
+                .await
+                .is_ok()
+        },
+    )
+    .await
+    .unwrap();
+    site.nodes[1].resume().unwrap();
+    eventually(
+        "node 1 to begin catching up",
+        Duration::from_secs(30),
+        || async { count(&site.nodes[1], "catching up donors") > catching_up },
+    )
+    .await
+    .unwrap();
+    assert!(
+        !writer.is_finished(),
+        "the fault held the write back for less time than node 1 took to begin catching up"
+    );
+    writer.await.unwrap().unwrap();
+    eventually("node 1 to catch up", Duration::from_secs(30), || async {
+        count(&site.nodes[1], "caught up donors") > caught_up
+    })
+    .await
+    .unwrap();
+    assert!(
+        read(&site.nodes[1], "sessions", &key).await.is_some(),
+        "an acknowledged write node 1 took is gone from it:\n{}",
+        site.nodes[1].log()
+    );
+}
+
+#[tokio::test]
 async fn a_retried_removal_gets_its_first_answer_from_a_node_that_restarted_since() {
     let mut site = Site::start(3, "").await.unwrap();
     wait_for_ready_members(&site, 3).await;

@@ -15,10 +15,20 @@ pub enum Fault {
     /// the peer sites (as if they did not wait for the peer's answer): both sites grant
     /// one token (the one-winner checker must see it).
     SkipSyncBackups,
+    /// The primary of a key starting with [`SLOW_COMMIT_PREFIX`] waits
+    /// [`SLOW_COMMIT_DELAY`] between the other members taking the write and applying it
+    /// itself: a member that catches up meanwhile finds the write nowhere else.
+    SlowCommit,
 }
 
 /// Keys whose writes [`Fault::CrashMidWrite`] interrupts.
 pub const CRASH_MID_WRITE_PREFIX: &[u8] = b"crash-mid-write";
+
+/// Keys whose writes [`Fault::SlowCommit`] slows.
+pub const SLOW_COMMIT_PREFIX: &[u8] = b"slow-commit";
+
+/// How long [`Fault::SlowCommit`] holds a write.
+pub const SLOW_COMMIT_DELAY: std::time::Duration = std::time::Duration::from_secs(20);
 
 impl Fault {
     #[cfg(feature = "faults")]
@@ -26,6 +36,7 @@ impl Fault {
         match self {
             Fault::CrashMidWrite => "crash-mid-write",
             Fault::SkipSyncBackups => "skip-sync-backups",
+            Fault::SlowCommit => "slow-commit",
         }
     }
 }

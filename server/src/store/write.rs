@@ -230,6 +230,11 @@ impl CacheStore {
             .await
         {
             Ok(Replicated::Done) => {
+                if faults::on(Fault::SlowCommit)
+                    && mutation.key.starts_with(faults::SLOW_COMMIT_PREFIX)
+                {
+                    tokio::time::sleep(faults::SLOW_COMMIT_DELAY).await;
+                }
                 self.commit(&mutation, true).await?;
                 self.enqueue(&mutation).await?;
                 Ok(Attempt::Done((answer, None)))
