@@ -188,22 +188,31 @@ impl ReplicationService for ReplicationApi {
         &self,
         _request: Request<v1::AnswersRequest>,
     ) -> Result<Response<Self::AnswersStream>, Status> {
-        // Encoded batch by batch as the joiner reads them.
-        let kept = self.cluster.store().kept_answers();
-        let batches = futures::stream::iter(kept)
+        // Encoded batch by batch as the joiner reads them; the void versions last.
+        let store = self.cluster.store();
+        let (kept, voids) = (store.kept_answers(), store.kept_voids());
+        let answers = futures::stream::iter(kept)
             .chunks(ANSWERS_BATCH)
-            .map(|chunk| {
-                Ok(v1::AnswersResponse {
-                    answers: chunk
-                        .iter()
-                        .map(|(id, answer)| v1::KeptAnswer {
-                            id: id.to_le_bytes().to_vec().into(),
-                            answer: Some(codec::encode_answer(answer)),
-                        })
-                        .collect(),
-                })
+            .map(|chunk| v1::AnswersResponse {
+                answers: chunk
+                    .iter()
+                    .map(|(id, answer)| v1::KeptAnswer {
+                        id: id.to_le_bytes().to_vec().into(),
+                        answer: Some(codec::encode_answer(answer)),
+                    })
+                    .collect(),
+                voids: Vec::new(),
             });
-        Ok(Response::new(Box::pin(batches)))
+        let voids = futures::stream::iter(voids)
+            .chunks(ANSWERS_BATCH)
+            .map(|chunk| v1::AnswersResponse {
+                answers: Vec::new(),
+                voids: chunk
+                    .iter()
+                    .map(|id| id.to_le_bytes().to_vec().into())
+                    .collect(),
+            });
+        Ok(Response::new(Box::pin(answers.chain(voids).map(Ok))))
     }
 
     async fn confirm_join(

@@ -364,17 +364,23 @@ async fn copy_answers(cluster: &Cluster, donors: &[Member]) -> Result<u64> {
             Err(status) if super::refused(&status) => continue,
             Err(status) => return Err(failed(status)),
         };
+        let id_of = |bytes: &[u8]| {
+            <[u8; 16]>::try_from(bytes)
+                .map(u128::from_le_bytes)
+                .map_err(|_| Error::Internal("a kept answer's or void's id is not 16 bytes"))
+        };
         while let Some(batch) = next_within(&mut stream, donor).await? {
-            for kept in batch.map_err(failed)?.answers {
-                let id = <[u8; 16]>::try_from(&kept.id[..])
-                    .map_err(|_| Error::Internal("a kept answer's id is not 16 bytes"))?;
+            let batch = batch.map_err(failed)?;
+            for void in &batch.voids {
+                cluster.store().keep_void(id_of(void)?);
+            }
+            for kept in batch.answers {
+                let id = id_of(&kept.id)?;
                 let answer = kept
                     .answer
                     .ok_or(Error::Internal("a kept answer came without the answer"))?;
                 let answer = codec::decode_answer(&answer, cluster.store().services())?;
-                cluster
-                    .store()
-                    .keep_answer(u128::from_le_bytes(id), Arc::new(answer));
+                cluster.store().keep_answer(id, Arc::new(answer));
                 copied += 1;
             }
         }

@@ -278,6 +278,24 @@ impl<T: Clone + Send + Sync> Idempotency<T> {
         drop(dropped);
     }
 
+    /// Every void version remembered (as digests): what a node catching up copies, with
+    /// the answers.
+    pub fn voids(&self) -> Vec<Id> {
+        let inner = self.inner.lock();
+        inner.voids.iter().flatten().copied().collect()
+    }
+
+    /// Remembers a void version another node remembered (a digest from [`voids`]).
+    ///
+    /// [`voids`]: Idempotency::voids
+    pub fn keep_void(&self, id: Id) {
+        let mut inner = self.inner.lock();
+        let dropped = self.rotate(&mut inner);
+        inner.voids[0].insert(id);
+        drop(inner);
+        drop(dropped);
+    }
+
     /// Whether `version` of `key` is void (see [`Idempotency::void`]).
     pub fn is_void(&self, cache: &str, key: &[u8], version: u64) -> bool {
         let id = void_id_of(cache, key, version);
@@ -484,6 +502,13 @@ mod tests {
         assert!(!table.is_void("c", b"k", 8));
         assert!(!table.is_void("c", b"other", 7));
         assert!(!table.is_void("d", b"k", 7));
+        // A node catching up copies them.
+        let copy = Idempotency::<u32>::new(1_000, 100, time.clone());
+        for id in table.voids() {
+            copy.keep_void(id);
+        }
+        assert!(copy.is_void("c", b"k", 7));
+        assert!(!copy.is_void("c", b"k", 8));
         assert_eq!(once(&table, "c", Some("r"), 1).await, Ok(Ran::Fresh(1)));
         table.forget("c", "r");
         assert_eq!(once(&table, "c", Some("r"), 2).await, Ok(Ran::Fresh(2)));

@@ -455,6 +455,16 @@ impl Store {
         self.inner.services.idempotency.kept()
     }
 
+    /// The void versions remembered here (see [`Store::is_void`]), as digests.
+    pub fn kept_voids(&self) -> Vec<idempotency::Id> {
+        self.inner.services.idempotency.voids()
+    }
+
+    /// Remembers a void version another member remembered.
+    pub fn keep_void(&self, id: idempotency::Id) {
+        self.inner.services.idempotency.keep_void(id);
+    }
+
     /// Keeps a write answer another member kept, unless one is kept here for that id.
     pub fn keep_answer(&self, id: idempotency::Id, answer: Arc<WriteResult>) {
         self.inner.services.idempotency.keep(id, answer);
