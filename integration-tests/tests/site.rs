@@ -432,6 +432,44 @@ async fn a_write_a_node_took_just_before_it_catches_up_again_stays_there() {
 }
 
 #[tokio::test]
+async fn a_member_left_out_while_it_still_hears_the_site_serves_nothing_it_missed() {
+    // Node 1 gossips as usual but holds back its answers to writes of some keys (a
+    // fault), so node 0, their primary, leaves it out while it still hears the site and
+    // serves. Once node 0 acknowledges such a write, node 1 must not answer a read of the
+    // key with the state before it: it has stopped serving, or it has the write.
+    let site = Site::start_with(2, |name| NodeSpec::new(name).with_fault("slow-apply"))
+        .await
+        .unwrap();
+    wait_for_ready_members(&site, 2).await;
+    let key = (0..)
+        .map(|i| format!("slow-apply-{i}"))
+        .find(|key| site.primary_of(key) == 0)
+        .unwrap();
+    let mut reader = client(&site.nodes[1]).await;
+    assert!(
+        !reader
+            .get(get("work", &key))
+            .await
+            .unwrap()
+            .into_inner()
+            .found
+    );
+    let written = put_work(&site.nodes[0], &key, "v").await;
+    match reader.get(get("work", &key)).await {
+        Err(status) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
+        Ok(got) => {
+            let got = got.into_inner();
+            assert!(
+                got.found,
+                "node 1 answered a read with what it missed after the write was \
+                 acknowledged"
+            );
+            assert_eq!(got.metadata.unwrap().version, written);
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_retried_removal_gets_its_first_answer_from_a_node_that_restarted_since() {
     let mut site = Site::start(3, "").await.unwrap();
     wait_for_ready_members(&site, 3).await;

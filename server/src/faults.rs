@@ -19,6 +19,10 @@ pub enum Fault {
     /// [`SLOW_COMMIT_DELAY`] between the other members taking the write and applying it
     /// itself: a member that catches up meanwhile finds the write nowhere else.
     SlowCommit,
+    /// A member holds back its answer to changes of keys starting with
+    /// [`SLOW_APPLY_PREFIX`] for [`SLOW_APPLY_DELAY`], while it goes on gossiping: the
+    /// primary leaves it out while it still hears the site (and serves).
+    SlowApply,
 }
 
 /// Keys whose writes [`Fault::CrashMidWrite`] interrupts.
@@ -30,6 +34,12 @@ pub const SLOW_COMMIT_PREFIX: &[u8] = b"slow-commit";
 /// How long [`Fault::SlowCommit`] holds a write.
 pub const SLOW_COMMIT_DELAY: std::time::Duration = std::time::Duration::from_secs(20);
 
+/// Keys whose changes [`Fault::SlowApply`] holds back.
+pub const SLOW_APPLY_PREFIX: &[u8] = b"slow-apply";
+
+/// How long [`Fault::SlowApply`] holds a change back.
+pub const SLOW_APPLY_DELAY: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Fault {
     #[cfg(feature = "faults")]
     fn name(self) -> &'static str {
@@ -37,6 +47,7 @@ impl Fault {
             Fault::CrashMidWrite => "crash-mid-write",
             Fault::SkipSyncBackups => "skip-sync-backups",
             Fault::SlowCommit => "slow-commit",
+            Fault::SlowApply => "slow-apply",
         }
     }
 }

@@ -277,6 +277,7 @@ pub async fn run(
         epoch: 0,
         address: grpc_address.to_string(),
         state: MemberState::Joining,
+        says_ready: false,
         data_version: store.newest_persistent_version(),
         // A first guess; the slot is made unique before the node becomes ready.
         slot: config

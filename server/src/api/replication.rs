@@ -9,6 +9,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::cluster::{Cluster, Target, codec};
+use crate::faults::{self, Fault};
 use crate::store::slot_key::RANGES;
 use crate::store::write::ReplicaOutcome;
 
@@ -40,6 +41,14 @@ impl ReplicationService for ReplicationApi {
         request: Request<v1::ApplyRequest>,
     ) -> Result<Response<v1::ApplyResponse>, Status> {
         let request = request.into_inner();
+        if faults::on(Fault::SlowApply)
+            && request
+                .mutations
+                .iter()
+                .any(|m| m.key.starts_with(faults::SLOW_APPLY_PREFIX))
+        {
+            tokio::time::sleep(faults::SLOW_APPLY_DELAY).await;
+        }
         metrics::counter!("sitegrid_replication_batches_received_total").increment(1);
         metrics::counter!("sitegrid_replication_changes_received_total")
             .increment(request.mutations.len() as u64);

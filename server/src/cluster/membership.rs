@@ -361,6 +361,7 @@ fn observe(
             epoch,
             address: address.to_string(),
             state: member_state,
+            says_ready: gossiped == MemberState::Ready,
             data_version: state
                 .get(KEY_DATA_VERSION)
                 .and_then(|v| v.parse().ok())

@@ -11,8 +11,11 @@
 //! unreachable for `exclusion_timeout` (at once if its port is closed: it is gone), and a
 //! suspicion naming it is gossiped. A member serves nothing once it has heard nothing from
 //! the site for `lease` (shorter than `exclusion_timeout`), and a suspicion of itself makes
-//! it catch up again ([`join`]) before it serves: so a member that missed writes never
-//! answers a read with what it missed. (A site whose members can't reach each other while
+//! it catch up again ([`join`]) before it serves. A member left out while it may still
+//! hear the site (it answers gossip but not, or too slowly, writes) may serve until the
+//! suspicion reaches it: writes are acknowledged only once gossip shows it stopped, or
+//! its lease has surely run out ([`Cluster::await_fences`]). So a member that missed
+//! writes never answers a read with what it missed. (A site whose members can't reach each other while
 //! clients reach them all, an in-site network partition, is not handled.)
 
 pub mod codec;
@@ -175,6 +178,11 @@ struct Inner {
     joiners: Mutex<HashMap<Arc<str>, Target>>,
     /// Members left out of replication, with when.
     suspects: Mutex<HashMap<Suspicion, Instant>>,
+    /// Members left out that may still serve, each until when at the latest; writes are
+    /// acknowledged only once there are none ([`Cluster::await_fences`]).
+    fences: Mutex<Vec<(Target, Instant)>>,
+    /// How many `fences` there are, read without the lock on every write.
+    fence_count: std::sync::atomic::AtomicUsize,
     /// The epoch this node was last seen suspected in (by the membership task), or
     /// `u64::MAX`.
     suspected_in: AtomicU64,
@@ -217,6 +225,8 @@ impl Cluster {
                 max_message_bytes,
                 joiners: Mutex::new(HashMap::new()),
                 suspects: Mutex::new(HashMap::new()),
+                fences: Mutex::new(Vec::new()),
+                fence_count: std::sync::atomic::AtomicUsize::new(0),
                 suspected_in: AtomicU64::new(u64::MAX),
                 write_barrier: Arc::new(AsyncRwLock::new(())),
                 arrived: Mutex::new(HashMap::new()),
@@ -234,8 +244,10 @@ impl Cluster {
 
     /// This node as a member, with its current state and epoch.
     pub fn me(&self) -> Member {
+        let state = *self.inner.state.borrow();
         Member {
-            state: *self.inner.state.borrow(),
+            state,
+            says_ready: state == MemberState::Ready,
             epoch: self.inner.epoch.load(Ordering::Acquire),
             slot: self.inner.store.clock().slot(),
             ..self.inner.me.clone()
@@ -491,17 +503,66 @@ impl Cluster {
     }
 
     /// Leaves `target` out of replication and says so in gossip: it must catch up before
-    /// it serves again.
-    fn suspect(&self, target: &Target, reason: &str) {
+    /// it serves again. Unless it is gone (`may_serve` false: its port is closed), it may
+    /// serve until it hears so: it is fenced ([`Cluster::await_fences`]).
+    fn suspect(&self, target: &Target, reason: &str, may_serve: bool) {
+        let now = Instant::now();
         if self
             .inner
             .suspects
             .lock()
-            .insert(target.suspicion(), Instant::now())
+            .insert(target.suspicion(), now)
             .is_none()
         {
             warn!(member = %target.name, generation = target.generation, epoch = target.epoch, reason, "member left out of replication");
             self.inner.peers.forget(&target.address);
+            if may_serve {
+                // It hears the suspicion within a few gossip rounds if it hears the site
+                // at all; if it does not, its lease runs out.
+                let timing = self.inner.timing;
+                let until = now + timing.lease + timing.gossip_interval * 5;
+                let mut fences = self.inner.fences.lock();
+                fences.push((target.clone(), until));
+                self.inner
+                    .fence_count
+                    .store(fences.len(), Ordering::Release);
+            }
+        }
+    }
+
+    /// Waits until no member left out may still serve: each fenced member says in gossip
+    /// that it is no longer ready (or it restarted, or caught up again), or its time is
+    /// up.
+    /// Every write waits here before it is acknowledged, so no member answers a read with
+    /// a version older than an acknowledged write.
+    async fn await_fences(&self) {
+        if self.inner.fence_count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut view = self.inner.view.clone();
+        loop {
+            let next = {
+                let current = view.borrow_and_update();
+                let mut fences = self.inner.fences.lock();
+                let now = Instant::now();
+                fences.retain(|(target, until)| {
+                    now < *until
+                        && current.members.iter().all(|m| {
+                            m.name != target.name
+                                || (m.says_ready
+                                    && (m.generation, m.epoch) <= (target.generation, target.epoch))
+                        })
+                });
+                self.inner
+                    .fence_count
+                    .store(fences.len(), Ordering::Release);
+                fences.iter().map(|(_, until)| *until).min()
+            };
+            let Some(until) = next else { return };
+            tokio::select! {
+                changed = view.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep_until(until.into()) => {}
+            }
         }
     }
 
@@ -541,18 +602,18 @@ impl Cluster {
             match result {
                 Ok(response) => return Some(response.into_inner()),
                 Err(status) if refused(&status) => {
-                    self.suspect(target, "its port is closed");
+                    self.suspect(target, "its port is closed", false);
                     return None;
                 }
                 Err(status) => {
                     // Gone from the view, or unreachable too long: left out, and told so
                     // (if it comes back it must catch up first).
                     if self.inner.view.borrow().member(&target.name).is_none() {
-                        self.suspect(target, "gone from the site's view");
+                        self.suspect(target, "gone from the site's view", true);
                         return None;
                     }
                     if first_failure.elapsed() >= timing.exclusion_timeout {
-                        self.suspect(target, status.message());
+                        self.suspect(target, status.message(), true);
                         return None;
                     }
                     let wait = Duration::from_millis(20 << retry.min(4));
@@ -632,7 +693,7 @@ impl Cluster {
             }
             Err(status) if refused(&status) => {
                 // Its port is closed: it is gone, whatever gossip says yet.
-                self.suspect(&Target::of(primary), "its port is closed");
+                self.suspect(&Target::of(primary), "its port is closed", false);
                 Err(Error::Unavailable(format!(
                     "the primary {address} is gone: connection refused"
                 )))
@@ -704,6 +765,7 @@ impl SiteReplication for Cluster {
     ) -> Result<Replicated> {
         let mut targets = self.targets();
         if targets.is_empty() {
+            self.await_fences().await;
             return Ok(Replicated::Done);
         }
         let crash = faults::on(Fault::CrashMidWrite)
@@ -754,7 +816,10 @@ impl SiteReplication for Cluster {
         Ok(match (newest, busy) {
             (Some((current, recorded)), _) => Replicated::Conflict { current, recorded },
             (None, true) => Replicated::Busy,
-            (None, false) => Replicated::Done,
+            (None, false) => {
+                self.await_fences().await;
+                Replicated::Done
+            }
         })
     }
 

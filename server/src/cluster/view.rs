@@ -52,8 +52,11 @@ pub struct Member {
     pub epoch: u64,
     /// gRPC address.
     pub address: String,
-    /// What it is doing.
+    /// What it is doing: `Isolated` while the site suspects it, whatever it says.
     pub state: MemberState,
+    /// Whether it says it is ready (it may still serve while a suspicion of it is on its
+    /// way to it).
+    pub says_ready: bool,
     /// Newest version in its persistent data at start (for choosing who starts a site).
     pub data_version: u64,
     /// Its slot in the site, part of every version it assigns (unique among live members
@@ -107,6 +110,7 @@ mod tests {
             epoch: 0,
             address: format!("127.0.0.1:1{name}"),
             state,
+            says_ready: state == MemberState::Ready,
             data_version: 0,
             slot: 0,
         }
