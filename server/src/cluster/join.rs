@@ -11,7 +11,8 @@
 //!    yet (gossip of the suspicion lags), and only the union of all ready members is
 //!    sure to hold every acknowledged write. A donor whose port is closed is gone (and
 //!    so is what only it held); any other donor that fails fails the attempt.
-//! 3. Ask every ready member for every write from now on (`ConfirmJoin`); each answers
+//! 3. Ask every donor and every ready member for every write from now on
+//!    (`ConfirmJoin`; the donors even if the view lost them for a moment); each answers
 //!    once the writes under way without this node are done, naming the other nodes
 //!    catching up, which are asked too and get this node's writes once it is ready.
 //! 4. Compare and copy once more, for what was written between 2 and 3, and copy the
@@ -92,7 +93,7 @@ async fn catch_up(cluster: &Cluster, started: Instant, was_ready: bool) -> Resul
     let names: Vec<&str> = donors.iter().map(|d| &*d.name).collect();
     info!(donors = ?names, "catching up");
     let copied = sync_from(cluster, &donors).await?;
-    confirm_all(cluster).await?;
+    confirm_all(cluster, &donors).await?;
     let again = sync_from(cluster, &donors).await?;
     let answers = copy_answers(cluster, &donors).await?;
     info!(donors = ?names, copied, again, answers, "caught up");
@@ -388,17 +389,21 @@ async fn copy_answers(cluster: &Cluster, donors: &[Member]) -> Result<u64> {
     Ok(copied)
 }
 
-/// Asks every ready member for every write from now on: those this node sees, and those
-/// any of them knows (this node's own view may lag behind gossip). The other joiners they
+/// Asks every ready member for every write from now on: the donors, those this node sees,
+/// and those any of them knows (this node's own view may lag behind gossip). The other joiners they
 /// name are asked too: two nodes catching up at once learn of each other at every member
 /// they both ask, whichever asks first, and each sends the other its writes once ready.
 /// Everyone confirmed is kept as a target until the view shows it ready. A joiner that
 /// does not answer and is gone from the view is left out: it is not catching up anymore.
-async fn confirm_all(cluster: &Cluster) -> Result<()> {
+async fn confirm_all(cluster: &Cluster, donors: &[Member]) -> Result<()> {
     let me = cluster.me();
+    // The donors copied from first: the view may have lost one for a moment (after this
+    // node was frozen, gossip takes the others for dead until it hears them again), and a
+    // write under way on a donor must be waited for, or the second copy misses it.
     let mut pending: Vec<(Target, bool)> = cluster
         .view()
         .ready()
+        .chain(donors)
         .filter(|m| m.name != me.name)
         .map(|m| (Target::of(m), false))
         .collect();
