@@ -23,6 +23,9 @@ pub enum Fault {
     /// [`SLOW_APPLY_PREFIX`] for [`SLOW_APPLY_DELAY`], while it goes on gossiping: the
     /// primary leaves it out while it still hears the site (and serves).
     SlowApply,
+    /// A node catching up finds nobody in its view when it confirms its join, as after a
+    /// freeze, when gossip takes the others for dead for a moment.
+    ConfirmWithoutView,
 }
 
 /// Keys whose writes [`Fault::CrashMidWrite`] interrupts.
@@ -48,6 +51,7 @@ impl Fault {
             Fault::SkipSyncBackups => "skip-sync-backups",
             Fault::SlowCommit => "slow-commit",
             Fault::SlowApply => "slow-apply",
+            Fault::ConfirmWithoutView => "confirm-without-view",
         }
     }
 }

@@ -34,8 +34,9 @@ use sitegrid_proto::v1;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::cluster::{Cluster, Member, MemberState, Target, codec};
+use crate::cluster::{Cluster, Member, MemberState, Target, View, codec};
 use crate::error::{Error, Result};
+use crate::faults::{self, Fault};
 use crate::store::entry::Slot;
 use crate::store::mutation::Mutation;
 use crate::store::slot_key::{RANGES, key_hash, range_of};
@@ -400,8 +401,11 @@ async fn confirm_all(cluster: &Cluster, donors: &[Member]) -> Result<()> {
     // The donors copied from first: the view may have lost one for a moment (after this
     // node was frozen, gossip takes the others for dead until it hears them again), and a
     // write under way on a donor must be waited for, or the second copy misses it.
-    let mut pending: Vec<(Target, bool)> = cluster
-        .view()
+    let view = match faults::on(Fault::ConfirmWithoutView) {
+        true => View::default(),
+        false => cluster.view(),
+    };
+    let mut pending: Vec<(Target, bool)> = view
         .ready()
         .chain(donors)
         .filter(|m| m.name != me.name)
