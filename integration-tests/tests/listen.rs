@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sitegrid_integration_tests::requests::{put, remove};
-use sitegrid_integration_tests::{NodeProcess, NodeSpec};
+use sitegrid_integration_tests::{NodeProcess, NodeSpec, http};
 use sitegrid_proto::v1::cache_client::CacheClient;
 use sitegrid_proto::v1::*;
 use tonic::Code;
@@ -158,7 +158,13 @@ async fn a_resumed_listener_gets_every_changed_key_at_its_latest_version_and_the
 
 #[tokio::test]
 async fn a_listener_that_falls_behind_gets_resync_required_then_resumes_without_loss() {
-    let (_node, mut client) = node("[events]\nlistener_buffer = 64\n").await;
+    let (node, mut client) = node("[events]\nlistener_buffer = 64\n").await;
+    let dropped = || async {
+        http::metric(node.http_addr(), "sitegrid_listener_dropped_total")
+            .await
+            .unwrap()
+    };
+    assert_eq!(dropped().await, 0.0);
     let mut stream = client.listen(listen(&["work"])).await.unwrap().into_inner();
     // The listener reads nothing meanwhile: large values fill its stream's flow-control
     // window and socket buffers, then the 64-event ring overflows.
@@ -185,6 +191,7 @@ async fn a_listener_that_falls_behind_gets_resync_required_then_resumes_without_
         "the stream ends after RESYNC_REQUIRED"
     );
     assert!(received.len() < written.len(), "it really fell behind");
+    assert_eq!(dropped().await, 1.0, "the dropped subscriber is counted");
 
     let request = ListenRequest {
         resume_from_version: resync,
