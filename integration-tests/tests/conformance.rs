@@ -379,6 +379,7 @@ async fn entries_stream_every_entry_in_batches_with_filters() {
         })
         .await
         .unwrap();
+    let mut writer = node.cache.clone();
     let collect = |request: EntriesRequest| {
         let mut cache = node.cache.clone();
         async move {
@@ -423,6 +424,43 @@ async fn entries_stream_every_entry_in_batches_with_filters() {
     })
     .await;
     assert_eq!(empty.iter().map(Vec::len).sum::<usize>(), 0);
+
+    // Removed keys keep a tombstone, which neither `Entries` (with or without a tag) nor
+    // `Size` shows.
+    for i in 0..10 {
+        assert!(
+            writer
+                .remove(remove("work", &format!("k{i:05}")))
+                .await
+                .unwrap()
+                .into_inner()
+                .removed
+        );
+    }
+    let left = collect(EntriesRequest {
+        cache: "work".into(),
+        batch_size: 1000,
+        ..Default::default()
+    })
+    .await;
+    let left: std::collections::HashSet<_> = left.iter().flatten().map(|e| e.key.clone()).collect();
+    assert_eq!(left.len(), 2490);
+    assert!((0..10).all(|i| !left.contains(&b(&format!("k{i:05}")))));
+    let odd = collect(EntriesRequest {
+        cache: "work".into(),
+        tag: "parity=1".into(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(odd.iter().map(Vec::len).sum::<usize>(), 1245);
+    let size = writer
+        .size(SizeRequest {
+            cache: "work".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(size.size, 2490);
 }
 
 async fn remove_by_tag_removes_all_sessions_of_a_user(path: Path) {
