@@ -15,8 +15,9 @@
 //! hear the site (it answers gossip but not, or too slowly, writes) may serve until the
 //! suspicion reaches it: writes are acknowledged only once gossip shows it stopped, or
 //! its lease has surely run out ([`Cluster::await_fences`]). So a member that missed
-//! writes never answers a read with what it missed. (A site whose members can't reach each other while
-//! clients reach them all, an in-site network partition, is not handled.)
+//! writes never answers a read with what it missed. (A site whose members can't reach
+//! each other while clients reach them all, an in-site network partition, is not
+//! handled.)
 
 pub mod codec;
 pub mod join;
@@ -29,7 +30,7 @@ pub mod view;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -182,7 +183,7 @@ struct Inner {
     /// acknowledged only once there are none ([`Cluster::await_fences`]).
     fences: Mutex<Vec<(Target, Instant)>>,
     /// How many `fences` there are, read without the lock on every write.
-    fence_count: std::sync::atomic::AtomicUsize,
+    fence_count: AtomicUsize,
     /// The epoch this node was last seen suspected in (by the membership task), or
     /// `u64::MAX`.
     suspected_in: AtomicU64,
@@ -226,7 +227,7 @@ impl Cluster {
                 joiners: Mutex::new(HashMap::new()),
                 suspects: Mutex::new(HashMap::new()),
                 fences: Mutex::new(Vec::new()),
-                fence_count: std::sync::atomic::AtomicUsize::new(0),
+                fence_count: AtomicUsize::new(0),
                 suspected_in: AtomicU64::new(u64::MAX),
                 write_barrier: Arc::new(AsyncRwLock::new(())),
                 arrived: Mutex::new(HashMap::new()),
@@ -532,9 +533,8 @@ impl Cluster {
 
     /// Waits until no member left out may still serve: each fenced member says in gossip
     /// that it is no longer ready (or it restarted, or caught up again), or its time is
-    /// up.
-    /// Every write waits here before it is acknowledged, so no member answers a read with
-    /// a version older than an acknowledged write.
+    /// up. Every write waits here before it is acknowledged, so no member answers a read
+    /// with a version older than an acknowledged write.
     async fn await_fences(&self) {
         if self.inner.fence_count.load(Ordering::Acquire) == 0 {
             return;

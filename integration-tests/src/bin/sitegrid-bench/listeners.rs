@@ -21,6 +21,10 @@ const SUBSCRIBERS: usize = 50;
 const PACED_RATE: u64 = 5_000;
 const SLOW_WRITES: u64 = 100_000;
 
+/// The key written before the latency run: once every subscriber has its event, none is
+/// still working off the throughput run's backlog.
+const DRAIN_KEY: &[u8] = b"drain-marker";
+
 /// What the listener benchmarks measured.
 #[derive(Debug, Clone)]
 pub(crate) struct Results {
@@ -127,6 +131,8 @@ struct Subscribers {
     acks: Arc<Vec<AtomicU64>>,
     epoch: Instant,
     events: Arc<AtomicU64>,
+    /// Subscribers that received [`DRAIN_KEY`]'s event.
+    drained: Arc<AtomicU64>,
     recording: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -141,6 +147,7 @@ impl Subscribers {
             Arc::new((0..PACED_KEYS).map(|_| AtomicU64::new(0)).collect());
         let epoch = Instant::now();
         let events = Arc::new(AtomicU64::new(0));
+        let drained = Arc::new(AtomicU64::new(0));
         let recording = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
         for _ in 0..count {
@@ -149,15 +156,19 @@ impl Subscribers {
                 .listen(listen_request())
                 .await?
                 .into_inner();
-            let (latencies, acks, events, recording) = (
+            let (latencies, acks, events, drained, recording) = (
                 latencies.clone(),
                 acks.clone(),
                 events.clone(),
+                drained.clone(),
                 recording.clone(),
             );
             tasks.push(tokio::spawn(async move {
                 while let Ok(Some(event)) = stream.message().await {
                     events.fetch_add(1, Ordering::Relaxed);
+                    if event.key == DRAIN_KEY {
+                        drained.fetch_add(1, Ordering::Release);
+                    }
                     if !recording.load(Ordering::Relaxed) {
                         continue;
                     }
@@ -181,6 +192,7 @@ impl Subscribers {
             acks,
             epoch,
             events,
+            drained,
             recording,
             tasks,
         })
@@ -216,7 +228,24 @@ async fn paced_latency(
     subscribers: &Subscribers,
     duration: Duration,
 ) -> anyhow::Result<Paced> {
-    let writer = client(endpoint)?;
+    let mut writer = client(endpoint)?;
+    // The subscribers may still be working off the throughput run's events.
+    writer
+        .put(PutRequest {
+            cache: "work".into(),
+            key: Bytes::from_static(DRAIN_KEY),
+            value: Bytes::from_static(b"v"),
+            ..Default::default()
+        })
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while subscribers.drained.load(Ordering::Acquire) < SUBSCRIBERS as u64 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the subscribers did not work off the throughput run's events in 2 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     subscribers.recording.store(true, Ordering::Relaxed);
     let events_before = subscribers.events.load(Ordering::Relaxed);
     let started = Instant::now();
