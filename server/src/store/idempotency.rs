@@ -271,11 +271,7 @@ impl<T: Clone + Send + Sync> Idempotency<T> {
     /// Remembers that the write that made `version` of `key` did not happen: it was in
     /// doubt, and its site replaced it. Whatever answer was kept for it is void.
     pub fn void(&self, cache: &str, key: &[u8], version: u64) {
-        let mut inner = self.inner.lock();
-        let dropped = self.rotate(&mut inner);
-        inner.voids[0].insert(void_id_of(cache, key, version));
-        drop(inner);
-        drop(dropped);
+        self.keep_void(void_id_of(cache, key, version));
     }
 
     /// Every void version remembered (as digests): what a node catching up copies, with
