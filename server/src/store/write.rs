@@ -494,53 +494,55 @@ impl CacheStore {
         let from_here =
             sitegrid_proto::version::site_of(answer.version) == services.clock.site_id();
         let peers = services.sync_peers(self.name()).filter(|_| !from_here);
-        let mut retry = 0;
-        loop {
+        // `Err(None)`: a peer was busy with the key; try again.
+        let attempt = || async {
+            let _site = site.write_guard().await;
+            // A change to the key under way may be its undoing.
+            let _lock = self.locks.lock(key).await;
+            if services
+                .idempotency
+                .is_void(self.name(), key, answer.version)
             {
-                let _site = site.write_guard().await;
-                // A change to the key under way may be its undoing.
-                let _lock = self.locks.lock(key).await;
-                if services
-                    .idempotency
-                    .is_void(self.name(), key, answer.version)
-                {
-                    return Ok(false);
-                }
-                let Some(peers) = peers else { return Ok(true) };
-                // A newer state here was made on top of it (or on its undoing, which the
-                // void says).
-                let Some(slot) = self
-                    .keyspace
-                    .read()
-                    .slot(key)
-                    .filter(|slot| slot.version() == answer.version)
-                    .cloned()
-                else {
-                    return Ok(true);
-                };
-                let mutation = Mutation::newer_wins(key.clone(), slot);
-                match peers
-                    .backup(self.name(), &mutation, Some(request_id), answer, services)
-                    .await?
-                {
-                    Backed::Done => return Ok(true),
-                    Backed::Conflict {
-                        current, voided, ..
-                    } => {
-                        self.adopt(key, current, site).await?;
-                        return Ok(!voided);
-                    }
-                    Backed::Busy => {}
-                }
+                return Ok(false);
             }
-            let Some(wait) = WRITE_RETRY.delay(retry) else {
-                return Err(Error::Aborted(format!(
-                    "cache {}: the peer sites stayed busy with the key",
-                    self.name()
-                )));
+            let Some(peers) = peers else { return Ok(true) };
+            // A newer state here was made on top of it (or on its undoing, which the
+            // void says).
+            let Some(slot) = self
+                .keyspace
+                .read()
+                .slot(key)
+                .filter(|slot| slot.version() == answer.version)
+                .cloned()
+            else {
+                return Ok(true);
             };
-            tokio::time::sleep(wait).await;
-            retry += 1;
+            let mutation = Mutation::newer_wins(key.clone(), slot);
+            match peers
+                .backup(self.name(), &mutation, Some(request_id), answer, services)
+                .await
+                .map_err(Some)?
+            {
+                Backed::Done => Ok(true),
+                Backed::Conflict {
+                    current, voided, ..
+                } => {
+                    self.adopt(key, current, site).await.map_err(Some)?;
+                    Ok(!voided)
+                }
+                Backed::Busy => Err(None),
+            }
+        };
+        match WRITE_RETRY
+            .retry(attempt, Option::is_none, tokio::time::sleep)
+            .await
+        {
+            Ok(holds) => Ok(holds),
+            Err(Some(error)) => Err(error),
+            Err(None) => Err(Error::Aborted(format!(
+                "cache {}: the peer sites stayed busy with the key",
+                self.name()
+            ))),
         }
     }
 
