@@ -7,7 +7,9 @@ use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use sitegrid_integration_tests::checks::{contents, one_winner_per_token, token_attempt};
 use sitegrid_integration_tests::requests::{get, put, remove};
-use sitegrid_integration_tests::{Direction, NodeProcess, NodeSpec, TwoSites, eventually, http};
+use sitegrid_integration_tests::{
+    Direction, FaultProxy, NodeProcess, NodeSpec, TwoSites, eventually, http,
+};
 use sitegrid_proto::v1::cache_client::CacheClient;
 use sitegrid_proto::v1::*;
 use tonic::Code;
@@ -287,24 +289,26 @@ async fn writes_in_doubt_behind_a_blackholed_link_fail_in_time_and_converge_once
     assert!(found(second, "actionTokens", "after").await);
 }
 
-#[tokio::test]
-async fn a_retry_failing_over_after_its_write_in_doubt_was_undone_is_not_told_it_won() {
-    // A token is used in site 1; site 2 takes the write but its answer is lost, so the
-    // client is told the write failed and site 1 undoes it in site 2 once the link is
-    // back. Another client then uses the token in site 1. The first client's retry (same
-    // request id) fails over to site 2: the answer site 2 kept for that request is void.
-    let spec = |index, name: &str| NodeSpec::new(name).with_toml(&short_timeout(index));
-    let (sites, proxy) = TwoSites::start_behind_proxy(1, spec).await.unwrap();
-    let [first, second] = &sites.sites;
-    let (first, second) = (&first.nodes[0], &second.nodes[0]);
-    let mut in_first = client(first).await;
-    let token = |key: &str, request_id: &str| PutIfAbsentRequest {
+/// `PutIfAbsent` of token `key` to `actionTokens`, its value the request id.
+fn token(key: &str, request_id: &str) -> PutIfAbsentRequest {
+    PutIfAbsentRequest {
         cache: "actionTokens".into(),
         key: Bytes::copy_from_slice(key.as_bytes()),
         value: Bytes::copy_from_slice(request_id.as_bytes()),
         request_id: request_id.into(),
         ..Default::default()
-    };
+    }
+}
+
+/// Two sites, site 1 reaching site 2 through a proxy, after a client of site 1 used token
+/// `t` (request id `first-client`) while the proxy lost site 2's answers: the client was
+/// told UNAVAILABLE, site 2 took the write, and the proxy still loses the answers.
+async fn token_write_in_doubt() -> (TwoSites, FaultProxy) {
+    let spec = |index, name: &str| NodeSpec::new(name).with_toml(&short_timeout(index));
+    let (sites, proxy) = TwoSites::start_behind_proxy(1, spec).await.unwrap();
+    let [first, second] = &sites.sites;
+    let (first, second) = (&first.nodes[0], &second.nodes[0]);
+    let mut in_first = client(first).await;
     assert!(
         in_first
             .put_if_absent(token("warm", "warm"))
@@ -323,6 +327,19 @@ async fn a_retry_failing_over_after_its_write_in_doubt_was_undone_is_not_told_it
         found(second, "actionTokens", "t").await,
         "the peer should have taken the write whose answer was lost"
     );
+    (sites, proxy)
+}
+
+#[tokio::test]
+async fn a_retry_failing_over_after_its_write_in_doubt_was_undone_is_not_told_it_won() {
+    // A token is used in site 1; site 2 takes the write but its answer is lost, so the
+    // client is told the write failed and site 1 undoes it in site 2 once the link is
+    // back. Another client then uses the token in site 1. The first client's retry (same
+    // request id) fails over to site 2: the answer site 2 kept for that request is void.
+    let (sites, proxy) = token_write_in_doubt().await;
+    let [first, second] = &sites.sites;
+    let (first, second) = (&first.nodes[0], &second.nodes[0]);
+    let mut in_first = client(first).await;
     proxy.heal();
     proxy.reset_all();
     eventually(
@@ -360,33 +377,10 @@ async fn a_retry_failing_over_before_its_write_in_doubt_is_reconciled_makes_it_s
     // doubt (its link to site 2 still loses the answers). Site 2 holds the write and its
     // answer; before it answers the retry with it, site 1 must hold the write too, or
     // site 1 would undo it once the link is back and the token would be free again.
-    let spec = |index, name: &str| NodeSpec::new(name).with_toml(&short_timeout(index));
-    let (sites, proxy) = TwoSites::start_behind_proxy(1, spec).await.unwrap();
+    let (sites, proxy) = token_write_in_doubt().await;
     let [first, second] = &sites.sites;
     let (first, second) = (&first.nodes[0], &second.nodes[0]);
     let mut in_first = client(first).await;
-    let token = |key: &str, request_id: &str| PutIfAbsentRequest {
-        cache: "actionTokens".into(),
-        key: Bytes::copy_from_slice(key.as_bytes()),
-        value: Bytes::copy_from_slice(request_id.as_bytes()),
-        request_id: request_id.into(),
-        ..Default::default()
-    };
-    assert!(
-        in_first
-            .put_if_absent(token("warm", "warm"))
-            .await
-            .unwrap()
-            .into_inner()
-            .stored
-    );
-    proxy.blackhole(Direction::FromTarget);
-    let status = in_first
-        .put_if_absent(token("t", "first-client"))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert!(found(second, "actionTokens", "t").await);
 
     // Site 2 reaches site 1 directly: the retry's answer can be made to hold there.
     let retry = client(second)
