@@ -89,37 +89,6 @@ async fn three_nodes_form_a_site_and_every_acknowledged_write_is_on_every_node()
 }
 
 #[tokio::test]
-async fn a_member_without_apply_streams_is_sent_unary_applies_and_misses_nothing() {
-    // Node 3 answers ApplyStream with UNIMPLEMENTED, as a node of the previous version
-    // would during a rolling upgrade. Primaries must fall back to unary Apply calls to
-    // it, not retry the stream until they leave it out.
-    let site = Site::start_with(3, |name| {
-        let spec = NodeSpec::new(name);
-        if name == "n3" {
-            spec.with_fault("no-apply-stream")
-        } else {
-            spec
-        }
-    })
-    .await
-    .unwrap();
-    wait_for_ready_members(&site, 3).await;
-    for i in 0..30 {
-        let key = format!("k{i}");
-        let version = put_work(&site.nodes[i % 2], &key, &format!("v{i}")).await;
-        let (value, seen) = read(&site.nodes[2], "work", &key)
-            .await
-            .expect("node 3 has the write once it is acknowledged");
-        assert_eq!(value, format!("v{i}").as_bytes());
-        assert_eq!(seen, version);
-    }
-    assert!(
-        !site.nodes[0].log().contains("left out") && !site.nodes[1].log().contains("left out"),
-        "nobody was left out"
-    );
-}
-
-#[tokio::test]
 async fn nodes_that_start_with_one_slot_serve_with_different_ones_and_never_assign_one_version() {
     // Every node tries slot 5 first: the versions of two of them would collide. (Keys
     // before any section header go to the generated `[node]` section.)

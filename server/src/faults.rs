@@ -26,9 +26,6 @@ pub enum Fault {
     /// A node catching up finds nobody in its view when it confirms its join, as after a
     /// freeze, when gossip takes the others for dead for a moment.
     ConfirmWithoutView,
-    /// The node answers `ApplyStream` with UNIMPLEMENTED, as a node of an older version
-    /// does: primaries must send it unary `Apply` calls.
-    NoApplyStream,
 }
 
 /// Keys whose writes [`Fault::CrashMidWrite`] interrupts.
@@ -55,7 +52,6 @@ impl Fault {
             Fault::SlowCommit => "slow-commit",
             Fault::SlowApply => "slow-apply",
             Fault::ConfirmWithoutView => "confirm-without-view",
-            Fault::NoApplyStream => "no-apply-stream",
         }
     }
 }

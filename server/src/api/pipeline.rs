@@ -99,7 +99,7 @@ async fn serve_stream(
 }
 
 /// Completes once `stopping` turns true (or its sender is gone).
-pub(super) async fn stopped(stopping: &mut watch::Receiver<bool>) {
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
     let _ = stopping.wait_for(|stop| *stop).await;
 }
 

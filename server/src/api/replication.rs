@@ -2,12 +2,11 @@
 
 use std::pin::Pin;
 
-use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt};
 use sitegrid_proto::v1::{self, replication_service_server::ReplicationService};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 
 use crate::cluster::{Cluster, Target, codec};
 use crate::faults::{self, Fault};
@@ -17,25 +16,31 @@ use crate::store::write::ReplicaOutcome;
 /// Slots per Fetch batch.
 const FETCH_BATCH: usize = 500;
 
-/// Calls of one `ApplyStream` running at once; beyond that the stream is not read and
-/// HTTP/2 flow control holds the sender back. A primary has one call per cache under way.
-const MAX_STREAM_CALLS: usize = 64;
-
 /// The replication service of one node.
 #[derive(Debug, Clone)]
 pub struct ReplicationApi {
     cluster: Cluster,
-    /// Turns true when the node begins to shut down: `ApplyStream`s stop taking calls.
-    stopping: watch::Receiver<bool>,
 }
 
 impl ReplicationApi {
-    pub(crate) fn new(cluster: Cluster, stopping: watch::Receiver<bool>) -> ReplicationApi {
-        ReplicationApi { cluster, stopping }
+    pub(crate) fn new(cluster: Cluster) -> ReplicationApi {
+        ReplicationApi { cluster }
     }
+}
 
-    /// Applies the changes of one `Apply` call, unary or on a stream.
-    async fn apply_changes(&self, request: v1::ApplyRequest) -> Result<v1::ApplyResponse, Status> {
+type FetchStream = Pin<Box<dyn Stream<Item = Result<v1::FetchResponse, Status>> + Send>>;
+type AnswersStream = Pin<Box<dyn Stream<Item = Result<v1::AnswersResponse, Status>> + Send>>;
+
+/// Answers per Answers batch.
+const ANSWERS_BATCH: usize = 1_000;
+
+#[tonic::async_trait]
+impl ReplicationService for ReplicationApi {
+    async fn apply(
+        &self,
+        request: Request<v1::ApplyRequest>,
+    ) -> Result<Response<v1::ApplyResponse>, Status> {
+        let request = request.into_inner();
         if faults::on(Fault::SlowApply)
             && request
                 .mutations
@@ -74,95 +79,7 @@ impl ReplicationApi {
                 }
             })
             .collect();
-        Ok(v1::ApplyResponse { outcomes })
-    }
-
-    /// Runs the calls of one `ApplyStream`, each as it comes (calls for different
-    /// caches run together), and sends each answer as its call ends; when the sender
-    /// stops sending or this node begins to shut down, answers what it took and ends.
-    async fn serve_apply_stream(
-        self,
-        mut calls: Streaming<v1::ApplyStreamRequest>,
-        answers: mpsc::Sender<Result<v1::ApplyStreamResponse, Status>>,
-    ) {
-        let mut running = FuturesUnordered::new();
-        let mut stopping = self.stopping.clone();
-        let mut reading = !*stopping.borrow();
-        loop {
-            tokio::select! {
-                biased;
-                Some(answer) = running.next() => {
-                    if answers.send(Ok(answer)).await.is_err() {
-                        return; // the sender went away; what runs is dropped, as for unary calls
-                    }
-                }
-                call = calls.next(), if reading && running.len() < MAX_STREAM_CALLS => match call {
-                    Some(Ok(call)) => running.push(self.answer_call(call)),
-                    Some(Err(status)) => {
-                        tracing::debug!(%status, "apply stream broke");
-                        reading = false;
-                    }
-                    None => reading = false,
-                },
-                () = super::pipeline::stopped(&mut stopping), if reading => reading = false,
-                else => return,
-            }
-        }
-    }
-
-    /// One call of an `ApplyStream`, answered with its id.
-    async fn answer_call(&self, call: v1::ApplyStreamRequest) -> v1::ApplyStreamResponse {
-        use v1::apply_stream_response::Result as Answer;
-        let result = match self.apply_changes(call.apply.unwrap_or_default()).await {
-            Ok(response) => Answer::Response(response),
-            Err(status) => Answer::Error(v1::RequestError {
-                code: status.code() as i32,
-                message: status.message().to_owned(),
-            }),
-        };
-        v1::ApplyStreamResponse {
-            id: call.id,
-            result: Some(result),
-        }
-    }
-}
-
-type FetchStream = Pin<Box<dyn Stream<Item = Result<v1::FetchResponse, Status>> + Send>>;
-type AnswersStream = Pin<Box<dyn Stream<Item = Result<v1::AnswersResponse, Status>> + Send>>;
-type ApplyStream = Pin<Box<dyn Stream<Item = Result<v1::ApplyStreamResponse, Status>> + Send>>;
-
-/// Answers between an `ApplyStream`'s task and its gRPC stream.
-const APPLY_STREAM_CHANNEL: usize = 64;
-
-/// Answers per Answers batch.
-const ANSWERS_BATCH: usize = 1_000;
-
-#[tonic::async_trait]
-impl ReplicationService for ReplicationApi {
-    async fn apply(
-        &self,
-        request: Request<v1::ApplyRequest>,
-    ) -> Result<Response<v1::ApplyResponse>, Status> {
-        self.apply_changes(request.into_inner())
-            .await
-            .map(Response::new)
-    }
-
-    type ApplyStreamStream = ApplyStream;
-
-    async fn apply_stream(
-        &self,
-        request: Request<Streaming<v1::ApplyStreamRequest>>,
-    ) -> Result<Response<Self::ApplyStreamStream>, Status> {
-        if faults::on(Fault::NoApplyStream) {
-            return Err(Status::unimplemented("fault no-apply-stream"));
-        }
-        let (sender, receiver) = mpsc::channel(APPLY_STREAM_CHANNEL);
-        tokio::spawn(
-            self.clone()
-                .serve_apply_stream(request.into_inner(), sender),
-        );
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        Ok(Response::new(v1::ApplyResponse { outcomes }))
     }
 
     async fn forward_write(

@@ -50,7 +50,7 @@ use crate::store::mutation::Mutation;
 use crate::store::replication::{Replicated, SiteReplication};
 use crate::store::version::Version;
 use peers::Peers;
-use sender::{ApplyLink, Sender};
+use sender::Sender;
 pub use view::{Member, MemberState, View};
 
 /// Timing of a site's nodes.
@@ -584,7 +584,6 @@ impl Cluster {
     async fn apply_on(
         &self,
         target: &Target,
-        link: &ApplyLink,
         request: v1::ApplyRequest,
     ) -> Option<v1::ApplyResponse> {
         let address = target.address.as_str();
@@ -592,15 +591,16 @@ impl Cluster {
         let first_failure = Instant::now();
         let mut retry = 0u32;
         loop {
+            let mut call = tonic::Request::new(request.clone());
+            call.set_timeout(timing.call_timeout);
             let result = match self.inner.peers.client(address) {
-                Ok(client) => {
-                    link.call(client, request.clone(), timing.call_timeout)
-                        .await
-                }
+                Ok(mut client) => tokio::time::timeout(timing.call_timeout, client.apply(call))
+                    .await
+                    .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in time"))),
                 Err(error) => Err(tonic::Status::unavailable(error.to_string())),
             };
             match result {
-                Ok(response) => return Some(response),
+                Ok(response) => return Some(response.into_inner()),
                 Err(status) if refused(&status) => {
                     self.suspect(target, "its port is closed", false);
                     return None;

@@ -6,26 +6,15 @@
 //! a member receives a few large calls instead of one call per write, and makes each
 //! call's changes durable with one wait; a lone write is sent at once.
 //!
-//! The calls travel on one long-lived `ApplyStream` per member ([`ApplyLink`]): a call
-//! costs one message each way instead of an HTTP/2 stream of its own. A member that
-//! lacks `ApplyStream` (an older version, during a rolling upgrade) is sent unary
-//! `Apply` calls.
-//!
 //! Each write is still answered on its own: its outcome, or "left out" if the member was
 //! excluded while the call was retried ([`Cluster::apply_on`]).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use prost::Message;
 use sitegrid_proto::batch::{BatchQueue, Weighed};
-use sitegrid_proto::multiplex::Multiplexed;
 use sitegrid_proto::v1;
-use sitegrid_proto::v1::replication_service_client::ReplicationServiceClient;
 use tokio::sync::{mpsc, oneshot};
-use tonic::transport::Channel;
-use tonic::{Code, Status};
 
 use super::{Cluster, Inner, Target};
 use crate::error::{Error, Result};
@@ -86,70 +75,6 @@ impl Sender {
     }
 }
 
-/// How a primary's calls reach one member: see the module doc.
-#[derive(Debug, Default)]
-pub(super) struct ApplyLink {
-    stream: Multiplexed<v1::ApplyStreamRequest, v1::ApplyStreamResponse>,
-    /// The member answered that it has no `ApplyStream`.
-    unary_only: AtomicBool,
-}
-
-impl ApplyLink {
-    /// One `Apply` call through `client`, answered within `timeout`. A call that timed
-    /// out drops the stream, so the next one starts on a fresh stream rather than behind
-    /// a stuck one.
-    pub(super) async fn call(
-        &self,
-        client: ReplicationServiceClient<Channel>,
-        request: v1::ApplyRequest,
-        timeout: Duration,
-    ) -> Result<v1::ApplyResponse, Status> {
-        let answer = tokio::time::timeout(timeout, self.call_once(client, request)).await;
-        let Ok(answer) = answer else {
-            self.stream.reset().await;
-            return Err(Status::deadline_exceeded("no answer in time"));
-        };
-        answer
-    }
-
-    async fn call_once(
-        &self,
-        mut client: ReplicationServiceClient<Channel>,
-        request: v1::ApplyRequest,
-    ) -> Result<v1::ApplyResponse, Status> {
-        if !self.unary_only.load(Ordering::Relaxed) {
-            let call = v1::ApplyStreamRequest {
-                id: 0,
-                apply: Some(request.clone()),
-            };
-            let mut opener = client.clone();
-            let answer = self
-                .stream
-                .call(call, |outgoing| async move {
-                    Ok(opener.apply_stream(outgoing).await?.into_inner())
-                })
-                .await;
-            match answer.map(|answer| answer.result) {
-                Ok(Some(v1::apply_stream_response::Result::Response(response))) => {
-                    return Ok(response);
-                }
-                Ok(Some(v1::apply_stream_response::Result::Error(error))) => {
-                    return Err(Status::new(Code::from(error.code), error.message));
-                }
-                Ok(None) => return Err(Status::internal("apply stream answer without result")),
-                Err(status) if status.code() == Code::Unimplemented => {
-                    tracing::info!(
-                        "a member has no ApplyStream (an older version): unary Apply calls to it"
-                    );
-                    self.unary_only.store(true, Ordering::Relaxed);
-                }
-                Err(status) => return Err(status),
-            }
-        }
-        Ok(client.apply(request).await?.into_inner())
-    }
-}
-
 impl Weighed for Job {
     fn weight(&self) -> usize {
         self.size
@@ -163,7 +88,6 @@ async fn run(
     budget: usize,
 ) {
     let mut queue = BatchQueue::new(queue, MAX_BATCH, budget);
-    let link = ApplyLink::default();
     while let Some(first) = queue.first().await {
         // Writers about to queue get one turn first, so the batch carries them too.
         tokio::task::yield_now().await;
@@ -172,13 +96,13 @@ async fn run(
             // The node stopped: whatever is queued is answered by the queue closing.
             return;
         };
-        Cluster { inner }.send_batch(&target, &link, batch).await;
+        Cluster { inner }.send_batch(&target, batch).await;
     }
 }
 
 impl Cluster {
     /// Sends a batch in one `Apply` call per cache (concurrently) and answers each write.
-    async fn send_batch(&self, target: &Target, link: &ApplyLink, batch: Vec<Job>) {
+    async fn send_batch(&self, target: &Target, batch: Vec<Job>) {
         let mut groups: Vec<Group> = Vec::new();
         for job in batch {
             let group = match groups.iter().position(|group| group.cache == job.cache) {
@@ -206,7 +130,7 @@ impl Cluster {
                 mutations,
                 from_node: self.inner.me.name.to_string(),
             };
-            match self.apply_on(target, link, request).await {
+            match self.apply_on(target, request).await {
                 None => {
                     for reply in replies {
                         let _ = reply.send(Ok(None));
