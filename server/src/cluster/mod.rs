@@ -156,6 +156,14 @@ const FORWARD_RETRY: Backoff = Backoff {
     max_attempts: 8,
 };
 
+/// How a primary retries a member that did not take a call, until it answers or is left
+/// out (the exclusion timeout ends the retries, not a count).
+const APPLY_RETRY: Backoff = Backoff {
+    initial_delay: Duration::from_millis(20),
+    max_delay: Duration::from_millis(320),
+    max_attempts: u32::MAX,
+};
+
 /// This node's part in its site.
 #[derive(Debug, Clone)]
 pub struct Cluster {
@@ -589,8 +597,8 @@ impl Cluster {
         let address = target.address.as_str();
         let timing = self.inner.timing;
         let first_failure = Instant::now();
-        let mut retry = 0u32;
-        loop {
+        // Ok: answered, or left out (`None`); Err: try again.
+        let attempt = || async {
             let mut call = tonic::Request::new(request.clone());
             call.set_timeout(timing.call_timeout);
             let result = match self.inner.peers.client(address) {
@@ -600,28 +608,31 @@ impl Cluster {
                 Err(error) => Err(tonic::Status::unavailable(error.to_string())),
             };
             match result {
-                Ok(response) => return Some(response.into_inner()),
+                Ok(response) => Ok(Some(response.into_inner())),
                 Err(status) if refused(&status) => {
                     self.suspect(target, "its port is closed", false);
-                    return None;
+                    Ok(None)
                 }
-                Err(status) => {
-                    // Gone from the view, or unreachable too long: left out, and told so
-                    // (if it comes back it must catch up first).
-                    if self.inner.view.borrow().member(&target.name).is_none() {
-                        self.suspect(target, "gone from the site's view", true);
-                        return None;
-                    }
-                    if first_failure.elapsed() >= timing.exclusion_timeout {
-                        self.suspect(target, status.message(), true);
-                        return None;
-                    }
-                    let wait = Duration::from_millis(20 << retry.min(4));
-                    retry += 1;
-                    tokio::time::sleep(wait).await;
+                // Gone from the view, or unreachable too long: left out, and told so (if
+                // it comes back it must catch up first).
+                Err(_) if self.inner.view.borrow().member(&target.name).is_none() => {
+                    self.suspect(target, "gone from the site's view", true);
+                    Ok(None)
                 }
+                Err(status) if first_failure.elapsed() >= timing.exclusion_timeout => {
+                    self.suspect(target, status.message(), true);
+                    Ok(None)
+                }
+                Err(status) => Err(status),
             }
-        }
+        };
+        APPLY_RETRY
+            .retry(attempt, |_| true, tokio::time::sleep)
+            .await
+            .unwrap_or_else(|status| {
+                self.suspect(target, status.message(), true);
+                None
+            })
     }
 
     /// Runs a write on `key`'s primary, retrying while the site settles who that is.
@@ -632,33 +643,28 @@ impl Cluster {
         request_id: Option<&str>,
     ) -> Result<Arc<WriteResult>> {
         let message = codec::encode_write(cache, request, request_id);
-        let mut retry = 0;
-        loop {
-            let primary = self.view().primary(&request.key).cloned();
-            let outcome = match primary {
-                Some(primary) if primary.name == self.inner.me.name => {
-                    // The site now says this node: run it here.
-                    return self
-                        .inner
-                        .store
-                        .write_as_primary(cache, request.clone(), request_id)
-                        .await;
-                }
-                Some(primary) => self.call_forward(&primary, message.clone()).await,
+        // Ok: the write's end (run here, whatever it gave, or the primary's answer);
+        // Err: not run, and UNAVAILABLE is tried again.
+        let attempt = || async {
+            match self.view().primary(&request.key).cloned() {
+                // The site now says this node: run it here.
+                Some(primary) if primary.name == self.inner.me.name => Ok(self
+                    .inner
+                    .store
+                    .write_as_primary(cache, request.clone(), request_id)
+                    .await),
+                Some(primary) => self.call_forward(&primary, message.clone()).await.map(Ok),
                 None => Err(Error::Unavailable("no ready member in the site".into())),
-            };
-            match outcome {
-                Ok(answer) => return Ok(answer),
-                Err(Error::Unavailable(reason)) => match FORWARD_RETRY.delay(retry) {
-                    Some(wait) => {
-                        tokio::time::sleep(wait).await;
-                        retry += 1;
-                    }
-                    None => return Err(Error::Unavailable(reason)),
-                },
-                Err(error) => return Err(error),
             }
-        }
+        };
+        FORWARD_RETRY
+            .retry(
+                attempt,
+                |error| matches!(error, Error::Unavailable(_)),
+                tokio::time::sleep,
+            )
+            .await
+            .and_then(|ran| ran)
     }
 
     async fn call_forward(

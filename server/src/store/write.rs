@@ -80,23 +80,24 @@ impl CacheStore {
         site: &dyn SiteReplication,
         request_id: Option<&str>,
     ) -> Result<WriteOutcome> {
-        let mut retry = 0;
-        loop {
-            match self.write_once(request, site, request_id).await? {
-                Attempt::Done(outcome) => return Ok(outcome),
-                Attempt::Again => match WRITE_RETRY.delay(retry) {
-                    Some(wait) => {
-                        tokio::time::sleep(wait).await;
-                        retry += 1;
-                    }
-                    None => {
-                        return Err(Error::Aborted(format!(
-                            "cache {}: the key kept changing under concurrent writes",
-                            self.name()
-                        )));
-                    }
-                },
+        // Err(None): the key changed without us, run the write again on the new state.
+        let attempt = || async {
+            match self.write_once(request, site, request_id).await {
+                Ok(Attempt::Done(outcome)) => Ok(outcome),
+                Ok(Attempt::Again) => Err(None),
+                Err(error) => Err(Some(error)),
             }
+        };
+        match WRITE_RETRY
+            .retry(attempt, Option::is_none, tokio::time::sleep)
+            .await
+        {
+            Ok(outcome) => Ok(outcome),
+            Err(Some(error)) => Err(error),
+            Err(None) => Err(Error::Aborted(format!(
+                "cache {}: the key kept changing under concurrent writes",
+                self.name()
+            ))),
         }
     }
 
