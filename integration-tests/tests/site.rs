@@ -355,6 +355,78 @@ async fn a_node_catching_up_with_its_clock_ahead_keeps_the_writes_that_reached_i
 }
 
 #[tokio::test]
+async fn writes_while_the_primary_sees_a_joiner_turn_ready_reach_it() {
+    // Node 1 runs every write while node 2 catches up, sending it each one as a joiner.
+    // When its view shows node 2 ready, node 2 turns from a joiner into a ready member of
+    // its writes' targets; node 1 waits a moment between publishing the view and tidying
+    // its joiners (a fault), so writes land in between. None may miss node 2.
+    let mut site = Site::start_with(2, |name| match name {
+        "n1" => NodeSpec::new(name).with_fault("tidy-late"),
+        _ => NodeSpec::new(name),
+    })
+    .await
+    .unwrap();
+    wait_for_ready_members(&site, 2).await;
+    let writer = client(&site.nodes[0]).await;
+    site.nodes[1].kill().unwrap();
+    let ready = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let (mut writer, ready) = (writer.clone(), ready.clone());
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                // Until well after node 1 saw node 2 ready: 100 writes after the test did.
+                let mut after_ready = 0;
+                for i in 0.. {
+                    if ready.load(Ordering::Relaxed) {
+                        after_ready += 1;
+                        if after_ready > 100 {
+                            break;
+                        }
+                    }
+                    let key = format!("turn-{w}-{i}");
+                    if writer.put(put("work", &key, "v")).await.is_ok() {
+                        acknowledged.push(key);
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    site.nodes[1].restart().await.unwrap();
+    wait_for_ready_members(&site, 2).await;
+    ready.store(true, Ordering::Relaxed);
+    let mut acknowledged = Vec::new();
+    for writer in writers {
+        acknowledged.extend(writer.await.unwrap());
+    }
+    let back = &site.nodes[1];
+    let mut missing = Vec::new();
+    for key in &acknowledged {
+        if read(back, "work", key).await.is_none() {
+            missing.push(key.clone());
+        }
+    }
+    // One left out for being slow would catch up at once; none is missing for longer.
+    let arrived = eventually("the missing writes", Duration::from_secs(10), || async {
+        for key in &missing {
+            if read(back, "work", key).await.is_none() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(
+        arrived.is_ok(),
+        "{} of {} acknowledged writes missing on node 2: {:?}",
+        missing.len(),
+        acknowledged.len(),
+        &missing[..missing.len().min(10)]
+    );
+}
+
+#[tokio::test]
 async fn a_write_a_node_took_just_before_it_catches_up_again_stays_there() {
     // Node 0, the key's primary, holds a write back (a fault) after node 1 took it and
     // before applying it itself. Node 1 meanwhile is paused, left out, and catches up

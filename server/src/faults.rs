@@ -26,6 +26,10 @@ pub enum Fault {
     /// A node catching up finds nobody in its view when it confirms its join, as after a
     /// freeze, when gossip takes the others for dead for a moment.
     ConfirmWithoutView,
+    /// Membership waits [`TIDY_LATE_DELAY`] between publishing a changed view and tidying
+    /// its joiners and suspicions: the two steps' order decides whether writes in between
+    /// reach a joiner the new view shows ready.
+    TidyLate,
 }
 
 /// Keys whose writes [`Fault::CrashMidWrite`] interrupts.
@@ -40,6 +44,9 @@ pub const SLOW_COMMIT_DELAY: std::time::Duration = std::time::Duration::from_sec
 /// Keys whose changes [`Fault::SlowApply`] holds back.
 pub const SLOW_APPLY_PREFIX: &[u8] = b"slow-apply";
 
+/// How long [`Fault::TidyLate`] waits.
+pub const TIDY_LATE_DELAY: std::time::Duration = std::time::Duration::from_millis(300);
+
 /// How long [`Fault::SlowApply`] holds a change back.
 pub const SLOW_APPLY_DELAY: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -52,6 +59,7 @@ impl Fault {
             Fault::SlowCommit => "slow-commit",
             Fault::SlowApply => "slow-apply",
             Fault::ConfirmWithoutView => "confirm-without-view",
+            Fault::TidyLate => "tidy-late",
         }
     }
 }

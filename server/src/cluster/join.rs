@@ -340,11 +340,25 @@ async fn drop_missing(
         }
         stale
     };
+    let mut dropped = Vec::new();
     for (key, version) in stale {
         debug_assert!(ranges.contains(&range_of(key_hash(&key))));
-        if !cluster.arrived(cache, &key) {
-            store_cache.forget_if_unchanged(&key, version).await?;
+        if !cluster.arrived(cache, &key) && store_cache.forget_if_unchanged(&key, version).await? {
+            dropped.push(key);
         }
+    }
+    if !dropped.is_empty() {
+        let sample: Vec<String> = dropped
+            .iter()
+            .take(5)
+            .map(|key| String::from_utf8_lossy(key).into_owned())
+            .collect();
+        info!(
+            cache,
+            dropped = dropped.len(),
+            ?sample,
+            "dropped keys no donor holds any more"
+        );
     }
     Ok(())
 }

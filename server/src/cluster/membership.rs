@@ -33,6 +33,7 @@ use crate::cluster::verify::{Claim, Verifier};
 use crate::cluster::view::NO_SLOT;
 use crate::cluster::{Cluster, Member, MemberState, Suspicion, Timing, View};
 use crate::error::{Error, Result};
+use crate::faults::{self, Fault};
 
 const KEY_GRPC: &str = "grpc";
 const KEY_STATE: &str = "state";
@@ -189,8 +190,7 @@ impl Membership {
             if heard {
                 cluster.heard();
             }
-            cluster.tidy(&view);
-            self.view.send_if_modified(|current| {
+            let changed = self.view.send_if_modified(|current| {
                 let changed = *current != view;
                 if changed {
                     let names: Vec<String> = view
@@ -203,6 +203,14 @@ impl Membership {
                 }
                 changed
             });
+            if changed && faults::on(Fault::TidyLate) {
+                tokio::time::sleep(faults::TIDY_LATE_DELAY).await;
+            }
+            // Only once the view is out: a joiner the new view shows ready is then a
+            // target as a ready member before it stops being one as a joiner. Tidied
+            // first, a write in between would read the old view (still joining) and no
+            // joiner, and be acknowledged without it.
+            cluster.tidy(&self.view.borrow());
         }
         if let Err(error) = self.handle.shutdown().await {
             warn!(error = %error, "gossip did not stop cleanly");
