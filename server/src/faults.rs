@@ -44,11 +44,11 @@ pub const SLOW_COMMIT_DELAY: std::time::Duration = std::time::Duration::from_sec
 /// Keys whose changes [`Fault::SlowApply`] holds back.
 pub const SLOW_APPLY_PREFIX: &[u8] = b"slow-apply";
 
-/// How long [`Fault::TidyLate`] waits.
-pub const TIDY_LATE_DELAY: std::time::Duration = std::time::Duration::from_millis(300);
-
 /// How long [`Fault::SlowApply`] holds a change back.
 pub const SLOW_APPLY_DELAY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long [`Fault::TidyLate`] waits.
+pub const TIDY_LATE_DELAY: std::time::Duration = std::time::Duration::from_millis(300);
 
 impl Fault {
     #[cfg(feature = "faults")]

@@ -190,6 +190,7 @@ impl Membership {
             if heard {
                 cluster.heard();
             }
+            let published = view.clone();
             let changed = self.view.send_if_modified(|current| {
                 let changed = *current != view;
                 if changed {
@@ -210,7 +211,7 @@ impl Membership {
             // target as a ready member before it stops being one as a joiner. Tidied
             // first, a write in between would read the old view (still joining) and no
             // joiner, and be acknowledged without it.
-            cluster.tidy(&self.view.borrow());
+            cluster.tidy(&published);
         }
         if let Err(error) = self.handle.shutdown().await {
             warn!(error = %error, "gossip did not stop cleanly");
