@@ -88,16 +88,25 @@ impl CacheStore {
                 Err(error) => Err(Some(error)),
             }
         };
+        self.retry_busy(attempt, "the key kept changing under concurrent writes")
+            .await
+    }
+
+    /// Runs `attempt` with [`WRITE_RETRY`] while it fails with `None` (the key moved or
+    /// was busy: try again); once the attempts run out, fails with ABORTED saying
+    /// `gave_up`. An error it fails with ends it.
+    async fn retry_busy<T, F, Fut>(&self, attempt: F, gave_up: &str) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, Option<Error>>>,
+    {
         match WRITE_RETRY
             .retry(attempt, Option::is_none, tokio::time::sleep)
             .await
         {
-            Ok(outcome) => Ok(outcome),
+            Ok(value) => Ok(value),
             Err(Some(error)) => Err(error),
-            Err(None) => Err(Error::Aborted(format!(
-                "cache {}: the key kept changing under concurrent writes",
-                self.name()
-            ))),
+            Err(None) => Err(Error::Aborted(format!("cache {}: {gave_up}", self.name()))),
         }
     }
 
@@ -534,17 +543,8 @@ impl CacheStore {
                 Backed::Busy => Err(None),
             }
         };
-        match WRITE_RETRY
-            .retry(attempt, Option::is_none, tokio::time::sleep)
+        self.retry_busy(attempt, "the peer sites stayed busy with the key")
             .await
-        {
-            Ok(holds) => Ok(holds),
-            Err(Some(error)) => Err(error),
-            Err(None) => Err(Error::Aborted(format!(
-                "cache {}: the peer sites stayed busy with the key",
-                self.name()
-            ))),
-        }
     }
 
     /// Remembers the write in doubt a change taken here undoes (see
