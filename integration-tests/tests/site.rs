@@ -261,6 +261,96 @@ async fn a_write_whose_primary_died_midway_ends_alike_on_every_member() {
     .unwrap();
 }
 
+/// Puts keys `{prefix}-{w}-{i}` of `cache` through node 0 from `writers` tasks while node
+/// 1 (stopped) restarts and catches up, and `after_ready` more each once every node
+/// shows both ready; returns the keys acknowledged.
+async fn write_while_node_1_rejoins(
+    site: &mut Site,
+    cache: &'static str,
+    prefix: &str,
+    writers: usize,
+    after_ready: usize,
+) -> Vec<String> {
+    let writer = client(&site.nodes[0]).await;
+    let ready = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let (mut writer, ready) = (writer.clone(), ready.clone());
+            let prefix = format!("{prefix}-{w}");
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                let mut since_ready = 0;
+                for i in 0.. {
+                    if ready.load(Ordering::Relaxed) {
+                        if since_ready == after_ready {
+                            break;
+                        }
+                        since_ready += 1;
+                    }
+                    let key = format!("{prefix}-{i}");
+                    if writer.put(put(cache, &key, "v")).await.is_ok() {
+                        acknowledged.push(key);
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    site.nodes[1].restart().await.unwrap();
+    wait_for_ready_members(site, 2).await;
+    ready.store(true, Ordering::Relaxed);
+    let mut acknowledged = Vec::new();
+    for task in tasks {
+        acknowledged.extend(task.await.unwrap());
+    }
+    acknowledged
+}
+
+/// Asserts that node 1 holds every key of `acknowledged` in `cache`: at once, or within
+/// 10 s for one acknowledged without it because it was too slow to answer and left out
+/// (it catches up again as soon as it hears so, long before the periodic repair, 30 s).
+/// `when` names the moment in the failure, which shows both nodes' logs.
+async fn assert_on_node_1(site: &Site, cache: &str, acknowledged: &[String], when: &str) {
+    let back = &site.nodes[1];
+    let mut missing = Vec::new();
+    for key in acknowledged {
+        if read(back, cache, key).await.is_none() {
+            missing.push(key.clone());
+        }
+    }
+    let arrived = eventually("the left-out writes", Duration::from_secs(10), || async {
+        for key in &missing {
+            match client(back).await.get(get(cache, key)).await {
+                Ok(got) if got.get_ref().found => {}
+                _ => return false,
+            }
+        }
+        true
+    })
+    .await;
+    let mut on_the_other = Vec::new();
+    if arrived.is_err() {
+        for node in &site.nodes {
+            eprintln!("--- {} ---\n{}", node.spec().name, node.log());
+        }
+        // Lost by the site, or only not copied to this node?
+        for key in &missing {
+            if read(&site.nodes[0], cache, key).await.is_some() {
+                on_the_other.push(key.clone());
+            }
+        }
+    }
+    assert!(
+        arrived.is_ok(),
+        "{when}: {} of {} acknowledged writes missing on the node that caught up: {:?}; \
+         of those, held by the other node: {:?}",
+        missing.len(),
+        acknowledged.len(),
+        &missing[..missing.len().min(10)],
+        &on_the_other[..on_the_other.len().min(10)]
+    );
+}
+
 #[tokio::test]
 async fn a_node_catching_up_with_its_clock_ahead_keeps_the_writes_that_reached_it_meanwhile() {
     let mut site = Site::start(2, "").await.unwrap();
@@ -284,73 +374,11 @@ async fn a_node_catching_up_with_its_clock_ahead_keeps_the_writes_that_reached_i
         // Its clock runs ahead of the site's when it comes back (as a restored clock
         // does): the writes it gets while catching up are older than its own time.
         site.nodes[1].set_clock_offset(20_000 * round);
-        let stop = Arc::new(AtomicBool::new(false));
-        let writers: Vec<_> = (0..16)
-            .map(|w| {
-                let (mut writer, stop) = (writer.clone(), stop.clone());
-                tokio::spawn(async move {
-                    let mut acknowledged = Vec::new();
-                    for i in 0.. {
-                        if stop.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        let key = format!("live-{round}-{w}-{i}");
-                        if writer.put(put("sessions", &key, "v")).await.is_ok() {
-                            acknowledged.push(key);
-                        }
-                    }
-                    acknowledged
-                })
-            })
-            .collect();
-        site.nodes[1].restart().await.unwrap();
-        wait_for_ready_members(&site, 2).await;
-        stop.store(true, Ordering::Relaxed);
-        let mut acknowledged = Vec::new();
-        for writer in writers {
-            acknowledged.extend(writer.await.unwrap());
-        }
-        // Each was on both nodes when acknowledged, or copied. A few may have been
-        // acknowledged without it, if it was too slow to answer and left out: it then
-        // catches up again as soon as it hears so, long before the periodic repair (30 s).
-        let back = &site.nodes[1];
-        let mut missing = Vec::new();
-        for key in &acknowledged {
-            if read(back, "sessions", key).await.is_none() {
-                missing.push(key.clone());
-            }
-        }
-        let arrived = eventually("the left-out writes", Duration::from_secs(10), || async {
-            for key in &missing {
-                match client(back).await.get(get("sessions", key)).await {
-                    Ok(got) if got.get_ref().found => {}
-                    _ => return false,
-                }
-            }
-            true
-        })
-        .await;
-        let mut on_the_other = Vec::new();
-        if arrived.is_err() {
-            for node in &site.nodes {
-                eprintln!("--- {} ---\n{}", node.spec().name, node.log());
-            }
-            // Lost by the site, or only not copied to this node?
-            for key in &missing {
-                if read(&site.nodes[0], "sessions", key).await.is_some() {
-                    on_the_other.push(key.clone());
-                }
-            }
-        }
-        assert!(
-            arrived.is_ok(),
-            "round {round}: {} of {} acknowledged writes missing on the node that caught \
-             up: {:?}; of those, held by the other node: {:?}",
-            missing.len(),
-            acknowledged.len(),
-            &missing[..missing.len().min(10)],
-            &on_the_other[..on_the_other.len().min(10)]
-        );
+        let acknowledged =
+            write_while_node_1_rejoins(&mut site, "sessions", &format!("live-{round}"), 16, 0)
+                .await;
+        // Each was on both nodes when acknowledged, or copied.
+        assert_on_node_1(&site, "sessions", &acknowledged, &format!("round {round}")).await;
     }
 }
 
@@ -367,63 +395,16 @@ async fn writes_while_the_primary_sees_a_joiner_turn_ready_reach_it() {
     .await
     .unwrap();
     wait_for_ready_members(&site, 2).await;
-    let writer = client(&site.nodes[0]).await;
     site.nodes[1].kill().unwrap();
-    let ready = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..8)
-        .map(|w| {
-            let (mut writer, ready) = (writer.clone(), ready.clone());
-            tokio::spawn(async move {
-                let mut acknowledged = Vec::new();
-                // Until well after node 1 saw node 2 ready: 100 writes after the test did.
-                let mut after_ready = 0;
-                for i in 0.. {
-                    if ready.load(Ordering::Relaxed) {
-                        after_ready += 1;
-                        if after_ready > 100 {
-                            break;
-                        }
-                    }
-                    let key = format!("turn-{w}-{i}");
-                    if writer.put(put("work", &key, "v")).await.is_ok() {
-                        acknowledged.push(key);
-                    }
-                }
-                acknowledged
-            })
-        })
-        .collect();
-    site.nodes[1].restart().await.unwrap();
-    wait_for_ready_members(&site, 2).await;
-    ready.store(true, Ordering::Relaxed);
-    let mut acknowledged = Vec::new();
-    for writer in writers {
-        acknowledged.extend(writer.await.unwrap());
-    }
-    let back = &site.nodes[1];
-    let mut missing = Vec::new();
-    for key in &acknowledged {
-        if read(back, "work", key).await.is_none() {
-            missing.push(key.clone());
-        }
-    }
-    // One left out for being slow would catch up at once; none is missing for longer.
-    let arrived = eventually("the missing writes", Duration::from_secs(10), || async {
-        for key in &missing {
-            if read(back, "work", key).await.is_none() {
-                return false;
-            }
-        }
-        true
-    })
+    // Until well after node 1 saw node 2 ready: 100 writes each after the test did.
+    let acknowledged = write_while_node_1_rejoins(&mut site, "work", "turn", 8, 100).await;
+    assert_on_node_1(
+        &site,
+        "work",
+        &acknowledged,
+        "node 1 seeing node 2 turn ready",
+    )
     .await;
-    assert!(
-        arrived.is_ok(),
-        "{} of {} acknowledged writes missing on node 2: {:?}",
-        missing.len(),
-        acknowledged.len(),
-        &missing[..missing.len().min(10)]
-    );
 }
 
 #[tokio::test]
