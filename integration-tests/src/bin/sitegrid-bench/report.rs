@@ -237,13 +237,19 @@ fn render_sites(out: &mut String, s: &sites::Results) {
         "Two sites of one node each; site 1 reaches site 2 through the test suite's TCP \
          proxy, which delays each direction. Sync: `Put` of 256-byte values at concurrency \
          16 to `work` (sync backup, `fail`) with {sync_ms} ms each way, next to `Put` to a \
-         `local_only` cache (no backup) on the same node and `Ping` of site 2 through the \
-         proxy (the round trip the link gives, the proxy's own cost included) in \
-         the same rounds (the median round by sync p50). Async: `Put` to `loginFailures` \
+         `local_only` cache (no backup) on the same node, `Ping` of site 2 through the \
+         proxy, and {}-byte round trips over plain TCP connections through another proxy \
+         with the same delay to an echo server (the round trip the link itself gives: \
+         {sync_ms} ms each way plus the proxy's own cost, which a delay in the kernel such \
+         as netem would not add), all at concurrency 16 in the same rounds (the median \
+         round by sync p50). The target's \"20 ms + 2 ms\" is one round trip plus local \
+         cost; the round trip is this link's TCP one, so everything above it, gRPC and \
+         HTTP/2 on both sides included, counts as local cost. Async: `Put` to `loginFailures` \
          (async backup) at {} writes/s for {:.1} s, with 10 ms each way (the issue's \
          setting) and with 50 ms (its convergence test's); lag is from the write's \
          acknowledgement in site 1 to its event on a listener in site 2, and may be the \
          one-way delay plus {allowance_ms} ms.\n",
+        sites::ECHO_BYTES,
         sites::ASYNC_RATE,
         s.lags.first().map_or(0.0, |(_, lag)| lag.async_seconds)
     );
@@ -253,6 +259,11 @@ fn render_sites(out: &mut String, s: &sites::Results) {
         out,
         "| Put, no backup | {} us | {} us |  |",
         s.local.p50_us, s.local.p99_us
+    );
+    let _ = writeln!(
+        out,
+        "| TCP round trip through the link ({sync_ms} ms each way) | {} us | {} us |  |",
+        s.tcp.p50_us, s.tcp.p99_us
     );
     let _ = writeln!(
         out,
@@ -268,10 +279,10 @@ fn render_sites(out: &mut String, s: &sites::Results) {
         2 * sync_ms + 2,
         met(s.sync.p50_us <= target_us)
     );
-    let over_link = s.sync.p50_us.saturating_sub(s.link.p50_us);
+    let over_link = s.sync.p50_us.saturating_sub(s.tcp.p50_us);
     let _ = writeln!(
         out,
-        "| sync backup p50 over the link's own round trip | {over_link} us |  | local cost <= 2 ms: {} |",
+        "| sync backup p50 over the link's TCP round trip (local cost) | {over_link} us |  | <= 2 ms: {} |",
         met(over_link <= 2_000)
     );
     for (delay, lag) in &s.lags {

@@ -1,6 +1,8 @@
 //! Two-site figures (issue "cross-site backups"): sync `Put` latency over a link with
-//! 10 ms one-way delay, next to `Put` with no backup on the same node and `Ping` of site
-//! 2 through the link (the round trip the link gives) in the same rounds; and async
+//! 10 ms one-way delay, next to `Put` with no backup on the same node, `Ping` of site 2
+//! through the link (the round trip gRPC gets from it) and plain TCP round trips through
+//! a proxy with the same delay (the round trip the link itself gives, the proxy's own
+//! cost included, which a kernel delay such as netem would not add) in the same rounds; and async
 //! replication lag at 5,000 writes/s (from the write's acknowledgement in site 1 to its
 //! event in site 2) with 10 ms one-way delay, the issue's setting, and with 50 ms, the
 //! setting of its convergence test.
@@ -11,9 +13,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
+use sitegrid_integration_tests::proxy::FaultProxy;
 use sitegrid_integration_tests::{Direction, NodeSpec, TwoSites};
 use sitegrid_proto::v1::cache_client::CacheClient;
 use sitegrid_proto::v1::{EventKind, ListenRequest, PutRequest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::Settings;
@@ -28,6 +33,10 @@ pub(crate) const ASYNC_DELAYS: [Duration; 2] =
 pub(crate) const ASYNC_ALLOWANCE: Duration = Duration::from_millis(50);
 /// Writes per second for the async figure.
 pub(crate) const ASYNC_RATE: u64 = 5_000;
+/// Concurrency of the sync figures.
+const SYNC_CONCURRENCY: u32 = 16;
+/// Bytes of one plain TCP round trip: about a backup of a 256-byte value.
+pub(crate) const ECHO_BYTES: usize = 512;
 
 /// What the two-site benchmark measured (medians over rounds for the sync figures).
 #[derive(Debug, Clone)]
@@ -36,6 +45,9 @@ pub(crate) struct Results {
     pub(crate) sync: Measurement,
     /// `Ping` of site 2 through the link, in the round of `sync`.
     pub(crate) link: Measurement,
+    /// Plain TCP round trips through a proxy with the link's delay, in the round of
+    /// `sync`.
+    pub(crate) tcp: Measurement,
     pub(crate) lags: Vec<(Duration, Lag)>,
 }
 
@@ -75,7 +87,7 @@ pub(crate) async fn run(settings: &Settings) -> anyhow::Result<Results> {
     let load = |op, cache| Load {
         op,
         cache,
-        concurrency: 16,
+        concurrency: SYNC_CONCURRENCY,
         value_size: 256,
         keys: 100_000,
         pipeline: None,
@@ -97,19 +109,21 @@ pub(crate) async fn run(settings: &Settings) -> anyhow::Result<Results> {
             &load("ping", "work"),
             settings.duration,
         )?;
+        let tcp = tcp_round_trips(SYNC_DELAY, SYNC_CONCURRENCY, settings.duration).await?;
         println!(
-            "  no backup p50 {:>6} us p99 {:>6} us | sync backup ({} ms each way) p50 {:>6} us p99 {:>6} us | link round trip p50 {:>6} us",
+            "  no backup p50 {:>6} us p99 {:>6} us | sync backup ({} ms each way) p50 {:>6} us p99 {:>6} us | gRPC ping p50 {:>6} us | TCP round trip p50 {:>6} us",
             local.p50_us,
             local.p99_us,
             SYNC_DELAY.as_millis(),
             sync.p50_us,
             sync.p99_us,
-            link.p50_us
+            link.p50_us,
+            tcp.p50_us
         );
-        rounds.push((local, sync, link));
+        rounds.push((local, sync, link, tcp));
     }
-    rounds.sort_by_key(|(_, sync, _)| sync.p50_us);
-    let (local, sync, link) = rounds[rounds.len() / 2].clone();
+    rounds.sort_by_key(|(_, sync, _, _)| sync.p50_us);
+    let (local, sync, link, tcp) = rounds[rounds.len() / 2].clone();
 
     let mut lags = Vec::new();
     for delay in ASYNC_DELAYS {
@@ -129,7 +143,64 @@ pub(crate) async fn run(settings: &Settings) -> anyhow::Result<Results> {
         local,
         sync,
         link,
+        tcp,
         lags,
+    })
+}
+
+/// Round trips of [`ECHO_BYTES`] over plain TCP connections (one per worker,
+/// `concurrency` workers, closed loop) for `duration`, through a fault proxy delaying
+/// each direction by `delay` to an echo server: the round trip the link gives below
+/// gRPC, the proxy's own cost included.
+async fn tcp_round_trips(
+    delay: Duration,
+    concurrency: u32,
+    duration: Duration,
+) -> anyhow::Result<Measurement> {
+    let echo = TcpListener::bind("127.0.0.1:0").await?;
+    let target = echo.local_addr()?;
+    let server = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let _ = stream.set_nodelay(true);
+                let (mut from, mut to) = stream.split();
+                let _ = tokio::io::copy(&mut from, &mut to).await;
+            });
+        }
+    });
+    let proxy = FaultProxy::start(target)?;
+    proxy.set_delay(Direction::Both, delay);
+    let through = proxy.addr();
+    let until = Instant::now() + duration;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut stream = TcpStream::connect(through).await?;
+                stream.set_nodelay(true)?;
+                let sent = vec![7u8; ECHO_BYTES];
+                let mut back = vec![0u8; ECHO_BYTES];
+                let mut latencies = Histogram::<u64>::new(3)?;
+                while Instant::now() < until {
+                    let started = Instant::now();
+                    stream.write_all(&sent).await?;
+                    stream.read_exact(&mut back).await?;
+                    latencies.record(started.elapsed().as_micros() as u64)?;
+                }
+                anyhow::Ok(latencies)
+            })
+        })
+        .collect();
+    let mut latencies = Histogram::<u64>::new(3)?;
+    for worker in workers {
+        latencies.add(worker.await??)?;
+    }
+    proxy.stop().await;
+    server.abort();
+    Ok(Measurement {
+        errors: 0,
+        ops_per_sec: latencies.len() as f64 / duration.as_secs_f64(),
+        p50_us: latencies.value_at_quantile(0.5),
+        p99_us: latencies.value_at_quantile(0.99),
     })
 }
 
