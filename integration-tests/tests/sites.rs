@@ -668,4 +668,71 @@ async fn sync_backups_of_writes_in_flight_together_share_round_trips() {
         batches > 0.0 && batches < WRITES as f64 / 4.0,
         "{batches} batches carried {WRITES} backups"
     );
+    // Every batch went on the backup stream, none fell back to a call of its own.
+    let streamed = http::metric(
+        first.nodes[0].http_addr(),
+        r#"sitegrid_backup_batches_answered_total{site="site2",via="stream"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(streamed, batches, "batches answered on the backup stream");
+}
+
+#[tokio::test]
+async fn sync_backups_to_a_peer_without_backup_streams_go_as_calls_and_miss_nothing() {
+    // Site 2 answers BackupStream with UNIMPLEMENTED, as a node of the previous version
+    // would: site 1 must send its backups as BackupBatch calls, not fail its writes.
+    let sites = TwoSites::start(
+        1,
+        |index, name| {
+            let spec = NodeSpec::new(name);
+            if index == 1 {
+                spec.with_fault("no-backup-stream")
+            } else {
+                spec
+            }
+        },
+        |_, peers| peers.iter().map(|a| a.to_string()).collect(),
+    )
+    .await
+    .unwrap();
+    let [first, second] = &sites.sites;
+    let mut writer = client(&first.nodes[0]).await;
+    let mut reader = client(&second.nodes[0]).await;
+    for i in 0..20 {
+        let key = format!("old-peer-{i}");
+        let written = writer
+            .put(put("sessions", &key, "v"))
+            .await
+            .expect("a write backed up to a peer without backup streams")
+            .into_inner();
+        let seen = reader
+            .get(get("sessions", &key))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            seen.metadata.map(|m| m.version),
+            Some(written.version),
+            "{key}"
+        );
+    }
+    let metric = |series: &'static str| http::metric(first.nodes[0].http_addr(), series);
+    // Every batch went as a BackupBatch call (not refused whole and sent again one
+    // backup at a time), and none on a stream.
+    let batches = metric(r#"sitegrid_backup_batches_total{site="site2"}"#)
+        .await
+        .unwrap();
+    let called = metric(r#"sitegrid_backup_batches_answered_total{site="site2",via="call"}"#)
+        .await
+        .unwrap();
+    let streamed = metric(r#"sitegrid_backup_batches_answered_total{site="site2",via="stream"}"#)
+        .await
+        .unwrap();
+    assert!(batches >= 20.0, "{batches} batches for 20 writes");
+    assert_eq!(
+        (called, streamed),
+        (batches, 0.0),
+        "batches answered by call, on a stream"
+    );
 }

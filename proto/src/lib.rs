@@ -10,9 +10,12 @@
 //! - [`version`]: the layout of versions.
 //! - [`routing`]: which node of a site is a key's primary, the same for nodes and clients.
 //! - [`batch`]: taking batches off a queue, for the senders of batched calls.
+//! - [`multiplex`]: calls multiplexed on one long-lived stream, for pipelined clients
+//!   and sync backups to peer sites.
 
 pub mod batch;
 mod error;
+pub mod multiplex;
 mod retry;
 pub mod routing;
 pub mod tls;

@@ -30,6 +30,9 @@ pub enum Fault {
     /// its joiners and suspicions: the two steps' order decides whether writes in between
     /// reach a joiner the new view shows ready.
     TidyLate,
+    /// The node answers `BackupStream` with UNIMPLEMENTED, as a node of an older version
+    /// does: peer sites must send it their sync backups as `BackupBatch` calls.
+    NoBackupStream,
 }
 
 /// Keys whose writes [`Fault::CrashMidWrite`] interrupts.
@@ -60,6 +63,7 @@ impl Fault {
             Fault::SlowApply => "slow-apply",
             Fault::ConfirmWithoutView => "confirm-without-view",
             Fault::TidyLate => "tidy-late",
+            Fault::NoBackupStream => "no-backup-stream",
         }
     }
 }

@@ -30,6 +30,7 @@ use crate::cluster::membership::{GossipSettings, Membership};
 use crate::cluster::{Cluster, Member, MemberState, Timing, join, repair};
 use crate::error::{Error, Result};
 use crate::events::Hub;
+use crate::faults::{self, Fault};
 use crate::store::storage::{SledStorage, Storage};
 use crate::store::time::SystemTimeSource;
 use crate::store::{Store, reaper};
@@ -535,15 +536,20 @@ fn serve_grpc<H: Health>(
     let replication = ReplicationServiceServer::new(ReplicationApi::new(state.cluster().clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
-    let site_link = SiteLinkServer::new(SiteLinkService::new(
+    let mut site_link = SiteLinkService::new(
         state.local_site().clone(),
         &config.node.site,
         config.sites.iter().map(|site| site.name.clone()),
         state.relay().states().clone(),
         config.security.mutual_tls(),
-    ))
-    .max_decoding_message_size(max_message)
-    .max_encoding_message_size(max_message);
+        state.stopping(),
+    );
+    if faults::on(Fault::NoBackupStream) {
+        site_link = site_link.without_streams();
+    }
+    let site_link = SiteLinkServer::new(site_link)
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
     let admin = AdminServer::new(AdminService::new(store, state, audit));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(sitegrid_proto::FILE_DESCRIPTOR_SET)

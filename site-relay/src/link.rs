@@ -3,18 +3,27 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use futures::stream::FuturesUnordered;
 use futures::{StreamExt, stream};
 
+use sitegrid_proto::tls::PeerNames;
 use sitegrid_proto::transport::ConnInfo;
 use sitegrid_proto::v1;
 use sitegrid_proto::v1::site_link_server::SiteLink;
-use tonic::{Request, Response, Status};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::LocalSite;
 use crate::state::{Mode, SiteStates};
 
 /// Changes of one async batch merged at once.
 const ASYNC_CONCURRENCY: usize = 32;
+/// Batches of one `BackupStream` applied at once; beyond that the stream's task stops
+/// reading and HTTP/2 flow control holds the sender back.
+const STREAM_BATCHES_IN_FLIGHT: usize = 64;
+/// Answers of one `BackupStream` waiting to be sent.
+const STREAM_ANSWERS: usize = 64;
 
 /// Merges `changes` (cache, mutation) from `from_site` into the site of `local`
 /// ([`LocalSite::apply_async`]), several at a time; the results are in the changes' order.
@@ -42,11 +51,30 @@ pub(crate) async fn merge_all<L: LocalSite>(
 pub struct SiteLinkService<L> {
     local: Arc<L>,
     site: String,
-    peers: HashSet<String>,
+    peers: Arc<HashSet<String>>,
     states: SiteStates,
     /// Requests must come with a verified certificate naming the site they say they are
     /// from (mutual TLS is configured).
     certificates: bool,
+    /// Turns true when the node begins to shut down: open `BackupStream`s stop reading,
+    /// answer what they took, and end.
+    stopping: watch::Receiver<bool>,
+    /// `BackupStream` is served (not: answered UNIMPLEMENTED, as by an older version).
+    streams: bool,
+}
+
+impl<L> Clone for SiteLinkService<L> {
+    fn clone(&self) -> Self {
+        SiteLinkService {
+            local: Arc::clone(&self.local),
+            site: self.site.clone(),
+            peers: Arc::clone(&self.peers),
+            states: self.states.clone(),
+            certificates: self.certificates,
+            stopping: self.stopping.clone(),
+            streams: self.streams,
+        }
+    }
 }
 
 /// A request of the site link: it names the site it comes from.
@@ -80,20 +108,33 @@ impl<L: LocalSite> SiteLinkService<L> {
     /// The service of a node of `site`, taking backups from the sites named in `peers`;
     /// `states` is this site's state of each of them. With `certificates`, a request
     /// is taken only with a verified client certificate naming the site it is from
-    /// (the connection's [`ConnInfo`] carries the certificate's names).
+    /// (the connection's [`ConnInfo`] carries the certificate's names). `stopping` turns
+    /// true when the node begins to shut down.
     pub fn new(
         local: Arc<L>,
         site: &str,
         peers: impl IntoIterator<Item = String>,
         states: SiteStates,
         certificates: bool,
+        stopping: watch::Receiver<bool>,
     ) -> Self {
         SiteLinkService {
             local,
             site: site.to_string(),
-            peers: peers.into_iter().collect(),
+            peers: Arc::new(peers.into_iter().collect()),
             states,
             certificates,
+            stopping,
+            streams: true,
+        }
+    }
+
+    /// Answers `BackupStream` with UNIMPLEMENTED, as a node of a version before it does
+    /// (for tests of how peer sites fall back to `BackupBatch` calls).
+    pub fn without_streams(self) -> Self {
+        SiteLinkService {
+            streams: false,
+            ..self
         }
     }
 
@@ -101,18 +142,115 @@ impl<L: LocalSite> SiteLinkService<L> {
     /// node of this site (which forwards a peer site's request to a key's primary).
     fn open<T: FromSite>(&self, request: Request<T>) -> Result<T, Status> {
         let (_, extensions, request) = request.into_parts();
-        let from_site = request.sender();
+        let names = ConnInfo::of(&extensions).and_then(|connection| connection.peer.as_ref());
+        self.admit(request.sender(), names)?;
+        Ok(request)
+    }
+
+    /// Whether a request saying it is from `from_site`, on a connection whose client
+    /// certificate has `names`, is taken (see [`SiteLinkService::open`]).
+    fn admit(&self, from_site: &str, names: Option<&PeerNames>) -> Result<(), Status> {
         self.check_peer(from_site)?;
-        let proven = ConnInfo::of(&extensions)
-            .and_then(|connection| connection.peer.as_ref())
-            .is_some_and(|names| names.contains(from_site) || names.contains(&self.site));
+        let proven =
+            names.is_some_and(|names| names.contains(from_site) || names.contains(&self.site));
         if self.certificates && !proven {
             return Err(Status::permission_denied(format!(
                 "a request from site {from_site:?} must come with a client certificate \
                  naming that site"
             )));
         }
-        Ok(request)
+        Ok(())
+    }
+
+    /// Applies a batch of sync backups (see `BackupBatch`).
+    async fn serve_batch(
+        &self,
+        request: v1::BackupBatchRequest,
+    ) -> Result<v1::BackupBatchResponse, Status> {
+        self.check_online(&request.from_site)?;
+        let from_site = &request.from_site;
+        // All at once: the items are writes to different keys, each waiting for its
+        // answer, and each forwarded to its own key's primary.
+        let results = futures::future::join_all(request.items.into_iter().map(|item| async move {
+            let applied = match item.mutation {
+                Some(mutation) => {
+                    self.local
+                        .apply_backup(&item.cache, from_site, mutation)
+                        .await
+                }
+                None => Err(Status::invalid_argument("a backup needs a mutation")),
+            };
+            let result = match applied {
+                Ok(outcome) => v1::backup_result::Result::Outcome(outcome),
+                Err(status) => v1::backup_result::Result::Error(request_error(&status)),
+            };
+            v1::BackupResult {
+                result: Some(result),
+            }
+        }))
+        .await;
+        Ok(v1::BackupBatchResponse { results })
+    }
+
+    /// Answers the batches of one `BackupStream` from a connection whose client
+    /// certificate has `names`, several at once, each as soon as it is done, until the
+    /// sender stops sending (or goes away) or the node begins to shut down. The batches
+    /// run as futures this task polls, not a task each.
+    async fn serve_stream(
+        self,
+        names: Option<PeerNames>,
+        mut requests: Streaming<v1::BackupStreamRequest>,
+        answers: mpsc::Sender<Result<v1::BackupStreamResponse, Status>>,
+    ) {
+        let mut running = FuturesUnordered::new();
+        let mut stopping = self.stopping.clone();
+        let mut reading = !*stopping.borrow_and_update();
+        loop {
+            tokio::select! {
+                // Answers first: they make room for more batches.
+                biased;
+                Some(answer) = running.next() => {
+                    if answers.send(Ok(answer)).await.is_err() {
+                        return; // the sender went away; what runs is dropped, as for unary calls
+                    }
+                }
+                request = requests.message(), if reading && running.len() < STREAM_BATCHES_IN_FLIGHT => {
+                    match request {
+                        Ok(Some(request)) => running.push(self.answer_batch(names.as_ref(), request)),
+                        Ok(None) => reading = false,
+                        Err(status) => {
+                            tracing::debug!(%status, "backup stream broke");
+                            reading = false;
+                        }
+                    }
+                }
+                () = stopped(&mut stopping), if reading => reading = false,
+                else => return,
+            }
+        }
+    }
+
+    /// One batch of a `BackupStream`, answered as `BackupBatch` would answer it.
+    async fn answer_batch(
+        &self,
+        names: Option<&PeerNames>,
+        request: v1::BackupStreamRequest,
+    ) -> v1::BackupStreamResponse {
+        let answered = async {
+            let batch = request
+                .batch
+                .ok_or_else(|| Status::invalid_argument("a backup stream request needs a batch"))?;
+            self.admit(&batch.from_site, names)?;
+            self.serve_batch(batch).await
+        }
+        .await;
+        v1::BackupStreamResponse {
+            id: request.id,
+            result: Some(match answered {
+                Ok(answer) => v1::backup_stream_response::Result::Answer(answer),
+                Err(status) => v1::backup_stream_response::Result::Error(request_error(&status)),
+            }),
+        }
     }
 
     /// Whether `from_site` may back writes up to this site: online here (a site this one
@@ -168,32 +306,23 @@ impl<L: LocalSite> SiteLink for SiteLinkService<L> {
         request: Request<v1::BackupBatchRequest>,
     ) -> Result<Response<v1::BackupBatchResponse>, Status> {
         let request = self.open(request)?;
-        self.check_online(&request.from_site)?;
-        let from_site = &request.from_site;
-        // All at once: the items are writes to different keys, each waiting for its
-        // answer, and each forwarded to its own key's primary.
-        let results = futures::future::join_all(request.items.into_iter().map(|item| async move {
-            let applied = match item.mutation {
-                Some(mutation) => {
-                    self.local
-                        .apply_backup(&item.cache, from_site, mutation)
-                        .await
-                }
-                None => Err(Status::invalid_argument("a backup needs a mutation")),
-            };
-            let result = match applied {
-                Ok(outcome) => v1::backup_result::Result::Outcome(outcome),
-                Err(status) => v1::backup_result::Result::Error(v1::RequestError {
-                    code: status.code() as i32,
-                    message: status.message().to_string(),
-                }),
-            };
-            v1::BackupResult {
-                result: Some(result),
-            }
-        }))
-        .await;
-        Ok(Response::new(v1::BackupBatchResponse { results }))
+        self.serve_batch(request).await.map(Response::new)
+    }
+
+    type BackupStreamStream = ReceiverStream<Result<v1::BackupStreamResponse, Status>>;
+
+    async fn backup_stream(
+        &self,
+        request: Request<Streaming<v1::BackupStreamRequest>>,
+    ) -> Result<Response<Self::BackupStreamStream>, Status> {
+        if !self.streams {
+            return Err(Status::unimplemented("BackupStream is not served here"));
+        }
+        let (_, extensions, requests) = request.into_parts();
+        let names = ConnInfo::of(&extensions).and_then(|connection| connection.peer.clone());
+        let (answers, receiver) = mpsc::channel(STREAM_ANSWERS);
+        tokio::spawn(self.clone().serve_stream(names, requests, answers));
+        Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
     async fn apply_async(
@@ -275,5 +404,18 @@ impl<L: LocalSite> SiteLink for SiteLinkService<L> {
         let request = self.open(request)?;
         let mutations = self.local.fetch_keys(&request.cache, &request.keys)?;
         Ok(Response::new(v1::FetchKeysResponse { mutations }))
+    }
+}
+
+/// Completes once `stopping` turns true (or its sender is gone).
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stop| *stop).await;
+}
+
+/// A failed request's status, as an answer inside a response.
+fn request_error(status: &Status) -> v1::RequestError {
+    v1::RequestError {
+        code: status.code() as i32,
+        message: status.message().to_string(),
     }
 }

@@ -1,17 +1,20 @@
 //! One peer site: channels to its endpoints, tried in turn, and the sender that takes
-//! the sync backups of writes in flight together to it in batches.
+//! the sync backups of writes in flight together to it in batches, on one long-lived
+//! `BackupStream` (a `BackupBatch` call each when the peer has none).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prost::Message as _;
 use sitegrid_config::SiteConfig;
 use sitegrid_proto::batch::{BatchQueue, Weighed};
+use sitegrid_proto::multiplex::Multiplexed;
 use sitegrid_proto::tls::ClientTls;
 use sitegrid_proto::v1;
 use sitegrid_proto::v1::site_link_client::SiteLinkClient;
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::RelayError;
@@ -66,7 +69,15 @@ pub(crate) struct PeerSite {
 /// The channels to a peer site's endpoints.
 #[derive(Debug)]
 struct Link {
+    /// The peer site's name.
+    site: Arc<str>,
     endpoints: Vec<(String, Channel)>,
+    /// The `BackupStream` of each endpoint, opened on first use and again after it
+    /// breaks.
+    streams: Vec<Multiplexed<v1::BackupStreamRequest, v1::BackupStreamResponse>>,
+    /// The peer answered that it has no `BackupStream` (an older version): batches go
+    /// as `BackupBatch` calls from then on.
+    streamless: AtomicBool,
     /// The endpoint that answered last; calls start there.
     preferred: AtomicUsize,
     max_message_bytes: usize,
@@ -114,9 +125,13 @@ impl PeerSite {
                 ))
             })
             .collect::<Result<Vec<_>, RelayError>>()?;
+        let name: Arc<str> = config.name.as_str().into();
         Ok(PeerSite {
-            name: config.name.as_str().into(),
+            name: Arc::clone(&name),
             link: Arc::new(Link {
+                site: name,
+                streams: endpoints.iter().map(|_| Multiplexed::default()).collect(),
+                streamless: AtomicBool::new(false),
                 endpoints,
                 preferred: AtomicUsize::new(0),
                 max_message_bytes,
@@ -323,6 +338,76 @@ impl Link {
             .unwrap_or(Err(Failure::TimedOut(timeout)))
     }
 
+    /// Sends a batch of backups within `timeout`: on the `BackupStream` of the endpoint
+    /// that answered last, or as a `BackupBatch` call (see [`Link::call`]) if the peer
+    /// has no such stream, or the stream failed without the peer's own answer (the
+    /// call then tries every endpoint; a batch applied twice is answered "already
+    /// applied" the second time, so sending it again is safe).
+    async fn backup_batch(
+        &self,
+        request: v1::BackupBatchRequest,
+        timeout: Duration,
+    ) -> Result<v1::BackupBatchResponse, Failure> {
+        let deadline = Instant::now() + timeout;
+        if !self.streamless.load(Ordering::Relaxed) {
+            let index = self.preferred.load(Ordering::Relaxed);
+            let batch = v1::BackupStreamRequest {
+                id: 0,
+                batch: Some(request.clone()),
+            };
+            let sent = self.streams[index].call(batch, |outgoing| {
+                let mut client = self.client(index);
+                async move { Ok(client.backup_stream(outgoing).await?.into_inner()) }
+            });
+            match tokio::time::timeout_at(deadline, sent).await {
+                Err(_) => return Err(Failure::TimedOut(timeout)),
+                Ok(Ok(answer)) => match answer.result {
+                    Some(v1::backup_stream_response::Result::Answer(answer)) => {
+                        self.answered("stream");
+                        return Ok(answer);
+                    }
+                    Some(v1::backup_stream_response::Result::Error(error))
+                        if is_answer(tonic::Code::from(error.code)) =>
+                    {
+                        self.answered("stream");
+                        return Err(Failure::Refused(error.message));
+                    }
+                    error => {
+                        tracing::debug!(endpoint = %self.endpoints[index].0, ?error,
+                            "a backup stream failed a batch; sending it as a call");
+                    }
+                },
+                Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+                    tracing::info!(endpoint = %self.endpoints[index].0,
+                        "the peer site has no backup stream (an older version): sending backups as calls");
+                    self.streamless.store(true, Ordering::Relaxed);
+                }
+                Ok(Err(status)) => {
+                    tracing::debug!(endpoint = %self.endpoints[index].0, %status,
+                        "backup stream failed; sending the batch as a call");
+                }
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let answer = self
+            .call(left, |mut client| {
+                let request = request.clone();
+                async move { client.backup_batch(request).await }
+            })
+            .await;
+        if matches!(answer, Ok(_) | Err(Failure::Refused(_))) {
+            self.answered("call");
+        }
+        answer
+    }
+
+    /// Counts a batch the peer answered, `via` its stream or a call.
+    fn answered(&self, via: &'static str) {
+        metrics::counter!("sitegrid_backup_batches_answered_total",
+            "site" => self.site.to_string(), "via" => via)
+        .increment(1);
+    }
+
     /// Sends one backup on its own; see [`Link::call`].
     async fn backup_one(
         &self,
@@ -427,12 +512,7 @@ async fn send_batch(link: &Link, from_site: String, batch: Vec<QueuedBackup>) {
         from_site,
         items: batch.iter().map(|queued| queued.item.clone()).collect(),
     };
-    let answer = link
-        .call(timeout, |mut client| {
-            let request = request.clone();
-            async move { client.backup_batch(request).await }
-        })
-        .await;
+    let answer = link.backup_batch(request.clone(), timeout).await;
     let v1::BackupBatchRequest { from_site, items } = request;
     let results = match answer {
         Ok(answer) if answer.results.len() == batch.len() => Ok(answer.results),

@@ -1,0 +1,193 @@
+//! Calls multiplexed on one long-lived bidirectional stream.
+//!
+//! A unary call costs an HTTP/2 stream: headers both ways, trailers, a task on the
+//! server. A request on an open stream costs one message each way, and messages queued
+//! together leave in one write. [`Multiplexed`] keeps one such stream, opened on first
+//! use and again after it breaks: every request gets an id, the answer echoing that id
+//! goes back to its caller, whatever order the answers come in. The client library's
+//! `Pipeline` streams and a primary's sync backups to a peer site ride on it.
+//!
+//! A request whose stream breaks fails with UNAVAILABLE when the connection failed (so
+//! callers retry it, elsewhere if they can), or with the status the server ended the
+//! stream with.
+
+use std::collections::HashMap;
+use std::error::Error as _;
+use std::future::Future;
+
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::task::AbortHandle;
+use tonic::{Status, Streaming};
+
+/// A message of a multiplexed stream: it carries the id of the call it belongs to.
+pub trait Tagged {
+    /// The call's id.
+    fn id(&self) -> u64;
+    /// Gives the message the call's id.
+    fn set_id(&mut self, id: u64);
+}
+
+/// What the callers' requests become on the wire: the stream the opener sends.
+pub type Outgoing<Req> = tokio_stream::wrappers::UnboundedReceiverStream<Req>;
+
+/// A request to send, and where its answer goes.
+type Call<Req, Resp> = (Req, oneshot::Sender<Result<Resp, Status>>);
+
+/// The open stream: where its task takes requests, and the task.
+#[derive(Debug)]
+struct Link<Req, Resp> {
+    calls: mpsc::UnboundedSender<Call<Req, Resp>>,
+    task: AbortHandle,
+}
+
+/// One stream carrying many calls; see the module doc.
+#[derive(Debug)]
+pub struct Multiplexed<Req, Resp> {
+    link: Mutex<Option<Link<Req, Resp>>>,
+}
+
+impl<Req, Resp> Default for Multiplexed<Req, Resp> {
+    fn default() -> Self {
+        Multiplexed {
+            link: Mutex::new(None),
+        }
+    }
+}
+
+impl<Req, Resp> Multiplexed<Req, Resp>
+where
+    Req: Tagged + Send + 'static,
+    Resp: Tagged + Send + 'static,
+{
+    /// Sends `request` and waits for its answer. Without an open stream, `open` opens
+    /// one: it is given the stream of requests to send and returns the server's answers.
+    pub async fn call<F, Fut>(&self, request: Req, open: F) -> Result<Resp, Status>
+    where
+        F: FnOnce(Outgoing<Req>) -> Fut,
+        Fut: Future<Output = Result<Streaming<Resp>, Status>>,
+    {
+        let calls = self.calls(open).await?;
+        let (reply, answer) = oneshot::channel();
+        calls
+            .send((request, reply))
+            .map_err(|_| Status::unavailable("stream closed"))?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err(Status::unavailable("stream ended")))
+    }
+
+    /// Drops the open stream, if any: its calls in flight fail with UNAVAILABLE and the
+    /// next call opens a new one.
+    pub async fn reset(&self) {
+        if let Some(link) = self.link.lock().await.take() {
+            link.task.abort();
+        }
+    }
+
+    /// The open stream's task, opening a stream if there is none.
+    async fn calls<F, Fut>(&self, open: F) -> Result<mpsc::UnboundedSender<Call<Req, Resp>>, Status>
+    where
+        F: FnOnce(Outgoing<Req>) -> Fut,
+        Fut: Future<Output = Result<Streaming<Resp>, Status>>,
+    {
+        let mut link = self.link.lock().await;
+        if let Some(open) = link.as_ref().filter(|open| !open.calls.is_closed()) {
+            return Ok(open.calls.clone());
+        }
+        let (requests, outgoing) = mpsc::unbounded_channel();
+        let answers = open(Outgoing::new(outgoing)).await?;
+        let (calls, incoming) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(incoming, requests, answers)).abort_handle();
+        *link = Some(Link {
+            calls: calls.clone(),
+            task,
+        });
+        Ok(calls)
+    }
+}
+
+impl<Req, Resp> Drop for Multiplexed<Req, Resp> {
+    fn drop(&mut self) {
+        if let Some(link) = self.link.get_mut().take() {
+            link.task.abort();
+        }
+    }
+}
+
+/// A stream's task: numbers and sends each request, and hands each answer to its
+/// caller; when the stream breaks, fails every call in flight. Ends when the stream
+/// breaks or, once no call can come any more, when the last answer is in.
+async fn run<Req: Tagged, Resp: Tagged>(
+    mut calls: mpsc::UnboundedReceiver<Call<Req, Resp>>,
+    requests: mpsc::UnboundedSender<Req>,
+    mut answers: Streaming<Resp>,
+) {
+    let mut in_flight: HashMap<u64, oneshot::Sender<Result<Resp, Status>>> = HashMap::new();
+    let mut next_id = 0u64;
+    let mut open = true;
+    let broken = loop {
+        tokio::select! {
+            call = calls.recv(), if open => match call {
+                Some((mut request, reply)) => {
+                    next_id += 1;
+                    request.set_id(next_id);
+                    if requests.send(request).is_err() {
+                        let _ = reply.send(Err(Status::unavailable("stream closed")));
+                        break Status::unavailable("stream closed");
+                    }
+                    in_flight.insert(next_id, reply);
+                }
+                None if in_flight.is_empty() => return,
+                None => open = false,
+            },
+            answer = answers.message() => match answer {
+                Ok(Some(answer)) => {
+                    if let Some(reply) = in_flight.remove(&answer.id()) {
+                        let _ = reply.send(Ok(answer));
+                    }
+                    if !open && in_flight.is_empty() {
+                        return;
+                    }
+                }
+                Ok(None) => break Status::unavailable("the server ended the stream"),
+                Err(status) => break broken_stream(status),
+            },
+        }
+    };
+    // Calls queued for this task after it stopped reading them are dropped with it, and
+    // their callers see the stream ended.
+    for (_, reply) in in_flight {
+        let _ = reply.send(Err(Status::new(broken.code(), broken.message())));
+    }
+}
+
+/// What the calls in flight on a broken stream fail with: the server's status if it
+/// ended the stream with one, UNAVAILABLE if the connection failed here (so that they
+/// are retried, elsewhere if they can be), keeping the cause.
+fn broken_stream(status: Status) -> Status {
+    match status.source() {
+        None => status,
+        Some(cause) => Status::unavailable(format!("stream broke: {}: {cause}", status.message())),
+    }
+}
+
+macro_rules! tagged {
+    ($($message:ident),* $(,)?) => {$(
+        impl Tagged for crate::v1::$message {
+            fn id(&self) -> u64 {
+                self.id
+            }
+
+            fn set_id(&mut self, id: u64) {
+                self.id = id;
+            }
+        }
+    )*};
+}
+
+tagged!(
+    PipelineRequest,
+    PipelineResponse,
+    BackupStreamRequest,
+    BackupStreamResponse
+);
