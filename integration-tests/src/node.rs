@@ -378,6 +378,11 @@ impl NodeProcess {
         self.spec.clock_offset_ms = offset_ms;
     }
 
+    /// Replaces the test-only faults switched on in the node from its next start on.
+    pub fn set_faults(&mut self, faults: Vec<String>) {
+        self.spec.faults = faults;
+    }
+
     /// Replaces the TOML appended to the node's config from its next start on.
     pub fn set_extra_toml(&mut self, toml: String) {
         self.spec.extra_toml = toml;

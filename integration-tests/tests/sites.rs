@@ -679,10 +679,10 @@ async fn sync_backups_of_writes_in_flight_together_share_round_trips() {
 }
 
 #[tokio::test]
-async fn sync_backups_to_a_peer_without_backup_streams_go_as_calls_and_miss_nothing() {
+async fn sync_backups_to_a_peer_without_backup_streams_go_as_calls_until_it_has_them() {
     // Site 2 answers BackupStream with UNIMPLEMENTED, as a node of the previous version
     // would: site 1 must send its backups as BackupBatch calls, not fail its writes.
-    let sites = TwoSites::start(
+    let mut sites = TwoSites::start(
         1,
         |index, name| {
             let spec = NodeSpec::new(name);
@@ -696,7 +696,7 @@ async fn sync_backups_to_a_peer_without_backup_streams_go_as_calls_and_miss_noth
     )
     .await
     .unwrap();
-    let [first, second] = &sites.sites;
+    let [first, second] = &mut sites.sites;
     let mut writer = client(&first.nodes[0]).await;
     let mut reader = client(&second.nodes[0]).await;
     for i in 0..20 {
@@ -735,4 +735,29 @@ async fn sync_backups_to_a_peer_without_backup_streams_go_as_calls_and_miss_noth
         (batches, 0.0),
         "batches answered by call, on a stream"
     );
+
+    // Site 2 is upgraded (restarted with streams): site 1 tries the stream again after
+    // a while and sends its batches there, without a restart of its own.
+    second.nodes[0].set_faults(Vec::new());
+    second.nodes[0].restart().await.unwrap();
+    let metrics = first.nodes[0].http_addr();
+    let writer = client(&first.nodes[0]).await;
+    let mut i = 0;
+    eventually(
+        "a batch on the stream of the upgraded peer",
+        Duration::from_secs(60),
+        || {
+            // Writes may fail while site 2 restarts; only the stream's use is awaited.
+            i += 1;
+            let mut writer = writer.clone();
+            let key = format!("upgraded-{i}");
+            async move {
+                let _ = writer.put(put("sessions", &key, "v")).await;
+                let series = r#"sitegrid_backup_batches_answered_total{site="site2",via="stream"}"#;
+                http::metric(metrics, series).await.unwrap() > 0.0
+            }
+        },
+    )
+    .await
+    .unwrap();
 }

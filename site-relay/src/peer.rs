@@ -2,7 +2,7 @@
 //! the sync backups of writes in flight together to it in batches, on one long-lived
 //! `BackupStream` (a `BackupBatch` call each when the peer has none).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -75,9 +75,10 @@ struct Link {
     /// The `BackupStream` of each endpoint, opened on first use and again after it
     /// breaks.
     streams: Vec<Multiplexed<v1::BackupStreamRequest, v1::BackupStreamResponse>>,
-    /// The peer answered that it has no `BackupStream` (an older version): batches go
-    /// as `BackupBatch` calls from then on.
-    streamless: AtomicBool,
+    /// Until when batches go as `BackupBatch` calls without trying the stream: the peer
+    /// answered that it has no `BackupStream` (an older version). Tried again after
+    /// [`STREAMLESS_FOR`], as the peer may have been upgraded since.
+    streamless_until: parking_lot::Mutex<Option<Instant>>,
     /// The endpoint that answered last; calls start there.
     preferred: AtomicUsize,
     max_message_bytes: usize,
@@ -131,7 +132,7 @@ impl PeerSite {
             link: Arc::new(Link {
                 site: name,
                 streams: endpoints.iter().map(|_| Multiplexed::default()).collect(),
-                streamless: AtomicBool::new(false),
+                streamless_until: parking_lot::Mutex::new(None),
                 endpoints,
                 preferred: AtomicUsize::new(0),
                 max_message_bytes,
@@ -349,7 +350,7 @@ impl Link {
         timeout: Duration,
     ) -> Result<v1::BackupBatchResponse, Failure> {
         let deadline = Instant::now() + timeout;
-        if !self.streamless.load(Ordering::Relaxed) {
+        if self.streams_usable() {
             let index = self.preferred.load(Ordering::Relaxed);
             let batch = v1::BackupStreamRequest {
                 id: 0,
@@ -378,9 +379,9 @@ impl Link {
                     }
                 },
                 Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
-                    tracing::info!(endpoint = %self.endpoints[index].0,
+                    tracing::info!(endpoint = %self.endpoints[index].0, retry_in = ?STREAMLESS_FOR,
                         "the peer site has no backup stream (an older version): sending backups as calls");
-                    self.streamless.store(true, Ordering::Relaxed);
+                    *self.streamless_until.lock() = Some(Instant::now() + STREAMLESS_FOR);
                 }
                 Ok(Err(status)) => {
                     tracing::debug!(endpoint = %self.endpoints[index].0, %status,
@@ -399,6 +400,18 @@ impl Link {
             self.answered("call");
         }
         answer
+    }
+
+    /// Whether to try the stream: not while the peer is taken for one without it.
+    fn streams_usable(&self) -> bool {
+        let mut until = self.streamless_until.lock();
+        match *until {
+            Some(until) if Instant::now() < until => false,
+            _ => {
+                *until = None;
+                true
+            }
+        }
     }
 
     /// Counts a batch the peer answered, `via` its stream or a call.
@@ -440,6 +453,10 @@ fn is_answer(code: tonic::Code) -> bool {
             | Code::Unauthenticated
     )
 }
+
+/// How long batches go as calls after the peer answered that it has no `BackupStream`,
+/// before the stream is tried again.
+const STREAMLESS_FOR: Duration = Duration::from_secs(10);
 
 /// Most backups one `BackupBatch` carries.
 const MAX_BATCH: usize = 256;
