@@ -112,6 +112,17 @@ pub fn status_from_error<E: ServiceError + ?Sized>(error: &E) -> tonic::Status {
     tonic::Status::new(error.error_code().grpc_code(), message)
 }
 
+/// A failed request's status as an answer inside a response: one request of a
+/// `Pipeline` stream, one backup of a batch, one batch of a `BackupStream`.
+impl From<&tonic::Status> for crate::v1::RequestError {
+    fn from(status: &tonic::Status) -> Self {
+        crate::v1::RequestError {
+            code: status.code() as i32,
+            message: status.message().to_owned(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

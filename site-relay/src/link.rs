@@ -182,7 +182,7 @@ impl<L: LocalSite> SiteLinkService<L> {
             };
             let result = match applied {
                 Ok(outcome) => v1::backup_result::Result::Outcome(outcome),
-                Err(status) => v1::backup_result::Result::Error(request_error(&status)),
+                Err(status) => v1::backup_result::Result::Error((&status).into()),
             };
             v1::BackupResult {
                 result: Some(result),
@@ -248,7 +248,7 @@ impl<L: LocalSite> SiteLinkService<L> {
             id: request.id,
             result: Some(match answered {
                 Ok(answer) => v1::backup_stream_response::Result::Answer(answer),
-                Err(status) => v1::backup_stream_response::Result::Error(request_error(&status)),
+                Err(status) => v1::backup_stream_response::Result::Error((&status).into()),
             }),
         }
     }
@@ -410,12 +410,4 @@ impl<L: LocalSite> SiteLink for SiteLinkService<L> {
 /// Completes once `stopping` turns true (or its sender is gone).
 async fn stopped(stopping: &mut watch::Receiver<bool>) {
     let _ = stopping.wait_for(|stop| *stop).await;
-}
-
-/// A failed request's status, as an answer inside a response.
-fn request_error(status: &Status) -> v1::RequestError {
-    v1::RequestError {
-        code: status.code() as i32,
-        message: status.message().to_string(),
-    }
 }

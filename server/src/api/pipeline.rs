@@ -164,10 +164,7 @@ async fn serve(
 fn failed(id: u64, status: &Status) -> v1::PipelineResponse {
     v1::PipelineResponse {
         id,
-        result: Some(Answer::Error(v1::RequestError {
-            code: status.code() as i32,
-            message: status.message().to_owned(),
-        })),
+        result: Some(Answer::Error(status.into())),
     }
 }
 
