@@ -346,7 +346,7 @@ impl Link {
     /// applied" the second time, so sending it again is safe).
     async fn backup_batch(
         &self,
-        request: v1::BackupBatchRequest,
+        request: &v1::BackupBatchRequest,
         timeout: Duration,
     ) -> Result<v1::BackupBatchResponse, Failure> {
         let deadline = Instant::now() + timeout;
@@ -529,7 +529,7 @@ async fn send_batch(link: &Link, from_site: String, batch: Vec<QueuedBackup>) {
         from_site,
         items: batch.iter().map(|queued| queued.item.clone()).collect(),
     };
-    let answer = link.backup_batch(request.clone(), timeout).await;
+    let answer = link.backup_batch(&request, timeout).await;
     let v1::BackupBatchRequest { from_site, items } = request;
     let results = match answer {
         Ok(answer) if answer.results.len() == batch.len() => Ok(answer.results),
