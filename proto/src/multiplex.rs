@@ -95,7 +95,9 @@ where
             return Ok(open.calls.clone());
         }
         let (requests, outgoing) = mpsc::unbounded_channel();
-        let answers = open(Outgoing::new(outgoing)).await?;
+        // Boxed: opening is rare, and its future (a streaming call's) is large; inline, it
+        // would make every call's future as large.
+        let answers = Box::pin(open(Outgoing::new(outgoing))).await?;
         let (calls, incoming) = mpsc::unbounded_channel();
         let task = tokio::spawn(run(incoming, requests, answers)).abort_handle();
         *link = Some(Link {
