@@ -376,8 +376,9 @@ impl Client {
         Fut: Future<Output = std::result::Result<tonic::Response<Req::Response>, tonic::Status>>,
     {
         if !self.shared.settings.pipeline {
-            // Boxed: a unary call's future is large, and inline it would make every
-            // pipelined request's future as large (tens of KiB moved per request).
+            // Boxed: a unary call's future is larger than a pipelined one's, and inline
+            // it would make every pipelined request's future as large (a `put`'s: 2.1
+            // instead of 1.6 KiB, moved at every layer); unary is the rarer path.
             return Box::pin(self.unary_to(target, request, unary)).await;
         }
         let attempt = |connection: &Connection, request: Req| {
