@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use sitegrid_proto::multiplex::Multiplexed;
 use sitegrid_proto::v1::{self, pipeline_request::Operation, pipeline_response::Result as Answer};
 use tokio::sync::Semaphore;
+use tonic::Status;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
 
 use crate::client::cache_client;
 use crate::credentials::Credentials;
@@ -98,7 +98,7 @@ impl PipelineStream {
 /// The answer to one request: the response, or the error as a status.
 fn result_of(result: Option<Answer>) -> Result<Answer, Status> {
     match result {
-        Some(Answer::Error(error)) => Err(Status::new(Code::from(error.code), error.message)),
+        Some(Answer::Error(error)) => Err(error.into()),
         Some(answer) => Ok(answer),
         None => Err(Status::internal("pipeline answer without result")),
     }

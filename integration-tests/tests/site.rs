@@ -88,6 +88,80 @@ async fn three_nodes_form_a_site_and_every_acknowledged_write_is_on_every_node()
     assert_eq!(written.len(), 60);
 }
 
+/// Batches of changes `node` received from the site's primaries `via` "stream" or "call".
+async fn batches_received(node: &NodeProcess, via: &str) -> f64 {
+    let series = format!("sitegrid_replication_batches_received_total{{via=\"{via}\"}}");
+    http::metric(node.http_addr(), &series).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_member_without_apply_streams_is_sent_apply_calls_until_it_has_them() {
+    // Node 3 answers ApplyStream with UNIMPLEMENTED, as a node of the previous version
+    // does during a rolling upgrade: primaries must send it Apply calls instead, not
+    // retry the stream until they leave it out.
+    let mut site = Site::start_with(3, |name| {
+        let spec = NodeSpec::new(name);
+        if name == "n3" {
+            spec.with_fault("no-apply-stream")
+        } else {
+            spec
+        }
+    })
+    .await
+    .unwrap();
+    wait_for_ready_members(&site, 3).await;
+    // Writes to keys whose primaries are nodes 1 and 2 (through either: a write reaches
+    // its primary), each on node 3 once acknowledged.
+    let mut sent = 0;
+    for i in 0.. {
+        let key = format!("k{i}");
+        if site.primary_of(&key) == 2 {
+            continue;
+        }
+        let version = put_work(&site.nodes[i % 2], &key, &format!("v{i}")).await;
+        let (value, seen) = read(&site.nodes[2], "work", &key)
+            .await
+            .expect("node 3 has the write once it is acknowledged");
+        assert_eq!((value, seen), (Bytes::from(format!("v{i}")), version));
+        sent += 1;
+        if sent == 30 {
+            break;
+        }
+    }
+    assert!(batches_received(&site.nodes[2], "call").await >= 1.0);
+    assert_eq!(batches_received(&site.nodes[2], "stream").await, 0.0);
+    // Nodes 1 and 2 send each other their changes on streams.
+    assert!(batches_received(&site.nodes[0], "stream").await >= 1.0);
+    assert_eq!(batches_received(&site.nodes[0], "call").await, 0.0);
+    for node in &site.nodes[..2] {
+        assert!(!node.log().contains("left out"), "nobody was left out");
+    }
+
+    // Node 3 is upgraded (restarted with streams): the primaries send it their changes
+    // on streams from then on, without a restart of their own.
+    site.nodes[2].set_faults(Vec::new());
+    site.nodes[2].restart().await.unwrap();
+    wait_for_ready_members(&site, 3).await;
+    let writer = client(&site.nodes[0]).await;
+    let mut i = 0;
+    let upgraded = &site.nodes[2];
+    eventually(
+        "a batch on the stream of the upgraded member",
+        Duration::from_secs(60),
+        || {
+            i += 1;
+            let mut writer = writer.clone();
+            let key = format!("upgraded-{i}");
+            async move {
+                writer.put(put("work", &key, "v")).await.unwrap();
+                batches_received(upgraded, "stream").await > 0.0
+            }
+        },
+    )
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn nodes_that_start_with_one_slot_serve_with_different_ones_and_never_assign_one_version() {
     // Every node tries slot 5 first: the versions of two of them would collide. (Keys

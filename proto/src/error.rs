@@ -113,13 +113,22 @@ pub fn status_from_error<E: ServiceError + ?Sized>(error: &E) -> tonic::Status {
 }
 
 /// A failed request's status as an answer inside a response: one request of a
-/// `Pipeline` stream, one backup of a batch, one batch of a `BackupStream`.
+/// `Pipeline` stream, one backup of a batch, one call of a `BackupStream` or an
+/// `ApplyStream`.
 impl From<&tonic::Status> for crate::v1::RequestError {
     fn from(status: &tonic::Status) -> Self {
         crate::v1::RequestError {
             code: status.code() as i32,
             message: status.message().to_owned(),
         }
+    }
+}
+
+/// An answer inside a response that is an error, as the status its unary RPC would have
+/// ended with.
+impl From<crate::v1::RequestError> for tonic::Status {
+    fn from(error: crate::v1::RequestError) -> Self {
+        tonic::Status::new(tonic::Code::from(error.code), error.message)
     }
 }
 

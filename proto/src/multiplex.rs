@@ -5,17 +5,25 @@
 //! together leave in one write. [`Multiplexed`] keeps one such stream, opened on first
 //! use and again after it breaks: every request gets an id, the answer echoing that id
 //! goes back to its caller, whatever order the answers come in. The client library's
-//! `Pipeline` streams and a primary's sync backups to a peer site ride on it.
+//! `Pipeline` streams, a primary's changes to the members of its site (`ApplyStream`)
+//! and its sync backups to a peer site (`BackupStream`) ride on it.
 //!
 //! A request whose stream breaks fails with UNAVAILABLE when the connection failed (so
 //! callers retry it, elsewhere if they can), or with the status the server ended the
 //! stream with.
+//!
+//! [`serve`] is the server's half for streams whose requests are independent calls;
+//! [`Streamless`] is how a sender remembers, for a while, that a server answered that it
+//! has no such stream (an older version), and sends unary calls meanwhile.
 
 use std::collections::HashMap;
 use std::error::Error as _;
 use std::future::Future;
+use std::time::{Duration, Instant};
 
-use tokio::sync::{Mutex, mpsc, oneshot};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 use tonic::{Status, Streaming};
 
@@ -173,6 +181,88 @@ fn broken_stream(status: Status) -> Status {
     }
 }
 
+/// Answers the requests of one multiplexed stream with `answer`, several at once (at most
+/// `limit`; beyond that the stream is not read and HTTP/2 flow control holds the sender
+/// back), each sent to `answers` as soon as it is done. The requests run as futures this
+/// task polls, not as a task each. Ends when the sender stops sending (or goes away) or
+/// `stopping` turns true, once what it took is answered.
+pub async fn serve<Req, Resp, F, Fut>(
+    mut requests: Streaming<Req>,
+    answers: mpsc::Sender<Result<Resp, Status>>,
+    mut stopping: watch::Receiver<bool>,
+    limit: usize,
+    mut answer: F,
+) where
+    F: FnMut(Req) -> Fut,
+    Fut: Future<Output = Resp>,
+{
+    let mut running = FuturesUnordered::new();
+    let mut reading = !*stopping.borrow_and_update();
+    loop {
+        tokio::select! {
+            // Answers first: they make room for more requests.
+            biased;
+            Some(done) = running.next() => {
+                if answers.send(Ok(done)).await.is_err() {
+                    return; // the sender went away; what runs is dropped, as for unary calls
+                }
+            }
+            request = requests.message(), if reading && running.len() < limit => match request {
+                Ok(Some(request)) => running.push(answer(request)),
+                Ok(None) => reading = false,
+                Err(status) => {
+                    tracing::debug!(%status, "a multiplexed stream broke");
+                    reading = false;
+                }
+            },
+            () = stopped(&mut stopping), if reading => reading = false,
+            else => return,
+        }
+    }
+}
+
+/// Completes once `stopping` turns true (or its sender is gone).
+pub async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stop| *stop).await;
+}
+
+/// Whether to try a server's stream, or send unary calls: after the server answered
+/// that it has no such stream (UNIMPLEMENTED, an older version), calls go unary for
+/// [`Streamless::FOR`], then the stream is tried again (the server may have been upgraded
+/// since).
+#[derive(Debug, Default)]
+pub struct Streamless {
+    until: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Streamless {
+    /// How long calls go unary after the server answered that it has no stream.
+    pub const FOR: Duration = Duration::from_secs(10);
+
+    /// Whether to try the stream: not while the server is taken for one without it.
+    pub fn stream_usable(&self) -> bool {
+        let mut until = self
+            .until
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        match *until {
+            Some(until) if Instant::now() < until => false,
+            _ => {
+                *until = None;
+                true
+            }
+        }
+    }
+
+    /// The server answered that it has no stream: unary calls for [`Streamless::FOR`].
+    pub fn lacking(&self) {
+        *self
+            .until
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = Some(Instant::now() + Self::FOR);
+    }
+}
+
 macro_rules! tagged {
     ($($message:ident),* $(,)?) => {$(
         impl Tagged for crate::v1::$message {
@@ -191,5 +281,7 @@ tagged!(
     PipelineRequest,
     PipelineResponse,
     BackupStreamRequest,
-    BackupStreamResponse
+    BackupStreamResponse,
+    ApplyStreamRequest,
+    ApplyStreamResponse
 );

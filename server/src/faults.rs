@@ -33,6 +33,9 @@ pub enum Fault {
     /// The node answers `BackupStream` with UNIMPLEMENTED, as a node of an older version
     /// does: peer sites must send it their sync backups as `BackupBatch` calls.
     NoBackupStream,
+    /// The node answers `ApplyStream` with UNIMPLEMENTED, as a node of an older version
+    /// does: the primaries of its site must send it their changes as `Apply` calls.
+    NoApplyStream,
 }
 
 /// Keys whose writes [`Fault::CrashMidWrite`] interrupts.
@@ -64,6 +67,7 @@ impl Fault {
             Fault::ConfirmWithoutView => "confirm-without-view",
             Fault::TidyLate => "tidy-late",
             Fault::NoBackupStream => "no-backup-stream",
+            Fault::NoApplyStream => "no-apply-stream",
         }
     }
 }

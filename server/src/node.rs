@@ -533,9 +533,12 @@ fn serve_grpc<H: Health>(
         Ok(request)
     });
     let max_streams = config.limits.max_concurrent_streams;
-    let replication = ReplicationServiceServer::new(ReplicationApi::new(state.cluster().clone()))
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
+    let replication = ReplicationServiceServer::new(ReplicationApi::new(
+        state.cluster().clone(),
+        state.stopping(),
+    ))
+    .max_decoding_message_size(max_message)
+    .max_encoding_message_size(max_message);
     let mut site_link = SiteLinkService::new(
         state.local_site().clone(),
         &config.node.site,

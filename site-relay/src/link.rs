@@ -3,9 +3,9 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use futures::stream::FuturesUnordered;
 use futures::{StreamExt, stream};
 
+use sitegrid_proto::multiplex;
 use sitegrid_proto::tls::PeerNames;
 use sitegrid_proto::transport::ConnInfo;
 use sitegrid_proto::v1;
@@ -192,44 +192,6 @@ impl<L: LocalSite> SiteLinkService<L> {
         Ok(v1::BackupBatchResponse { results })
     }
 
-    /// Answers the batches of one `BackupStream` from a connection whose client
-    /// certificate has `names`, several at once, each as soon as it is done, until the
-    /// sender stops sending (or goes away) or the node begins to shut down. The batches
-    /// run as futures this task polls, not a task each.
-    async fn serve_stream(
-        self,
-        names: Option<PeerNames>,
-        mut requests: Streaming<v1::BackupStreamRequest>,
-        answers: mpsc::Sender<Result<v1::BackupStreamResponse, Status>>,
-    ) {
-        let mut running = FuturesUnordered::new();
-        let mut stopping = self.stopping.clone();
-        let mut reading = !*stopping.borrow_and_update();
-        loop {
-            tokio::select! {
-                // Answers first: they make room for more batches.
-                biased;
-                Some(answer) = running.next() => {
-                    if answers.send(Ok(answer)).await.is_err() {
-                        return; // the sender went away; what runs is dropped, as for unary calls
-                    }
-                }
-                request = requests.message(), if reading && running.len() < STREAM_BATCHES_IN_FLIGHT => {
-                    match request {
-                        Ok(Some(request)) => running.push(self.answer_batch(names.as_ref(), request)),
-                        Ok(None) => reading = false,
-                        Err(status) => {
-                            tracing::debug!(%status, "backup stream broke");
-                            reading = false;
-                        }
-                    }
-                }
-                () = stopped(&mut stopping), if reading => reading = false,
-                else => return,
-            }
-        }
-    }
-
     /// One batch of a `BackupStream`, answered as `BackupBatch` would answer it.
     async fn answer_batch(
         &self,
@@ -321,7 +283,20 @@ impl<L: LocalSite> SiteLink for SiteLinkService<L> {
         let (_, extensions, requests) = request.into_parts();
         let names = ConnInfo::of(&extensions).and_then(|connection| connection.peer.clone());
         let (answers, receiver) = mpsc::channel(STREAM_ANSWERS);
-        tokio::spawn(self.clone().serve_stream(names, requests, answers));
+        // Several batches at once, each answered as soon as it is done, until the sender
+        // stops sending or this node begins to shut down.
+        let service = self.clone();
+        tokio::spawn(async move {
+            let stopping = service.stopping.clone();
+            multiplex::serve(
+                requests,
+                answers,
+                stopping,
+                STREAM_BATCHES_IN_FLIGHT,
+                |request| service.answer_batch(names.as_ref(), request),
+            )
+            .await;
+        });
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
@@ -405,9 +380,4 @@ impl<L: LocalSite> SiteLink for SiteLinkService<L> {
         let mutations = self.local.fetch_keys(&request.cache, &request.keys)?;
         Ok(Response::new(v1::FetchKeysResponse { mutations }))
     }
-}
-
-/// Completes once `stopping` turns true (or its sender is gone).
-async fn stopped(stopping: &mut watch::Receiver<bool>) {
-    let _ = stopping.wait_for(|stop| *stop).await;
 }

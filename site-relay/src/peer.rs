@@ -9,7 +9,7 @@ use std::time::Duration;
 use prost::Message as _;
 use sitegrid_config::SiteConfig;
 use sitegrid_proto::batch::{BatchQueue, Weighed};
-use sitegrid_proto::multiplex::Multiplexed;
+use sitegrid_proto::multiplex::{Multiplexed, Streamless};
 use sitegrid_proto::tls::ClientTls;
 use sitegrid_proto::v1;
 use sitegrid_proto::v1::site_link_client::SiteLinkClient;
@@ -75,10 +75,9 @@ struct Link {
     /// The `BackupStream` of each endpoint, opened on first use and again after it
     /// breaks.
     streams: Vec<Multiplexed<v1::BackupStreamRequest, v1::BackupStreamResponse>>,
-    /// Until when batches go as `BackupBatch` calls without trying the stream: the peer
-    /// answered that it has no `BackupStream` (an older version). Tried again after
-    /// [`STREAMLESS_FOR`], as the peer may have been upgraded since.
-    streamless_until: parking_lot::Mutex<Option<Instant>>,
+    /// Whether batches go as `BackupBatch` calls without trying the stream, for a while
+    /// after the peer answered that it has no `BackupStream` (an older version).
+    streamless: Streamless,
     /// The endpoint that answered last; calls start there.
     preferred: AtomicUsize,
     max_message_bytes: usize,
@@ -132,7 +131,7 @@ impl PeerSite {
             link: Arc::new(Link {
                 site: name,
                 streams: endpoints.iter().map(|_| Multiplexed::default()).collect(),
-                streamless_until: parking_lot::Mutex::new(None),
+                streamless: Streamless::default(),
                 endpoints,
                 preferred: AtomicUsize::new(0),
                 max_message_bytes,
@@ -350,7 +349,7 @@ impl Link {
         timeout: Duration,
     ) -> Result<v1::BackupBatchResponse, Failure> {
         let deadline = Instant::now() + timeout;
-        if self.streams_usable() {
+        if self.streamless.stream_usable() {
             let index = self.preferred.load(Ordering::Relaxed);
             let batch = v1::BackupStreamRequest {
                 id: 0,
@@ -379,9 +378,9 @@ impl Link {
                     }
                 },
                 Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
-                    tracing::info!(endpoint = %self.endpoints[index].0, retry_in = ?STREAMLESS_FOR,
+                    tracing::info!(endpoint = %self.endpoints[index].0, retry_in = ?Streamless::FOR,
                         "the peer site has no backup stream (an older version): sending backups as calls");
-                    *self.streamless_until.lock() = Some(Instant::now() + STREAMLESS_FOR);
+                    self.streamless.lacking();
                 }
                 Ok(Err(status)) => {
                     tracing::debug!(endpoint = %self.endpoints[index].0, %status,
@@ -400,18 +399,6 @@ impl Link {
             self.answered("call");
         }
         answer
-    }
-
-    /// Whether to try the stream: not while the peer is taken for one without it.
-    fn streams_usable(&self) -> bool {
-        let mut until = self.streamless_until.lock();
-        match *until {
-            Some(until) if Instant::now() < until => false,
-            _ => {
-                *until = None;
-                true
-            }
-        }
     }
 
     /// Counts a batch the peer answered, `via` its stream or a call.
@@ -453,10 +440,6 @@ fn is_answer(code: tonic::Code) -> bool {
             | Code::Unauthenticated
     )
 }
-
-/// How long batches go as calls after the peer answered that it has no `BackupStream`,
-/// before the stream is tried again.
-const STREAMLESS_FOR: Duration = Duration::from_secs(10);
 
 /// Most backups one `BackupBatch` carries.
 const MAX_BATCH: usize = 256;

@@ -20,6 +20,7 @@ use std::hash::{Hash, Hasher};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use sitegrid_proto::multiplex;
 use sitegrid_proto::v1::{self, pipeline_request::Operation, pipeline_response::Result as Answer};
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
@@ -92,15 +93,10 @@ async fn serve_stream(
                 }
                 None => reading = false,
             },
-            () = stopped(&mut stopping), if reading => reading = false,
+            () = multiplex::stopped(&mut stopping), if reading => reading = false,
             else => return,
         }
     }
-}
-
-/// Completes once `stopping` turns true (or its sender is gone).
-async fn stopped(stopping: &mut watch::Receiver<bool>) {
-    let _ = stopping.wait_for(|stop| *stop).await;
 }
 
 /// Which queue a request waits in: a hash of its cache and key (a collision only makes

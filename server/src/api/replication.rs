@@ -3,10 +3,11 @@
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
+use sitegrid_proto::multiplex;
 use sitegrid_proto::v1::{self, replication_service_server::ReplicationService};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::cluster::{Cluster, Target, codec};
 use crate::faults::{self, Fault};
@@ -16,31 +17,33 @@ use crate::store::write::ReplicaOutcome;
 /// Slots per Fetch batch.
 const FETCH_BATCH: usize = 500;
 
+/// Calls of one `ApplyStream` running at once; beyond that the stream is not read and
+/// HTTP/2 flow control holds the sender back. A primary has one call per cache under way.
+const STREAM_CALLS_IN_FLIGHT: usize = 64;
+
+/// Answers of one `ApplyStream` waiting to be sent.
+const STREAM_ANSWERS: usize = 64;
+
 /// The replication service of one node.
 #[derive(Debug, Clone)]
 pub struct ReplicationApi {
     cluster: Cluster,
+    /// Turns true when the node begins to shut down: open `ApplyStream`s stop reading,
+    /// answer what they took, and end.
+    stopping: watch::Receiver<bool>,
 }
 
 impl ReplicationApi {
-    pub(crate) fn new(cluster: Cluster) -> ReplicationApi {
-        ReplicationApi { cluster }
+    pub(crate) fn new(cluster: Cluster, stopping: watch::Receiver<bool>) -> ReplicationApi {
+        ReplicationApi { cluster, stopping }
     }
-}
 
-type FetchStream = Pin<Box<dyn Stream<Item = Result<v1::FetchResponse, Status>> + Send>>;
-type AnswersStream = Pin<Box<dyn Stream<Item = Result<v1::AnswersResponse, Status>> + Send>>;
-
-/// Answers per Answers batch.
-const ANSWERS_BATCH: usize = 1_000;
-
-#[tonic::async_trait]
-impl ReplicationService for ReplicationApi {
-    async fn apply(
+    /// Applies the changes of one `Apply` call, which came `via` a unary call or a stream.
+    async fn apply_changes(
         &self,
-        request: Request<v1::ApplyRequest>,
-    ) -> Result<Response<v1::ApplyResponse>, Status> {
-        let request = request.into_inner();
+        request: v1::ApplyRequest,
+        via: &'static str,
+    ) -> Result<v1::ApplyResponse, Status> {
         if faults::on(Fault::SlowApply)
             && request
                 .mutations
@@ -49,7 +52,7 @@ impl ReplicationService for ReplicationApi {
         {
             tokio::time::sleep(faults::SLOW_APPLY_DELAY).await;
         }
-        metrics::counter!("sitegrid_replication_batches_received_total").increment(1);
+        metrics::counter!("sitegrid_replication_batches_received_total", "via" => via).increment(1);
         metrics::counter!("sitegrid_replication_changes_received_total")
             .increment(request.mutations.len() as u64);
         let store = self.cluster.store();
@@ -79,7 +82,70 @@ impl ReplicationService for ReplicationApi {
                 }
             })
             .collect();
-        Ok(Response::new(v1::ApplyResponse { outcomes }))
+        Ok(v1::ApplyResponse { outcomes })
+    }
+
+    /// One call of an `ApplyStream`, answered as `Apply` would answer it.
+    async fn answer_call(&self, call: v1::ApplyStreamRequest) -> v1::ApplyStreamResponse {
+        use v1::apply_stream_response::Result as Answer;
+        let answered = match call.apply {
+            Some(request) => self.apply_changes(request, "stream").await,
+            None => Err(Status::invalid_argument(
+                "an apply stream call needs changes",
+            )),
+        };
+        v1::ApplyStreamResponse {
+            id: call.id,
+            result: Some(match answered {
+                Ok(response) => Answer::Response(response),
+                Err(status) => Answer::Error((&status).into()),
+            }),
+        }
+    }
+}
+
+type FetchStream = Pin<Box<dyn Stream<Item = Result<v1::FetchResponse, Status>> + Send>>;
+type AnswersStream = Pin<Box<dyn Stream<Item = Result<v1::AnswersResponse, Status>> + Send>>;
+
+/// Answers per Answers batch.
+const ANSWERS_BATCH: usize = 1_000;
+
+#[tonic::async_trait]
+impl ReplicationService for ReplicationApi {
+    async fn apply(
+        &self,
+        request: Request<v1::ApplyRequest>,
+    ) -> Result<Response<v1::ApplyResponse>, Status> {
+        self.apply_changes(request.into_inner(), "call")
+            .await
+            .map(Response::new)
+    }
+
+    type ApplyStreamStream = ReceiverStream<Result<v1::ApplyStreamResponse, Status>>;
+
+    async fn apply_stream(
+        &self,
+        request: Request<Streaming<v1::ApplyStreamRequest>>,
+    ) -> Result<Response<Self::ApplyStreamStream>, Status> {
+        if faults::on(Fault::NoApplyStream) {
+            return Err(Status::unimplemented("fault no-apply-stream"));
+        }
+        let (answers, receiver) = mpsc::channel(STREAM_ANSWERS);
+        // Several calls at once (one per cache), each answered as soon as it is done,
+        // until the primary stops sending or this node begins to shut down.
+        let service = self.clone();
+        tokio::spawn(async move {
+            let stopping = service.stopping.clone();
+            multiplex::serve(
+                request.into_inner(),
+                answers,
+                stopping,
+                STREAM_CALLS_IN_FLIGHT,
+                |call| service.answer_call(call),
+            )
+            .await;
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
     async fn forward_write(

@@ -50,7 +50,7 @@ use crate::store::mutation::Mutation;
 use crate::store::replication::{Replicated, SiteReplication};
 use crate::store::version::Version;
 use peers::Peers;
-use sender::Sender;
+use sender::{ApplyLink, Sender};
 pub use view::{Member, MemberState, View};
 
 /// Timing of a site's nodes.
@@ -592,23 +592,24 @@ impl Cluster {
     async fn apply_on(
         &self,
         target: &Target,
+        link: &ApplyLink,
         request: v1::ApplyRequest,
     ) -> Option<v1::ApplyResponse> {
         let address = target.address.as_str();
         let timing = self.inner.timing;
         let first_failure = Instant::now();
+        let call = v1::ApplyStreamRequest {
+            id: 0,
+            apply: Some(request),
+        };
         // Ok: answered, or left out (`None`); Err: try again.
         let attempt = || async {
-            let mut call = tonic::Request::new(request.clone());
-            call.set_timeout(timing.call_timeout);
             let result = match self.inner.peers.client(address) {
-                Ok(mut client) => tokio::time::timeout(timing.call_timeout, client.apply(call))
-                    .await
-                    .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in time"))),
+                Ok(client) => link.call(client, &call, timing.call_timeout).await,
                 Err(error) => Err(tonic::Status::unavailable(error.to_string())),
             };
             match result {
-                Ok(response) => Ok(Some(response.into_inner())),
+                Ok(response) => Ok(Some(response)),
                 Err(status) if refused(&status) => {
                     self.suspect(target, "its port is closed", false);
                     Ok(None)

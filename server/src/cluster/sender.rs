@@ -6,15 +6,25 @@
 //! a member receives a few large calls instead of one call per write, and makes each
 //! call's changes durable with one wait; a lone write is sent at once.
 //!
+//! The calls ride one long-lived `ApplyStream` per member ([`ApplyLink`]): a call costs
+//! one message each way instead of an HTTP/2 stream of its own (headers, data and
+//! trailers). A member that lacks `ApplyStream` (an older version, during a rolling
+//! upgrade) is sent unary `Apply` calls, and the stream is tried again a while later.
+//!
 //! Each write is still answered on its own: its outcome, or "left out" if the member was
 //! excluded while the call was retried ([`Cluster::apply_on`]).
 
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use prost::Message;
 use sitegrid_proto::batch::{BatchQueue, Weighed};
+use sitegrid_proto::multiplex::{Multiplexed, Streamless};
 use sitegrid_proto::v1;
+use sitegrid_proto::v1::replication_service_client::ReplicationServiceClient;
 use tokio::sync::{mpsc, oneshot};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
 
 use super::{Cluster, Inner, Target};
 use crate::error::{Error, Result};
@@ -75,6 +85,54 @@ impl Sender {
     }
 }
 
+/// How a primary's calls reach one member: see the module doc.
+#[derive(Debug, Default)]
+pub(super) struct ApplyLink {
+    stream: Multiplexed<v1::ApplyStreamRequest, v1::ApplyStreamResponse>,
+    streamless: Streamless,
+}
+
+impl ApplyLink {
+    /// One `Apply` call (`call.apply`) through `client`, answered within `timeout`. A
+    /// call that timed out drops the stream, so the next one starts on a fresh stream
+    /// rather than behind a stuck one.
+    pub(super) async fn call(
+        &self,
+        mut client: ReplicationServiceClient<Channel>,
+        call: &v1::ApplyStreamRequest,
+        timeout: Duration,
+    ) -> Result<v1::ApplyResponse, Status> {
+        use v1::apply_stream_response::Result as Answer;
+        if self.streamless.stream_usable() {
+            let mut opener = client.clone();
+            let sent = self.stream.call(call.clone(), |outgoing| async move {
+                Ok(opener.apply_stream(outgoing).await?.into_inner())
+            });
+            let Ok(answer) = tokio::time::timeout(timeout, sent).await else {
+                self.stream.reset().await;
+                return Err(Status::deadline_exceeded("no answer in time"));
+            };
+            match answer.map(|answer| answer.result) {
+                Ok(Some(Answer::Response(response))) => return Ok(response),
+                Ok(Some(Answer::Error(error))) => return Err(error.into()),
+                Ok(None) => return Err(Status::internal("an apply stream answer without result")),
+                Err(status) if status.code() == Code::Unimplemented => {
+                    tracing::info!(retry_in = ?Streamless::FOR,
+                        "a member has no ApplyStream (an older version): sending it Apply calls");
+                    self.streamless.lacking();
+                }
+                Err(status) => return Err(status),
+            }
+        }
+        let mut request = tonic::Request::new(call.apply.clone().unwrap_or_default());
+        request.set_timeout(timeout);
+        tokio::time::timeout(timeout, client.apply(request))
+            .await
+            .unwrap_or_else(|_| Err(Status::deadline_exceeded("no answer in time")))
+            .map(tonic::Response::into_inner)
+    }
+}
+
 impl Weighed for Job {
     fn weight(&self) -> usize {
         self.size
@@ -88,6 +146,7 @@ async fn run(
     budget: usize,
 ) {
     let mut queue = BatchQueue::new(queue, MAX_BATCH, budget);
+    let link = ApplyLink::default();
     while let Some(first) = queue.first().await {
         // Writers about to queue get one turn first, so the batch carries them too.
         tokio::task::yield_now().await;
@@ -96,13 +155,13 @@ async fn run(
             // The node stopped: whatever is queued is answered by the queue closing.
             return;
         };
-        Cluster { inner }.send_batch(&target, batch).await;
+        Cluster { inner }.send_batch(&target, &link, batch).await;
     }
 }
 
 impl Cluster {
     /// Sends a batch in one `Apply` call per cache (concurrently) and answers each write.
-    async fn send_batch(&self, target: &Target, batch: Vec<Job>) {
+    async fn send_batch(&self, target: &Target, link: &ApplyLink, batch: Vec<Job>) {
         let mut groups: Vec<Group> = Vec::new();
         for job in batch {
             let group = match groups.iter().position(|group| group.cache == job.cache) {
@@ -130,7 +189,7 @@ impl Cluster {
                 mutations,
                 from_node: self.inner.me.name.to_string(),
             };
-            match self.apply_on(target, request).await {
+            match self.apply_on(target, link, request).await {
                 None => {
                     for reply in replies {
                         let _ = reply.send(Ok(None));
