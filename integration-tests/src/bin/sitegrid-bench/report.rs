@@ -337,13 +337,13 @@ fn render_site(out: &mut String, s: &cluster::Results) {
     let _ = writeln!(
         out,
         "\nReading these figures: with every process on the same cores, the site run is \
-         bound by CPU per write, not by round trips. Profiled with `perf` on a 2-core \
-         machine (2026-11), an acknowledged write cost about 79 us of CPU summed over the \
-         three nodes against 25 us on a single node (the load generator's 26 us per write \
-         is the same in both); replication carries about 7 writes per `Apply` call, and \
-         HTTP/2 framing plus kernel TCP are about 60% of the nodes' CPU. The load \
-         generator is closed-loop, so p50 moves with the inverse of throughput. Nodes on \
-         their own cores were not measured here."
+         bound by CPU per write, not by round trips. Measured on a 2-core machine \
+         (2026-12, the nodes' CPU time from /proc over a 6 s run of this load), an \
+         acknowledged write cost about 73 us of CPU summed over the three nodes against \
+         27 us on a single node (the load generator's own, about 27 us per write in the \
+         site run, comes on top); a primary sends each member about 8 writes per call on \
+         one long-lived `ApplyStream`. The load generator is closed-loop, so p50 moves \
+         with the inverse of throughput. Nodes on their own cores were not measured here."
     );
 }
 
