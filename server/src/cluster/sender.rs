@@ -104,9 +104,10 @@ impl ApplyLink {
     ) -> Result<v1::ApplyResponse, Status> {
         use v1::apply_stream_response::Result as Answer;
         if self.streamless.stream_usable() {
-            let mut opener = client.clone();
-            let sent = self.stream.call(call.clone(), |outgoing| async move {
-                Ok(opener.apply_stream(outgoing).await?.into_inner())
+            let sent = self.stream.call(call.clone(), |outgoing| {
+                // Only when a stream is opened, not for every call on it.
+                let mut opener = client.clone();
+                async move { Ok(opener.apply_stream(outgoing).await?.into_inner()) }
             });
             let Ok(answer) = tokio::time::timeout(timeout, sent).await else {
                 self.stream.reset().await;
