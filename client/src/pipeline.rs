@@ -5,8 +5,8 @@
 //! request on an open `Pipeline` stream costs one small message each way. Every endpoint
 //! has [`Pipelines`]: a few streams ([`Multiplexed`]), opened on first use on the
 //! endpoint's channel and again after they break, each with a bounded window of
-//! requests in flight. Requests from every task of the application take turns over the
-//! streams. A request whose stream breaks fails with UNAVAILABLE and is retried like any
+//! requests in flight. Requests from every task of the application fill the first
+//! stream and spill to the next only when it is busy (see [`SPREAD_AT`]). A request whose stream breaks fails with UNAVAILABLE and is retried like any
 //! failed request (writes keep their request id, so the server applies a retried write
 //! once).
 
@@ -25,12 +25,22 @@ use crate::credentials::Credentials;
 pub(crate) const STREAMS: usize = 4;
 /// Requests in flight on one stream; more wait for room.
 pub(crate) const WINDOW: usize = 256;
+/// Requests in flight on a stream from which the next request goes to another one.
+///
+/// Answers that are ready together leave the server in one write, and requests sent
+/// together arrive in one read, only if they share a stream: a light load (a few dozen
+/// requests in flight) is cheapest on one stream. A heavy one is spread, because the
+/// server runs one stream's requests on one task: on a 3-node site at 64 callers, one
+/// stream per node instead of four took the socket writes from 1.19 to 0.83 per write
+/// and node CPU from 74 to 59 us per write, while a single node at depth 16 (1024 in
+/// flight) did 98k ops/s on one stream and 134k on four.
+pub(crate) const SPREAD_AT: usize = 32;
 
 /// The `Pipeline` streams of one endpoint.
 #[derive(Debug)]
 pub(crate) struct Pipelines {
     streams: Vec<PipelineStream>,
-    /// Which stream the next request takes.
+    /// Which stream the next request takes when every stream is busy.
     next: AtomicUsize,
 }
 
@@ -53,8 +63,23 @@ impl Pipelines {
     /// Sends `operation` on one of the streams and waits for its answer. A request that
     /// failed on the server is answered with the status its unary call would have had.
     pub(crate) async fn call(&self, operation: Operation) -> Result<Answer, Status> {
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.streams.len();
-        self.streams[index].call(operation).await
+        self.pick().call(operation).await
+    }
+
+    /// The first stream with fewer than [`SPREAD_AT`] requests in flight, or else the
+    /// streams in turn.
+    fn pick(&self) -> &PipelineStream {
+        match self
+            .streams
+            .iter()
+            .find(|stream| stream.in_flight() < SPREAD_AT)
+        {
+            Some(stream) => stream,
+            None => {
+                let index = self.next.fetch_add(1, Ordering::Relaxed) % self.streams.len();
+                &self.streams[index]
+            }
+        }
     }
 }
 
@@ -70,6 +95,11 @@ struct PipelineStream {
 }
 
 impl PipelineStream {
+    /// Requests on this stream that hold room in its window.
+    fn in_flight(&self) -> usize {
+        WINDOW.saturating_sub(self.window.available_permits())
+    }
+
     async fn call(&self, operation: Operation) -> Result<Answer, Status> {
         let _room = self
             .window
@@ -141,3 +171,71 @@ single_key!(
     RemoveRequest => RemoveResponse as Remove,
     RemoveWithVersionRequest => RemoveWithVersionResponse as RemoveWithVersion,
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipelines() -> Pipelines {
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        Pipelines::new(&channel, &Credentials::default())
+    }
+
+    fn index_of(pipelines: &Pipelines, stream: &PipelineStream) -> usize {
+        pipelines
+            .streams
+            .iter()
+            .position(|candidate| std::ptr::eq(candidate, stream))
+            .expect("one of its streams")
+    }
+
+    #[tokio::test]
+    async fn a_light_load_shares_one_stream_and_a_heavy_one_spreads() {
+        let pipelines = pipelines();
+        for _ in 0..10 {
+            assert_eq!(
+                index_of(&pipelines, pipelines.pick()),
+                0,
+                "idle: the first stream"
+            );
+        }
+        let busy = pipelines.streams[0]
+            .window
+            .acquire_many(SPREAD_AT as u32 - 1)
+            .await
+            .unwrap();
+        assert_eq!(index_of(&pipelines, pipelines.pick()), 0, "below the mark");
+        let more = pipelines.streams[0].window.acquire().await.unwrap();
+        assert_eq!(
+            index_of(&pipelines, pipelines.pick()),
+            1,
+            "the first is busy"
+        );
+        let second = pipelines.streams[1]
+            .window
+            .acquire_many(SPREAD_AT as u32)
+            .await
+            .unwrap();
+        assert_eq!(
+            index_of(&pipelines, pipelines.pick()),
+            2,
+            "so is the second"
+        );
+        drop(more);
+        assert_eq!(
+            index_of(&pipelines, pipelines.pick()),
+            0,
+            "room again on the first"
+        );
+        let all: Vec<_> = pipelines.streams[2..]
+            .iter()
+            .map(|stream| stream.window.try_acquire_many(SPREAD_AT as u32).unwrap())
+            .collect();
+        let _first = pipelines.streams[0].window.try_acquire().unwrap();
+        let picked: std::collections::BTreeSet<_> = (0..STREAMS)
+            .map(|_| index_of(&pipelines, pipelines.pick()))
+            .collect();
+        assert_eq!(picked.len(), STREAMS, "all busy: each in turn");
+        drop((busy, second, all));
+    }
+}
