@@ -58,8 +58,8 @@ where
 
 impl Config {
     /// Applies `SITEGRID_NODE_NAME`, `SITEGRID_SITE`, `SITEGRID_SITE_ID`,
-    /// `SITEGRID_LISTEN`, `SITEGRID_GOSSIP`, `SITEGRID_HTTP`, `SITEGRID_DATA_DIR` and
-    /// `SITEGRID_SEEDS` (comma-separated), then names the node after the host if it has
+    /// `SITEGRID_LISTEN`, `SITEGRID_GOSSIP`, `SITEGRID_HTTP`, `SITEGRID_DATA_DIR`,
+    /// `SITEGRID_SEEDS` (comma-separated) and `SITEGRID_WORKER_THREADS`, then names the node after the host if it has
     /// no name yet.
     pub fn apply_env(&mut self, env: &Environment) -> Result<()> {
         let node = &mut self.node;
@@ -91,6 +91,9 @@ impl Config {
                 .filter(|s| !s.is_empty())
                 .map(String::from)
                 .collect();
+        }
+        if let Some(value) = env.get("SITEGRID_WORKER_THREADS") {
+            node.worker_threads = Some(parse("SITEGRID_WORKER_THREADS", value)?);
         }
         if node.name.is_empty() {
             node.name = sanitize_hostname(&env.hostname);
@@ -136,6 +139,7 @@ mod tests {
             ("SITEGRID_HTTP", "127.0.0.2:3"),
             ("SITEGRID_DATA_DIR", "/tmp/x"),
             ("SITEGRID_SEEDS", "a:1, b:2,"),
+            ("SITEGRID_WORKER_THREADS", "3"),
         ]);
         config.apply_env(&env).unwrap();
         let node = &config.node;
@@ -147,6 +151,7 @@ mod tests {
         assert_eq!(node.http.to_string(), "127.0.0.2:3");
         assert_eq!(node.data_dir.to_str(), Some("/tmp/x"));
         assert_eq!(node.seeds, ["a:1", "b:2"]);
+        assert_eq!(node.worker_threads, Some(3));
     }
 
     #[test]

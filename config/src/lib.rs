@@ -662,6 +662,17 @@ mod tests {
     }
 
     #[test]
+    fn worker_threads_must_be_at_least_one() {
+        assert_eq!(
+            invalid("[node]\nworker_threads = 0\n"),
+            ["node.worker_threads: must be in 1..=1024"]
+        );
+        let config = Config::from_toml("[node]\nworker_threads = 2\n", "t").unwrap();
+        assert_eq!(config.node.worker_threads, Some(2));
+        assert_eq!(Config::default().node.worker_threads, None);
+    }
+
+    #[test]
     fn unknown_fields_are_refused_with_their_name() {
         let error = Config::from_toml("[node]\nlisten_addr = \"x\"\n", "t.toml").unwrap_err();
         let message = error.to_string();

@@ -37,6 +37,12 @@ pub struct NodeConfig {
     /// Gossip addresses (or DNS names with port) of other nodes of this site.
     #[serde(default)]
     pub seeds: Vec<String>,
+    /// Threads that run the node's requests; absent = one per core this process may
+    /// use. Give each node fewer when several share a host's cores (nodes of a site
+    /// side by side on one machine, or next to a busy identity node): threads that
+    /// outnumber the cores spend their time waking each other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_threads: Option<usize>,
     /// Test-only: milliseconds added to this node's wall clock, to test clock skew.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub clock_offset_ms: i64,
@@ -45,6 +51,9 @@ pub struct NodeConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_slot: Option<u8>,
 }
+
+/// Most worker threads a node may be given.
+pub const MAX_WORKER_THREADS: usize = 1024;
 
 fn is_zero(value: &i64) -> bool {
     *value == 0
@@ -80,6 +89,7 @@ impl Default for NodeConfig {
             http: default_http(),
             data_dir: default_data_dir(),
             seeds: Vec::new(),
+            worker_threads: None,
             clock_offset_ms: 0,
             first_slot: None,
         }
@@ -100,6 +110,14 @@ impl NodeConfig {
         }
         if self.data_dir.as_os_str().is_empty() {
             problems.push("node.data_dir", "must not be empty");
+        }
+        if let Some(threads) = self.worker_threads
+            && !(1..=MAX_WORKER_THREADS).contains(&threads)
+        {
+            problems.push(
+                "node.worker_threads",
+                format!("must be in 1..={MAX_WORKER_THREADS}"),
+            );
         }
         for (index, seed) in self.seeds.iter().enumerate() {
             if !seed.contains(':') {

@@ -76,6 +76,8 @@ pub struct NodeSpec {
     pub faults: Vec<String>,
     /// How far the node's clock is shifted from the machine's (`node.clock_offset_ms`).
     pub clock_offset_ms: i64,
+    /// `node.worker_threads`; `None` = the default (one per core).
+    pub worker_threads: Option<usize>,
     /// The `[security]` section (with its subsections): anonymous access unless a test
     /// sets it with [`NodeSpec::with_security`].
     pub security: String,
@@ -120,6 +122,7 @@ impl NodeSpec {
             seeds: Vec::new(),
             faults: Vec::new(),
             clock_offset_ms: 0,
+            worker_threads: None,
             security: ANONYMOUS.to_string(),
         }
     }
@@ -261,7 +264,7 @@ impl NodeProcess {
         let config = format!(
             "[node]\nname = {name:?}\nsite = {site:?}\nsite_id = {site_id}\nlisten = \"{grpc}\"\n\
              http = \"{http}\"\ngossip = \"{gossip}\"\ndata_dir = {data:?}\nseeds = [{seeds}]\n\
-             clock_offset_ms = {offset}\n\n{extra}\n{security}",
+             clock_offset_ms = {offset}\n{threads}\n{extra}\n{security}",
             name = spec.name,
             site = spec.site,
             site_id = spec.site_id,
@@ -271,6 +274,10 @@ impl NodeProcess {
             data = self.data_dir().display().to_string(),
             seeds = seeds.join(", "),
             offset = spec.clock_offset_ms,
+            threads = spec
+                .worker_threads
+                .map(|threads| format!("worker_threads = {threads}\n"))
+                .unwrap_or_default(),
             extra = spec.extra_toml,
             security = spec.security,
         );

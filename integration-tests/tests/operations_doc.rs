@@ -10,6 +10,7 @@ use sitegrid_config::Config;
 const FULL: &str = r#"
 [node]
 name = "n1"
+worker_threads = 2
 
 [caches.sessions]
 lifespan = "1h"

@@ -1,6 +1,7 @@
 //! Starting a node: the no-config default, and refusing bad configs with a clear message
 //! and exit code 2.
 
+use sitegrid_integration_tests::http::metric;
 use sitegrid_integration_tests::node::run_to_exit;
 use sitegrid_integration_tests::{NodeProcess, NodeSpec};
 use sitegrid_proto::v1::ClusterStatusRequest;
@@ -24,6 +25,30 @@ async fn without_a_config_file_a_node_runs_alone_with_the_default_caches() {
     assert!(node.log().contains("no config file"), "{}", node.log());
     // Persistent caches live under ./data of the working directory.
     assert!(node.dir().join("data").join("store").exists());
+}
+
+#[tokio::test]
+async fn a_node_runs_requests_on_the_worker_threads_it_is_given() {
+    let node = NodeProcess::start(NodeSpec {
+        worker_threads: Some(1),
+        ..NodeSpec::new("one-thread")
+    })
+    .await
+    .unwrap();
+    let threads = metric(node.http_addr(), "sitegrid_worker_threads")
+        .await
+        .unwrap();
+    assert_eq!(threads, 1.0);
+    let node = NodeProcess::start(NodeSpec {
+        worker_threads: Some(3),
+        ..NodeSpec::new("three-threads")
+    })
+    .await
+    .unwrap();
+    let threads = metric(node.http_addr(), "sitegrid_worker_threads")
+        .await
+        .unwrap();
+    assert_eq!(threads, 3.0);
 }
 
 #[test]

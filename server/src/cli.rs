@@ -67,10 +67,11 @@ pub fn main() -> ExitCode {
             config.node.site
         );
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = config.node.worker_threads {
+        builder.worker_threads(threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(problem) => {
             eprintln!("sitegrid: cannot start the runtime: {problem}");

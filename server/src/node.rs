@@ -205,6 +205,9 @@ impl NodeState {
         }
         metrics::gauge!("sitegrid_listener_subscribers").set(store.hub().subscribers() as f64);
         metrics::gauge!("sitegrid_node_ready").set(if self.is_ready() { 1.0 } else { 0.0 });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            metrics::gauge!("sitegrid_worker_threads").set(runtime.metrics().num_workers() as f64);
+        }
         // The standard process metrics: resident and virtual memory, CPU time, open files.
         metrics_process::Collector::default().collect();
     }

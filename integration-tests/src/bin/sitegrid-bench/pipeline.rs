@@ -3,7 +3,8 @@
 //! `redis-server` started on a free loopback port with persistence off, with the same
 //! value size (256 bytes), key space (100,000 keys picked at random) and concurrency,
 //! measured alternately in every round; and a 3-node site's pipelined `Put` against the
-//! single node's.
+//! single node's, with the default worker threads (one per core in every node) and with
+//! one per node (`node.worker_threads = 1`: three nodes share the machine's cores).
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -127,7 +128,7 @@ fn load(op: &str, concurrency: u32, pipeline: Option<u32>) -> Load<'_> {
 }
 
 /// The figures of one round, in the order of [`LABELS`].
-const LABELS: [(&str, u32); 10] = [
+const LABELS: [(&str, u32); 11] = [
     ("Redis SET, -P 1", REDIS_CLIENTS),
     ("Redis GET, -P 1", REDIS_CLIENTS),
     ("Put, pipelined, depth 1", CALLERS),
@@ -138,6 +139,7 @@ const LABELS: [(&str, u32); 10] = [
     ("Put, pipelined, depth 16", REDIS_CLIENTS),
     ("Get, pipelined, depth 16", REDIS_CLIENTS),
     ("3-node site: Put, pipelined, depth 1", CALLERS),
+    ("3-node site, 1 thread/node: Put, pipelined", CALLERS),
 ];
 
 /// The version line of the `redis-server` this machine has; an error naming what to
@@ -156,8 +158,14 @@ pub(crate) async fn run(settings: &Settings) -> anyhow::Result<Results> {
     let redis = RedisServer::start().await?;
     let node = NodeProcess::start(spec(settings, "pipelined")).await?;
     let site = Site::start_with(3, |name| spec(settings, name)).await?;
+    let lean_site = Site::start_with(3, |name| NodeSpec {
+        worker_threads: Some(1),
+        ..spec(settings, name)
+    })
+    .await?;
     let single = node.endpoint();
     let three = site.grpc_endpoints();
+    let lean_three = lean_site.grpc_endpoints();
     println!("pipeline: filling {KEY_SPACE} keys");
     fill(
         &settings.bin_dir,
@@ -210,15 +218,21 @@ pub(crate) async fn run(settings: &Settings) -> anyhow::Result<Results> {
             &load("put", CALLERS, Some(1)),
             duration,
         )?);
+        measured.push(measure(
+            bin,
+            &lean_three,
+            &load("put", CALLERS, Some(1)),
+            duration,
+        )?);
         for ((label, concurrency), m) in LABELS.iter().zip(&measured) {
             println!(
-                "  {label:<38} c={concurrency:<3} {:>9.0} ops/s  p50 {:>6} us  p99 {:>6} us",
+                "  {label:<44} c={concurrency:<3} {:>9.0} ops/s  p50 {:>6} us  p99 {:>6} us",
                 m.ops_per_sec, m.p50_us, m.p99_us
             );
         }
         rounds.push(measured);
     }
-    drop((redis, node, site));
+    drop((redis, node, site, lean_site));
 
     let rounds = Rounds(rounds);
     let ratio = |index: usize, baseline: usize| rounds.ratio(index, baseline);
@@ -241,6 +255,7 @@ pub(crate) async fn run(settings: &Settings) -> anyhow::Result<Results> {
             Some((ratio(9, 2), "single node, pipelined Put")),
             Some(0.5),
         ),
+        row(10, Some((ratio(10, 2), "single node, pipelined Put")), None),
     ];
     Ok(Results {
         rows,

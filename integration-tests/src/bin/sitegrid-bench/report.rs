@@ -134,7 +134,11 @@ fn render_pipeline(out: &mut String, pipeline: &Result<pipeline::Results, String
          with the same value size and key space (filled first) at 64 callers (depth 1) \
          or 50 callers (depth 16, each sending 16 requests and waiting for all 16 \
          answers, as `redis-benchmark -P` does). `Put, unary` is the same load as unary \
-         calls. Redis's latencies are `redis-benchmark`'s per-request figures.\n",
+         calls. Redis's latencies are `redis-benchmark`'s per-request figures. The 3-node \
+         site runs twice: with each node's default worker threads (one per core: six \
+         threads for the machine's cores), the judged figure, and with \
+         `node.worker_threads = 1` per node, how one would run three nodes on one host \
+         (threads outnumbering the cores spend their time waking each other).\n",
         pipeline.redis_version
     );
     render_rows(out, &pipeline.rows);
