@@ -59,8 +59,8 @@ where
 impl Config {
     /// Applies `SITEGRID_NODE_NAME`, `SITEGRID_SITE`, `SITEGRID_SITE_ID`,
     /// `SITEGRID_LISTEN`, `SITEGRID_GOSSIP`, `SITEGRID_HTTP`, `SITEGRID_DATA_DIR`,
-    /// `SITEGRID_SEEDS` (comma-separated) and `SITEGRID_WORKER_THREADS`, then names the node after the host if it has
-    /// no name yet.
+    /// `SITEGRID_SEEDS` (comma-separated) and `SITEGRID_WORKER_THREADS`, then names the
+    /// node after the host if it has no name yet.
     pub fn apply_env(&mut self, env: &Environment) -> Result<()> {
         let node = &mut self.node;
         if let Some(value) = env.get("SITEGRID_NODE_NAME") {

@@ -29,26 +29,18 @@ async fn without_a_config_file_a_node_runs_alone_with_the_default_caches() {
 
 #[tokio::test]
 async fn a_node_runs_requests_on_the_worker_threads_it_is_given() {
-    let node = NodeProcess::start(NodeSpec {
-        worker_threads: Some(1),
-        ..NodeSpec::new("one-thread")
-    })
-    .await
-    .unwrap();
-    let threads = metric(node.http_addr(), "sitegrid_worker_threads")
+    for threads in [1, 3] {
+        let node = NodeProcess::start(NodeSpec {
+            worker_threads: Some(threads),
+            ..NodeSpec::new(&format!("threads-{threads}"))
+        })
         .await
         .unwrap();
-    assert_eq!(threads, 1.0);
-    let node = NodeProcess::start(NodeSpec {
-        worker_threads: Some(3),
-        ..NodeSpec::new("three-threads")
-    })
-    .await
-    .unwrap();
-    let threads = metric(node.http_addr(), "sitegrid_worker_threads")
-        .await
-        .unwrap();
-    assert_eq!(threads, 3.0);
+        let reported = metric(node.http_addr(), "sitegrid_worker_threads")
+            .await
+            .unwrap();
+        assert_eq!(reported, threads as f64);
+    }
 }
 
 #[test]
