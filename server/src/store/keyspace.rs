@@ -12,8 +12,7 @@
 //! [`Keyspace::apply`] holds the one replication rule. Callers wrap the keyspace in a
 //! lock and never hold that lock across I/O.
 
-use std::collections::btree_map::Entry as MapEntry;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -22,6 +21,7 @@ use bytes::Bytes;
 use crate::store::entry::{Entry, Slot};
 use crate::store::mutation::{ApplyOutcome, Mutation};
 use crate::store::slot_key::{RANGES, SlotKey, range_of};
+use crate::store::slots::{Slots, VersionIndex};
 use crate::store::time::UnixMillis;
 use crate::store::version::Version;
 
@@ -29,12 +29,12 @@ use crate::store::version::Version;
 #[derive(Debug)]
 pub struct Keyspace {
     /// Ordered by key hash (see `slot_key`): the same order on every node and site.
-    slots: BTreeMap<SlotKey, Slot>,
+    slots: Slots,
     /// Per key range, the XOR of a hash of (key, version) of every slot: two nodes whose
     /// range digests are equal hold the same slots there, almost surely. Kept up to date
     /// on every change, so comparing two nodes costs nothing until they differ.
     digests: Box<[u64; RANGES]>,
-    by_version: BTreeSet<(Version, Bytes)>,
+    by_version: VersionIndex,
     by_deadline: BTreeSet<(UnixMillis, Bytes)>,
     /// Where each live entry sits in `by_deadline`; only this keyspace writes it.
     indexed_deadlines: HashMap<Bytes, UnixMillis>,
@@ -53,9 +53,9 @@ pub struct Keyspace {
 impl Default for Keyspace {
     fn default() -> Self {
         Keyspace {
-            slots: BTreeMap::new(),
+            slots: Slots::default(),
             digests: Box::new([0; RANGES]),
-            by_version: BTreeSet::new(),
+            by_version: VersionIndex::default(),
             by_deadline: BTreeSet::new(),
             indexed_deadlines: HashMap::new(),
             by_tag: HashMap::new(),
@@ -148,22 +148,13 @@ impl Keyspace {
     pub fn apply(&mut self, mutation: &Mutation) -> ApplyOutcome {
         let slot_key = SlotKey::new(mutation.key.clone());
         let hash = slot_key.hash();
-        // One descent of the tree finds the key and, if the change applies, stores it.
+        // One probe finds the key and, if the change applies, stores it.
         let floor = self.floor;
-        let old = match self.slots.entry(slot_key) {
-            MapEntry::Occupied(mut occupied) => {
-                if let Some(refused) = refusal(Some(occupied.get()), floor, mutation) {
-                    return refused;
-                }
-                Some(occupied.insert(mutation.slot()))
-            }
-            MapEntry::Vacant(vacant) => {
-                if let Some(refused) = refusal(None, floor, mutation) {
-                    return refused;
-                }
-                vacant.insert(mutation.slot());
-                None
-            }
+        let old = match self.slots.put_unless(slot_key, mutation.slot(), |current| {
+            refusal(current, floor, mutation)
+        }) {
+            Ok(old) => old,
+            Err(refused) => return refused,
         };
         self.reindex(&mutation.key, hash, old.as_ref(), &mutation.slot());
         ApplyOutcome::Applied { replaced: old }
@@ -198,13 +189,13 @@ impl Keyspace {
         }
         *digest ^= digest_term(hash, new.version());
         if let Some(old) = old {
-            self.by_version.remove(&(old.version(), key.clone()));
+            self.by_version.remove(old.version(), key);
             if let Slot::Live(entry) = old {
                 self.live -= 1;
                 self.unindex_live(key, entry);
             }
         }
-        self.by_version.insert((new.version(), key.clone()));
+        self.by_version.insert(new.version(), key.clone());
         match new {
             Slot::Live(entry) => {
                 self.live += 1;
@@ -316,15 +307,6 @@ impl Keyspace {
             .unwrap_or_default()
     }
 
-    /// Keys of every live entry.
-    pub fn live_keys(&self) -> Vec<Bytes> {
-        self.slots
-            .iter()
-            .filter(|(_, slot)| matches!(slot, Slot::Live(_)))
-            .map(|(key, _)| key.key().clone())
-            .collect()
-    }
-
     /// Live entries whose deadline has passed at `now_ms`, at most `limit`. Entries whose
     /// indexed deadline passed but that were read since (max idle) are re-indexed under
     /// their new deadline instead.
@@ -388,7 +370,7 @@ impl Keyspace {
         };
         self.digests[range_of(slot_key.hash())] ^= digest_term(slot_key.hash(), version);
         self.slots.remove(&slot_key);
-        self.by_version.remove(&(version, key.clone()));
+        self.by_version.remove(version, key);
         if let Slot::Live(entry) = &slot {
             self.live -= 1;
             self.unindex_live(key, entry);
@@ -436,7 +418,7 @@ impl Keyspace {
             ReplayCursor::Position(version, key) => Bound::Excluded((*version, key.clone())),
         };
         self.by_version
-            .range((start, Bound::Unbounded))
+            .after(start)
             .take(limit)
             .filter_map(|(_, key)| self.slot(key).map(|slot| (key.clone(), slot.clone())))
             .collect()
@@ -513,7 +495,7 @@ impl Keyspace {
     pub fn newest_version(&self) -> Version {
         self.by_version
             .last()
-            .map_or(self.floor, |(version, _)| (*version).max(self.floor))
+            .map_or(self.floor, |version| version.max(self.floor))
     }
 }
 
@@ -529,9 +511,9 @@ impl Keyspace {
             .count();
         assert_eq!(self.live, live);
         assert_eq!(self.by_deadline.len(), self.indexed_deadlines.len());
-        for (key, slot) in &self.slots {
+        for (key, slot) in self.slots.iter() {
             let key = key.key();
-            assert!(self.by_version.contains(&(slot.version(), key.clone())));
+            assert!(self.by_version.contains(slot.version(), key));
             if let Slot::Live(entry) = slot {
                 for tag in entry.tags.iter() {
                     assert!(self.by_tag[tag].contains(key));

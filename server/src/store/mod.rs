@@ -26,6 +26,7 @@ pub mod reaper;
 pub mod record;
 pub mod replication;
 pub mod slot_key;
+mod slots;
 pub mod storage;
 pub mod time;
 pub mod version;
