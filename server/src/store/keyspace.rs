@@ -266,8 +266,8 @@ impl Keyspace {
                 };
                 Box::new(
                     self.slots
-                        .range((start, Bound::Unbounded))
-                        .map(|(key, slot)| (key.key(), Some(slot))),
+                        .range(start, Bound::Unbounded)
+                        .map(|(key, slot)| (key, Some(slot))),
                 )
             }
             Some(tag) => match self.by_tag.get(tag) {
@@ -433,9 +433,9 @@ impl Keyspace {
         };
         let slots: Vec<_> = self
             .slots
-            .range((start, Bound::Unbounded))
+            .range(start, Bound::Unbounded)
             .take(limit)
-            .map(|(key, slot)| (key.key().clone(), slot.clone()))
+            .map(|(key, slot)| (key.clone(), slot.clone()))
             .collect();
         let next = (slots.len() == limit)
             .then(|| slots.last().map(|(key, _)| key.clone()))
@@ -467,12 +467,12 @@ impl Keyspace {
         };
         let mut slots = Vec::new();
         let mut done = true;
-        for (key, slot) in self.slots.range((start, end)) {
+        for (key, slot) in self.slots.range(start, end) {
             if slots.len() == limit {
                 done = false;
                 break;
             }
-            slots.push((key.key().clone(), slot.clone()));
+            slots.push((key.clone(), slot.clone()));
         }
         (slots, done)
     }
@@ -480,8 +480,8 @@ impl Keyspace {
     /// Number of slots (live entries and tombstones) in each key range.
     pub fn range_counts(&self) -> Vec<u64> {
         let mut counts = vec![0; RANGES];
-        for key in self.slots.keys() {
-            counts[range_of(key.hash())] += 1;
+        for hash in self.slots.hashes() {
+            counts[range_of(hash)] += 1;
         }
         counts
     }
@@ -506,13 +506,12 @@ impl Keyspace {
         assert_eq!(self.by_version.len(), self.slots.len());
         let live = self
             .slots
-            .values()
-            .filter(|s| matches!(s, Slot::Live(_)))
+            .iter()
+            .filter(|(_, s)| matches!(s, Slot::Live(_)))
             .count();
         assert_eq!(self.live, live);
         assert_eq!(self.by_deadline.len(), self.indexed_deadlines.len());
         for (key, slot) in self.slots.iter() {
-            let key = key.key();
             assert!(self.by_version.contains(slot.version(), key));
             if let Slot::Live(entry) = slot {
                 for tag in entry.tags.iter() {
@@ -523,8 +522,8 @@ impl Keyspace {
         let tagged: usize = self.by_tag.values().map(BTreeSet::len).sum();
         let expected: usize = self
             .slots
-            .values()
-            .filter_map(|s| match s {
+            .iter()
+            .filter_map(|(_, s)| match s {
                 Slot::Live(e) => Some(e.tags.len()),
                 Slot::Tombstone(_) => None,
             })

@@ -39,9 +39,20 @@ impl SlotKey {
         }
     }
 
+    /// A key with a hash chosen by the caller (tests of keys sharing a hash).
+    #[cfg(test)]
+    pub(crate) fn with_hash(hash: u64, key: Bytes) -> SlotKey {
+        SlotKey { hash, key }
+    }
+
     /// The key's bytes.
     pub fn key(&self) -> &Bytes {
         &self.key
+    }
+
+    /// The key's bytes, taken out.
+    pub fn into_key(self) -> Bytes {
+        self.key
     }
 
     /// The key's hash.
