@@ -1,9 +1,11 @@
 //! The `Pipeline` RPC: many single-key requests on one stream, each answered with the id
 //! the client gave it.
 //!
-//! One task per stream reads the requests and runs them as futures it polls itself (no
-//! task per request), through the same handlers as the unary RPCs, so a request means
-//! exactly what its unary RPC means. At most [`MAX_IN_FLIGHT`] requests of a stream are
+//! One task per stream reads the requests and runs them through the same handlers as the
+//! unary RPCs, so a request means exactly what its unary RPC means. A request first runs
+//! as far as it goes without waiting: a read, or a write on a node alone, is answered
+//! then and there; one that waits (a lock, storage, other members) becomes a future the
+//! task polls itself (no task per request). At most [`MAX_IN_FLIGHT`] requests of a stream are
 //! admitted at once; beyond that the task stops reading and HTTP/2 flow control holds the
 //! client back. A request whose key already has one running waits in that key's queue
 //! and starts when the one before it ends, so one stream's requests to a key run in the
@@ -14,12 +16,13 @@
 //! When the client half-closes, or the node begins to shut down, the task stops reading,
 //! answers what it admitted, and ends the stream.
 
-use std::collections::hash_map::{DefaultHasher, Entry};
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::future::Future;
+use std::pin::Pin;
 
-use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use sitegrid_proto::multiplex;
 use sitegrid_proto::v1::{self, pipeline_request::Operation, pipeline_response::Result as Answer};
 use tokio::sync::{mpsc, watch};
@@ -60,18 +63,10 @@ async fn serve_stream(
     let mut reading = !*stopping.borrow();
     let requested = metrics::counter!("sitegrid_pipeline_requests_total");
     loop {
-        tokio::select! {
+        let done = tokio::select! {
             // Answers first: they free room for more requests.
             biased;
-            Some((slot, answer)) = running.next() => {
-                admitted -= 1;
-                if let Some(next) = queues.finished(slot) {
-                    running.push(serve(&service, &caller, slot, next));
-                }
-                if answers.send(Ok(answer)).await.is_err() {
-                    return; // the client went away; what runs is dropped, as for unary calls
-                }
-            }
+            Some(done) = running.next() => done,
             request = requests.next(), if reading && admitted < MAX_IN_FLIGHT => match request {
                 Some(Ok(request)) => {
                     requested.increment(1);
@@ -83,19 +78,73 @@ async fn serve_stream(
                     }
                     admitted += 1;
                     let slot = slot_of(&request);
-                    if let Some(request) = queues.admit(slot, request) {
-                        running.push(serve(&service, &caller, slot, request));
+                    let Some(request) = queues.admit(slot, request) else {
+                        continue;
+                    };
+                    match start(&service, &caller, slot, request) {
+                        Started::Done(done) => done,
+                        Started::Running(call) => {
+                            running.push(call);
+                            continue;
+                        }
                     }
                 }
                 Some(Err(status)) => {
                     tracing::debug!(%status, "pipeline stream broke");
                     reading = false;
+                    continue;
                 }
-                None => reading = false,
+                None => {
+                    reading = false;
+                    continue;
+                }
             },
-            () = multiplex::stopped(&mut stopping), if reading => reading = false,
+            () = multiplex::stopped(&mut stopping), if reading => {
+                reading = false;
+                continue;
+            }
             else => return,
+        };
+        // A request ended: the next one waiting for its key starts (and may end at once).
+        let mut ended = Some(done);
+        while let Some((slot, answer)) = ended.take() {
+            admitted -= 1;
+            if let Some(next) = queues.finished(slot) {
+                match start(&service, &caller, slot, next) {
+                    Started::Done(done) => ended = Some(done),
+                    Started::Running(call) => running.push(call),
+                }
+            }
+            if answers.send(Ok(answer)).await.is_err() {
+                return; // the client went away; what runs is dropped, as for unary calls
+            }
         }
+    }
+}
+
+/// A request's future: its slot and answer.
+type Call<'a> = Pin<Box<dyn Future<Output = (u64, v1::PipelineResponse)> + Send + 'a>>;
+
+/// A request just started.
+enum Started<'a> {
+    /// It ended without waiting (a read, a write on a node alone): its slot and answer.
+    Done((u64, v1::PipelineResponse)),
+    /// It waits for something (a lock, storage, other members): poll it to its end.
+    Running(Call<'a>),
+}
+
+/// Starts a request: runs it as far as it goes without waiting, so one that never waits
+/// costs no place among the running futures.
+fn start<'a>(
+    service: &'a CacheService,
+    caller: &'a Caller,
+    slot: u64,
+    request: v1::PipelineRequest,
+) -> Started<'a> {
+    let mut call = serve(service, caller, slot, request);
+    match (&mut call).now_or_never() {
+        Some(done) => Started::Done(done),
+        None => Started::Running(call),
     }
 }
 
@@ -112,48 +161,69 @@ fn slot_of(request: &v1::PipelineRequest) -> u64 {
         Some(Operation::RemoveWithVersion(r)) => (&r.cache, &r.key),
         None => return 0,
     };
-    let mut hasher = DefaultHasher::new();
-    cache.hash(&mut hasher);
-    key.hash(&mut hasher);
-    hasher.finish()
+    xxhash_rust::xxh3::xxh3_64_with_seed(key, xxhash_rust::xxh3::xxh3_64(cache.as_bytes()))
 }
 
-/// Runs one request through its unary handler.
-async fn serve(
-    service: &CacheService,
-    caller: &Caller,
+/// One request through its unary handler. Each operation's future is boxed on its own,
+/// so a read doesn't take the room of the largest write (several KiB).
+fn serve<'a>(
+    service: &'a CacheService,
+    caller: &'a Caller,
     slot: u64,
     request: v1::PipelineRequest,
-) -> (u64, v1::PipelineResponse) {
-    let answer = match request.operation {
-        Some(Operation::Get(r)) => service.serve_get(caller, r).await.map(Answer::Get),
-        Some(Operation::Put(r)) => service.serve_put(caller, r).await.map(Answer::Put),
-        Some(Operation::PutIfAbsent(r)) => service
-            .serve_put_if_absent(caller, r)
-            .await
-            .map(Answer::PutIfAbsent),
-        Some(Operation::Replace(r)) => service.serve_replace(caller, r).await.map(Answer::Replace),
-        Some(Operation::ReplaceWithVersion(r)) => service
-            .serve_replace_with_version(caller, r)
-            .await
-            .map(Answer::ReplaceWithVersion),
-        Some(Operation::Remove(r)) => service.serve_remove(caller, r).await.map(Answer::Remove),
-        Some(Operation::RemoveWithVersion(r)) => service
-            .serve_remove_with_version(caller, r)
-            .await
-            .map(Answer::RemoveWithVersion),
-        None => Err(Status::invalid_argument(
-            "pipeline request names no operation",
-        )),
-    };
-    let answer = match answer {
-        Ok(answer) => v1::PipelineResponse {
-            id: request.id,
-            result: Some(answer),
-        },
-        Err(status) => failed(request.id, &status),
-    };
-    (slot, answer)
+) -> Call<'a> {
+    let id = request.id;
+    match request.operation {
+        Some(Operation::Get(r)) => answer(slot, id, service.serve_get(caller, r), Answer::Get),
+        Some(Operation::Put(r)) => answer(slot, id, service.serve_put(caller, r), Answer::Put),
+        Some(Operation::PutIfAbsent(r)) => answer(
+            slot,
+            id,
+            service.serve_put_if_absent(caller, r),
+            Answer::PutIfAbsent,
+        ),
+        Some(Operation::Replace(r)) => {
+            answer(slot, id, service.serve_replace(caller, r), Answer::Replace)
+        }
+        Some(Operation::ReplaceWithVersion(r)) => answer(
+            slot,
+            id,
+            service.serve_replace_with_version(caller, r),
+            Answer::ReplaceWithVersion,
+        ),
+        Some(Operation::Remove(r)) => {
+            answer(slot, id, service.serve_remove(caller, r), Answer::Remove)
+        }
+        Some(Operation::RemoveWithVersion(r)) => answer(
+            slot,
+            id,
+            service.serve_remove_with_version(caller, r),
+            Answer::RemoveWithVersion,
+        ),
+        None => {
+            let status = Status::invalid_argument("pipeline request names no operation");
+            Box::pin(std::future::ready((slot, failed(id, &status))))
+        }
+    }
+}
+
+/// The future of request `id`: `call`, its response wrapped by `wrap`, or its error.
+fn answer<'a, R: 'a>(
+    slot: u64,
+    id: u64,
+    call: impl Future<Output = Result<R, Status>> + Send + 'a,
+    wrap: fn(R) -> Answer,
+) -> Call<'a> {
+    Box::pin(async move {
+        let answer = match call.await {
+            Ok(response) => v1::PipelineResponse {
+                id,
+                result: Some(wrap(response)),
+            },
+            Err(status) => failed(id, &status),
+        };
+        (slot, answer)
+    })
 }
 
 /// The answer to request `id` that failed with `status`.
