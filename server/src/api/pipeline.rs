@@ -214,8 +214,10 @@ fn answer<'a, R: 'a>(
     call: impl Future<Output = Result<R, Status>> + Send + 'a,
     wrap: fn(R) -> Answer,
 ) -> Call<'a> {
-    Box::pin(async move {
-        let answer = match call.await {
+    // `map`, not an async block: the block would hold `call` twice (as captured, and as
+    // the future it awaits).
+    Box::pin(call.map(move |answer| {
+        let answer = match answer {
             Ok(response) => v1::PipelineResponse {
                 id,
                 result: Some(wrap(response)),
@@ -223,7 +225,7 @@ fn answer<'a, R: 'a>(
             Err(status) => failed(id, &status),
         };
         (slot, answer)
-    })
+    }))
 }
 
 /// The answer to request `id` that failed with `status`.
