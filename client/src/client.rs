@@ -5,8 +5,11 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
+use futures::FutureExt;
+use futures::future::Either;
 use sitegrid_proto::v1::cache_client::CacheClient;
 use sitegrid_proto::{Backoff, v1};
+use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use crate::admin::RemoteAdmin;
@@ -110,6 +113,17 @@ pub(crate) enum Target<'a> {
     /// The primary of this key if it is known, else the current endpoint: a write, which
     /// any node would forward there.
     PrimaryOf(&'a [u8]),
+}
+
+/// Who keeps an attempt to its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    /// A timer around the attempt (unary calls).
+    Wrapped,
+    /// The attempt itself: a pipelined request's stream fails it at its deadline, with
+    /// no timer of its own (a timer per request was about a tenth of a pipelining
+    /// client's CPU).
+    KeptByAttempt,
 }
 
 /// How long a call may take.
@@ -381,10 +395,10 @@ impl Client {
             // instead of 1.6 KiB, moved at every layer); unary is the rarer path.
             return Box::pin(self.unary_to(target, request, unary)).await;
         }
-        let attempt = |connection: &Connection, request: Req| {
+        let attempt = |connection: &Connection, request: Req, deadline| {
             let pipelines = Arc::clone(&connection.pipelines);
             async move {
-                let answer = pipelines.call(request.into_operation()).await?;
+                let answer = pipelines.call(request.into_operation(), deadline).await?;
                 Req::response(answer).ok_or_else(|| {
                     tonic::Status::internal("the pipeline answered with another request's response")
                 })
@@ -395,6 +409,7 @@ impl Client {
             request,
             RetryPolicy::Request,
             &self.shared.settings.backoff,
+            Timer::KeptByAttempt,
             attempt,
         )
         .await
@@ -468,7 +483,7 @@ impl Client {
         Fut: Future<Output = std::result::Result<tonic::Response<Resp>, tonic::Status>>,
     {
         let timeout = self.shared.settings.request_timeout;
-        let attempt = |connection: &Connection, message: Req| {
+        let attempt = |connection: &Connection, message: Req, _deadline| {
             let mut request = tonic::Request::new(message);
             self.shared.settings.credentials.sign(&mut request);
             if deadline == Deadline::WholeCall {
@@ -477,24 +492,26 @@ impl Client {
             let answer = call(connection.channel.clone(), request);
             async move { answer.await.map(tonic::Response::into_inner) }
         };
-        self.send_on(target, request, policy, backoff, attempt)
+        self.send_on(target, request, policy, backoff, Timer::Wrapped, attempt)
             .await
     }
 
     /// Sends a request retried by `policy` with `backoff`, first to `target`, each
-    /// attempt made by `attempt` on an endpoint's connection within the request timeout,
-    /// and returns the answer with the index of the endpoint that gave it.
+    /// attempt made by `attempt` on an endpoint's connection within the request timeout
+    /// (its deadline given to `attempt`, kept as `timer` says), and returns the answer
+    /// with the index of the endpoint that gave it.
     async fn send_on<Req, Resp, F, Fut>(
         &self,
         target: Target<'_>,
         request: Req,
         policy: RetryPolicy,
         backoff: &Backoff,
+        timer: Timer,
         attempt: F,
     ) -> Result<(Resp, usize)>
     where
         Req: Clone,
-        F: Fn(&Connection, Req) -> Fut,
+        F: Fn(&Connection, Req, Instant) -> Fut,
         Fut: Future<Output = std::result::Result<Resp, tonic::Status>>,
     {
         let timeout = self.shared.settings.request_timeout;
@@ -519,10 +536,12 @@ impl Client {
                 // Boxed: the layers of retrying each keep their own copy of what they
                 // await, so inline, an attempt of a few hundred bytes would make the
                 // request's future several KiB, moved whole at every layer.
-                let answer = Box::pin(tokio::time::timeout(
-                    timeout,
-                    attempt(&nodes.connections[index], message),
-                ));
+                let deadline = Instant::now() + timeout;
+                let call = attempt(&nodes.connections[index], message, deadline);
+                let answer = Box::pin(match timer {
+                    Timer::KeptByAttempt => Either::Left(call.map(Ok)),
+                    Timer::Wrapped => Either::Right(tokio::time::timeout_at(deadline, call)),
+                });
                 async move {
                     let error = match answer.await {
                         Ok(Ok(response)) => return Ok((response, index)),

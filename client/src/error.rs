@@ -154,7 +154,11 @@ impl Error {
                 message: status.message().to_owned(),
             };
         };
-        if chain_contains::<tonic::TimeoutExpired>(source) {
+        // A timeout of tonic's (the server's deadline header), or a pipelined request
+        // its stream gave up on.
+        if chain_contains::<tonic::TimeoutExpired>(source)
+            || chain_contains::<sitegrid_proto::multiplex::Expired>(source)
+        {
             return Error::Timeout {
                 endpoint: endpoint.to_owned(),
                 after: timeout,

@@ -12,9 +12,9 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use sitegrid_proto::multiplex::Multiplexed;
+use sitegrid_proto::multiplex::{self, Deadline, Multiplexed};
 use sitegrid_proto::v1::{self, pipeline_request::Operation, pipeline_response::Result as Answer};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, TryAcquireError};
 use tonic::Status;
 use tonic::transport::Channel;
 
@@ -60,10 +60,16 @@ impl Pipelines {
         }
     }
 
-    /// Sends `operation` on one of the streams and waits for its answer. A request that
-    /// failed on the server is answered with the status its unary call would have had.
-    pub(crate) async fn call(&self, operation: Operation) -> Result<Answer, Status> {
-        self.pick().call(operation).await
+    /// Sends `operation` on one of the streams and waits for its answer until
+    /// `deadline`. A request that failed on the server is answered with the status its
+    /// unary call would have had; one unanswered by the deadline fails with
+    /// DEADLINE_EXCEEDED, whose source is [`multiplex::Expired`].
+    pub(crate) async fn call(
+        &self,
+        operation: Operation,
+        deadline: Deadline,
+    ) -> Result<Answer, Status> {
+        self.pick().call(operation, deadline).await
     }
 
     /// The first stream with fewer than [`SPREAD_AT`] requests in flight, or else the
@@ -100,19 +106,26 @@ impl PipelineStream {
         WINDOW.saturating_sub(self.window.available_permits())
     }
 
-    async fn call(&self, operation: Operation) -> Result<Answer, Status> {
-        let _room = self
-            .window
-            .acquire()
-            .await
-            .map_err(|_| Status::unavailable("pipeline closed"))?;
+    async fn call(&self, operation: Operation, deadline: Deadline) -> Result<Answer, Status> {
+        let closed = |_| Status::unavailable("pipeline closed");
+        // A timer only when the window is full: a request's own is kept by the stream.
+        let _room = match self.window.try_acquire() {
+            Ok(room) => room,
+            Err(TryAcquireError::Closed) => return Err(Status::unavailable("pipeline closed")),
+            Err(TryAcquireError::NoPermits) => {
+                tokio::time::timeout_at(deadline, self.window.acquire())
+                    .await
+                    .map_err(|_| multiplex::expired())?
+                    .map_err(closed)?
+            }
+        };
         let request = v1::PipelineRequest {
             id: 0,
             operation: Some(operation),
         };
         let answer = self
             .stream
-            .call(request, |outgoing| async move {
+            .call(request, Some(deadline), |outgoing| async move {
                 let mut request = tonic::Request::new(outgoing);
                 self.credentials.sign(&mut request);
                 Ok(cache_client(self.channel.clone())

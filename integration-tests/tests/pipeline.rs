@@ -247,3 +247,61 @@ async fn pipelined_writes_in_flight_when_a_node_dies_are_retried_on_the_others()
         }
     }
 }
+
+/// A pipelined request with no answer by the request timeout fails with a timeout, kept
+/// by its stream without a timer of its own; the stream goes on serving the others.
+#[tokio::test]
+async fn a_pipelined_request_unanswered_in_time_times_out_and_the_stream_goes_on() {
+    const TIMEOUT: Duration = Duration::from_millis(400);
+    let node = NodeProcess::start(NodeSpec {
+        // Holds every write to a `slow-commit` key for 20 s.
+        faults: vec!["slow-commit".to_string()],
+        ..NodeSpec::new("pipeline-timeout")
+    })
+    .await
+    .unwrap();
+    let client = Client::builder([node.endpoint()])
+        .request_timeout(TIMEOUT)
+        .backoff(sitegrid_proto::Backoff {
+            max_attempts: 1,
+            ..Default::default()
+        })
+        .connect()
+        .await
+        .unwrap();
+    let sessions = client.cache("sessions");
+
+    let started = std::time::Instant::now();
+    let slow = sessions.put("slow-commit-1", "v", WriteOptions::new());
+    // Sent while the slow write waits, on the same stream, and answered.
+    let quick = async {
+        sessions
+            .put("quick", "v", WriteOptions::new())
+            .await
+            .unwrap();
+        sessions.get("quick").await.unwrap()
+    };
+    let (slow, quick) = tokio::join!(slow, quick);
+    let waited = started.elapsed();
+    assert!(quick.is_some());
+    match slow {
+        Err(sitegrid_client::Error::Timeout { after, .. }) => assert_eq!(after, TIMEOUT),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(
+        waited >= TIMEOUT && waited < Duration::from_secs(10),
+        "timed out after {waited:?}"
+    );
+    // Still one stream, still serving.
+    sessions
+        .put("after", "v", WriteOptions::new())
+        .await
+        .unwrap();
+    assert!(sessions.get("after").await.unwrap().is_some());
+    assert_eq!(
+        http::metric(node.http_addr(), "sitegrid_pipeline_streams")
+            .await
+            .unwrap(),
+        1.0
+    );
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use prost::Message as _;
 use sitegrid_config::SiteConfig;
 use sitegrid_proto::batch::{BatchQueue, Weighed};
-use sitegrid_proto::multiplex::{Multiplexed, Streamless};
+use sitegrid_proto::multiplex::{self, Multiplexed, Streamless};
 use sitegrid_proto::tls::ClientTls;
 use sitegrid_proto::v1;
 use sitegrid_proto::v1::site_link_client::SiteLinkClient;
@@ -355,13 +355,15 @@ impl Link {
                 id: 0,
                 batch: Some(request.clone()),
             };
-            let sent = self.streams[index].call(batch, |outgoing| {
+            let sent = self.streams[index].call(batch, Some(deadline), |outgoing| {
                 let mut client = self.client(index);
                 async move { Ok(client.backup_stream(outgoing).await?.into_inner()) }
             });
-            match tokio::time::timeout_at(deadline, sent).await {
-                Err(_) => return Err(Failure::TimedOut(timeout)),
-                Ok(Ok(answer)) => match answer.result {
+            match sent.await {
+                Err(status) if multiplex::is_expired(&status) => {
+                    return Err(Failure::TimedOut(timeout));
+                }
+                Ok(answer) => match answer.result {
                     Some(v1::backup_stream_response::Result::Answer(answer)) => {
                         self.answered("stream");
                         return Ok(answer);
@@ -377,12 +379,12 @@ impl Link {
                             "a backup stream failed a batch; sending it as a call");
                     }
                 },
-                Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+                Err(status) if status.code() == tonic::Code::Unimplemented => {
                     tracing::info!(endpoint = %self.endpoints[index].0, retry_in = ?Streamless::FOR,
                         "the peer site has no backup stream (an older version): sending backups as calls");
                     self.streamless.lacking();
                 }
-                Ok(Err(status)) => {
+                Err(status) => {
                     tracing::debug!(endpoint = %self.endpoints[index].0, %status,
                         "backup stream failed; sending the batch as a call");
                 }

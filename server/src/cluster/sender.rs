@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use prost::Message;
 use sitegrid_proto::batch::{BatchQueue, Weighed};
-use sitegrid_proto::multiplex::{Multiplexed, Streamless};
+use sitegrid_proto::multiplex::{self, Multiplexed, Streamless};
 use sitegrid_proto::v1;
 use sitegrid_proto::v1::replication_service_client::ReplicationServiceClient;
 use tokio::sync::{mpsc, oneshot};
@@ -104,15 +104,19 @@ impl ApplyLink {
     ) -> Result<v1::ApplyResponse, Status> {
         use v1::apply_stream_response::Result as Answer;
         if self.streamless.stream_usable() {
-            let sent = self.stream.call(call.clone(), |outgoing| {
-                // Only when a stream is opened, not for every call on it.
-                let mut opener = client.clone();
-                async move { Ok(opener.apply_stream(outgoing).await?.into_inner()) }
-            });
-            let Ok(answer) = tokio::time::timeout(timeout, sent).await else {
+            let deadline = tokio::time::Instant::now() + timeout;
+            let answer = self
+                .stream
+                .call(call.clone(), Some(deadline), |outgoing| {
+                    // Only when a stream is opened, not for every call on it.
+                    let mut opener = client.clone();
+                    async move { Ok(opener.apply_stream(outgoing).await?.into_inner()) }
+                })
+                .await;
+            if answer.as_ref().is_err_and(multiplex::is_expired) {
                 self.stream.reset().await;
                 return Err(Status::deadline_exceeded("no answer in time"));
-            };
+            }
             match answer.map(|answer| answer.result) {
                 Ok(Some(Answer::Response(response))) => return Ok(response),
                 Ok(Some(Answer::Error(error))) => return Err(error.into()),
