@@ -107,18 +107,18 @@ impl PipelineStream {
     }
 
     async fn call(&self, operation: Operation, deadline: Deadline) -> Result<Answer, Status> {
-        let closed = |_| Status::unavailable("pipeline closed");
-        // A timer only when the window is full: a request's own is kept by the stream.
-        let _room = match self.window.try_acquire() {
-            Ok(room) => room,
-            Err(TryAcquireError::Closed) => return Err(Status::unavailable("pipeline closed")),
+        // A timer only while the window is full: the stream keeps the request's deadline.
+        let room = match self.window.try_acquire() {
+            Ok(room) => Some(room),
             Err(TryAcquireError::NoPermits) => {
                 tokio::time::timeout_at(deadline, self.window.acquire())
                     .await
                     .map_err(|_| multiplex::expired())?
-                    .map_err(closed)?
+                    .ok()
             }
+            Err(TryAcquireError::Closed) => None,
         };
+        let _room = room.ok_or_else(|| Status::unavailable("pipeline closed"))?;
         let request = v1::PipelineRequest {
             id: 0,
             operation: Some(operation),
