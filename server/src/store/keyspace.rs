@@ -148,7 +148,7 @@ impl Keyspace {
     pub fn apply(&mut self, mutation: &Mutation) -> ApplyOutcome {
         let slot_key = SlotKey::new(mutation.key.clone());
         let hash = slot_key.hash();
-        // One probe finds the key and, if the change applies, stores it.
+        // One descent of the tree finds the key and, if the change applies, stores it.
         let floor = self.floor;
         let old = match self.slots.put_unless(slot_key, mutation.slot(), |current| {
             refusal(current, floor, mutation)

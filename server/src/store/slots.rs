@@ -14,8 +14,8 @@
 //! slots was faster still, but with the ordered set it needs beside it, it cost 100 MB
 //! more for a million entries, putting the node over its memory target.
 
+use std::collections::BTreeMap;
 use std::collections::btree_map::Entry as MapEntry;
-use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
 use bytes::Bytes;
@@ -24,39 +24,83 @@ use crate::store::entry::Slot;
 use crate::store::slot_key::SlotKey;
 use crate::store::version::Version;
 
-/// The keys of one hash and their slots, in byte order of the keys: almost always one.
-#[derive(Debug)]
-enum Bucket {
-    One((Bytes, Slot)),
-    Many(Vec<(Bytes, Slot)>),
+/// Something filed under a key's bytes.
+trait ByKey {
+    fn key(&self) -> &Bytes;
 }
 
-impl Bucket {
-    fn pairs(&self) -> &[(Bytes, Slot)] {
+impl ByKey for Bytes {
+    fn key(&self) -> &Bytes {
+        self
+    }
+}
+
+impl ByKey for (Bytes, Slot) {
+    fn key(&self) -> &Bytes {
+        &self.0
+    }
+}
+
+/// What one integer of a map (a key hash, a version) files, in byte order of the keys:
+/// almost always one.
+#[derive(Debug)]
+enum Few<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T: ByKey> Few<T> {
+    fn items(&self) -> &[T] {
         match self {
-            Bucket::One(pair) => std::slice::from_ref(pair),
-            Bucket::Many(pairs) => pairs,
+            Few::One(item) => std::slice::from_ref(item),
+            Few::Many(items) => items,
         }
     }
 
-    fn pairs_mut(&mut self) -> &mut [(Bytes, Slot)] {
+    fn items_mut(&mut self) -> &mut [T] {
         match self {
-            Bucket::One(pair) => std::slice::from_mut(pair),
-            Bucket::Many(pairs) => pairs,
+            Few::One(item) => std::slice::from_mut(item),
+            Few::Many(items) => items,
         }
     }
 
     /// Where `key` is, or where it would go.
     fn position(&self, key: &Bytes) -> Result<usize, usize> {
-        self.pairs()
-            .binary_search_by(|(candidate, _)| candidate.cmp(key))
+        self.items()
+            .binary_search_by(|candidate| candidate.key().cmp(key))
+    }
+
+    /// Puts `item` at `index`, where [`Few::position`] said it goes.
+    fn insert(&mut self, index: usize, item: T) {
+        let mut items = match std::mem::replace(self, Few::Many(Vec::new())) {
+            Few::One(present) => vec![present],
+            Few::Many(items) => items,
+        };
+        items.insert(index, item);
+        *self = Few::Many(items);
+    }
+
+    /// Takes out the item at `index`; also returns whether none is left.
+    fn remove(&mut self, index: usize) -> (T, bool) {
+        match std::mem::replace(self, Few::Many(Vec::new())) {
+            Few::One(item) => (item, true),
+            Few::Many(mut items) => {
+                let item = items.remove(index);
+                let emptied = items.is_empty();
+                *self = match items.len() {
+                    1 => Few::One(items.pop().expect("one left")),
+                    _ => Few::Many(items),
+                };
+                (item, emptied)
+            }
+        }
     }
 }
 
 /// Key -> slot, in keyspace order.
 #[derive(Debug, Default)]
 pub(crate) struct Slots {
-    buckets: BTreeMap<u64, Bucket>,
+    buckets: BTreeMap<u64, Few<(Bytes, Slot)>>,
     len: usize,
 }
 
@@ -91,7 +135,7 @@ impl Slots {
     pub(crate) fn get(&self, key: &SlotKey) -> Option<&Slot> {
         let bucket = self.buckets.get(&key.hash())?;
         let index = bucket.position(key.key()).ok()?;
-        Some(&bucket.pairs()[index].1)
+        Some(&bucket.items()[index].1)
     }
 
     /// Puts `slot` under `key` unless `refuse`, shown what the key holds now, returns a
@@ -108,13 +152,13 @@ impl Slots {
                 if let Some(refused) = refuse(None) {
                     return Err(refused);
                 }
-                vacant.insert(Bucket::One((key.into_key(), slot)));
+                vacant.insert(Few::One((key.into_key(), slot)));
             }
             MapEntry::Occupied(mut occupied) => {
                 let bucket = occupied.get_mut();
                 match bucket.position(key.key()) {
                     Ok(index) => {
-                        let current = &mut bucket.pairs_mut()[index].1;
+                        let current = &mut bucket.items_mut()[index].1;
                         if let Some(refused) = refuse(Some(current)) {
                             return Err(refused);
                         }
@@ -124,12 +168,7 @@ impl Slots {
                         if let Some(refused) = refuse(None) {
                             return Err(refused);
                         }
-                        let mut pairs = match std::mem::replace(bucket, Bucket::Many(Vec::new())) {
-                            Bucket::One(pair) => vec![pair],
-                            Bucket::Many(pairs) => pairs,
-                        };
-                        pairs.insert(index, (key.into_key(), slot));
-                        *bucket = Bucket::Many(pairs);
+                        bucket.insert(index, (key.into_key(), slot));
                     }
                 }
             }
@@ -150,20 +189,10 @@ impl Slots {
             return None;
         };
         let index = occupied.get().position(key.key()).ok()?;
-        let slot = match occupied.get_mut() {
-            Bucket::One(_) => match occupied.remove() {
-                Bucket::One((_, slot)) => slot,
-                Bucket::Many(_) => unreachable!("just matched One"),
-            },
-            Bucket::Many(pairs) => {
-                let (_, slot) = pairs.remove(index);
-                if pairs.len() == 1 {
-                    let last = pairs.pop().expect("one left");
-                    *occupied.get_mut() = Bucket::One(last);
-                }
-                slot
-            }
-        };
+        let ((_, slot), emptied) = occupied.get_mut().remove(index);
+        if emptied {
+            occupied.remove();
+        }
         self.len -= 1;
         Some(slot)
     }
@@ -178,7 +207,7 @@ impl Slots {
             .range((hash_bound(&start), hash_bound(&end)))
             .flat_map(|(hash, bucket)| {
                 bucket
-                    .pairs()
+                    .items()
                     .iter()
                     .map(move |(key, slot)| (*hash, key, slot))
             })
@@ -197,7 +226,7 @@ impl Slots {
     pub(crate) fn hashes(&self) -> impl Iterator<Item = u64> {
         self.buckets
             .iter()
-            .flat_map(|(hash, bucket)| std::iter::repeat_n(*hash, bucket.pairs().len()))
+            .flat_map(|(hash, bucket)| std::iter::repeat_n(*hash, bucket.items().len()))
     }
 
     /// Number of slots.
@@ -206,17 +235,10 @@ impl Slots {
     }
 }
 
-/// The keys at one version: almost always one.
-#[derive(Debug)]
-enum AtVersion {
-    One(Bytes),
-    Many(BTreeSet<Bytes>),
-}
-
 /// (version, key) of every slot, in that order.
 #[derive(Debug, Default)]
 pub(crate) struct VersionIndex {
-    versions: BTreeMap<Version, AtVersion>,
+    versions: BTreeMap<Version, Few<Bytes>>,
     len: usize,
 }
 
@@ -225,20 +247,15 @@ impl VersionIndex {
         use std::collections::btree_map::Entry;
         match self.versions.entry(version) {
             Entry::Vacant(vacant) => {
-                vacant.insert(AtVersion::One(key));
+                vacant.insert(Few::One(key));
             }
-            Entry::Occupied(mut occupied) => match occupied.get_mut() {
-                AtVersion::One(present) if *present == key => return,
-                AtVersion::One(present) => {
-                    let present = present.clone();
-                    occupied.insert(AtVersion::Many(BTreeSet::from([present, key])));
+            Entry::Occupied(mut occupied) => {
+                let keys = occupied.get_mut();
+                match keys.position(&key) {
+                    Ok(_) => return,
+                    Err(index) => keys.insert(index, key),
                 }
-                AtVersion::Many(keys) => {
-                    if !keys.insert(key) {
-                        return;
-                    }
-                }
-            },
+            }
         }
         self.len += 1;
     }
@@ -248,23 +265,13 @@ impl VersionIndex {
         let Entry::Occupied(mut occupied) = self.versions.entry(version) else {
             return;
         };
-        let removed = match occupied.get_mut() {
-            AtVersion::One(present) if present == key => {
-                occupied.remove();
-                true
-            }
-            AtVersion::One(_) => false,
-            AtVersion::Many(keys) => {
-                let removed = keys.remove(key);
-                if keys.is_empty() {
-                    occupied.remove();
-                }
-                removed
-            }
+        let Ok(index) = occupied.get().position(key) else {
+            return;
         };
-        if removed {
-            self.len -= 1;
+        if occupied.get_mut().remove(index).1 {
+            occupied.remove();
         }
+        self.len -= 1;
     }
 
     /// (version, key) pairs after `start` (a (version, key) position, compared as a
@@ -281,13 +288,7 @@ impl VersionIndex {
         };
         self.versions
             .range((from, Bound::Unbounded))
-            .flat_map(|(version, keys)| {
-                let keys: Box<dyn Iterator<Item = &Bytes>> = match keys {
-                    AtVersion::One(key) => Box::new(std::iter::once(key)),
-                    AtVersion::Many(keys) => Box::new(keys.iter()),
-                };
-                keys.map(move |key| (*version, key))
-            })
+            .flat_map(|(version, keys)| keys.items().iter().map(move |key| (*version, key)))
             .skip_while(move |(version, key)| match &start {
                 Bound::Included(position) => (*version, *key) < (position.0, &position.1),
                 Bound::Excluded(position) => (*version, *key) <= (position.0, &position.1),
@@ -303,11 +304,9 @@ impl VersionIndex {
     /// Whether `key` is indexed at `version`.
     #[cfg(test)]
     pub(crate) fn contains(&self, version: Version, key: &Bytes) -> bool {
-        match self.versions.get(&version) {
-            Some(AtVersion::One(present)) => present == key,
-            Some(AtVersion::Many(keys)) => keys.contains(key),
-            None => false,
-        }
+        self.versions
+            .get(&version)
+            .is_some_and(|keys| keys.position(key).is_ok())
     }
 
     /// Number of (version, key) pairs.
