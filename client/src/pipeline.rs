@@ -1,8 +1,11 @@
-//! The pipelined path: single-key requests multiplexed on a few long-lived `Pipeline`
-//! streams per endpoint.
+//! The pipelined path: single-key requests multiplexed on a few long-lived
+//! `PipelineBatch` streams per endpoint.
 //!
 //! A unary call costs an HTTP/2 stream (headers, trailers, a task on the server); a
-//! request on an open `Pipeline` stream costs one small message each way. Every endpoint
+//! request on an open `PipelineBatch` stream costs a share of a message each way: the
+//! requests queued together (from any tasks) leave in one message, and the answers the
+//! server has ready together come back in one. A server without `PipelineBatch` (an
+//! older version) is sent one request to a message on `Pipeline` instead. Every endpoint
 //! has [`Pipelines`]: a few streams ([`Multiplexed`]), opened on first use on the
 //! endpoint's channel and again after they break, each with a bounded window of
 //! requests in flight. Requests from every task of the application fill the first
@@ -12,11 +15,11 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use sitegrid_proto::multiplex::{self, Deadline, Multiplexed};
+use sitegrid_proto::multiplex::{self, Deadline, Multiplexed, Streamless};
 use sitegrid_proto::v1::{self, pipeline_request::Operation, pipeline_response::Result as Answer};
 use tokio::sync::{Semaphore, TryAcquireError};
-use tonic::Status;
 use tonic::transport::Channel;
+use tonic::{Code, Status};
 
 use crate::client::cache_client;
 use crate::credentials::Credentials;
@@ -52,7 +55,9 @@ impl Pipelines {
                 .map(|_| PipelineStream {
                     channel: channel.clone(),
                     credentials: credentials.clone(),
-                    stream: Multiplexed::default(),
+                    batches: Multiplexed::default(),
+                    single: Multiplexed::default(),
+                    batchless: Streamless::default(),
                     window: Semaphore::new(WINDOW),
                 })
                 .collect(),
@@ -95,7 +100,12 @@ struct PipelineStream {
     channel: Channel,
     /// What the stream is opened with.
     credentials: Credentials,
-    stream: Multiplexed<v1::PipelineRequest, v1::PipelineResponse>,
+    /// The `PipelineBatch` stream.
+    batches: Multiplexed<v1::PipelineBatchRequest, v1::PipelineBatchResponse>,
+    /// The `Pipeline` stream, for a server without `PipelineBatch`.
+    single: Multiplexed<v1::PipelineRequest, v1::PipelineResponse>,
+    /// Whether the server is taken for one without `PipelineBatch`.
+    batchless: Streamless,
     /// Room for requests in flight.
     window: Semaphore,
 }
@@ -123,18 +133,44 @@ impl PipelineStream {
             id: 0,
             operation: Some(operation),
         };
+        let deadline = Some(deadline);
+        if self.batchless.stream_usable() {
+            let opened = self
+                .batches
+                .link(deadline, |outgoing| async move {
+                    Ok(cache_client(self.channel.clone())
+                        .pipeline_batch(self.signed(outgoing))
+                        .await?
+                        .into_inner())
+                })
+                .await;
+            match opened {
+                Ok(stream) => return result_of(stream.call(request, deadline).await?.result),
+                Err(status) if status.code() == Code::Unimplemented => {
+                    tracing::info!(retry_in = ?Streamless::FOR,
+                        "the server has no PipelineBatch (an older version): pipelining on Pipeline");
+                    self.batchless.lacking();
+                }
+                Err(status) => return Err(status),
+            }
+        }
         let answer = self
-            .stream
-            .call(request, Some(deadline), |outgoing| async move {
-                let mut request = tonic::Request::new(outgoing);
-                self.credentials.sign(&mut request);
+            .single
+            .call(request, deadline, |outgoing| async move {
                 Ok(cache_client(self.channel.clone())
-                    .pipeline(request)
+                    .pipeline(self.signed(outgoing))
                     .await?
                     .into_inner())
             })
             .await?;
         result_of(answer.result)
+    }
+
+    /// The request opening a stream that sends `outgoing`, with the credentials.
+    fn signed<T>(&self, outgoing: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(outgoing);
+        self.credentials.sign(&mut request);
+        request
     }
 }
 

@@ -15,7 +15,7 @@ use sitegrid_integration_tests::{NodeProcess, NodeSpec, Site, eventually, http};
 use sitegrid_proto::v1::cache_client::CacheClient;
 use sitegrid_proto::v1::pipeline_request::Operation;
 use sitegrid_proto::v1::pipeline_response::Result as Answer;
-use sitegrid_proto::v1::{PipelineRequest, ReplaceWithVersionRequest};
+use sitegrid_proto::v1::{PipelineBatchRequest, PipelineRequest, ReplaceWithVersionRequest};
 use tonic::Code;
 
 const KEYS: usize = 50;
@@ -304,4 +304,137 @@ async fn a_pipelined_request_unanswered_in_time_times_out_and_the_stream_goes_on
             .unwrap(),
         1.0
     );
+}
+
+#[tokio::test]
+async fn a_pipeline_batch_message_carries_many_requests_each_answered_by_id() {
+    const PER_KEY: usize = 4;
+    let node = NodeProcess::start(NodeSpec::new("pipeline-batch"))
+        .await
+        .unwrap();
+    let mut client = CacheClient::new(node.channel().await.unwrap());
+    let (requests, receiver) = tokio::sync::mpsc::channel(16);
+    let mut answers = client
+        .pipeline_batch(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await
+        .unwrap()
+        .into_inner();
+    // Puts to KEYS keys, PER_KEY each and interleaved, and one naming no operation, in
+    // one message; then a message of more requests than a message may carry.
+    let mut batch = Vec::new();
+    let mut sent = HashMap::new();
+    for round in 0..PER_KEY {
+        for key in 0..KEYS {
+            let id = batch.len() as u64 + 1;
+            let request = put("work", &format!("k{key}"), &format!("{round}"));
+            batch.push(PipelineRequest {
+                id,
+                operation: Some(Operation::Put(request)),
+            });
+            sent.insert(id, (key, round));
+        }
+    }
+    batch.push(PipelineRequest {
+        id: 1_000_000,
+        operation: None,
+    });
+    let first = batch.len();
+    requests
+        .send(PipelineBatchRequest { requests: batch })
+        .await
+        .unwrap();
+    let mut versions = vec![vec![0u64; PER_KEY]; KEYS];
+    let mut messages = 0;
+    let mut errors = HashMap::new();
+    let mut answered = 0;
+    while answered < first {
+        let message = answers.message().await.unwrap().expect("answers");
+        messages += 1;
+        answered += message.responses.len();
+        for answer in message.responses {
+            match answer.result.unwrap() {
+                Answer::Put(put) => {
+                    let (key, round) = sent.remove(&answer.id).expect("one answer per id");
+                    versions[key][round] = put.version;
+                }
+                Answer::Error(error) => {
+                    errors.insert(answer.id, Code::from(error.code));
+                }
+                other => panic!("unexpected answer {other:?}"),
+            }
+        }
+    }
+    assert!(sent.is_empty(), "unanswered: {sent:?}");
+    assert_eq!(errors[&1_000_000], Code::InvalidArgument, "no operation");
+    assert!(
+        messages * 4 < first,
+        "answers ready together leave together: {first} answers in {messages} messages"
+    );
+    for (key, versions) in versions.iter().enumerate() {
+        assert!(
+            versions.windows(2).all(|pair| pair[0] < pair[1]),
+            "key k{key}: puts applied out of order: {versions:?}"
+        );
+    }
+
+    // Beyond the most a message carries, each request is refused; the stream goes on.
+    const MOST: usize = 1024;
+    let oversized = (0..MOST as u64 + 3)
+        .map(|id| PipelineRequest {
+            id,
+            operation: Some(Operation::Get(get("work", "k7"))),
+        })
+        .collect();
+    requests
+        .send(PipelineBatchRequest {
+            requests: oversized,
+        })
+        .await
+        .unwrap();
+    let mut found = 0;
+    let mut refused = Vec::new();
+    while found + refused.len() < MOST + 3 {
+        for answer in answers.message().await.unwrap().expect("answers").responses {
+            match answer.result.unwrap() {
+                Answer::Get(get) => {
+                    assert_eq!(get.value, Bytes::from(format!("{}", PER_KEY - 1)));
+                    found += 1;
+                }
+                Answer::Error(error) => {
+                    assert_eq!(Code::from(error.code), Code::InvalidArgument, "{error:?}");
+                    refused.push(answer.id);
+                }
+                other => panic!("unexpected answer {other:?}"),
+            }
+        }
+    }
+    refused.sort_unstable();
+    assert_eq!(refused, [MOST as u64, MOST as u64 + 1, MOST as u64 + 2]);
+    assert_eq!(found, MOST);
+}
+
+#[tokio::test]
+async fn the_client_library_pipelines_on_a_node_without_pipeline_batch() {
+    // The node answers PipelineBatch with UNIMPLEMENTED, as one of the previous version
+    // does: the client must pipeline on Pipeline, not fail its requests.
+    let node = NodeProcess::start(NodeSpec::new("pipeline-old").with_fault("no-pipeline-batch"))
+        .await
+        .unwrap();
+    let client = Client::connect([node.endpoint()]).await.unwrap();
+    let sessions = client.cache("sessions");
+    let writes = (0..100).map(|i| {
+        let sessions = sessions.clone();
+        async move {
+            let key = format!("s{i}");
+            let put = sessions.put(key.clone(), "v", WriteOptions::new()).await?;
+            let read = sessions.get(key).await?;
+            assert_eq!(read.unwrap().metadata.version, put.version);
+            Ok::<_, sitegrid_client::Error>(())
+        }
+    });
+    futures::future::try_join_all(writes).await.unwrap();
+    let pipelined = http::metric(node.http_addr(), "sitegrid_pipeline_requests_total")
+        .await
+        .unwrap();
+    assert_eq!(pipelined, 200.0, "pipelined, not unary");
 }

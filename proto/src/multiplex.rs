@@ -1,11 +1,12 @@
 //! Calls multiplexed on one long-lived bidirectional stream.
 //!
 //! A unary call costs an HTTP/2 stream: headers both ways, trailers, a task on the
-//! server. A request on an open stream costs one message each way, and messages queued
+//! server. A request on an open stream costs one message each way, or a share of one
+//! where the messages carry several (a [`Wire`] says which), and messages queued
 //! together leave in one write. [`Multiplexed`] keeps one such stream, opened on first
 //! use and again after it breaks: every request gets an id, the answer echoing that id
 //! goes back to its caller, whatever order the answers come in. The client library's
-//! `Pipeline` streams, a primary's changes to the members of its site (`ApplyStream`)
+//! `PipelineBatch` streams, a primary's changes to the members of its site (`ApplyStream`)
 //! and its sync backups to a peer site (`BackupStream`) ride on it.
 //!
 //! A request whose stream breaks fails with UNAVAILABLE when the connection failed (so
@@ -40,11 +41,30 @@ pub trait Tagged {
     fn set_id(&mut self, id: u64);
 }
 
+/// How a stream's messages carry its calls' requests (or answers): one to a message (the
+/// site's and the relay's streams, whose requests are batches already), or all those
+/// queued together (`PipelineBatch`: requests from many callers, answers ready
+/// together).
+pub trait Wire: Send + 'static {
+    /// One call's request, or its answer.
+    type Call: Tagged + Send + 'static;
+    /// The messages carrying `calls` (never empty), in their order.
+    fn pack(calls: Vec<Self::Call>) -> impl Iterator<Item = Self> + Send;
+    /// The calls this message carries, in their order.
+    fn unpack(self) -> impl Iterator<Item = Self::Call> + Send;
+}
+
 /// What the callers' requests become on the wire: the stream the opener sends.
-pub type Outgoing<Req> = tokio_stream::wrappers::UnboundedReceiverStream<Req>;
+pub type Outgoing<Up> = tokio_stream::wrappers::UnboundedReceiverStream<Up>;
+
+/// Most requests a stream's task takes from its callers at once (and so most in one
+/// message, for a wire that carries several).
+const TAKE: usize = 256;
 
 /// A request to send, when to give up on it, and where its answer goes.
 type Call<Req, Resp> = (Req, Option<Deadline>, oneshot::Sender<Result<Resp, Status>>);
+/// A call of a stream whose requests travel as `Up` and answers as `Down`.
+type CallOf<Up, Down> = Call<<Up as Wire>::Call, <Down as Wire>::Call>;
 
 /// When a call gives up: tokio's clock, so tests that pause time see calls expire.
 pub type Deadline = tokio::time::Instant;
@@ -80,18 +100,19 @@ pub fn expired() -> Status {
 
 /// The open stream: where its task takes requests, and the task.
 #[derive(Debug)]
-struct Link<Req, Resp> {
-    calls: mpsc::UnboundedSender<Call<Req, Resp>>,
+struct Link<Up: Wire, Down: Wire> {
+    calls: mpsc::UnboundedSender<CallOf<Up, Down>>,
     task: AbortHandle,
 }
 
-/// One stream carrying many calls; see the module doc.
+/// One stream carrying many calls, their requests sent as `Up` messages and their answers
+/// received as `Down` ones; see the module doc.
 #[derive(Debug)]
-pub struct Multiplexed<Req, Resp> {
-    link: Mutex<Option<Link<Req, Resp>>>,
+pub struct Multiplexed<Up: Wire, Down: Wire> {
+    link: Mutex<Option<Link<Up, Down>>>,
 }
 
-impl<Req, Resp> Default for Multiplexed<Req, Resp> {
+impl<Up: Wire, Down: Wire> Default for Multiplexed<Up, Down> {
     fn default() -> Self {
         Multiplexed {
             link: Mutex::new(None),
@@ -99,23 +120,37 @@ impl<Req, Resp> Default for Multiplexed<Req, Resp> {
     }
 }
 
-impl<Req, Resp> Multiplexed<Req, Resp>
-where
-    Req: Tagged + Send + 'static,
-    Resp: Tagged + Send + 'static,
-{
+impl<Up: Wire, Down: Wire> Multiplexed<Up, Down> {
     /// Sends `request` and waits for its answer, until `deadline` if there is one.
     /// Without an open stream, `open` opens one: it is given the stream of requests to
     /// send and returns the server's answers.
     pub async fn call<F, Fut>(
         &self,
-        request: Req,
+        request: Up::Call,
         deadline: Option<Deadline>,
         open: F,
-    ) -> Result<Resp, Status>
+    ) -> Result<Down::Call, Status>
     where
-        F: FnOnce(Outgoing<Req>) -> Fut,
-        Fut: Future<Output = Result<Streaming<Resp>, Status>>,
+        F: FnOnce(Outgoing<Up>) -> Fut,
+        Fut: Future<Output = Result<Streaming<Down>, Status>>,
+    {
+        self.link(deadline, open)
+            .await?
+            .call(request, deadline)
+            .await
+    }
+
+    /// The open stream, opened with `open` (as for [`Multiplexed::call`]) if there is
+    /// none: for a caller that does something else with its request when the stream
+    /// can't be opened.
+    pub async fn link<F, Fut>(
+        &self,
+        deadline: Option<Deadline>,
+        open: F,
+    ) -> Result<Calls<Up, Down>, Status>
+    where
+        F: FnOnce(Outgoing<Up>) -> Fut,
+        Fut: Future<Output = Result<Streaming<Down>, Status>>,
     {
         let calls = match (self.open_link(), deadline) {
             (Some(calls), _) => calls,
@@ -124,13 +159,7 @@ where
                 .await
                 .map_err(|_| expired())??,
         };
-        let (reply, answer) = oneshot::channel();
-        calls
-            .send((request, deadline, reply))
-            .map_err(|_| Status::unavailable("stream closed"))?;
-        answer
-            .await
-            .unwrap_or_else(|_| Err(Status::unavailable("stream ended")))
+        Ok(Calls { calls })
     }
 
     /// Drops the open stream, if any: its calls in flight fail with UNAVAILABLE and the
@@ -142,7 +171,7 @@ where
     }
 
     /// The open stream's task, if there is one and nobody holds the link (opening one).
-    fn open_link(&self) -> Option<mpsc::UnboundedSender<Call<Req, Resp>>> {
+    fn open_link(&self) -> Option<mpsc::UnboundedSender<CallOf<Up, Down>>> {
         let link = self.link.try_lock().ok()?;
         link.as_ref()
             .filter(|open| !open.calls.is_closed())
@@ -150,10 +179,13 @@ where
     }
 
     /// The open stream's task, opening a stream if there is none.
-    async fn calls<F, Fut>(&self, open: F) -> Result<mpsc::UnboundedSender<Call<Req, Resp>>, Status>
+    async fn calls<F, Fut>(
+        &self,
+        open: F,
+    ) -> Result<mpsc::UnboundedSender<CallOf<Up, Down>>, Status>
     where
-        F: FnOnce(Outgoing<Req>) -> Fut,
-        Fut: Future<Output = Result<Streaming<Resp>, Status>>,
+        F: FnOnce(Outgoing<Up>) -> Fut,
+        Fut: Future<Output = Result<Streaming<Down>, Status>>,
     {
         let mut link = self.link.lock().await;
         if let Some(open) = link.as_ref().filter(|open| !open.calls.is_closed()) {
@@ -173,7 +205,30 @@ where
     }
 }
 
-impl<Req, Resp> Drop for Multiplexed<Req, Resp> {
+/// An open stream of a [`Multiplexed`], to send calls on.
+#[derive(Debug)]
+pub struct Calls<Up: Wire, Down: Wire> {
+    calls: mpsc::UnboundedSender<CallOf<Up, Down>>,
+}
+
+impl<Up: Wire, Down: Wire> Calls<Up, Down> {
+    /// Sends `request` and waits for its answer, until `deadline` if there is one.
+    pub async fn call(
+        self,
+        request: Up::Call,
+        deadline: Option<Deadline>,
+    ) -> Result<Down::Call, Status> {
+        let (reply, answer) = oneshot::channel();
+        self.calls
+            .send((request, deadline, reply))
+            .map_err(|_| Status::unavailable("stream closed"))?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err(Status::unavailable("stream ended")))
+    }
+}
+
+impl<Up: Wire, Down: Wire> Drop for Multiplexed<Up, Down> {
     fn drop(&mut self) {
         if let Some(link) = self.link.get_mut().take() {
             link.task.abort();
@@ -181,17 +236,18 @@ impl<Req, Resp> Drop for Multiplexed<Req, Resp> {
     }
 }
 
-/// A stream's task: numbers and sends each request, and hands each answer to its
-/// caller; fails the calls past their deadline; when the stream breaks, fails every call
-/// in flight. Ends when the stream breaks or, once no call can come any more, when the
-/// last answer is in (or the last call expired).
-async fn run<Req: Tagged, Resp: Tagged>(
-    mut calls: mpsc::UnboundedReceiver<Call<Req, Resp>>,
-    requests: mpsc::UnboundedSender<Req>,
-    mut answers: Streaming<Resp>,
+/// A stream's task: numbers and sends the requests (those queued together in one go),
+/// and hands each answer to its caller; fails the calls past their deadline; when the
+/// stream breaks, fails every call in flight. Ends when the stream breaks or, once no
+/// call can come any more, when the last answer is in (or the last call expired).
+async fn run<Up: Wire, Down: Wire>(
+    mut calls: mpsc::UnboundedReceiver<CallOf<Up, Down>>,
+    requests: mpsc::UnboundedSender<Up>,
+    mut answers: Streaming<Down>,
 ) {
     type Reply<Resp> = oneshot::Sender<Result<Resp, Status>>;
-    let mut in_flight: HashMap<u64, (Reply<Resp>, Option<Deadline>)> = HashMap::new();
+    let mut in_flight: HashMap<u64, (Reply<Down::Call>, Option<Deadline>)> = HashMap::new();
+    let mut taken = Vec::with_capacity(TAKE);
     // Calls in flight with a deadline: while there are any, the sweep runs.
     let mut timed = 0usize;
     let mut sweep = tokio::time::interval(SWEEP);
@@ -200,25 +256,33 @@ async fn run<Req: Tagged, Resp: Tagged>(
     let mut open = true;
     let broken = loop {
         tokio::select! {
-            call = calls.recv(), if open => match call {
-                Some((mut request, deadline, reply)) => {
-                    next_id += 1;
-                    request.set_id(next_id);
-                    if requests.send(request).is_err() {
-                        let _ = reply.send(Err(Status::unavailable("stream closed")));
+            taking = calls.recv_many(&mut taken, TAKE), if open => match taking {
+                0 if in_flight.is_empty() => return,
+                0 => open = false,
+                _ => {
+                    let batch: Vec<_> = taken
+                        .drain(..)
+                        .map(|(mut request, deadline, reply)| {
+                            next_id += 1;
+                            request.set_id(next_id);
+                            timed += usize::from(deadline.is_some());
+                            in_flight.insert(next_id, (reply, deadline));
+                            request
+                        })
+                        .collect();
+                    // A failed send means the stream is gone: its calls fail below.
+                    if Up::pack(batch).any(|message| requests.send(message).is_err()) {
                         break Status::unavailable("stream closed");
                     }
-                    timed += usize::from(deadline.is_some());
-                    in_flight.insert(next_id, (reply, deadline));
                 }
-                None if in_flight.is_empty() => return,
-                None => open = false,
             },
             answer = answers.message() => match answer {
-                Ok(Some(answer)) => {
-                    if let Some((reply, deadline)) = in_flight.remove(&answer.id()) {
-                        timed -= usize::from(deadline.is_some());
-                        let _ = reply.send(Ok(answer));
+                Ok(Some(message)) => {
+                    for answer in message.unpack() {
+                        if let Some((reply, deadline)) = in_flight.remove(&answer.id()) {
+                            timed -= usize::from(deadline.is_some());
+                            let _ = reply.send(Ok(answer));
+                        }
                     }
                     if !open && in_flight.is_empty() {
                         return;
@@ -361,3 +425,53 @@ tagged!(
     ApplyStreamRequest,
     ApplyStreamResponse
 );
+
+/// Messages that carry one call each.
+macro_rules! one_to_a_message {
+    ($($message:ident),* $(,)?) => {$(
+        impl Wire for crate::v1::$message {
+            type Call = Self;
+
+            fn pack(calls: Vec<Self>) -> impl Iterator<Item = Self> + Send {
+                calls.into_iter()
+            }
+
+            fn unpack(self) -> impl Iterator<Item = Self> + Send {
+                std::iter::once(self)
+            }
+        }
+    )*};
+}
+
+one_to_a_message!(
+    PipelineRequest,
+    PipelineResponse,
+    BackupStreamRequest,
+    BackupStreamResponse,
+    ApplyStreamRequest,
+    ApplyStreamResponse
+);
+
+impl Wire for crate::v1::PipelineBatchRequest {
+    type Call = crate::v1::PipelineRequest;
+
+    fn pack(requests: Vec<Self::Call>) -> impl Iterator<Item = Self> + Send {
+        std::iter::once(crate::v1::PipelineBatchRequest { requests })
+    }
+
+    fn unpack(self) -> impl Iterator<Item = Self::Call> + Send {
+        self.requests.into_iter()
+    }
+}
+
+impl Wire for crate::v1::PipelineBatchResponse {
+    type Call = crate::v1::PipelineResponse;
+
+    fn pack(responses: Vec<Self::Call>) -> impl Iterator<Item = Self> + Send {
+        std::iter::once(crate::v1::PipelineBatchResponse { responses })
+    }
+
+    fn unpack(self) -> impl Iterator<Item = Self::Call> + Send {
+        self.responses.into_iter()
+    }
+}

@@ -36,6 +36,9 @@ pub enum Fault {
     /// The node answers `ApplyStream` with UNIMPLEMENTED, as a node of an older version
     /// does: the primaries of its site must send it their changes as `Apply` calls.
     NoApplyStream,
+    /// The node answers `PipelineBatch` with UNIMPLEMENTED, as a node of an older version
+    /// does: clients must send it their pipelined requests on `Pipeline`.
+    NoPipelineBatch,
 }
 
 /// Keys whose writes [`Fault::CrashMidWrite`] interrupts.
@@ -68,6 +71,7 @@ impl Fault {
             Fault::TidyLate => "tidy-late",
             Fault::NoBackupStream => "no-backup-stream",
             Fault::NoApplyStream => "no-apply-stream",
+            Fault::NoPipelineBatch => "no-pipeline-batch",
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::api::observe::{Op, RequestMetrics};
 use crate::api::pipeline;
 use crate::api::validate::Validator;
 use crate::events::subscription::{ListenSpec, Subscription};
+use crate::faults::{self, Fault};
 use crate::node::NodeState;
 use crate::store::Store;
 use crate::store::cache::{Condition, WriteOp, WriteRequest, WriteResult};
@@ -33,7 +34,7 @@ const MAX_BATCH_BYTES: usize = 1 << 20;
 /// Events between a subscription's task and its gRPC stream; the real buffer is the
 /// hub's ring (`events.listener_buffer`), this only smooths the hand-over.
 const LISTEN_CHANNEL: usize = 64;
-/// Answers between a pipeline's task and its gRPC stream.
+/// Batches of answers between a pipeline's task and its gRPC stream.
 const PIPELINE_CHANNEL: usize = 256;
 
 /// The `Cache` service of one node.
@@ -49,6 +50,8 @@ pub struct CacheService {
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<v1::CacheEvent, Status>> + Send>>;
 type PipelineStream = Pin<Box<dyn Stream<Item = Result<v1::PipelineResponse, Status>> + Send>>;
+type PipelineBatchStream =
+    Pin<Box<dyn Stream<Item = Result<v1::PipelineBatchResponse, Status>> + Send>>;
 type EntriesStream = Pin<Box<dyn Stream<Item = Result<v1::EntriesResponse, Status>> + Send>>;
 
 impl CacheService {
@@ -628,14 +631,46 @@ impl Cache for CacheService {
     ) -> Result<Response<Self::PipelineStream>, Status> {
         let (sender, receiver) = mpsc::channel(PIPELINE_CHANNEL);
         let caller = Caller::of(request.extensions());
+        let requests = request
+            .into_inner()
+            .map(|request| request.map(std::iter::once));
         tokio::spawn(pipeline::run(
             self.clone(),
             caller,
-            request.into_inner(),
+            requests,
             sender,
             self.state.stopping(),
         ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        let answers = futures::StreamExt::flat_map(ReceiverStream::new(receiver), |answers| {
+            futures::stream::iter(answers.into_iter().map(Ok))
+        });
+        Ok(Response::new(Box::pin(answers)))
+    }
+
+    type PipelineBatchStream = PipelineBatchStream;
+
+    async fn pipeline_batch(
+        &self,
+        request: Request<Streaming<v1::PipelineBatchRequest>>,
+    ) -> Result<Response<Self::PipelineBatchStream>, Status> {
+        if faults::on(Fault::NoPipelineBatch) {
+            return Err(Status::unimplemented("fault no-pipeline-batch"));
+        }
+        let (sender, receiver) = mpsc::channel(PIPELINE_CHANNEL);
+        let caller = Caller::of(request.extensions());
+        let requests = request
+            .into_inner()
+            .map(|batch| batch.map(|batch| batch.requests));
+        tokio::spawn(pipeline::run(
+            self.clone(),
+            caller,
+            requests,
+            sender,
+            self.state.stopping(),
+        ));
+        let answers = ReceiverStream::new(receiver)
+            .map(|responses| Ok(v1::PipelineBatchResponse { responses }));
+        Ok(Response::new(Box::pin(answers)))
     }
 
     type ListenStream = EventStream;

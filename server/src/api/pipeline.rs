@@ -1,5 +1,5 @@
-//! The `Pipeline` RPC: many single-key requests on one stream, each answered with the id
-//! the client gave it.
+//! The `Pipeline` and `PipelineBatch` RPCs: many single-key requests on one stream, each
+//! answered with the id the client gave it.
 //!
 //! One task per stream reads the requests and runs them through the same handlers as the
 //! unary RPCs, so a request means exactly what its unary RPC means. A request first runs
@@ -10,8 +10,9 @@
 //! client back. A request whose key already has one running waits in that key's queue
 //! and starts when the one before it ends, so one stream's requests to a key run in the
 //! order they were sent; requests to different keys run together, which is what lets
-//! the write path batch their replication and share one durable flush. Every answer is
-//! sent as soon as its request ends.
+//! the write path batch their replication and share one durable flush. Answers ready
+//! together leave together: as one message on a `PipelineBatch` stream (whose messages
+//! carry several requests each way), in one write on a `Pipeline` stream.
 //!
 //! When the client half-closes, or the node begins to shut down, the task stops reading,
 //! answers what it admitted, and ends the stream.
@@ -22,11 +23,11 @@ use std::future::Future;
 use std::pin::Pin;
 
 use futures::stream::FuturesUnordered;
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use sitegrid_proto::multiplex;
 use sitegrid_proto::v1::{self, pipeline_request::Operation, pipeline_response::Result as Answer};
 use tokio::sync::{mpsc, watch};
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 use super::auth::Caller;
 use super::cache::CacheService;
@@ -35,88 +36,138 @@ use super::cache::CacheService;
 /// same key.
 pub(crate) const MAX_IN_FLIGHT: usize = 1024;
 
-/// Runs the requests of one `Pipeline` stream and sends their answers to `answers`,
-/// until the client stops sending (or goes away) or `stopping` turns true.
-pub(crate) async fn run(
+/// Most requests in one `PipelineBatch` message; each one beyond is answered with
+/// INVALID_ARGUMENT.
+pub(crate) const MAX_BATCH: usize = 1024;
+
+/// Answers gathered before they are sent, at most: answers ready together leave in one
+/// message (`PipelineBatch`) or one write (`Pipeline`).
+const ANSWERS_AT_ONCE: usize = 256;
+
+/// Runs the requests of one `Pipeline` or `PipelineBatch` stream (a message carries one
+/// request, or several) and sends their answers to `answers`, those ready together in
+/// one batch, until the client stops sending (or goes away) or `stopping` turns true.
+pub(crate) async fn run<S, B>(
     service: CacheService,
     caller: Caller,
-    requests: Streaming<v1::PipelineRequest>,
-    answers: mpsc::Sender<Result<v1::PipelineResponse, Status>>,
+    requests: S,
+    answers: mpsc::Sender<Vec<v1::PipelineResponse>>,
     stopping: watch::Receiver<bool>,
-) {
+) where
+    S: Stream<Item = Result<B, Status>> + Unpin,
+    B: IntoIterator<Item = v1::PipelineRequest>,
+{
     let open = metrics::gauge!("sitegrid_pipeline_streams");
     open.increment(1.0);
-    serve_stream(service, caller, requests, answers, stopping).await;
+    let mut stream = Requests {
+        service: &service,
+        caller: &caller,
+        running: FuturesUnordered::new(),
+        queues: KeyQueues::default(),
+        admitted: 0,
+        ready: Vec::new(),
+        requested: metrics::counter!("sitegrid_pipeline_requests_total"),
+    };
+    stream.serve(requests, answers, stopping).await;
     open.decrement(1.0);
 }
 
-async fn serve_stream(
-    service: CacheService,
-    caller: Caller,
-    mut requests: Streaming<v1::PipelineRequest>,
-    answers: mpsc::Sender<Result<v1::PipelineResponse, Status>>,
-    mut stopping: watch::Receiver<bool>,
-) {
-    let mut running = FuturesUnordered::new();
-    let mut queues = KeyQueues::default();
-    let mut admitted = 0usize;
-    let mut reading = !*stopping.borrow();
-    let requested = metrics::counter!("sitegrid_pipeline_requests_total");
-    loop {
-        let done = tokio::select! {
-            // Answers first: they free room for more requests.
-            biased;
-            Some(done) = running.next() => done,
-            request = requests.next(), if reading && admitted < MAX_IN_FLIGHT => match request {
-                Some(Ok(request)) => {
-                    requested.increment(1);
-                    if let Err(status) = service.limits().admit(caller.address.map(|a| a.ip())) {
-                        if answers.send(Ok(failed(request.id, &status))).await.is_err() {
-                            return;
+/// The requests of one stream being served, and their answers not sent yet.
+struct Requests<'a> {
+    service: &'a CacheService,
+    caller: &'a Caller,
+    /// Requests waiting for something (a lock, storage, other members).
+    running: FuturesUnordered<Call<'a>>,
+    queues: KeyQueues,
+    /// Requests taken in and not answered yet.
+    admitted: usize,
+    /// Answers to send.
+    ready: Vec<v1::PipelineResponse>,
+    requested: metrics::Counter,
+}
+
+impl<'a> Requests<'a> {
+    async fn serve<S, B>(
+        &mut self,
+        mut requests: S,
+        answers: mpsc::Sender<Vec<v1::PipelineResponse>>,
+        mut stopping: watch::Receiver<bool>,
+    ) where
+        S: Stream<Item = Result<B, Status>> + Unpin,
+        B: IntoIterator<Item = v1::PipelineRequest>,
+    {
+        let mut reading = !*stopping.borrow();
+        loop {
+            tokio::select! {
+                // Answers first (they free room for more requests), then requests; the
+                // answers gathered meanwhile leave once neither has more right now.
+                biased;
+                Some(done) = self.running.next() => self.ended(done),
+                message = requests.next(),
+                    if reading && self.admitted < MAX_IN_FLIGHT && self.ready.len() < ANSWERS_AT_ONCE =>
+                {
+                    match message {
+                        Some(Ok(batch)) => {
+                            for (index, request) in batch.into_iter().enumerate() {
+                                self.take(index, request);
+                            }
                         }
-                        continue;
-                    }
-                    admitted += 1;
-                    let slot = slot_of(&request);
-                    let Some(request) = queues.admit(slot, request) else {
-                        continue;
-                    };
-                    match start(&service, &caller, slot, request) {
-                        Started::Done(done) => done,
-                        Started::Running(call) => {
-                            running.push(call);
-                            continue;
+                        Some(Err(status)) => {
+                            tracing::debug!(%status, "pipeline stream broke");
+                            reading = false;
                         }
+                        None => reading = false,
                     }
                 }
-                Some(Err(status)) => {
-                    tracing::debug!(%status, "pipeline stream broke");
-                    reading = false;
-                    continue;
-                }
-                None => {
-                    reading = false;
-                    continue;
-                }
-            },
-            () = multiplex::stopped(&mut stopping), if reading => {
-                reading = false;
-                continue;
+                room = answers.reserve(), if !self.ready.is_empty() => match room {
+                    Ok(room) => room.send(std::mem::take(&mut self.ready)),
+                    // The client went away; what runs is dropped, as for unary calls.
+                    Err(_) => return,
+                },
+                () = multiplex::stopped(&mut stopping), if reading => reading = false,
+                else => return,
             }
-            else => return,
-        };
-        // A request ended: the next one waiting for its key starts (and may end at once).
+        }
+    }
+
+    /// Takes in the request at `index` of its message: answers it at once if it ends
+    /// without waiting, or at once with its error.
+    fn take(&mut self, index: usize, request: v1::PipelineRequest) {
+        self.requested.increment(1);
+        if index >= MAX_BATCH {
+            let status = Status::invalid_argument(format!(
+                "a pipeline message carries at most {MAX_BATCH} requests"
+            ));
+            self.ready.push(failed(request.id, &status));
+            return;
+        }
+        let address = self.caller.address.map(|address| address.ip());
+        if let Err(status) = self.service.limits().admit(address) {
+            self.ready.push(failed(request.id, &status));
+            return;
+        }
+        self.admitted += 1;
+        let slot = slot_of(&request);
+        if let Some(request) = self.queues.admit(slot, request) {
+            match start(self.service, self.caller, slot, request) {
+                Started::Done(done) => self.ended(done),
+                Started::Running(call) => self.running.push(call),
+            }
+        }
+    }
+
+    /// A request ended: its answer is ready, and the next one waiting for its key starts
+    /// (and may end at once).
+    fn ended(&mut self, done: (u64, v1::PipelineResponse)) {
         let mut ended = Some(done);
         while let Some((slot, answer)) = ended.take() {
-            admitted -= 1;
-            if let Some(next) = queues.finished(slot) {
-                match start(&service, &caller, slot, next) {
+            self.admitted -= 1;
+            self.ready.push(answer);
+            if let Some(next) = self.queues.finished(slot) {
+                match start(self.service, self.caller, slot, next) {
                     Started::Done(done) => ended = Some(done),
-                    Started::Running(call) => running.push(call),
+                    Started::Running(call) => self.running.push(call),
                 }
-            }
-            if answers.send(Ok(answer)).await.is_err() {
-                return; // the client went away; what runs is dropped, as for unary calls
             }
         }
     }
