@@ -438,3 +438,33 @@ async fn the_client_library_pipelines_on_a_node_without_pipeline_batch() {
         .unwrap();
     assert_eq!(pipelined, 200.0, "pipelined, not unary");
 }
+
+#[tokio::test]
+async fn pipelined_requests_and_answers_larger_together_than_a_message_may_be_all_succeed() {
+    // 24 values of 1 MiB: in flight together they are more than the node takes in one
+    // message (about 17 MiB by default), each alone far less. Without retries, so a
+    // broken stream fails the test.
+    const VALUES: usize = 24;
+    let node = NodeProcess::start(NodeSpec::new("pipeline-large"))
+        .await
+        .unwrap();
+    let client = Client::builder([node.endpoint()])
+        .backoff(sitegrid_client::Backoff {
+            max_attempts: 1,
+            ..Default::default()
+        })
+        .connect()
+        .await
+        .unwrap();
+    let work = client.cache("work");
+    let value = |i: usize| Bytes::from(vec![b'a' + i as u8; 1 << 20]);
+    let puts = (0..VALUES).map(|i| work.put(format!("large{i}"), value(i), WriteOptions::new()));
+    let versions = futures::future::try_join_all(puts).await.unwrap();
+    let gets = (0..VALUES).map(|i| work.get(format!("large{i}")));
+    let found = futures::future::try_join_all(gets).await.unwrap();
+    for (i, (found, put)) in found.into_iter().zip(versions).enumerate() {
+        let found = found.expect("written");
+        assert_eq!(found.value, value(i));
+        assert_eq!(found.metadata.version, put.version);
+    }
+}

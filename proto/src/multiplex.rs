@@ -48,7 +48,8 @@ pub trait Tagged {
 pub trait Wire: Send + 'static {
     /// One call's request, or its answer.
     type Call: Tagged + Send + 'static;
-    /// The messages carrying `calls` (never empty), in their order.
+    /// The messages carrying `calls` (never empty), in their order; each within what
+    /// the other side accepts if every call is.
     fn pack(calls: Vec<Self::Call>) -> impl Iterator<Item = Self> + Send;
     /// The calls this message carries, in their order.
     fn unpack(self) -> impl Iterator<Item = Self::Call> + Send;
@@ -452,11 +453,38 @@ one_to_a_message!(
     ApplyStreamResponse
 );
 
+/// Most encoded bytes of calls a message that carries several takes: beyond, they go in
+/// the next message (a larger call goes alone), so a message stays within what the other
+/// side accepts as long as each call does.
+pub const BATCH_BYTES: usize = 1 << 20;
+
+/// `calls` in runs of at most [`BATCH_BYTES`] encoded (a larger call alone), in order.
+pub fn by_size<T: prost::Message + Send>(calls: Vec<T>) -> impl Iterator<Item = Vec<T>> + Send {
+    let mut runs = Vec::with_capacity(1);
+    let mut run = Vec::new();
+    let mut bytes = 0;
+    for call in calls {
+        // As a field of the message: its tag, its length, itself.
+        let len = call.encoded_len();
+        let size = 1 + prost::length_delimiter_len(len) + len;
+        if !run.is_empty() && bytes + size > BATCH_BYTES {
+            runs.push(std::mem::take(&mut run));
+            bytes = 0;
+        }
+        bytes += size;
+        run.push(call);
+    }
+    if !run.is_empty() {
+        runs.push(run);
+    }
+    runs.into_iter()
+}
+
 impl Wire for crate::v1::PipelineBatchRequest {
     type Call = crate::v1::PipelineRequest;
 
     fn pack(requests: Vec<Self::Call>) -> impl Iterator<Item = Self> + Send {
-        std::iter::once(crate::v1::PipelineBatchRequest { requests })
+        by_size(requests).map(|requests| crate::v1::PipelineBatchRequest { requests })
     }
 
     fn unpack(self) -> impl Iterator<Item = Self::Call> + Send {
@@ -468,10 +496,59 @@ impl Wire for crate::v1::PipelineBatchResponse {
     type Call = crate::v1::PipelineResponse;
 
     fn pack(responses: Vec<Self::Call>) -> impl Iterator<Item = Self> + Send {
-        std::iter::once(crate::v1::PipelineBatchResponse { responses })
+        by_size(responses).map(|responses| crate::v1::PipelineBatchResponse { responses })
     }
 
     fn unpack(self) -> impl Iterator<Item = Self::Call> + Send {
         self.responses.into_iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+    use crate::v1::{PipelineBatchRequest, PipelineRequest, PutRequest, pipeline_request};
+
+    fn put(id: u64, bytes: usize) -> PipelineRequest {
+        PipelineRequest {
+            id,
+            operation: Some(pipeline_request::Operation::Put(PutRequest {
+                cache: "work".into(),
+                key: bytes::Bytes::from(format!("k{id}")),
+                value: bytes::Bytes::from(vec![b'v'; bytes]),
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn batches_stay_within_their_bytes_a_larger_call_alone_in_order() {
+        let sizes = [400 << 10, 400 << 10, 400 << 10, 2 << 20, 10, 10];
+        let calls = sizes
+            .iter()
+            .enumerate()
+            .map(|(id, bytes)| put(id as u64, *bytes))
+            .collect();
+        let messages: Vec<_> = PipelineBatchRequest::pack(calls).collect();
+        let ids: Vec<Vec<u64>> = messages
+            .iter()
+            .map(|message| message.requests.iter().map(|r| r.id).collect())
+            .collect();
+        assert_eq!(ids, [vec![0, 1], vec![2], vec![3], vec![4, 5]]);
+        for message in &messages {
+            assert!(
+                message.requests.len() == 1 || message.encoded_len() <= BATCH_BYTES,
+                "{} bytes in {} calls",
+                message.encoded_len(),
+                message.requests.len()
+            );
+        }
+
+        let small: Vec<_> = (0..200).map(|id| put(id, 100)).collect();
+        let messages: Vec<_> = PipelineBatchRequest::pack(small.clone()).collect();
+        assert_eq!(messages.len(), 1, "small calls travel together");
+        assert_eq!(messages[0].requests, small);
     }
 }

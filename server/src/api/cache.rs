@@ -5,6 +5,7 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 use futures::Stream;
+use sitegrid_proto::multiplex::Wire;
 use sitegrid_proto::v1::{self, cache_server::Cache};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -668,8 +669,10 @@ impl Cache for CacheService {
             sender,
             self.state.stopping(),
         ));
-        let answers = ReceiverStream::new(receiver)
-            .map(|responses| Ok(v1::PipelineBatchResponse { responses }));
+        // Answers ready together, in messages of a size the client takes.
+        let answers = futures::StreamExt::flat_map(ReceiverStream::new(receiver), |answers| {
+            futures::stream::iter(v1::PipelineBatchResponse::pack(answers).map(Ok))
+        });
         Ok(Response::new(Box::pin(answers)))
     }
 

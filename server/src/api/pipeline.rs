@@ -5,9 +5,9 @@
 //! unary RPCs, so a request means exactly what its unary RPC means. A request first runs
 //! as far as it goes without waiting: a read, or a write on a node alone, is answered
 //! then and there; one that waits (a lock, storage, other members) becomes a future the
-//! task polls itself (no task per request). At most [`MAX_IN_FLIGHT`] requests of a stream are
-//! admitted at once; beyond that the task stops reading and HTTP/2 flow control holds the
-//! client back. A request whose key already has one running waits in that key's queue
+//! task polls itself (no task per request). Once [`MAX_IN_FLIGHT`] requests of a stream
+//! are admitted (a message is taken whole, so one more message's at most), the task stops
+//! reading and HTTP/2 flow control holds the client back. A request whose key already has one running waits in that key's queue
 //! and starts when the one before it ends, so one stream's requests to a key run in the
 //! order they were sent; requests to different keys run together, which is what lets
 //! the write path batch their replication and share one durable flush. Answers ready
