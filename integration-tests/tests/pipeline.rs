@@ -1,6 +1,6 @@
-//! The `Pipeline` RPC on a real node: many requests in flight on one stream, answered by
-//! id; one stream's requests to a key run in the order sent; a bad request is answered
-//! with its error and the stream goes on.
+//! The `Pipeline` and `PipelineBatch` RPCs on a real node: many requests in flight on one
+//! stream, answered by id; one stream's requests to a key run in the order sent; a bad
+//! request is answered with its error and the stream goes on.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,11 +15,57 @@ use sitegrid_integration_tests::{NodeProcess, NodeSpec, Site, eventually, http};
 use sitegrid_proto::v1::cache_client::CacheClient;
 use sitegrid_proto::v1::pipeline_request::Operation;
 use sitegrid_proto::v1::pipeline_response::Result as Answer;
-use sitegrid_proto::v1::{PipelineBatchRequest, PipelineRequest, ReplaceWithVersionRequest};
+use sitegrid_proto::v1::{
+    PipelineBatchRequest, PipelineRequest, PipelineResponse, ReplaceWithVersionRequest,
+};
 use tonic::Code;
 
 const KEYS: usize = 50;
 const ROUNDS: usize = 20;
+
+/// The answers to pipelined Puts of round after round to keys `k0`, `k1`...: the version
+/// each (key, round) got, and the errors, by request id.
+struct PutsAnswered {
+    /// The (key, round) of each Put not answered yet, by id.
+    sent: HashMap<u64, (usize, usize)>,
+    /// The version each Put got, by key and round.
+    versions: Vec<Vec<u64>>,
+    errors: HashMap<u64, Code>,
+}
+
+impl PutsAnswered {
+    fn new(sent: HashMap<u64, (usize, usize)>, rounds: usize) -> PutsAnswered {
+        PutsAnswered {
+            sent,
+            versions: vec![vec![0; rounds]; KEYS],
+            errors: HashMap::new(),
+        }
+    }
+
+    fn take(&mut self, answer: PipelineResponse) {
+        match answer.result.unwrap() {
+            Answer::Put(put) => {
+                let (key, round) = self.sent.remove(&answer.id).expect("one answer per id");
+                self.versions[key][round] = put.version;
+            }
+            Answer::Error(error) => {
+                self.errors.insert(answer.id, Code::from(error.code));
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+
+    /// Every Put was answered, and each key's were applied in the order sent.
+    fn assert_all_answered_in_order(&self) {
+        assert!(self.sent.is_empty(), "unanswered: {:?}", self.sent);
+        for (key, versions) in self.versions.iter().enumerate() {
+            assert!(
+                versions.windows(2).all(|pair| pair[0] < pair[1]),
+                "key k{key}: puts applied out of order: {versions:?}"
+            );
+        }
+    }
+}
 
 #[tokio::test]
 async fn requests_in_flight_together_are_answered_by_id_in_per_key_order() {
@@ -59,34 +105,22 @@ async fn requests_in_flight_together_are_answered_by_id_in_per_key_order() {
         }
     }
 
-    let mut versions = vec![vec![0u64; ROUNDS]; KEYS];
-    let mut errors = HashMap::new();
-    for _ in 0..sent.len() + 2 {
+    let mut puts = PutsAnswered::new(sent, ROUNDS);
+    for _ in 0..puts.sent.len() + 2 {
         let answer = answers
             .message()
             .await
             .unwrap()
             .expect("an answer per request");
-        match answer.result.unwrap() {
-            Answer::Put(put) => {
-                let (key, round) = sent.remove(&answer.id).expect("one answer per id");
-                versions[key][round] = put.version;
-            }
-            Answer::Error(error) => {
-                errors.insert(answer.id, Code::from(error.code));
-            }
-            other => panic!("unexpected answer {other:?}"),
-        }
+        puts.take(answer);
     }
-    assert!(sent.is_empty(), "unanswered: {sent:?}");
-    assert_eq!(errors[&1_000_000], Code::NotFound, "unknown cache");
-    assert_eq!(errors[&1_000_001], Code::InvalidArgument, "no operation");
-    for (key, versions) in versions.iter().enumerate() {
-        assert!(
-            versions.windows(2).all(|pair| pair[0] < pair[1]),
-            "key k{key}: puts applied out of order: {versions:?}"
-        );
-    }
+    puts.assert_all_answered_in_order();
+    assert_eq!(puts.errors[&1_000_000], Code::NotFound, "unknown cache");
+    assert_eq!(
+        puts.errors[&1_000_001],
+        Code::InvalidArgument,
+        "no operation"
+    );
 
     // The stream is still usable after the errors, and reads see the last round.
     requests
@@ -102,7 +136,10 @@ async fn requests_in_flight_together_are_answered_by_id_in_per_key_order() {
         panic!("{answer:?}")
     };
     assert_eq!(found.value, Bytes::from(format!("{}", ROUNDS - 1)));
-    assert_eq!(found.metadata.unwrap().version, versions[7][ROUNDS - 1]);
+    assert_eq!(
+        found.metadata.unwrap().version,
+        puts.versions[7][ROUNDS - 1]
+    );
 }
 
 #[tokio::test]
@@ -343,39 +380,28 @@ async fn a_pipeline_batch_message_carries_many_requests_each_answered_by_id() {
         .send(PipelineBatchRequest { requests: batch })
         .await
         .unwrap();
-    let mut versions = vec![vec![0u64; PER_KEY]; KEYS];
+    let mut puts = PutsAnswered::new(sent, PER_KEY);
     let mut messages = 0;
-    let mut errors = HashMap::new();
     let mut answered = 0;
     while answered < first {
         let message = answers.message().await.unwrap().expect("answers");
         messages += 1;
         answered += message.responses.len();
-        for answer in message.responses {
-            match answer.result.unwrap() {
-                Answer::Put(put) => {
-                    let (key, round) = sent.remove(&answer.id).expect("one answer per id");
-                    versions[key][round] = put.version;
-                }
-                Answer::Error(error) => {
-                    errors.insert(answer.id, Code::from(error.code));
-                }
-                other => panic!("unexpected answer {other:?}"),
-            }
-        }
+        message
+            .responses
+            .into_iter()
+            .for_each(|answer| puts.take(answer));
     }
-    assert!(sent.is_empty(), "unanswered: {sent:?}");
-    assert_eq!(errors[&1_000_000], Code::InvalidArgument, "no operation");
+    puts.assert_all_answered_in_order();
+    assert_eq!(
+        puts.errors[&1_000_000],
+        Code::InvalidArgument,
+        "no operation"
+    );
     assert!(
         messages * 4 < first,
         "answers ready together leave together: {first} answers in {messages} messages"
     );
-    for (key, versions) in versions.iter().enumerate() {
-        assert!(
-            versions.windows(2).all(|pair| pair[0] < pair[1]),
-            "key k{key}: puts applied out of order: {versions:?}"
-        );
-    }
 
     // Beyond the most a message carries, each request is refused; the stream goes on.
     const MOST: usize = 1024;

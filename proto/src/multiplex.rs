@@ -480,29 +480,31 @@ pub fn by_size<T: prost::Message + Send>(calls: Vec<T>) -> impl Iterator<Item = 
     runs.into_iter()
 }
 
-impl Wire for crate::v1::PipelineBatchRequest {
-    type Call = crate::v1::PipelineRequest;
+/// Messages that carry several calls, in the field named.
+macro_rules! several_to_a_message {
+    ($($message:ident { $field:ident: $call:ident }),* $(,)?) => {$(
+        impl Wire for crate::v1::$message {
+            type Call = crate::v1::$call;
 
-    fn pack(requests: Vec<Self::Call>) -> impl Iterator<Item = Self> + Send {
-        by_size(requests).map(|requests| crate::v1::PipelineBatchRequest { requests })
-    }
+            fn pack(calls: Vec<Self::Call>) -> impl Iterator<Item = Self> + Send {
+                by_size(calls).map(|$field| crate::v1::$message { $field })
+            }
 
-    fn unpack(self) -> impl Iterator<Item = Self::Call> + Send {
-        self.requests.into_iter()
-    }
+            fn unpack(self) -> impl Iterator<Item = Self::Call> + Send {
+                self.$field.into_iter()
+            }
+        }
+    )*};
 }
 
-impl Wire for crate::v1::PipelineBatchResponse {
-    type Call = crate::v1::PipelineResponse;
-
-    fn pack(responses: Vec<Self::Call>) -> impl Iterator<Item = Self> + Send {
-        by_size(responses).map(|responses| crate::v1::PipelineBatchResponse { responses })
-    }
-
-    fn unpack(self) -> impl Iterator<Item = Self::Call> + Send {
-        self.responses.into_iter()
-    }
-}
+several_to_a_message!(
+    PipelineBatchRequest {
+        requests: PipelineRequest
+    },
+    PipelineBatchResponse {
+        responses: PipelineResponse
+    },
+);
 
 #[cfg(test)]
 mod tests {

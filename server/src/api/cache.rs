@@ -75,6 +75,36 @@ impl CacheService {
     }
 
     /// The per-client limits this service enforces.
+    /// Serves a `Pipeline` or `PipelineBatch` stream (its messages carry one request or
+    /// several, as their [`Wire`] says) on a task of its own; returns its answers, those
+    /// ready together packed as the answers' [`Wire`] packs them (in messages of a size
+    /// the client takes).
+    fn pipeline_stream<Up, Down>(
+        &self,
+        request: Request<Streaming<Up>>,
+    ) -> Pin<Box<dyn Stream<Item = Result<Down, Status>> + Send>>
+    where
+        Up: Wire<Call = v1::PipelineRequest>,
+        Down: Wire<Call = v1::PipelineResponse>,
+    {
+        let (sender, receiver) = mpsc::channel(PIPELINE_CHANNEL);
+        let caller = Caller::of(request.extensions());
+        let requests = request
+            .into_inner()
+            .map(|message| message.map(Wire::unpack));
+        tokio::spawn(pipeline::run(
+            self.clone(),
+            caller,
+            requests,
+            sender,
+            self.state.stopping(),
+        ));
+        Box::pin(futures::StreamExt::flat_map(
+            ReceiverStream::new(receiver),
+            |answers| futures::stream::iter(Down::pack(answers).map(Ok)),
+        ))
+    }
+
     pub(crate) fn limits(&self) -> &ClientLimits {
         &self.limits
     }
@@ -630,22 +660,7 @@ impl Cache for CacheService {
         &self,
         request: Request<Streaming<v1::PipelineRequest>>,
     ) -> Result<Response<Self::PipelineStream>, Status> {
-        let (sender, receiver) = mpsc::channel(PIPELINE_CHANNEL);
-        let caller = Caller::of(request.extensions());
-        let requests = request
-            .into_inner()
-            .map(|request| request.map(std::iter::once));
-        tokio::spawn(pipeline::run(
-            self.clone(),
-            caller,
-            requests,
-            sender,
-            self.state.stopping(),
-        ));
-        let answers = futures::StreamExt::flat_map(ReceiverStream::new(receiver), |answers| {
-            futures::stream::iter(answers.into_iter().map(Ok))
-        });
-        Ok(Response::new(Box::pin(answers)))
+        Ok(Response::new(self.pipeline_stream(request)))
     }
 
     type PipelineBatchStream = PipelineBatchStream;
@@ -657,23 +672,7 @@ impl Cache for CacheService {
         if faults::on(Fault::NoPipelineBatch) {
             return Err(Status::unimplemented("fault no-pipeline-batch"));
         }
-        let (sender, receiver) = mpsc::channel(PIPELINE_CHANNEL);
-        let caller = Caller::of(request.extensions());
-        let requests = request
-            .into_inner()
-            .map(|batch| batch.map(|batch| batch.requests));
-        tokio::spawn(pipeline::run(
-            self.clone(),
-            caller,
-            requests,
-            sender,
-            self.state.stopping(),
-        ));
-        // Answers ready together, in messages of a size the client takes.
-        let answers = futures::StreamExt::flat_map(ReceiverStream::new(receiver), |answers| {
-            futures::stream::iter(v1::PipelineBatchResponse::pack(answers).map(Ok))
-        });
-        Ok(Response::new(Box::pin(answers)))
+        Ok(Response::new(self.pipeline_stream(request)))
     }
 
     type ListenStream = EventStream;
