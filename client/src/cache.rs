@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use sitegrid_proto::v1;
 
+use crate::batch::Batch;
 use crate::client::{Client, Deadline, cache_client};
 use crate::entry_stream::EntryStream;
 use crate::error::Result;
@@ -62,20 +63,14 @@ impl RemoteCache {
 
     /// Reads `key`; `None` when it is absent or expired.
     pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<Versioned>> {
-        let request = v1::GetRequest {
-            cache: self.name.clone(),
-            key: key.into(),
-        };
+        let request = self.get_request(key.into());
         let response = self
             .client
             .read(request, |channel, request| async move {
                 cache_client(channel).get(request).await
             })
             .await?;
-        Ok(response.found.then(|| Versioned {
-            value: response.value,
-            metadata: response.metadata.unwrap_or_default().into(),
-        }))
+        Ok(found(response))
     }
 
     /// Writes `key` unconditionally.
@@ -86,7 +81,7 @@ impl RemoteCache {
         options: WriteOptions,
     ) -> Result<PutOutcome> {
         let key: Bytes = key.into();
-        let request = put_like!(PutRequest, self, key.clone(), value, options);
+        let request = self.put_request(key.clone(), value.into(), options);
         let response = self
             .client
             .write(&key, request, |channel, request| async move {
@@ -104,7 +99,7 @@ impl RemoteCache {
         options: WriteOptions,
     ) -> Result<PutIfAbsentOutcome> {
         let key: Bytes = key.into();
-        let request = put_like!(PutIfAbsentRequest, self, key.clone(), value, options);
+        let request = self.put_if_absent_request(key.clone(), value.into(), options);
         let response = self
             .client
             .write(&key, request, |channel, request| async move {
@@ -122,7 +117,7 @@ impl RemoteCache {
         options: WriteOptions,
     ) -> Result<ReplaceOutcome> {
         let key: Bytes = key.into();
-        let request = put_like!(ReplaceRequest, self, key.clone(), value, options);
+        let request = self.replace_request(key.clone(), value.into(), options);
         let response = self
             .client
             .write(&key, request, |channel, request| async move {
@@ -139,19 +134,11 @@ impl RemoteCache {
         key: impl Into<Bytes>,
         value: impl Into<Bytes>,
         expected_version: u64,
-        mut options: WriteOptions,
+        options: WriteOptions,
     ) -> Result<ReplaceWithVersionOutcome> {
         let key: Bytes = key.into();
-        let request = v1::ReplaceWithVersionRequest {
-            cache: self.name.clone(),
-            key: key.clone(),
-            value: value.into(),
-            expected_version,
-            lifespan_ms: options.lifespan_ms(),
-            max_idle_ms: options.max_idle_ms(),
-            request_id: options.take_request_id(),
-            tags: options.tags,
-        };
+        let request =
+            self.replace_with_version_request(key.clone(), value.into(), expected_version, options);
         let response = self
             .client
             .write(&key, request, |channel, request| async move {
@@ -166,14 +153,10 @@ impl RemoteCache {
     pub async fn remove(
         &self,
         key: impl Into<Bytes>,
-        mut options: WriteOptions,
+        options: WriteOptions,
     ) -> Result<RemoveOutcome> {
         let key: Bytes = key.into();
-        let request = v1::RemoveRequest {
-            cache: self.name.clone(),
-            key: key.clone(),
-            request_id: options.take_request_id(),
-        };
+        let request = self.remove_request(key.clone(), options);
         let response = self
             .client
             .write(&key, request, |channel, request| async move {
@@ -189,15 +172,10 @@ impl RemoteCache {
         &self,
         key: impl Into<Bytes>,
         expected_version: u64,
-        mut options: WriteOptions,
+        options: WriteOptions,
     ) -> Result<RemoveWithVersionOutcome> {
         let key: Bytes = key.into();
-        let request = v1::RemoveWithVersionRequest {
-            cache: self.name.clone(),
-            key: key.clone(),
-            expected_version,
-            request_id: options.take_request_id(),
-        };
+        let request = self.remove_with_version_request(key.clone(), expected_version, options);
         let response = self
             .client
             .write(&key, request, |channel, request| async move {
@@ -205,6 +183,94 @@ impl RemoteCache {
             })
             .await?;
         Ok(response.into())
+    }
+
+    /// Several single-key requests to send together; see [`Batch`].
+    pub fn batch(&self) -> Batch {
+        Batch::new(self.clone())
+    }
+
+    pub(crate) fn get_request(&self, key: Bytes) -> v1::GetRequest {
+        v1::GetRequest {
+            cache: self.name.clone(),
+            key,
+        }
+    }
+
+    pub(crate) fn put_request(
+        &self,
+        key: Bytes,
+        value: Bytes,
+        options: WriteOptions,
+    ) -> v1::PutRequest {
+        put_like!(PutRequest, self, key, value, options)
+    }
+
+    pub(crate) fn put_if_absent_request(
+        &self,
+        key: Bytes,
+        value: Bytes,
+        options: WriteOptions,
+    ) -> v1::PutIfAbsentRequest {
+        put_like!(PutIfAbsentRequest, self, key, value, options)
+    }
+
+    pub(crate) fn replace_request(
+        &self,
+        key: Bytes,
+        value: Bytes,
+        options: WriteOptions,
+    ) -> v1::ReplaceRequest {
+        put_like!(ReplaceRequest, self, key, value, options)
+    }
+
+    pub(crate) fn replace_with_version_request(
+        &self,
+        key: Bytes,
+        value: Bytes,
+        expected_version: u64,
+        mut options: WriteOptions,
+    ) -> v1::ReplaceWithVersionRequest {
+        v1::ReplaceWithVersionRequest {
+            cache: self.name.clone(),
+            key,
+            value,
+            expected_version,
+            lifespan_ms: options.lifespan_ms(),
+            max_idle_ms: options.max_idle_ms(),
+            request_id: options.take_request_id(),
+            tags: options.tags,
+        }
+    }
+
+    pub(crate) fn remove_request(
+        &self,
+        key: Bytes,
+        mut options: WriteOptions,
+    ) -> v1::RemoveRequest {
+        v1::RemoveRequest {
+            cache: self.name.clone(),
+            key,
+            request_id: options.take_request_id(),
+        }
+    }
+
+    pub(crate) fn remove_with_version_request(
+        &self,
+        key: Bytes,
+        expected_version: u64,
+        mut options: WriteOptions,
+    ) -> v1::RemoveWithVersionRequest {
+        v1::RemoveWithVersionRequest {
+            cache: self.name.clone(),
+            key,
+            expected_version,
+            request_id: options.take_request_id(),
+        }
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
     }
 
     /// Reads several keys; absent keys are left out, the others come in request order.
@@ -342,4 +408,12 @@ impl RemoteCache {
             })
             .await
     }
+}
+
+/// The entry a `Get` found, if any.
+pub(crate) fn found(response: v1::GetResponse) -> Option<Versioned> {
+    response.found.then(|| Versioned {
+        value: response.value,
+        metadata: response.metadata.unwrap_or_default().into(),
+    })
 }

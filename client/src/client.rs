@@ -1,13 +1,16 @@
 //! The client handle: endpoints, their channels, the site's topology, timeouts, and
 //! sending one request with retries and failover.
 
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, OnceLock, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::Either;
 use sitegrid_proto::v1::cache_client::CacheClient;
+use sitegrid_proto::v1::{pipeline_request::Operation, pipeline_response::Result as Answer};
 use sitegrid_proto::{Backoff, v1};
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -103,6 +106,14 @@ impl Connection {
 /// default, over tonic's default of 4 MiB).
 pub(crate) fn cache_client(channel: Channel) -> CacheClient<Channel> {
     CacheClient::new(channel).max_decoding_message_size(usize::MAX)
+}
+
+/// The error of a batched request left without an answer (which would be a bug).
+fn unanswered() -> Error {
+    Error::Server {
+        code: sitegrid_proto::ErrorCode::Internal,
+        message: "a batched request was left unanswered".into(),
+    }
 }
 
 /// Where a request goes first.
@@ -346,7 +357,8 @@ impl Client {
         F: Fn(Channel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<Resp>, tonic::Status>>,
     {
-        self.unary_to(Target::AnyNode, request, call).await
+        self.unary_to(Target::AnyNode, request, self.backoff(), call)
+            .await
     }
 
     /// Sends a single-key read with retries and failover: on a pipeline, or as a unary
@@ -357,7 +369,8 @@ impl Client {
         F: Fn(Channel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<Req::Response>, tonic::Status>>,
     {
-        self.single_key(Target::AnyNode, request, unary).await
+        self.single_key(Target::AnyNode, request, self.backoff(), unary)
+            .await
     }
 
     /// Sends a write of `key`, to its primary first, with retries and failover: on a
@@ -373,8 +386,163 @@ impl Client {
         F: Fn(Channel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<Req::Response>, tonic::Status>>,
     {
-        self.single_key(Target::PrimaryOf(key), request, unary)
+        self.single_key(Target::PrimaryOf(key), request, self.backoff(), unary)
             .await
+    }
+
+    /// Sends single-key requests together and answers each, in order (see
+    /// [`crate::Batch`]). Pipelined, every request goes to its key's primary if known
+    /// (else the current endpoint), so those of one key share a stream and run in the
+    /// order given; the requests to each node travel together and their caller waits
+    /// once per node. A request that fails in a way a request is retried for is sent
+    /// again, on its own, with the attempts left, after the others' first attempts.
+    /// Unary, the requests to different keys are sent at once.
+    pub(crate) async fn batch(&self, operations: Vec<Operation>) -> Vec<Result<Answer>> {
+        let backoff = self.backoff();
+        let mut answers: Vec<Option<Result<Answer>>> = operations.iter().map(|_| None).collect();
+        if !self.shared.settings.pipeline {
+            let all = operations.into_iter().enumerate().collect();
+            for (position, answer) in self.in_key_order(all, backoff).await {
+                answers[position] = Some(answer);
+            }
+            return answers
+                .into_iter()
+                .map(|answer| answer.unwrap_or_else(|| Err(unanswered())))
+                .collect();
+        }
+        let timeout = self.shared.settings.request_timeout;
+        let deadline = Instant::now() + timeout;
+        let nodes = self.nodes();
+        let mut to: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (position, operation) in operations.iter().enumerate() {
+            let target = Target::PrimaryOf(crate::pipeline::key_of(operation));
+            to.entry(self.first_endpoint(&nodes, target))
+                .or_default()
+                .push(position);
+        }
+        // Kept for a retry only where there may be one.
+        let retries = backoff.max_attempts > 1;
+        let mut operations: Vec<_> = operations.into_iter().map(Some).collect();
+        let sent: Vec<_> = to
+            .into_iter()
+            .map(|(index, positions)| {
+                let batch = positions
+                    .iter()
+                    .filter_map(|&position| match retries {
+                        true => operations[position].clone(),
+                        false => operations[position].take(),
+                    })
+                    .collect();
+                let pipelines = Arc::clone(&nodes.connections[index].pipelines);
+                async move {
+                    let answers = pipelines.call_many(batch, deadline).await;
+                    (index, positions, answers)
+                }
+            })
+            .collect();
+        let mut again = Vec::new();
+        for (index, positions, answered) in futures::future::join_all(sent).await {
+            let uri = nodes.topology.uri(index);
+            let answered = answered.unwrap_or_else(|status| {
+                let fail = || Err(tonic::Status::new(status.code(), status.message()));
+                positions.iter().map(|_| fail()).collect()
+            });
+            let mut failed_over = false;
+            for (position, answer) in positions.into_iter().zip(answered) {
+                let answer = answer.map_err(|status| Error::from_status(status, uri, timeout));
+                if let Err(error) = &answer {
+                    if error.calls_for_refresh() {
+                        self.refresh_soon();
+                    }
+                    if error.calls_for_failover() && !failed_over {
+                        failed_over = true;
+                        self.fail_over_from(index);
+                    }
+                    if retries
+                        && RetryPolicy::Request.retries(error)
+                        && let Some(operation) = operations[position].take()
+                    {
+                        again.push((position, operation));
+                        continue;
+                    }
+                }
+                answers[position] = Some(answer);
+            }
+        }
+        if !again.is_empty() {
+            // The first retry's wait, once for all; then the attempts left.
+            if let Some(wait) = backoff.delay(0) {
+                tokio::time::sleep(wait).await;
+            }
+            let rest = Backoff {
+                initial_delay: backoff.initial_delay.saturating_mul(2),
+                max_attempts: backoff.max_attempts - 1,
+                ..*backoff
+            };
+            again.sort_by_key(|(position, _)| *position);
+            for (position, answer) in self.in_key_order(again, &rest).await {
+                answers[position] = Some(answer);
+            }
+        }
+        answers
+            .into_iter()
+            .map(|answer| answer.unwrap_or_else(|| Err(unanswered())))
+            .collect()
+    }
+
+    /// Sends each request on its own, with retries and failover within `backoff`: those
+    /// to different keys at once, those to one key one after the other, in the order
+    /// given. Answers each with its position.
+    async fn in_key_order(
+        &self,
+        requests: Vec<(usize, Operation)>,
+        backoff: &Backoff,
+    ) -> Vec<(usize, Result<Answer>)> {
+        let mut by_key: HashMap<Bytes, Vec<(usize, Operation)>> = HashMap::new();
+        for (position, operation) in requests {
+            let key = crate::pipeline::key_of(&operation).clone();
+            by_key.entry(key).or_default().push((position, operation));
+        }
+        let chains = by_key.into_values().map(|chain| async move {
+            let mut answers = Vec::with_capacity(chain.len());
+            for (position, operation) in chain {
+                answers.push((position, self.one(operation, backoff).await));
+            }
+            answers
+        });
+        futures::future::join_all(chains)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// One request of a batch on its own, with retries and failover within `backoff`.
+    async fn one(&self, operation: Operation, backoff: &Backoff) -> Result<Answer> {
+        let key = crate::pipeline::key_of(&operation).clone();
+        macro_rules! send {
+            ($target:expr, $request:expr, $rpc:ident, $variant:ident) => {
+                self.single_key($target, $request, backoff, |channel, request| async move {
+                    cache_client(channel).$rpc(request).await
+                })
+                .await
+                .map(Answer::$variant)
+            };
+        }
+        let write = Target::PrimaryOf(&key);
+        match operation {
+            Operation::Get(r) => send!(Target::AnyNode, r, get, Get),
+            Operation::Put(r) => send!(write, r, put, Put),
+            Operation::PutIfAbsent(r) => send!(write, r, put_if_absent, PutIfAbsent),
+            Operation::Replace(r) => send!(write, r, replace, Replace),
+            Operation::ReplaceWithVersion(r) => {
+                send!(write, r, replace_with_version, ReplaceWithVersion)
+            }
+            Operation::Remove(r) => send!(write, r, remove, Remove),
+            Operation::RemoveWithVersion(r) => {
+                send!(write, r, remove_with_version, RemoveWithVersion)
+            }
+        }
     }
 
     /// A single-key request to `target` first, on the path the settings choose.
@@ -382,6 +550,7 @@ impl Client {
         &self,
         target: Target<'_>,
         request: Req,
+        backoff: &Backoff,
         unary: F,
     ) -> Result<Req::Response>
     where
@@ -393,22 +562,20 @@ impl Client {
             // Boxed: a unary call's future is larger than a pipelined one's, and inline
             // it would make every pipelined request's future as large (a `put`'s: 2.1
             // instead of 1.6 KiB, moved at every layer); unary is the rarer path.
-            return Box::pin(self.unary_to(target, request, unary)).await;
+            return Box::pin(self.unary_to(target, request, backoff, unary)).await;
         }
         let attempt = |connection: &Connection, request: Req, deadline| {
             let pipelines = Arc::clone(&connection.pipelines);
             async move {
                 let answer = pipelines.call(request.into_operation(), deadline).await?;
-                Req::response(answer).ok_or_else(|| {
-                    tonic::Status::internal("the pipeline answered with another request's response")
-                })
+                Req::response(answer).ok_or_else(crate::pipeline::other_kind)
             }
         };
         self.send_on(
             target,
             request,
             RetryPolicy::Request,
-            &self.shared.settings.backoff,
+            backoff,
             Timer::KeptByAttempt,
             attempt,
         )
@@ -416,11 +583,23 @@ impl Client {
         .map(|(response, _)| response)
     }
 
+    /// Where a request to `target` goes first: the key's primary if known, else the
+    /// current endpoint.
+    fn first_endpoint(&self, nodes: &Nodes, target: Target<'_>) -> usize {
+        let topology = &nodes.topology;
+        let primary = match target {
+            Target::AnyNode => None,
+            Target::PrimaryOf(key) => topology.endpoint_for_write(key),
+        };
+        primary.unwrap_or_else(|| self.shared.failover.current(topology.endpoints_for_read()))
+    }
+
     /// A unary request to `target` first, within the request deadline and policy.
     async fn unary_to<Req, Resp, F, Fut>(
         &self,
         target: Target<'_>,
         request: Req,
+        backoff: &Backoff,
         call: F,
     ) -> Result<Resp>
     where
@@ -433,7 +612,7 @@ impl Client {
             request,
             Deadline::WholeCall,
             RetryPolicy::Request,
-            &self.shared.settings.backoff,
+            backoff,
             call,
         )
         .await
@@ -515,15 +694,7 @@ impl Client {
         Fut: Future<Output = std::result::Result<Resp, tonic::Status>>,
     {
         let timeout = self.shared.settings.request_timeout;
-        let first = {
-            let nodes = self.nodes();
-            let topology = &nodes.topology;
-            let primary = match target {
-                Target::AnyNode => None,
-                Target::PrimaryOf(key) => topology.endpoint_for_write(key),
-            };
-            primary.unwrap_or_else(|| self.shared.failover.current(topology.endpoints_for_read()))
-        };
+        let first = self.first_endpoint(&self.nodes(), target);
         send_with_retries(
             backoff,
             policy,

@@ -29,7 +29,9 @@
 //!   Single-key requests share a few long-lived `Pipeline` streams per endpoint, each
 //!   with a bounded window of requests in flight, so that many tasks' small requests
 //!   cost one message each way rather than an HTTP/2 stream each; see
-//!   [`ClientBuilder::pipeline`].
+//!   [`ClientBuilder::pipeline`]. A task with several requests to make at once sends
+//!   them as one [`Batch`] ([`RemoteCache::batch`]), as Redis clients pipeline: they
+//!   travel together and the task waits once per node, not once per request.
 //! - [`RemoteAdmin`] reads the cluster status.
 //! - [`Client::listen`] follows the changes of caches as an [`EventStream`] of
 //!   [`Event`]s, which resumes by itself after failures without losing or repeating a
@@ -40,6 +42,7 @@
 //!   across retries, so the server applies it once.
 
 mod admin;
+mod batch;
 mod builder;
 mod cache;
 mod client;
@@ -58,6 +61,7 @@ mod topology;
 mod types;
 
 pub use admin::{CacheStatus, ClusterStatus, MemberStatus, RemoteAdmin};
+pub use batch::{Batch, Outcome};
 pub use builder::ClientBuilder;
 pub use cache::RemoteCache;
 pub use client::Client;

@@ -15,9 +15,9 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use sitegrid_proto::multiplex::{self, Deadline, Multiplexed, Streamless};
+use sitegrid_proto::multiplex::{self, Calls, Deadline, Multiplexed, Streamless};
 use sitegrid_proto::v1::{self, pipeline_request::Operation, pipeline_response::Result as Answer};
-use tokio::sync::{Semaphore, TryAcquireError};
+use tokio::sync::{Semaphore, SemaphorePermit, TryAcquireError};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -77,6 +77,37 @@ impl Pipelines {
         self.pick().call(operation, deadline).await
     }
 
+    /// Sends `operations` together and waits for all their answers until `deadline`:
+    /// each one's answer or error (as for [`Pipelines::call`]), in order. They travel in
+    /// the same messages (as many as a window holds to a stream), and the caller waits
+    /// for one reply per stream, not one per request. Fails as a whole only if a stream
+    /// could not take them.
+    pub(crate) async fn call_many(
+        &self,
+        mut operations: Vec<Operation>,
+        deadline: Deadline,
+    ) -> Result<Vec<Result<Answer, Status>>, Status> {
+        if operations.len() <= WINDOW {
+            return self.pick().call_many(operations, deadline).await;
+        }
+        let mut parts = Vec::new();
+        while !operations.is_empty() {
+            let rest = operations.split_off(WINDOW.min(operations.len()));
+            parts.push(std::mem::replace(&mut operations, rest));
+        }
+        let answered = futures::future::join_all(
+            parts
+                .into_iter()
+                .map(|part| self.pick().call_many(part, deadline)),
+        )
+        .await;
+        let mut answers = Vec::new();
+        for part in answered {
+            answers.extend(part?);
+        }
+        Ok(answers)
+    }
+
     /// The first stream with fewer than [`SPREAD_AT`] requests in flight, or else the
     /// streams in turn.
     fn pick(&self) -> &PipelineStream {
@@ -117,53 +148,113 @@ impl PipelineStream {
     }
 
     async fn call(&self, operation: Operation, deadline: Deadline) -> Result<Answer, Status> {
-        // A timer only while the window is full: the stream keeps the request's deadline.
-        let room = match self.window.try_acquire() {
+        let _room = self.room(1, deadline).await?;
+        let request = request(operation);
+        let deadline = Some(deadline);
+        if let Some(stream) = self.batch_stream(deadline).await? {
+            return result_of(stream.call(request, deadline).await?.result);
+        }
+        result_of(self.on_single(request, deadline).await?.result)
+    }
+
+    /// [`Pipelines::call_many`] on this stream, for at most [`WINDOW`] operations.
+    async fn call_many(
+        &self,
+        operations: Vec<Operation>,
+        deadline: Deadline,
+    ) -> Result<Vec<Result<Answer, Status>>, Status> {
+        let _room = self.room(operations.len(), deadline).await?;
+        let kinds: Vec<_> = operations.iter().map(Kind::of).collect();
+        let requests = operations.into_iter().map(request).collect();
+        let deadline = Some(deadline);
+        let answers = match self.batch_stream(deadline).await? {
+            Some(stream) => stream.call_many(requests, deadline).await?,
+            // One request to a message: nothing to share but the wait.
+            None => {
+                let answers = requests
+                    .into_iter()
+                    .map(|request| self.on_single(request, deadline));
+                futures::future::join_all(answers).await
+            }
+        };
+        Ok(answers
+            .into_iter()
+            .zip(kinds)
+            .map(|(answer, kind)| {
+                let answer = result_of(answer?.result)?;
+                match kind.answered_by(&answer) {
+                    true => Ok(answer),
+                    false => Err(other_kind()),
+                }
+            })
+            .collect())
+    }
+
+    /// Room in the window for `requests` requests (at most [`WINDOW`]), waited for until
+    /// `deadline`. A timer only while the window is full: the stream keeps the deadline.
+    async fn room(
+        &self,
+        requests: usize,
+        deadline: Deadline,
+    ) -> Result<SemaphorePermit<'_>, Status> {
+        let requests = requests.min(WINDOW) as u32;
+        let room = match self.window.try_acquire_many(requests) {
             Ok(room) => Some(room),
             Err(TryAcquireError::NoPermits) => {
-                tokio::time::timeout_at(deadline, self.window.acquire())
+                tokio::time::timeout_at(deadline, self.window.acquire_many(requests))
                     .await
                     .map_err(|_| multiplex::expired())?
                     .ok()
             }
             Err(TryAcquireError::Closed) => None,
         };
-        let _room = room.ok_or_else(|| Status::unavailable("pipeline closed"))?;
-        let request = v1::PipelineRequest {
-            id: 0,
-            operation: Some(operation),
-        };
-        let deadline = Some(deadline);
-        if self.batchless.stream_usable() {
-            let opened = self
-                .batches
-                .link(deadline, |outgoing| async move {
-                    Ok(cache_client(self.channel.clone())
-                        .pipeline_batch(self.signed(outgoing))
-                        .await?
-                        .into_inner())
-                })
-                .await;
-            match opened {
-                Ok(stream) => return result_of(stream.call(request, deadline).await?.result),
-                Err(status) if status.code() == Code::Unimplemented => {
-                    tracing::info!(retry_in = ?Streamless::FOR,
-                        "the server has no PipelineBatch (an older version): pipelining on Pipeline");
-                    self.batchless.lacking();
-                }
-                Err(status) => return Err(status),
-            }
+        room.ok_or_else(|| Status::unavailable("pipeline closed"))
+    }
+
+    /// The open `PipelineBatch` stream, opening it if needed; `None` if the server is
+    /// taken for one without it (and from now on if it answers so).
+    async fn batch_stream(
+        &self,
+        deadline: Option<Deadline>,
+    ) -> Result<Option<Calls<v1::PipelineBatchRequest, v1::PipelineBatchResponse>>, Status> {
+        if !self.batchless.stream_usable() {
+            return Ok(None);
         }
-        let answer = self
-            .single
+        let opened = self
+            .batches
+            .link(deadline, |outgoing| async move {
+                Ok(cache_client(self.channel.clone())
+                    .pipeline_batch(self.signed(outgoing))
+                    .await?
+                    .into_inner())
+            })
+            .await;
+        match opened {
+            Ok(stream) => Ok(Some(stream)),
+            Err(status) if status.code() == Code::Unimplemented => {
+                tracing::info!(retry_in = ?Streamless::FOR,
+                    "the server has no PipelineBatch (an older version): pipelining on Pipeline");
+                self.batchless.lacking();
+                Ok(None)
+            }
+            Err(status) => Err(status),
+        }
+    }
+
+    /// Sends `request` on the `Pipeline` stream (one request to a message).
+    async fn on_single(
+        &self,
+        request: v1::PipelineRequest,
+        deadline: Option<Deadline>,
+    ) -> Result<v1::PipelineResponse, Status> {
+        self.single
             .call(request, deadline, |outgoing| async move {
                 Ok(cache_client(self.channel.clone())
                     .pipeline(self.signed(outgoing))
                     .await?
                     .into_inner())
             })
-            .await?;
-        result_of(answer.result)
+            .await
     }
 
     /// The request opening a stream that sends `outgoing`, with the credentials.
@@ -172,6 +263,32 @@ impl PipelineStream {
         self.credentials.sign(&mut request);
         request
     }
+}
+
+/// The request carrying `operation` (the stream gives it its id).
+fn request(operation: Operation) -> v1::PipelineRequest {
+    v1::PipelineRequest {
+        id: 0,
+        operation: Some(operation),
+    }
+}
+
+/// The key `operation` reads or writes.
+pub(crate) fn key_of(operation: &Operation) -> &bytes::Bytes {
+    match operation {
+        Operation::Get(r) => &r.key,
+        Operation::Put(r) => &r.key,
+        Operation::PutIfAbsent(r) => &r.key,
+        Operation::Replace(r) => &r.key,
+        Operation::ReplaceWithVersion(r) => &r.key,
+        Operation::Remove(r) => &r.key,
+        Operation::RemoveWithVersion(r) => &r.key,
+    }
+}
+
+/// The status of a request answered with a response to another kind of request.
+pub(crate) fn other_kind() -> Status {
+    Status::internal("the pipeline answered with another request's response")
 }
 
 /// The answer to one request: the response, or the error as a status.
@@ -193,22 +310,46 @@ pub(crate) trait SingleKey: Clone {
 }
 
 macro_rules! single_key {
-    ($($request:ident => $response:ident as $variant:ident),* $(,)?) => {$(
-        impl SingleKey for v1::$request {
-            type Response = v1::$response;
+    ($($request:ident => $response:ident as $variant:ident),* $(,)?) => {
+        $(
+            impl SingleKey for v1::$request {
+                type Response = v1::$response;
 
-            fn into_operation(self) -> Operation {
-                Operation::$variant(self)
+                fn into_operation(self) -> Operation {
+                    Operation::$variant(self)
+                }
+
+                fn response(answer: Answer) -> Option<v1::$response> {
+                    match answer {
+                        Answer::$variant(response) => Some(response),
+                        _ => None,
+                    }
+                }
+            }
+        )*
+
+        /// Which single-key request an operation is: its answer must be of the same kind.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        enum Kind {
+            $($variant),*
+        }
+
+        impl Kind {
+            fn of(operation: &Operation) -> Kind {
+                match operation {
+                    $(Operation::$variant(_) => Kind::$variant),*
+                }
             }
 
-            fn response(answer: Answer) -> Option<v1::$response> {
+            /// Whether `answer` is of this kind (an error answers any).
+            fn answered_by(self, answer: &Answer) -> bool {
                 match answer {
-                    Answer::$variant(response) => Some(response),
-                    _ => None,
+                    $(Answer::$variant(_) => self == Kind::$variant,)*
+                    Answer::Error(_) => true,
                 }
             }
         }
-    )*};
+    };
 }
 
 single_key!(

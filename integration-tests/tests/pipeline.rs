@@ -8,7 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use sitegrid_client::{Client, WriteOptions};
+use sitegrid_client::{
+    Client, Outcome, PutIfAbsentOutcome, RemoveOutcome, RemoveWithVersionOutcome, ReplaceOutcome,
+    ReplaceWithVersionOutcome, Versioned, WriteOptions,
+};
 use sitegrid_integration_tests::requests::{get, put};
 use sitegrid_integration_tests::rpc::open_pipeline;
 use sitegrid_integration_tests::{NodeProcess, NodeSpec, Site, eventually, http};
@@ -492,5 +495,184 @@ async fn pipelined_requests_and_answers_larger_together_than_a_message_may_be_al
         let found = found.expect("written");
         assert_eq!(found.value, value(i));
         assert_eq!(found.metadata.version, put.version);
+    }
+}
+
+/// One batch of every kind of single-key request, chained on a few keys: each answered
+/// as its own call would be, in the order added for one key, one bad request failing
+/// alone.
+async fn a_batch_of_each_request_kind(client: &Client, prefix: &str) -> usize {
+    let key = |name: &str| format!("{prefix}-{name}");
+    let any = WriteOptions::new;
+    let mut batch = client.cache("work").batch();
+    batch
+        .put(key("a"), "1", any())
+        .get(key("a"))
+        .put_if_absent(key("a"), "x", any())
+        .put_if_absent(key("b"), "2", any())
+        .replace(key("c"), "3", any())
+        .replace(key("b"), "4", any())
+        .replace_with_version(key("a"), "5", 1, any())
+        .remove(key("none"), any())
+        .remove_with_version(key("b"), 1, any())
+        .put("", "empty key", any())
+        .remove(key("a"), any())
+        .get(key("a"));
+    let sent = batch.len();
+    let mut answers = batch.send().await.into_iter();
+    let mut next = || answers.next().expect("an answer per request");
+    let value = |entry: &Option<Versioned>| entry.as_ref().map(|e| e.value.clone());
+    let Ok(Outcome::Put(put_a)) = next() else {
+        panic!("put a")
+    };
+    let Ok(Outcome::Get(got_a)) = next() else {
+        panic!("get a")
+    };
+    assert_eq!(
+        got_a.as_ref().map(|e| e.metadata.version),
+        Some(put_a.version)
+    );
+    assert_eq!(
+        value(&got_a),
+        Some(Bytes::from("1")),
+        "the put before it, read"
+    );
+    let Ok(Outcome::PutIfAbsent(PutIfAbsentOutcome::Present(there))) = next() else {
+        panic!("a is present")
+    };
+    assert_eq!(there.metadata.version, put_a.version);
+    assert!(matches!(
+        next(),
+        Ok(Outcome::PutIfAbsent(PutIfAbsentOutcome::Stored { .. }))
+    ));
+    assert!(matches!(
+        next(),
+        Ok(Outcome::Replace(ReplaceOutcome::Absent))
+    ));
+    assert!(matches!(
+        next(),
+        Ok(Outcome::Replace(ReplaceOutcome::Replaced { .. }))
+    ));
+    let Ok(Outcome::ReplaceWithVersion(ReplaceWithVersionOutcome::NotReplaced { current })) =
+        next()
+    else {
+        panic!("a has another version")
+    };
+    assert_eq!(value(&current), Some(Bytes::from("1")));
+    assert!(matches!(next(), Ok(Outcome::Remove(RemoveOutcome::Absent))));
+    let Ok(Outcome::RemoveWithVersion(RemoveWithVersionOutcome::NotRemoved { current })) = next()
+    else {
+        panic!("b has another version")
+    };
+    assert_eq!(value(&current), Some(Bytes::from("4")), "replaced earlier");
+    let bad = next().expect_err("an empty key");
+    assert_eq!(
+        bad.code(),
+        sitegrid_client::ErrorCode::InvalidArgument,
+        "{bad}"
+    );
+    let Ok(Outcome::Remove(RemoveOutcome::Removed { previous, .. })) = next() else {
+        panic!("remove a")
+    };
+    assert_eq!(value(&previous), Some(Bytes::from("1")));
+    assert!(
+        matches!(next(), Ok(Outcome::Get(None))),
+        "removed just before"
+    );
+    sent
+}
+
+#[tokio::test]
+async fn a_batch_answers_each_request_as_its_own_call_would_pipelined_or_unary() {
+    let node = NodeProcess::start(NodeSpec::new("pipeline-batch"))
+        .await
+        .unwrap();
+    let pipelined = || http::metric(node.http_addr(), "sitegrid_pipeline_requests_total");
+    let client = Client::connect([node.endpoint()]).await.unwrap();
+    let sent = a_batch_of_each_request_kind(&client, "pipelined").await;
+    assert_eq!(pipelined().await.unwrap(), sent as f64, "on the pipeline");
+
+    let unary = Client::builder([node.endpoint()])
+        .pipeline(false)
+        .connect()
+        .await
+        .unwrap();
+    a_batch_of_each_request_kind(&unary, "unary").await;
+    assert_eq!(pipelined().await.unwrap(), sent as f64, "unary calls");
+
+    // A node without PipelineBatch answers a batch one request to a message.
+    let old =
+        NodeProcess::start(NodeSpec::new("pipeline-batch-old").with_fault("no-pipeline-batch"))
+            .await
+            .unwrap();
+    let client = Client::connect([old.endpoint()]).await.unwrap();
+    a_batch_of_each_request_kind(&client, "batchless").await;
+    let pipelined = http::metric(old.http_addr(), "sitegrid_pipeline_requests_total");
+    assert_eq!(pipelined.await.unwrap(), sent as f64, "on Pipeline");
+
+    let empty = client.cache("work").batch();
+    assert!(empty.is_empty() && empty.send().await.is_empty());
+}
+
+#[tokio::test]
+async fn batched_writes_in_flight_when_a_node_dies_are_retried_on_the_others() {
+    const WRITERS: usize = 8;
+    const BATCHES: usize = 40;
+    const EACH: usize = 16;
+    let mut site = Site::start(3, "").await.unwrap();
+    let client = site.client_knowing_every_node().await.unwrap();
+    // Requests to one key keep their order though the batch spreads over the nodes.
+    a_batch_of_each_request_kind(&client, "site").await;
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            let sessions = client.cache("sessions");
+            let acknowledged = Arc::clone(&acknowledged);
+            tokio::spawn(async move {
+                let mut written = Vec::new();
+                for round in 0..BATCHES {
+                    let keys: Vec<_> = (0..EACH)
+                        .map(|i| format!("w{writer}-{round}-{i}"))
+                        .collect();
+                    let mut batch = sessions.batch();
+                    for key in &keys {
+                        batch.put(key.clone(), "v", WriteOptions::new());
+                    }
+                    for (key, answer) in keys.into_iter().zip(batch.send().await) {
+                        match answer {
+                            Ok(Outcome::Put(put)) => written.push((key, put.version)),
+                            other => panic!("{key}: {other:?}"),
+                        }
+                    }
+                    acknowledged.fetch_add(EACH, Ordering::Relaxed);
+                }
+                written
+            })
+        })
+        .collect();
+    // A node dies while every writer has a batch in flight, part of it on its pipelines.
+    eventually("a third of the writes", Duration::from_secs(60), || {
+        let acknowledged = Arc::clone(&acknowledged);
+        async move { acknowledged.load(Ordering::Relaxed) >= WRITERS * BATCHES * EACH / 3 }
+    })
+    .await
+    .unwrap();
+    site.nodes[1].kill().unwrap();
+    let mut written = Vec::new();
+    for writer in writers {
+        written.extend(writer.await.unwrap());
+    }
+    assert_eq!(written.len(), WRITERS * BATCHES * EACH);
+    for survivor in [&site.nodes[0], &site.nodes[2]] {
+        let mut reader = CacheClient::new(survivor.channel().await.unwrap());
+        for (key, version) in &written {
+            let seen = reader.get(get("sessions", key)).await.unwrap().into_inner();
+            assert_eq!(
+                seen.metadata.map(|m| m.version),
+                Some(*version),
+                "{key} on {}",
+                survivor.endpoint()
+            );
+        }
     }
 }

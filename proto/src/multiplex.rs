@@ -62,10 +62,27 @@ pub type Outgoing<Up> = tokio_stream::wrappers::UnboundedReceiverStream<Up>;
 /// message, for a wire that carries several).
 const TAKE: usize = 256;
 
-/// A request to send, when to give up on it, and where its answer goes.
-type Call<Req, Resp> = (Req, Option<Deadline>, oneshot::Sender<Result<Resp, Status>>);
+/// What a caller hands a stream's task: one request or several, when to give up on
+/// them, and where their answers go.
+enum Call<Req, Resp> {
+    One(Req, Option<Deadline>, oneshot::Sender<Result<Resp, Status>>),
+    Many(
+        Vec<Req>,
+        Option<Deadline>,
+        oneshot::Sender<Vec<Result<Resp, Status>>>,
+    ),
+}
 /// A call of a stream whose requests travel as `Up` and answers as `Down`.
 type CallOf<Up, Down> = Call<<Up as Wire>::Call, <Down as Wire>::Call>;
+
+impl<Req, Resp> fmt::Debug for Call<Req, Resp> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Call::One(..) => f.write_str("Call::One"),
+            Call::Many(requests, ..) => write!(f, "Call::Many({})", requests.len()),
+        }
+    }
+}
 
 /// When a call gives up: tokio's clock, so tests that pause time see calls expire.
 pub type Deadline = tokio::time::Instant;
@@ -221,12 +238,34 @@ impl<Up: Wire, Down: Wire> Calls<Up, Down> {
     ) -> Result<Down::Call, Status> {
         let (reply, answer) = oneshot::channel();
         self.calls
-            .send((request, deadline, reply))
+            .send(Call::One(request, deadline, reply))
             .map_err(|_| Status::unavailable("stream closed"))?;
-        answer
-            .await
-            .unwrap_or_else(|_| Err(Status::unavailable("stream ended")))
+        answer.await.unwrap_or_else(|_| Err(stream_ended()))
     }
+
+    /// Sends `requests` together (in the same message where the wire carries several)
+    /// and waits for all their answers, until `deadline` if there is one: each request's
+    /// answer or error, in the order of `requests`. A caller waits for one reply, not one
+    /// per request. Fails as a whole only if the stream ended before taking them.
+    pub async fn call_many(
+        self,
+        requests: Vec<Up::Call>,
+        deadline: Option<Deadline>,
+    ) -> Result<Vec<Result<Down::Call, Status>>, Status> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answers) = oneshot::channel();
+        self.calls
+            .send(Call::Many(requests, deadline, reply))
+            .map_err(|_| Status::unavailable("stream closed"))?;
+        answers.await.map_err(|_| stream_ended())
+    }
+}
+
+/// The status of a call whose stream's task went away without answering it.
+fn stream_ended() -> Status {
+    Status::unavailable("stream ended")
 }
 
 impl<Up: Wire, Down: Wire> Drop for Multiplexed<Up, Down> {
@@ -234,6 +273,122 @@ impl<Up: Wire, Down: Wire> Drop for Multiplexed<Up, Down> {
         if let Some(link) = self.link.get_mut().take() {
             link.task.abort();
         }
+    }
+}
+
+/// Where the answer to one request on the wire goes.
+enum Waiting<Resp> {
+    /// To the caller that sent it alone.
+    One(oneshot::Sender<Result<Resp, Status>>),
+    /// To its place among the answers of the requests sent with it (the group is named by
+    /// the id of its first request).
+    Part { group: u64, position: usize },
+}
+
+/// The answers to requests sent together, gathered until the last is in.
+struct Group<Resp> {
+    answers: Vec<Option<Result<Resp, Status>>>,
+    left: usize,
+    reply: oneshot::Sender<Vec<Result<Resp, Status>>>,
+}
+
+/// The requests a stream's task sent and has no answer to yet.
+struct InFlight<Resp> {
+    waiting: HashMap<u64, (Waiting<Resp>, Option<Deadline>)>,
+    groups: HashMap<u64, Group<Resp>>,
+    /// Requests with a deadline: while there are any, the sweep runs.
+    timed: usize,
+    next_id: u64,
+}
+
+impl<Resp> InFlight<Resp> {
+    /// Numbers `call`'s requests and keeps where their answers go; returns the requests.
+    fn send<Req: Tagged>(&mut self, call: Call<Req, Resp>, onto: &mut Vec<Req>) {
+        match call {
+            Call::One(request, deadline, reply) => {
+                self.number(request, Waiting::One(reply), deadline, onto);
+            }
+            Call::Many(requests, deadline, reply) => {
+                let group = self.next_id + 1;
+                self.groups.insert(
+                    group,
+                    Group {
+                        answers: requests.iter().map(|_| None).collect(),
+                        left: requests.len(),
+                        reply,
+                    },
+                );
+                for (position, request) in requests.into_iter().enumerate() {
+                    self.number(request, Waiting::Part { group, position }, deadline, onto);
+                }
+            }
+        }
+    }
+
+    fn number<Req: Tagged>(
+        &mut self,
+        mut request: Req,
+        waiting: Waiting<Resp>,
+        deadline: Option<Deadline>,
+        onto: &mut Vec<Req>,
+    ) {
+        self.next_id += 1;
+        request.set_id(self.next_id);
+        self.timed += usize::from(deadline.is_some());
+        self.waiting.insert(self.next_id, (waiting, deadline));
+        onto.push(request);
+    }
+
+    /// Hands the answer to request `id` (if still waited for) to whoever waits for it.
+    fn answer(&mut self, id: u64, answer: Result<Resp, Status>) {
+        if let Some((waiting, deadline)) = self.waiting.remove(&id) {
+            self.timed -= usize::from(deadline.is_some());
+            self.settle(waiting, answer);
+        }
+    }
+
+    fn settle(&mut self, waiting: Waiting<Resp>, answer: Result<Resp, Status>) {
+        match waiting {
+            Waiting::One(reply) => {
+                let _ = reply.send(answer);
+            }
+            Waiting::Part { group, position } => {
+                let Some(gathering) = self.groups.get_mut(&group) else {
+                    return;
+                };
+                gathering.answers[position] = Some(answer);
+                gathering.left -= 1;
+                if gathering.left == 0
+                    && let Some(done) = self.groups.remove(&group)
+                {
+                    let answers = done.answers.into_iter().flatten().collect();
+                    let _ = done.reply.send(answers);
+                }
+            }
+        }
+    }
+
+    /// Fails the requests past their deadline.
+    fn expire(&mut self, now: Deadline) {
+        let past: Vec<_> = self
+            .waiting
+            .extract_if(|_, (_, deadline)| deadline.is_some_and(|d| d <= now))
+            .collect();
+        for (_, (waiting, _)) in past {
+            self.timed -= 1;
+            self.settle(waiting, Err(expired()));
+        }
+    }
+
+    /// Fails every request still waited for with `status`.
+    fn fail_all(&mut self, status: &Status) {
+        for (_, (waiting, _)) in std::mem::take(&mut self.waiting) {
+            self.settle(waiting, Err(Status::new(status.code(), status.message())));
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
     }
 }
 
@@ -246,14 +401,15 @@ async fn run<Up: Wire, Down: Wire>(
     requests: mpsc::UnboundedSender<Up>,
     mut answers: Streaming<Down>,
 ) {
-    type Reply<Resp> = oneshot::Sender<Result<Resp, Status>>;
-    let mut in_flight: HashMap<u64, (Reply<Down::Call>, Option<Deadline>)> = HashMap::new();
+    let mut in_flight = InFlight {
+        waiting: HashMap::new(),
+        groups: HashMap::new(),
+        timed: 0,
+        next_id: 0,
+    };
     let mut taken = Vec::with_capacity(TAKE);
-    // Calls in flight with a deadline: while there are any, the sweep runs.
-    let mut timed = 0usize;
     let mut sweep = tokio::time::interval(SWEEP);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut next_id = 0u64;
     let mut open = true;
     let broken = loop {
         tokio::select! {
@@ -261,16 +417,10 @@ async fn run<Up: Wire, Down: Wire>(
                 0 if in_flight.is_empty() => return,
                 0 => open = false,
                 _ => {
-                    let batch: Vec<_> = taken
-                        .drain(..)
-                        .map(|(mut request, deadline, reply)| {
-                            next_id += 1;
-                            request.set_id(next_id);
-                            timed += usize::from(deadline.is_some());
-                            in_flight.insert(next_id, (reply, deadline));
-                            request
-                        })
-                        .collect();
+                    let mut batch = Vec::with_capacity(taken.len());
+                    for call in taken.drain(..) {
+                        in_flight.send(call, &mut batch);
+                    }
                     // A failed send means the stream is gone: its calls fail below.
                     if Up::pack(batch).any(|message| requests.send(message).is_err()) {
                         break Status::unavailable("stream closed");
@@ -280,10 +430,7 @@ async fn run<Up: Wire, Down: Wire>(
             answer = answers.message() => match answer {
                 Ok(Some(message)) => {
                     for answer in message.unpack() {
-                        if let Some((reply, deadline)) = in_flight.remove(&answer.id()) {
-                            timed -= usize::from(deadline.is_some());
-                            let _ = reply.send(Ok(answer));
-                        }
+                        in_flight.answer(answer.id(), Ok(answer));
                     }
                     if !open && in_flight.is_empty() {
                         return;
@@ -292,13 +439,8 @@ async fn run<Up: Wire, Down: Wire>(
                 Ok(None) => break Status::unavailable("the server ended the stream"),
                 Err(status) => break broken_stream(status),
             },
-            _ = sweep.tick(), if timed > 0 => {
-                let now = Deadline::now();
-                let past = in_flight.extract_if(|_, (_, deadline)| deadline.is_some_and(|d| d <= now));
-                for (_, (reply, _)) in past {
-                    timed -= 1;
-                    let _ = reply.send(Err(expired()));
-                }
+            _ = sweep.tick(), if in_flight.timed > 0 => {
+                in_flight.expire(Deadline::now());
                 if !open && in_flight.is_empty() {
                     return;
                 }
@@ -307,9 +449,7 @@ async fn run<Up: Wire, Down: Wire>(
     };
     // Calls queued for this task after it stopped reading them are dropped with it, and
     // their callers see the stream ended.
-    for (_, (reply, _)) in in_flight {
-        let _ = reply.send(Err(Status::new(broken.code(), broken.message())));
-    }
+    in_flight.fail_all(&broken);
 }
 
 /// What the calls in flight on a broken stream fail with: the server's status if it
@@ -523,6 +663,58 @@ mod tests {
                 ..Default::default()
             })),
         }
+    }
+
+    fn in_flight() -> InFlight<PipelineRequest> {
+        InFlight {
+            waiting: HashMap::new(),
+            groups: HashMap::new(),
+            timed: 0,
+            next_id: 0,
+        }
+    }
+
+    #[test]
+    fn requests_sent_together_are_answered_together_in_their_order() {
+        let mut in_flight = in_flight();
+        let mut wire = Vec::new();
+        let (one, mut one_answer) = oneshot::channel();
+        in_flight.send(Call::One(put(0, 1), None, one), &mut wire);
+        let (many, mut many_answers) = oneshot::channel();
+        let soon = Deadline::now() + Duration::from_secs(1);
+        let requests = vec![put(0, 2), put(0, 3), put(0, 4)];
+        in_flight.send(Call::Many(requests, Some(soon), many), &mut wire);
+        let ids: Vec<u64> = wire.iter().map(|r| r.id).collect();
+        assert_eq!(ids, [1, 2, 3, 4], "numbered in order");
+        assert_eq!(in_flight.timed, 3);
+
+        // Answers in another order; the group's caller hears once, when all are in.
+        let answer = |id: u64| put(id, id as usize);
+        in_flight.answer(4, Ok(answer(4)));
+        in_flight.answer(2, Ok(answer(2)));
+        assert!(many_answers.try_recv().is_err(), "one still missing");
+        in_flight.expire(soon);
+        let answers = many_answers.try_recv().expect("all answered");
+        let ids: Vec<_> = answers
+            .iter()
+            .map(|a| a.as_ref().ok().map(|r| r.id))
+            .collect();
+        assert_eq!(ids, [Some(2), None, Some(4)]);
+        assert!(
+            answers[1].as_ref().is_err_and(is_expired),
+            "past its deadline"
+        );
+        assert_eq!(in_flight.timed, 0);
+
+        assert!(
+            one_answer.try_recv().is_err(),
+            "no deadline, still waited for"
+        );
+        in_flight.answer(3, Ok(answer(3)));
+        in_flight.fail_all(&Status::unavailable("stream broke"));
+        let failed = one_answer.try_recv().expect("failed with the stream");
+        assert_eq!(failed.unwrap_err().code(), tonic::Code::Unavailable);
+        assert!(in_flight.is_empty() && in_flight.groups.is_empty());
     }
 
     #[test]

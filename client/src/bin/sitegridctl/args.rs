@@ -370,10 +370,11 @@ pub(crate) struct BenchArgs {
     /// exactly 1,000,000 distinct keys.
     #[arg(long, value_enum, default_value_t = KeyOrder::Random)]
     pub(crate) key_order: KeyOrder,
-    /// Send `put` and `get` on the client's pipelined path (a few `Pipeline` streams per
-    /// endpoint) with DEPTH requests in flight per worker: each worker sends DEPTH
-    /// requests, waits for all their answers and sends the next DEPTH, as
-    /// `redis-benchmark -P DEPTH` does. Without it, each request is one unary call.
+    /// Send `put` and `get` on the client's pipelined path (a few `PipelineBatch` streams
+    /// per endpoint) with DEPTH requests in flight per worker: each worker sends DEPTH
+    /// requests as one batch (the client library's `Batch`), waits for all their answers
+    /// and sends the next DEPTH, as `redis-benchmark -P DEPTH` does. Without it, each
+    /// request is one unary call.
     #[arg(long, value_name = "DEPTH", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) pipeline: Option<u32>,
     /// Number of gRPC connections the workers are spread over (per endpoint).

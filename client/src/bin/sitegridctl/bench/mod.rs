@@ -5,8 +5,8 @@
 //! for `--duration` or until `--requests` were sent. Requests go through the library
 //! with retries turned off, so a failure counts as an error instead of hiding in a
 //! retry's latency: as unary calls, or with `--pipeline DEPTH` on the library's
-//! pipelined path, each worker then sending DEPTH requests at a time and waiting for
-//! all their answers (as `redis-benchmark -P` does).
+//! pipelined path, each worker then sending DEPTH requests at a time, as one `Batch`,
+//! and waiting for all their answers (as `redis-benchmark -P` does).
 
 mod idp;
 mod keys;
@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use sitegrid_client::{Backoff, Client, RemoteCache, WriteOptions};
+use sitegrid_client::{Backoff, Client, Outcome, RemoteCache, WriteOptions};
 use tokio::time::Instant;
 
 use crate::args::{BenchArgs, BenchOp, GlobalArgs, Workload as Kind};
@@ -132,6 +132,46 @@ impl Workload {
                 .map(|found| found.is_none()),
         }
     }
+
+    /// Sends up to `depth` requests in one [`sitegrid_client::Batch`] (none once `stop`
+    /// says so), and tallies each answer with the batch's latency; false if it sent none.
+    async fn batch(&self, cache: &RemoteCache, stop: &Stop, tally: &mut Tally) -> bool {
+        let mut batch = cache.batch();
+        for _ in (0..self.depth).take_while(|_| stop.may_send()) {
+            match self.op {
+                BenchOp::Put => batch.put(
+                    self.keys.next_key(),
+                    self.value.clone(),
+                    WriteOptions::new(),
+                ),
+                BenchOp::Get | BenchOp::Ping => batch.get(self.keys.next_key()),
+            };
+        }
+        if batch.is_empty() {
+            return false;
+        }
+        let sent = Instant::now();
+        let answers = batch.send().await;
+        let latency = sent.elapsed();
+        for answer in answers {
+            let answer = answer.map(|outcome| matches!(outcome, Outcome::Get(None)));
+            self.tally(tally, answer, latency);
+        }
+        true
+    }
+
+    /// Counts one answer: `Ok(true)` for a `get` that found nothing.
+    fn tally(&self, tally: &mut Tally, answer: sitegrid_client::Result<bool>, latency: Duration) {
+        match answer {
+            Ok(miss) => tally.answered(latency, miss),
+            Err(error) => {
+                tally.failed();
+                if !self.error_logged.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %error, "bench request failed, counting errors");
+                }
+            }
+        }
+    }
 }
 
 /// When a phase ends.
@@ -178,36 +218,17 @@ async fn run_phase(workload: &Arc<Workload>, stop: Stop, concurrency: u32) -> Ta
     total
 }
 
-/// One worker: requests back to back until `stop`, `depth` at a time.
+/// One worker: requests back to back until `stop`, `depth` at a time (in one batch).
 async fn work(workload: &Workload, cache: &RemoteCache, stop: &Stop) -> Tally {
     let mut tally = Tally::new();
-    let mut batch = Vec::with_capacity(workload.depth);
-    loop {
-        // Boxed: a request's future is large, and moving DEPTH of them in and out of the
-        // batch would cost the load generator more than the requests.
-        batch.extend(
-            (0..workload.depth)
-                .take_while(|_| stop.may_send())
-                .map(|_| {
-                    Box::pin(async {
-                        let sent = Instant::now();
-                        (workload.request(cache).await, sent.elapsed())
-                    })
-                }),
-        );
-        if batch.is_empty() {
-            return tally;
-        }
-        for (answer, latency) in futures::future::join_all(batch.drain(..)).await {
-            match answer {
-                Ok(miss) => tally.answered(latency, miss),
-                Err(error) => {
-                    tally.failed();
-                    if !workload.error_logged.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(error = %error, "bench request failed, counting errors");
-                    }
-                }
-            }
-        }
+    if workload.depth > 1 {
+        while workload.batch(cache, stop, &mut tally).await {}
+        return tally;
     }
+    while stop.may_send() {
+        let sent = Instant::now();
+        let answer = workload.request(cache).await;
+        workload.tally(&mut tally, answer, sent.elapsed());
+    }
+    tally
 }
