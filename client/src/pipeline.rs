@@ -77,33 +77,26 @@ impl Pipelines {
         self.pick().call(operation, deadline).await
     }
 
-    /// Sends `operations` together and waits for all their answers until `deadline`:
-    /// each one's answer or error (as for [`Pipelines::call`]), in order. They travel in
-    /// the same messages (as many as a window holds to a stream), and the caller waits
-    /// for one reply per stream, not one per request. Fails as a whole only if a stream
-    /// could not take them.
+    /// Sends `operations` together on one stream and waits for all their answers until
+    /// `deadline`: each one's answer or error (as for [`Pipelines::call`]), in order. They
+    /// travel in the same messages and the caller waits for one reply, not one per
+    /// request; more than a window holds go a window at a time, each after the one
+    /// before is answered, so that those to one key run in the order given. Fails as a
+    /// whole only if the stream could not take them.
     pub(crate) async fn call_many(
         &self,
         mut operations: Vec<Operation>,
         deadline: Deadline,
     ) -> Result<Vec<Result<Answer, Status>>, Status> {
+        let stream = self.pick();
         if operations.len() <= WINDOW {
-            return self.pick().call_many(operations, deadline).await;
+            return stream.call_many(operations, deadline).await;
         }
-        let mut parts = Vec::new();
+        let mut answers = Vec::with_capacity(operations.len());
         while !operations.is_empty() {
             let rest = operations.split_off(WINDOW.min(operations.len()));
-            parts.push(std::mem::replace(&mut operations, rest));
-        }
-        let answered = futures::future::join_all(
-            parts
-                .into_iter()
-                .map(|part| self.pick().call_many(part, deadline)),
-        )
-        .await;
-        let mut answers = Vec::new();
-        for part in answered {
-            answers.extend(part?);
+            answers.extend(stream.call_many(operations, deadline).await?);
+            operations = rest;
         }
         Ok(answers)
     }

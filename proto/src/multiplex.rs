@@ -598,7 +598,12 @@ one_to_a_message!(
 /// side accepts as long as each call does.
 pub const BATCH_BYTES: usize = 1 << 20;
 
-/// `calls` in runs of at most [`BATCH_BYTES`] encoded (a larger call alone), in order.
+/// Most calls in a message that carries several: a node answers each one beyond with
+/// INVALID_ARGUMENT.
+pub const BATCH_CALLS: usize = 1024;
+
+/// `calls` in runs of at most [`BATCH_CALLS`] calls and [`BATCH_BYTES`] encoded (a
+/// larger call alone), in order.
 pub fn by_size<T: prost::Message + Send>(calls: Vec<T>) -> impl Iterator<Item = Vec<T>> + Send {
     let mut runs = Vec::with_capacity(1);
     let mut run = Vec::new();
@@ -607,7 +612,7 @@ pub fn by_size<T: prost::Message + Send>(calls: Vec<T>) -> impl Iterator<Item = 
         // As a field of the message: its tag, its length, itself.
         let len = call.encoded_len();
         let size = 1 + prost::length_delimiter_len(len) + len;
-        if !run.is_empty() && bytes + size > BATCH_BYTES {
+        if !run.is_empty() && (bytes + size > BATCH_BYTES || run.len() == BATCH_CALLS) {
             runs.push(std::mem::take(&mut run));
             bytes = 0;
         }
@@ -718,7 +723,7 @@ mod tests {
     }
 
     #[test]
-    fn batches_stay_within_their_bytes_a_larger_call_alone_in_order() {
+    fn batches_stay_within_their_calls_and_bytes_a_larger_call_alone_in_order() {
         let sizes = [400 << 10, 400 << 10, 400 << 10, 2 << 20, 10, 10];
         let calls = sizes
             .iter()
@@ -744,5 +749,17 @@ mod tests {
         let messages: Vec<_> = PipelineBatchRequest::pack(small.clone()).collect();
         assert_eq!(messages.len(), 1, "small calls travel together");
         assert_eq!(messages[0].requests, small);
+
+        let many: Vec<_> = (0..BATCH_CALLS as u64 * 2 + 1)
+            .map(|id| put(id, 1))
+            .collect();
+        let counts: Vec<_> = PipelineBatchRequest::pack(many)
+            .map(|message| message.requests.len())
+            .collect();
+        assert_eq!(
+            counts,
+            [BATCH_CALLS, BATCH_CALLS, 1],
+            "at most BATCH_CALLS each"
+        );
     }
 }

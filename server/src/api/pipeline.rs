@@ -37,8 +37,8 @@ use super::cache::CacheService;
 pub(crate) const MAX_IN_FLIGHT: usize = 1024;
 
 /// Most requests in one `PipelineBatch` message; each one beyond is answered with
-/// INVALID_ARGUMENT.
-pub(crate) const MAX_BATCH: usize = 1024;
+/// INVALID_ARGUMENT. Senders of this crate keep to it ([`multiplex::by_size`]).
+pub(crate) const MAX_BATCH: usize = multiplex::BATCH_CALLS;
 
 /// Answers gathered before they are sent, at most: answers ready together leave in one
 /// message (`PipelineBatch`) or one write (`Pipeline`).

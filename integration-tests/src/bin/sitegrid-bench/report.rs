@@ -132,8 +132,8 @@ fn render_pipeline(out: &mut String, pipeline: &Result<pipeline::Results, String
          set,get -c 50 -d 256 -r 100000 -P 1` (then `-P 16`), alternating in every round \
          with `sitegridctl bench --pipeline DEPTH` against one node (and a 3-node site) \
          with the same value size and key space (filled first) at 64 callers (depth 1) \
-         or 50 callers (depth 16, each sending 16 requests and waiting for all 16 \
-         answers, as `redis-benchmark -P` does). `Put, unary` is the same load as unary \
+         or 50 callers (depth 16, each sending 16 requests as one batch of the client \
+         library and waiting for all 16 answers, as `redis-benchmark -P` does). `Put, unary` is the same load as unary \
          calls. Redis's latencies are `redis-benchmark`'s per-request figures. The 3-node \
          site runs twice: with each node's default worker threads (one per core: six \
          threads for the machine's cores), the judged figure, and with \
