@@ -391,25 +391,47 @@ impl Client {
     }
 
     /// Sends single-key requests together and answers each, in order (see
-    /// [`crate::Batch`]). Pipelined, every request goes to its key's primary if known
-    /// (else the current endpoint), so those of one key share a stream and run in the
-    /// order given; the requests to each node travel together and their caller waits
-    /// once per node. A request that fails in a way a request is retried for is sent
-    /// again, on its own, with the attempts left, after the others' first attempts.
-    /// Unary, the requests to different keys are sent at once.
+    /// [`crate::Batch`]). Pipelined, they are sent together ([`Client::send_together`]),
+    /// and a request failing in a way requests are retried for is sent again, on its own,
+    /// with the attempts left, after the others' first attempts. Unary, each is sent on
+    /// its own, those to different keys at once.
     pub(crate) async fn batch(&self, operations: Vec<Operation>) -> Vec<Result<Answer>> {
         let backoff = self.backoff();
         let mut answers: Vec<Option<Result<Answer>>> = operations.iter().map(|_| None).collect();
-        if !self.shared.settings.pipeline {
-            let all = operations.into_iter().enumerate().collect();
-            for (position, answer) in self.in_key_order(all, backoff).await {
-                answers[position] = Some(answer);
+        let (alone, backoff) = if self.shared.settings.pipeline {
+            let rest = backoff.after_first();
+            let again = self
+                .send_together(operations, rest.is_some(), &mut answers)
+                .await;
+            if !again.is_empty()
+                && let Some(wait) = backoff.delay(0)
+            {
+                tokio::time::sleep(wait).await;
             }
-            return answers
-                .into_iter()
-                .map(|answer| answer.unwrap_or_else(|| Err(unanswered())))
-                .collect();
+            (again, rest.unwrap_or(*backoff))
+        } else {
+            (operations.into_iter().enumerate().collect(), *backoff)
+        };
+        for (position, answer) in self.in_key_order(alone, &backoff).await {
+            answers[position] = Some(answer);
         }
+        answers
+            .into_iter()
+            .map(|answer| answer.unwrap_or_else(|| Err(unanswered())))
+            .collect()
+    }
+
+    /// Sends `operations` on the pipelines, each to its key's primary if known (else the
+    /// current endpoint), so that those of one key share a stream and run in the order
+    /// given; those to each node travel together and are waited for once. Fills in
+    /// `answers`, except for the requests that failed in a way requests are retried for
+    /// when `retries`: those it returns with their positions, to send again.
+    async fn send_together(
+        &self,
+        operations: Vec<Operation>,
+        retries: bool,
+        answers: &mut [Option<Result<Answer>>],
+    ) -> Vec<(usize, Operation)> {
         let timeout = self.shared.settings.request_timeout;
         let deadline = Instant::now() + timeout;
         let nodes = self.nodes();
@@ -421,7 +443,6 @@ impl Client {
                 .push(position);
         }
         // Kept for a retry only where there may be one.
-        let retries = backoff.max_attempts > 1;
         let mut operations: Vec<_> = operations.into_iter().map(Some).collect();
         let sent: Vec<_> = to
             .into_iter()
@@ -469,25 +490,7 @@ impl Client {
                 answers[position] = Some(answer);
             }
         }
-        if !again.is_empty() {
-            // The first retry's wait, once for all; then the attempts left.
-            if let Some(wait) = backoff.delay(0) {
-                tokio::time::sleep(wait).await;
-            }
-            let rest = Backoff {
-                initial_delay: backoff.initial_delay.saturating_mul(2),
-                max_attempts: backoff.max_attempts - 1,
-                ..*backoff
-            };
-            again.sort_by_key(|(position, _)| *position);
-            for (position, answer) in self.in_key_order(again, &rest).await {
-                answers[position] = Some(answer);
-            }
-        }
-        answers
-            .into_iter()
-            .map(|answer| answer.unwrap_or_else(|| Err(unanswered())))
-            .collect()
+        again
     }
 
     /// Sends each request on its own, with retries and failover within `backoff`: those

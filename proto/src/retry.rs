@@ -42,6 +42,17 @@ impl Backoff {
         Some(Duration::from_nanos(fastrand::u64(0..=nanos)))
     }
 
+    /// The backoff of the attempts left after a first one failed and its wait
+    /// ([`Backoff::delay`]`(0)`) was waited: its delays are this one's from the second
+    /// retry on. `None` if there are none left.
+    pub fn after_first(&self) -> Option<Backoff> {
+        (self.max_attempts > 1).then(|| Backoff {
+            initial_delay: self.initial_delay.saturating_mul(2),
+            max_delay: self.max_delay,
+            max_attempts: self.max_attempts - 1,
+        })
+    }
+
     /// Runs `attempt` until it succeeds, fails with an error `retryable` rejects, or the
     /// attempts are used up; waits [`Backoff::delay`] between attempts.
     pub async fn retry<T, E, F, Fut, R, S, SFut>(
@@ -77,6 +88,36 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn after_the_first_attempt_the_rest_wait_as_they_would_have() {
+        let backoff = Backoff {
+            initial_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(30),
+            max_attempts: 4,
+        };
+        let rest = backoff.after_first().unwrap();
+        assert_eq!(rest.max_attempts, 3, "attempts left");
+        for _ in 0..100 {
+            assert!(
+                rest.delay(0).unwrap() <= Duration::from_millis(20),
+                "the second wait"
+            );
+            assert!(
+                rest.delay(1).unwrap() <= Duration::from_millis(30),
+                "capped"
+            );
+            assert!(rest.delay(2).is_none(), "the last attempt");
+        }
+        let once = Backoff {
+            max_attempts: 1,
+            ..backoff
+        };
+        assert!(
+            once.after_first().is_none(),
+            "nothing left after one attempt"
+        );
+    }
 
     #[test]
     fn delays_grow_up_to_the_cap_and_stop_after_the_last_attempt() {
