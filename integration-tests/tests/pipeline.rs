@@ -26,6 +26,23 @@ use tonic::Code;
 const KEYS: usize = 50;
 const ROUNDS: usize = 20;
 
+/// `count` tasks at once each write a key of `sessions` through `client` and read it
+/// back with the version written.
+async fn writes_read_back(client: &Client, count: usize) {
+    let sessions = client.cache("sessions");
+    let writes = (0..count).map(|i| {
+        let sessions = sessions.clone();
+        async move {
+            let key = format!("s{i}");
+            let put = sessions.put(key.clone(), "v", WriteOptions::new()).await?;
+            let read = sessions.get(key).await?;
+            assert_eq!(read.unwrap().metadata.version, put.version);
+            Ok::<_, sitegrid_client::Error>(())
+        }
+    });
+    futures::future::try_join_all(writes).await.unwrap();
+}
+
 /// The answers to pipelined Puts of round after round to keys `k0`, `k1`...: the version
 /// each (key, round) got, and the errors, by request id.
 struct PutsAnswered {
@@ -207,18 +224,7 @@ async fn the_client_library_pipelines_single_key_requests_unless_told_not_to() {
         }
     };
     let client = Client::connect([node.endpoint()]).await.unwrap();
-    let sessions = client.cache("sessions");
-    let writes = (0..200).map(|i| {
-        let sessions = sessions.clone();
-        async move {
-            let key = format!("s{i}");
-            let put = sessions.put(key.clone(), "v", WriteOptions::new()).await?;
-            let read = sessions.get(key).await?;
-            assert_eq!(read.unwrap().metadata.version, put.version);
-            Ok::<_, sitegrid_client::Error>(())
-        }
-    });
-    futures::future::try_join_all(writes).await.unwrap();
+    writes_read_back(&client, 200).await;
     assert_eq!(pipelined(&node).await, 400.0);
 
     let unary = Client::builder([node.endpoint()])
@@ -450,18 +456,7 @@ async fn the_client_library_pipelines_on_a_node_without_pipeline_batch() {
         .await
         .unwrap();
     let client = Client::connect([node.endpoint()]).await.unwrap();
-    let sessions = client.cache("sessions");
-    let writes = (0..100).map(|i| {
-        let sessions = sessions.clone();
-        async move {
-            let key = format!("s{i}");
-            let put = sessions.put(key.clone(), "v", WriteOptions::new()).await?;
-            let read = sessions.get(key).await?;
-            assert_eq!(read.unwrap().metadata.version, put.version);
-            Ok::<_, sitegrid_client::Error>(())
-        }
-    });
-    futures::future::try_join_all(writes).await.unwrap();
+    writes_read_back(&client, 100).await;
     let pipelined = http::metric(node.http_addr(), "sitegrid_pipeline_requests_total")
         .await
         .unwrap();

@@ -544,7 +544,9 @@ impl Streamless {
     }
 }
 
-macro_rules! tagged {
+/// Messages of a call each, tagged with its id: they travel one to a message (the
+/// site's and the relay's streams, `Pipeline`), or several to one (`PipelineBatch`).
+macro_rules! one_to_a_message {
     ($($message:ident),* $(,)?) => {$(
         impl Tagged for crate::v1::$message {
             fn id(&self) -> u64 {
@@ -555,21 +557,7 @@ macro_rules! tagged {
                 self.id = id;
             }
         }
-    )*};
-}
 
-tagged!(
-    PipelineRequest,
-    PipelineResponse,
-    BackupStreamRequest,
-    BackupStreamResponse,
-    ApplyStreamRequest,
-    ApplyStreamResponse
-);
-
-/// Messages that carry one call each.
-macro_rules! one_to_a_message {
-    ($($message:ident),* $(,)?) => {$(
         impl Wire for crate::v1::$message {
             type Call = Self;
 
