@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::audit::{self, Audit};
 use crate::api::auth::{Caller, Permission};
-use crate::api::convert::{self, keyed, metadata, versioned};
+use crate::api::convert::{self, keyed, metadata, value_of, versioned};
 use crate::api::limits::ClientLimits;
 use crate::api::observe::{Op, RequestMetrics};
 use crate::api::pipeline;
@@ -186,8 +186,8 @@ impl CacheService {
                 Ok(match self.store.get(&r.cache, &r.key)? {
                     Some(entry) => v1::GetResponse {
                         found: true,
-                        value: entry.value.clone(),
                         metadata: Some(metadata(&entry)),
+                        value: value_of(entry),
                     },
                     None => v1::GetResponse::default(),
                 })

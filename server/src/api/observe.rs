@@ -106,7 +106,7 @@ impl OpMetrics {
 /// clients can't grow the number of series.
 #[derive(Debug)]
 pub(crate) struct RequestMetrics {
-    by_cache: HashMap<String, Vec<OpMetrics>>,
+    by_cache: HashMap<String, Vec<OpMetrics>, foldhash::fast::FixedState>,
 }
 
 impl RequestMetrics {

@@ -150,8 +150,15 @@ impl<'a> Requests<'a> {
         let slot = slot_of(&request);
         if let Some(request) = self.queues.admit(slot, request) {
             match start(self.service, self.caller, slot, request) {
-                Started::Done(done) => self.ended(done),
-                Started::Running(call) => self.running.push(call),
+                // Nothing ran or waits for its key: its answer is all there is to it.
+                Started::Done((_, answer)) => {
+                    self.admitted -= 1;
+                    self.ready.push(answer);
+                }
+                Started::Running(call) => {
+                    self.queues.running(slot);
+                    self.running.push(call);
+                }
             }
         }
     }
@@ -288,24 +295,32 @@ fn failed(id: u64, status: &Status) -> v1::PipelineResponse {
 }
 
 /// The keys with a request running, and the requests waiting behind it, in order.
+///
+/// A request that ends as soon as it starts (a read, a write on a node alone) never
+/// enters it: only one that waits marks its key as running.
 #[derive(Default)]
 struct KeyQueues {
-    waiting: HashMap<u64, VecDeque<v1::PipelineRequest>>,
+    /// By slot, which is already a hash.
+    waiting: HashMap<u64, VecDeque<v1::PipelineRequest>, foldhash::fast::FixedState>,
 }
 
 impl KeyQueues {
-    /// Takes in a request; returns it if it may run now (nothing runs for its key).
+    /// Takes in a request; returns it if it may start now (nothing runs for its key).
+    /// If it does not end at once, say so with [`KeyQueues::running`].
     fn admit(&mut self, slot: u64, request: v1::PipelineRequest) -> Option<v1::PipelineRequest> {
-        match self.waiting.entry(slot) {
-            Entry::Occupied(mut queue) => {
-                queue.get_mut().push_back(request);
+        match self.waiting.get_mut(&slot) {
+            Some(queue) => {
+                queue.push_back(request);
                 None
             }
-            Entry::Vacant(free) => {
-                free.insert(VecDeque::new());
-                Some(request)
-            }
+            None => Some(request),
         }
+    }
+
+    /// The request `admit` let start for `slot` waits for something: requests to its
+    /// key wait behind it until it has [`KeyQueues::finished`].
+    fn running(&mut self, slot: u64) {
+        self.waiting.entry(slot).or_default();
     }
 
     /// The request of `slot` running ended; returns the next one to run for that key.
@@ -336,12 +351,18 @@ mod tests {
     fn requests_to_one_key_run_one_after_the_other_in_order() {
         let mut queues = KeyQueues::default();
         assert_eq!(queues.admit(7, request(1)).map(|r| r.id), Some(1));
+        queues.running(7);
         assert!(queues.admit(7, request(2)).is_none());
         assert!(queues.admit(7, request(3)).is_none());
         assert_eq!(
             queues.admit(8, request(4)).map(|r| r.id),
             Some(4),
             "another key runs at once"
+        );
+        assert_eq!(
+            queues.admit(8, request(6)).map(|r| r.id),
+            Some(6),
+            "a request that ended as it started holds nothing up"
         );
         assert_eq!(queues.finished(7).map(|r| r.id), Some(2));
         assert_eq!(queues.finished(7).map(|r| r.id), Some(3));
