@@ -292,10 +292,13 @@ struct Group<Resp> {
     reply: oneshot::Sender<Vec<Result<Resp, Status>>>,
 }
 
+/// By request or group id; the ids count up, so a fast hash will do.
+type ById<T> = HashMap<u64, T, foldhash::fast::FixedState>;
+
 /// The requests a stream's task sent and has no answer to yet.
 struct InFlight<Resp> {
-    waiting: HashMap<u64, (Waiting<Resp>, Option<Deadline>)>,
-    groups: HashMap<u64, Group<Resp>>,
+    waiting: ById<(Waiting<Resp>, Option<Deadline>)>,
+    groups: ById<Group<Resp>>,
     /// Requests with a deadline: while there are any, the sweep runs.
     timed: usize,
     next_id: u64,
@@ -361,7 +364,13 @@ impl<Resp> InFlight<Resp> {
                 if gathering.left == 0
                     && let Some(done) = self.groups.remove(&group)
                 {
-                    let answers = done.answers.into_iter().flatten().collect();
+                    // Every place is filled now; mapped rather than flattened, so the
+                    // vector is allocated once at its size.
+                    let answers = done
+                        .answers
+                        .into_iter()
+                        .map(|answer| answer.unwrap_or_else(|| Err(Status::internal("no answer"))))
+                        .collect();
                     let _ = done.reply.send(answers);
                 }
             }
@@ -402,8 +411,8 @@ async fn run<Up: Wire, Down: Wire>(
     mut answers: Streaming<Down>,
 ) {
     let mut in_flight = InFlight {
-        waiting: HashMap::new(),
-        groups: HashMap::new(),
+        waiting: ById::default(),
+        groups: ById::default(),
         timed: 0,
         next_id: 0,
     };
@@ -660,8 +669,8 @@ mod tests {
 
     fn in_flight() -> InFlight<PipelineRequest> {
         InFlight {
-            waiting: HashMap::new(),
-            groups: HashMap::new(),
+            waiting: ById::default(),
+            groups: ById::default(),
             timed: 0,
             next_id: 0,
         }
