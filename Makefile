@@ -5,7 +5,7 @@ CARGO ?= cargo
 .PHONY: build run test lint bench chaos demo fuzz audit
 
 build:
-	$(CARGO) build --release --bins
+	$(CARGO) build --release --bins --examples
 
 run:
 	$(CARGO) run --release --bin sitegrid

@@ -6,6 +6,7 @@
 //! single node's, with the default worker threads (one per core in every node) and with
 //! one per node (`node.worker_threads = 1`: three nodes share the machine's cores).
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -108,6 +109,49 @@ impl Drop for RedisServer {
     }
 }
 
+/// The transport's ceiling (`server/examples/transport_ceiling.rs`: pipelined Gets and
+/// Puts answered with canned answers, no store) on a free loopback port; killed when
+/// dropped. What the client library, tonic and HTTP/2 carry on this machine.
+struct TransportCeiling {
+    child: Child,
+    endpoint: String,
+}
+
+impl TransportCeiling {
+    async fn start(bin_dir: &Path) -> anyhow::Result<TransportCeiling> {
+        let address = free_loopback_addr();
+        let program = bin_dir.join("examples").join("transport_ceiling");
+        let child = Command::new(&program)
+            .arg(address.to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "cannot run {}: build it with cargo build --release --examples",
+                    program.display()
+                )
+            })?;
+        let ceiling = TransportCeiling {
+            child,
+            endpoint: address.to_string(),
+        };
+        eventually(
+            "the transport ceiling to listen",
+            Duration::from_secs(10),
+            || async { std::net::TcpStream::connect(address).is_ok() },
+        )
+        .await?;
+        Ok(ceiling)
+    }
+}
+
+impl Drop for TransportCeiling {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn spec(settings: &Settings, name: &str) -> NodeSpec {
     NodeSpec {
         binary: Some(settings.bin_dir.join("sitegrid")),
@@ -128,7 +172,7 @@ fn load(op: &str, concurrency: u32, pipeline: Option<u32>) -> Load<'_> {
 }
 
 /// The figures of one round, in the order of [`LABELS`].
-const LABELS: [(&str, u32); 11] = [
+const LABELS: [(&str, u32); 13] = [
     ("Redis SET, -P 1", REDIS_CLIENTS),
     ("Redis GET, -P 1", REDIS_CLIENTS),
     ("Put, pipelined, depth 1", CALLERS),
@@ -140,6 +184,8 @@ const LABELS: [(&str, u32); 11] = [
     ("Get, pipelined, depth 16", REDIS_CLIENTS),
     ("3-node site: Put, pipelined, depth 1", CALLERS),
     ("3-node site, 1 thread/node: Put, pipelined", CALLERS),
+    ("transport ceiling: Put, depth 16", REDIS_CLIENTS),
+    ("transport ceiling: Get, depth 16", REDIS_CLIENTS),
 ];
 
 /// The version line of the `redis-server` this machine has; an error naming what to
@@ -156,6 +202,7 @@ pub(crate) fn redis_version() -> anyhow::Result<String> {
 pub(crate) async fn run(settings: &Settings) -> anyhow::Result<Results> {
     let redis_version = redis_version()?;
     let redis = RedisServer::start().await?;
+    let ceiling = TransportCeiling::start(&settings.bin_dir).await?;
     let node = NodeProcess::start(spec(settings, "pipelined")).await?;
     let site = Site::start_with(3, |name| spec(settings, name)).await?;
     let lean_site = Site::start_with(3, |name| NodeSpec {
@@ -224,6 +271,9 @@ pub(crate) async fn run(settings: &Settings) -> anyhow::Result<Results> {
             &load("put", CALLERS, Some(1)),
             duration,
         )?);
+        let ceiling_at = &ceiling.endpoint;
+        measured.push(measure(bin, ceiling_at, &deep_load("put"), duration)?);
+        measured.push(measure(bin, ceiling_at, &deep_load("get"), duration)?);
         for ((label, concurrency), m) in LABELS.iter().zip(&measured) {
             println!(
                 "  {label:<44} c={concurrency:<3} {:>9.0} ops/s  p50 {:>6} us  p99 {:>6} us",
@@ -232,7 +282,7 @@ pub(crate) async fn run(settings: &Settings) -> anyhow::Result<Results> {
         }
         rounds.push(measured);
     }
-    drop((redis, node, site, lean_site));
+    drop((redis, ceiling, node, site, lean_site));
 
     let rounds = Rounds(rounds);
     let ratio = |index: usize, baseline: usize| rounds.ratio(index, baseline);
@@ -250,6 +300,8 @@ pub(crate) async fn run(settings: &Settings) -> anyhow::Result<Results> {
         row(6, None, None),
         row(7, Some((ratio(7, 5), "Redis SET -P 16")), Some(1.0)),
         row(8, Some((ratio(8, 6), "Redis GET -P 16")), Some(1.0)),
+        row(11, Some((ratio(11, 5), "Redis SET -P 16")), None),
+        row(12, Some((ratio(12, 6), "Redis GET -P 16")), None),
         row(
             9,
             Some((ratio(9, 2), "single node, pipelined Put")),

@@ -138,7 +138,12 @@ fn render_pipeline(out: &mut String, pipeline: &Result<pipeline::Results, String
          site runs twice: with each node's default worker threads (one per core: six \
          threads for the machine's cores), the judged figure, and with \
          `node.worker_threads = 1` per node, how one would run three nodes on one host \
-         (threads outnumbering the cores spend their time waking each other).\n",
+         (threads outnumbering the cores spend their time waking each other). The \
+         transport ceiling is the same depth-16 load against \
+         `server/examples/transport_ceiling.rs`, a `Cache` server that answers every \
+         pipelined Get with one 256-byte value and every Put with a version, storing \
+         nothing: what the client library, tonic and HTTP/2 carry on this machine; a \
+         node's figure below it is what the node's own work per request costs.\n",
         pipeline.redis_version
     );
     render_rows(out, &pipeline.rows);
