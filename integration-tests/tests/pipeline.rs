@@ -268,9 +268,20 @@ async fn pipelined_writes_in_flight_when_a_node_dies_are_retried_on_the_others()
         })
         .collect();
     // A node dies while every writer has requests in flight, some on its pipelines.
-    eventually("a third of the writes", Duration::from_secs(60), || {
-        let acknowledged = Arc::clone(&acknowledged);
-        async move { acknowledged.load(Ordering::Relaxed) >= WRITERS * EACH / 3 }
+    a_node_dies_midway(&mut site, writers, &acknowledged, WRITERS * EACH).await;
+}
+
+/// Kills the site's second node once a third of `total` writes to `sessions` are
+/// `acknowledged`, then checks that the `writers` got all `total` acknowledged (their
+/// keys and versions) and that both survivors hold each at its version.
+async fn a_node_dies_midway(
+    site: &mut Site,
+    writers: Vec<tokio::task::JoinHandle<Vec<(String, u64)>>>,
+    acknowledged: &AtomicUsize,
+    total: usize,
+) {
+    eventually("a third of the writes", Duration::from_secs(60), || async {
+        acknowledged.load(Ordering::Relaxed) >= total / 3
     })
     .await
     .unwrap();
@@ -279,7 +290,7 @@ async fn pipelined_writes_in_flight_when_a_node_dies_are_retried_on_the_others()
     for writer in writers {
         written.extend(writer.await.unwrap());
     }
-    assert_eq!(written.len(), WRITERS * EACH);
+    assert_eq!(written.len(), total);
     for survivor in [&site.nodes[0], &site.nodes[2]] {
         let mut reader = CacheClient::new(survivor.channel().await.unwrap());
         for (key, version) in &written {
@@ -671,28 +682,5 @@ async fn batched_writes_in_flight_when_a_node_dies_are_retried_on_the_others() {
         })
         .collect();
     // A node dies while every writer has a batch in flight, part of it on its pipelines.
-    eventually("a third of the writes", Duration::from_secs(60), || {
-        let acknowledged = Arc::clone(&acknowledged);
-        async move { acknowledged.load(Ordering::Relaxed) >= WRITERS * BATCHES * EACH / 3 }
-    })
-    .await
-    .unwrap();
-    site.nodes[1].kill().unwrap();
-    let mut written = Vec::new();
-    for writer in writers {
-        written.extend(writer.await.unwrap());
-    }
-    assert_eq!(written.len(), WRITERS * BATCHES * EACH);
-    for survivor in [&site.nodes[0], &site.nodes[2]] {
-        let mut reader = CacheClient::new(survivor.channel().await.unwrap());
-        for (key, version) in &written {
-            let seen = reader.get(get("sessions", key)).await.unwrap().into_inner();
-            assert_eq!(
-                seen.metadata.map(|m| m.version),
-                Some(*version),
-                "{key} on {}",
-                survivor.endpoint()
-            );
-        }
-    }
+    a_node_dies_midway(&mut site, writers, &acknowledged, WRITERS * BATCHES * EACH).await;
 }
