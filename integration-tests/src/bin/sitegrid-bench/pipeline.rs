@@ -6,6 +6,7 @@
 //! single node's, with the default worker threads (one per core in every node) and with
 //! one per node (`node.worker_threads = 1`: three nodes share the machine's cores).
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -35,29 +36,55 @@ pub(crate) struct Results {
     pub(crate) redis_version: String,
 }
 
+/// A program serving on a loopback address; killed when dropped.
+struct Listening(Child);
+
+impl Listening {
+    /// Runs `command` (its output discarded) and waits until `address` takes connections;
+    /// `cannot` says what failed if it does not start.
+    async fn start(
+        mut command: Command,
+        address: SocketAddr,
+        cannot: String,
+    ) -> anyhow::Result<Listening> {
+        let child = command.stdout(Stdio::null()).spawn().context(cannot)?;
+        let listening = Listening(child);
+        let program = command.get_program().to_string_lossy().into_owned();
+        eventually(
+            &format!("{program} to listen on {address}"),
+            Duration::from_secs(10),
+            || async { std::net::TcpStream::connect(address).is_ok() },
+        )
+        .await?;
+        Ok(listening)
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A `redis-server` on a free loopback port, without persistence; killed when dropped.
 struct RedisServer {
-    child: Child,
+    _process: Listening,
     port: u16,
 }
 
 impl RedisServer {
     async fn start() -> anyhow::Result<RedisServer> {
-        let port = free_loopback_addr().port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .context("cannot run redis-server: install Debian's redis-server and redis-tools")?;
-        let server = RedisServer { child, port };
-        eventually(
-            "redis-server to listen",
-            Duration::from_secs(10),
-            || async { std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() },
-        )
-        .await?;
-        Ok(server)
+        let address = free_loopback_addr();
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &address.port().to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"]);
+        let cannot = "cannot run redis-server: install Debian's redis-server and redis-tools";
+        Ok(RedisServer {
+            _process: Listening::start(command, address, cannot.into()).await?,
+            port: address.port(),
+        })
     }
 
     /// `redis-benchmark` SET then GET, `requests` of each: their figures.
@@ -102,18 +129,11 @@ impl RedisServer {
     }
 }
 
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The transport's ceiling (`server/examples/transport_ceiling.rs`: pipelined Gets and
 /// Puts answered with canned answers, no store) on a free loopback port; killed when
 /// dropped. What the client library, tonic and HTTP/2 carry on this machine.
 struct TransportCeiling {
-    child: Child,
+    _process: Listening,
     endpoint: String,
 }
 
@@ -121,34 +141,16 @@ impl TransportCeiling {
     async fn start(bin_dir: &Path) -> anyhow::Result<TransportCeiling> {
         let address = free_loopback_addr();
         let program = bin_dir.join("examples").join("transport_ceiling");
-        let child = Command::new(&program)
-            .arg(address.to_string())
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| {
-                format!(
-                    "cannot run {}: build it with cargo build --release --examples",
-                    program.display()
-                )
-            })?;
-        let ceiling = TransportCeiling {
-            child,
+        let mut command = Command::new(&program);
+        command.arg(address.to_string());
+        let cannot = format!(
+            "cannot run {}: build it with cargo build --release --examples",
+            program.display()
+        );
+        Ok(TransportCeiling {
+            _process: Listening::start(command, address, cannot).await?,
             endpoint: address.to_string(),
-        };
-        eventually(
-            "the transport ceiling to listen",
-            Duration::from_secs(10),
-            || async { std::net::TcpStream::connect(address).is_ok() },
-        )
-        .await?;
-        Ok(ceiling)
-    }
-}
-
-impl Drop for TransportCeiling {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        })
     }
 }
 
