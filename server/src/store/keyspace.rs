@@ -20,7 +20,7 @@ use bytes::Bytes;
 
 use crate::store::entry::{Entry, Slot};
 use crate::store::mutation::{ApplyOutcome, Mutation};
-use crate::store::slot_key::{RANGES, SlotKey, range_of};
+use crate::store::slot_key::{RANGES, SlotKey, key_hash, range_of};
 use crate::store::slots::{Slots, VersionIndex};
 use crate::store::time::UnixMillis;
 use crate::store::version::Version;
@@ -189,13 +189,13 @@ impl Keyspace {
         }
         *digest ^= digest_term(hash, new.version());
         if let Some(old) = old {
-            self.by_version.remove(old.version(), key);
+            self.by_version.remove(old.version(), hash);
             if let Slot::Live(entry) = old {
                 self.live -= 1;
                 self.unindex_live(key, entry);
             }
         }
-        self.by_version.insert(new.version(), key.clone());
+        self.by_version.insert(new.version(), hash);
         match new {
             Slot::Live(entry) => {
                 self.live += 1;
@@ -370,7 +370,7 @@ impl Keyspace {
         };
         self.digests[range_of(slot_key.hash())] ^= digest_term(slot_key.hash(), version);
         self.slots.remove(&slot_key);
-        self.by_version.remove(version, key);
+        self.by_version.remove(version, slot_key.hash());
         if let Slot::Live(entry) = &slot {
             self.live -= 1;
             self.unindex_live(key, entry);
@@ -408,19 +408,27 @@ impl Keyspace {
         self.forgotten
     }
 
-    /// Slots changed after `after`, in version order, at most `limit`; tombstones
-    /// included.
+    /// Slots changed after `after`, in version order (keyspace order within a version),
+    /// at most `limit`; tombstones included.
     pub fn changed_after(&self, after: &ReplayCursor, limit: usize) -> Vec<(Bytes, Slot)> {
-        let start = match after {
-            ReplayCursor::Version(version) => {
-                Bound::Included((version.saturating_add(1), Bytes::new()))
-            }
-            ReplayCursor::Position(version, key) => Bound::Excluded((*version, key.clone())),
+        let (start, after_key) = match after {
+            ReplayCursor::Version(version) => ((version.saturating_add(1), 0), None),
+            ReplayCursor::Position(version, key) => ((*version, key_hash(key)), Some(key)),
         };
         self.by_version
-            .after(start)
+            .from(start)
+            .flat_map(|(version, hash)| {
+                self.slots
+                    .bucket(hash)
+                    .iter()
+                    .filter(move |(_, slot)| slot.version() == version)
+                    .map(move |(key, slot)| ((version, hash), key, slot))
+            })
+            .skip_while(|(pair, key, _)| {
+                *pair == start && after_key.is_some_and(|after| *key <= after)
+            })
             .take(limit)
-            .filter_map(|(_, key)| self.slot(key).map(|slot| (key.clone(), slot.clone())))
+            .map(|(_, key, slot)| (key.clone(), slot.clone()))
             .collect()
     }
 
@@ -512,7 +520,7 @@ impl Keyspace {
         assert_eq!(self.live, live);
         assert_eq!(self.by_deadline.len(), self.indexed_deadlines.len());
         for (key, slot) in self.slots.iter() {
-            assert!(self.by_version.contains(slot.version(), key));
+            assert!(self.by_version.contains(slot.version(), key_hash(key)));
             if let Slot::Live(entry) = slot {
                 for tag in entry.tags.iter() {
                     assert!(self.by_tag[tag].contains(key));
@@ -782,6 +790,31 @@ mod tests {
         let rest = keys.changed_after(&ReplayCursor::Position(12, Bytes::from("c")), 100);
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0].1.version(), 13);
+    }
+
+    #[test]
+    fn a_replay_pages_through_keys_sharing_a_version_each_once() {
+        let mut keys = Keyspace::default();
+        let names = ["a", "b", "c", "d", "e", "f", "g"];
+        for name in names {
+            keys.apply(&write(name, 0, 7, &[]));
+        }
+        keys.apply(&write("a", 7, 8, &[]));
+        let mut seen = Vec::new();
+        let mut cursor = ReplayCursor::Version(0);
+        loop {
+            let page = keys.changed_after(&cursor, 2);
+            let Some((key, slot)) = page.last() else {
+                break;
+            };
+            cursor = ReplayCursor::Position(slot.version(), key.clone());
+            seen.extend(page.into_iter().map(|(key, slot)| (slot.version(), key)));
+        }
+        let mut sorted = seen.clone();
+        sorted.sort_by_key(|(version, key)| (*version, key_hash(key), key.clone()));
+        assert_eq!(seen, sorted, "version order, keyspace order within one");
+        assert_eq!(seen.len(), names.len(), "{seen:?}");
+        assert_eq!(seen.last(), Some(&(8, Bytes::from("a"))));
     }
 
     #[test]

@@ -29,12 +29,6 @@ trait ByKey {
     fn key(&self) -> &Bytes;
 }
 
-impl ByKey for Bytes {
-    fn key(&self) -> &Bytes {
-        self
-    }
-}
-
 impl ByKey for (Bytes, Slot) {
     fn key(&self) -> &Bytes {
         &self.0
@@ -183,6 +177,11 @@ impl Slots {
             .unwrap_or_else(|()| unreachable!("nothing refuses"))
     }
 
+    /// The keys of hash `hash` and their slots, in byte order of the keys.
+    pub(crate) fn bucket(&self, hash: u64) -> &[(Bytes, Slot)] {
+        self.buckets.get(&hash).map_or(&[], Few::items)
+    }
+
     /// Removes `key`; returns its slot.
     pub(crate) fn remove(&mut self, key: &SlotKey) -> Option<Slot> {
         let MapEntry::Occupied(mut occupied) = self.buckets.entry(key.hash()) else {
@@ -235,78 +234,53 @@ impl Slots {
     }
 }
 
-/// (version, key) of every slot, in that order.
+/// (version, key hash) of every slot, in that order: what changed after a version.
+///
+/// It holds a key's hash, not its bytes: moving a key from its old version to its new one
+/// on every write is then a search comparing integer pairs packed in the tree's nodes,
+/// with no key bytes to follow and compare and no reference to the old writer's key
+/// buffer to drop (each a cache miss at a random place of a large cache). The slots give
+/// the keys back ([`Slots::bucket`]). The rare keys sharing a hash and a version count
+/// under one pair.
 #[derive(Debug, Default)]
 pub(crate) struct VersionIndex {
-    versions: BTreeMap<Version, Few<Bytes>>,
+    pairs: BTreeMap<(Version, u64), u32>,
     len: usize,
 }
 
 impl VersionIndex {
-    pub(crate) fn insert(&mut self, version: Version, key: Bytes) {
-        use std::collections::btree_map::Entry;
-        match self.versions.entry(version) {
-            Entry::Vacant(vacant) => {
-                vacant.insert(Few::One(key));
-            }
-            Entry::Occupied(mut occupied) => {
-                let keys = occupied.get_mut();
-                match keys.position(&key) {
-                    Ok(_) => return,
-                    Err(index) => keys.insert(index, key),
-                }
-            }
-        }
+    pub(crate) fn insert(&mut self, version: Version, hash: u64) {
+        *self.pairs.entry((version, hash)).or_insert(0) += 1;
         self.len += 1;
     }
 
-    pub(crate) fn remove(&mut self, version: Version, key: &Bytes) {
-        use std::collections::btree_map::Entry;
-        let Entry::Occupied(mut occupied) = self.versions.entry(version) else {
+    pub(crate) fn remove(&mut self, version: Version, hash: u64) {
+        let MapEntry::Occupied(mut occupied) = self.pairs.entry((version, hash)) else {
             return;
         };
-        let Ok(index) = occupied.get().position(key) else {
-            return;
-        };
-        if occupied.get_mut().remove(index).1 {
+        *occupied.get_mut() -= 1;
+        if *occupied.get() == 0 {
             occupied.remove();
         }
         self.len -= 1;
     }
 
-    /// (version, key) pairs after `start` (a (version, key) position, compared as a
-    /// pair), in order.
-    pub(crate) fn after(
-        &self,
-        start: Bound<(Version, Bytes)>,
-    ) -> impl Iterator<Item = (Version, &Bytes)> {
-        let from = match &start {
-            Bound::Included((version, _)) | Bound::Excluded((version, _)) => {
-                Bound::Included(*version)
-            }
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        self.versions
-            .range((from, Bound::Unbounded))
-            .flat_map(|(version, keys)| keys.items().iter().map(move |key| (*version, key)))
-            .skip_while(move |(version, key)| match &start {
-                Bound::Included(position) => (*version, *key) < (position.0, &position.1),
-                Bound::Excluded(position) => (*version, *key) <= (position.0, &position.1),
-                Bound::Unbounded => false,
-            })
+    /// The (version, key hash) pairs from `start` on, in order, each once.
+    pub(crate) fn from(&self, start: (Version, u64)) -> impl Iterator<Item = (Version, u64)> {
+        self.pairs.range(start..).map(|(pair, _)| *pair)
     }
 
     /// The newest version held.
     pub(crate) fn last(&self) -> Option<Version> {
-        self.versions.last_key_value().map(|(version, _)| *version)
+        self.pairs
+            .last_key_value()
+            .map(|((version, _), _)| *version)
     }
 
-    /// Whether `key` is indexed at `version`.
+    /// Whether a key of hash `hash` is indexed at `version`.
     #[cfg(test)]
-    pub(crate) fn contains(&self, version: Version, key: &Bytes) -> bool {
-        self.versions
-            .get(&version)
-            .is_some_and(|keys| keys.position(key).is_ok())
+    pub(crate) fn contains(&self, version: Version, hash: u64) -> bool {
+        self.pairs.contains_key(&(version, hash))
     }
 
     /// Number of (version, key) pairs.
@@ -421,49 +395,34 @@ mod tests {
     }
 
     #[test]
-    fn keys_sharing_a_version_are_kept_apart_and_replayed_in_key_order() {
+    fn pairs_come_in_version_then_hash_order_and_keys_sharing_one_count_apart() {
         let mut index = VersionIndex::default();
-        let bytes = |text: &str| Bytes::copy_from_slice(text.as_bytes());
-        index.insert(3, bytes("x"));
-        index.insert(5, bytes("b"));
-        index.insert(5, bytes("a"));
-        index.insert(5, bytes("c"));
-        index.insert(5, bytes("a"));
-        index.insert(9, bytes("z"));
-        assert_eq!(index.len(), 5, "a repeated pair counts once");
-        let all: Vec<_> = index.after(Bound::Unbounded).collect();
-        assert_eq!(
-            all,
-            vec![
-                (3, &bytes("x")),
-                (5, &bytes("a")),
-                (5, &bytes("b")),
-                (5, &bytes("c")),
-                (9, &bytes("z"))
-            ]
-        );
-        let after_a: Vec<_> = index
-            .after(Bound::Excluded((5, bytes("a"))))
-            .map(|(v, k)| (v, k.clone()))
-            .collect();
-        assert_eq!(
-            after_a,
-            vec![(5, bytes("b")), (5, bytes("c")), (9, bytes("z"))]
-        );
-        let from_4: Vec<_> = index
-            .after(Bound::Included((4, Bytes::new())))
-            .map(|(v, _)| v)
-            .collect();
-        assert_eq!(from_4, vec![5, 5, 5, 9]);
+        index.insert(3, 70);
+        index.insert(5, 20);
+        index.insert(5, 10);
+        index.insert(5, 30);
+        // Two keys of hash 10 at version 5.
+        index.insert(5, 10);
+        index.insert(9, 1);
+        assert_eq!(index.len(), 6);
+        let all: Vec<_> = index.from((0, 0)).collect();
+        assert_eq!(all, vec![(3, 70), (5, 10), (5, 20), (5, 30), (9, 1)]);
+        let from_5_20: Vec<_> = index.from((5, 20)).collect();
+        assert_eq!(from_5_20, vec![(5, 20), (5, 30), (9, 1)]);
+        assert_eq!(index.last(), Some(9));
 
-        index.remove(5, &bytes("b"));
-        index.remove(5, &bytes("nope"));
-        index.remove(4, &bytes("x"));
-        assert!(!index.contains(5, &bytes("b")));
-        assert!(index.contains(5, &bytes("a")));
-        index.remove(5, &bytes("a"));
-        index.remove(5, &bytes("c"));
-        index.remove(9, &bytes("z"));
+        index.remove(5, 10);
+        assert!(
+            index.contains(5, 10),
+            "the other key of hash 10 is still there"
+        );
+        index.remove(5, 10);
+        assert!(!index.contains(5, 10));
+        index.remove(5, 99);
+        index.remove(4, 70);
+        index.remove(5, 20);
+        index.remove(5, 30);
+        index.remove(9, 1);
         assert_eq!(index.len(), 1);
         assert_eq!(index.last(), Some(3));
     }
