@@ -48,7 +48,8 @@ impl Validator {
         Ok(())
     }
 
-    /// A value, copied like keys.
+    /// A value, not copied here: a write copies it into its entry (`CacheStore::change`),
+    /// so no entry keeps the request's buffer alive either.
     pub(crate) fn value(&self, value: &Bytes) -> Result<Bytes> {
         if value.len() > self.limits.max_value_bytes {
             return Err(invalid(format!(
@@ -57,7 +58,7 @@ impl Validator {
                 self.limits.max_value_bytes
             )));
         }
-        Ok(Bytes::copy_from_slice(value))
+        Ok(value.clone())
     }
 
     /// A lifespan or max idle in milliseconds: 0 or positive, at most 100 years.

@@ -335,9 +335,13 @@ impl CacheStore {
                     writer: 0,
                 })),
             },
+            // The entry's value is a copy, not a clone of the request's bytes: it then
+            // owns its bytes alone, keeping no request buffer alive, and a later
+            // overwrite frees them without updating a count shared with the request (a
+            // cache miss of its own, and an allocation for the count when cloned).
             WriteOp::Put(new) => Change::Write(Arc::new(
                 Entry::new(
-                    new.value.clone(),
+                    Bytes::copy_from_slice(&new.value),
                     version,
                     site,
                     now,
