@@ -1,12 +1,13 @@
-//! The two maps of a keyspace that every write touches: key -> slot, and version -> key.
+//! The two maps of a keyspace that every write touches: key -> slot, and version -> key
+//! hash.
 //!
 //! Both are shaped for the write path, where a key is looked up, its slot replaced and
 //! its old version moved in the version index, at random places of a large cache. Each
-//! is a B-tree keyed by a bare integer (the key's hash, the version), so a search
-//! compares integers packed in the tree's nodes (two cache lines per node) instead of
-//! striding over (integer, key) pairs; the rare keys sharing a hash or a version sit
-//! together under it, in byte order. Keyspace order (hash, then bytes; see `slot_key`)
-//! is kept without a second structure.
+//! is a B-tree of integers: the slots are keyed by the key's hash (the rare keys sharing
+//! one sit together under it, in byte order), the version index holds (version, key
+//! hash) pairs. A search compares integers packed in the tree's nodes instead of
+//! following keys to compare their bytes. Keyspace order (hash, then bytes; see
+//! `slot_key`) is kept without a second structure.
 //!
 //! On a single node at 50 callers x 16 pipelined 256-byte Puts over 100,000 keys, the
 //! former `BTreeMap<SlotKey, Slot>` lookups and the removals from a
