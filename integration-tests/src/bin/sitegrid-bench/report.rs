@@ -90,6 +90,20 @@ pub(crate) fn render(
     out
 }
 
+/// `ratio` to two decimals, or to more where two would round it across its target
+/// (`meets` says whether a figure meets it): 0.6953 against ">= 0.7" shows as 0.695x,
+/// not as a 0.70x marked missed.
+fn shown_ratio(ratio: f64, meets: impl Fn(f64) -> bool) -> String {
+    (2..=6)
+        .map(|decimals| format!("{ratio:.decimals$}"))
+        .find(|shown| {
+            shown
+                .parse()
+                .is_ok_and(|shown| meets(shown) == meets(ratio))
+        })
+        .map_or_else(|| format!("{ratio}x"), |shown| format!("{shown}x"))
+}
+
 /// A table of figures, each with its ratio to its baseline and the target it has.
 fn render_rows(out: &mut String, rows: &[Row]) {
     let _ = writeln!(
@@ -99,7 +113,12 @@ fn render_rows(out: &mut String, rows: &[Row]) {
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|---|");
     for row in rows {
         let (ratio, to) = match row.ratio {
-            Some((ratio, to)) => (format!("{ratio:.2}x"), to.to_string()),
+            Some((ratio, to)) => (
+                shown_ratio(ratio, |shown| {
+                    row.target.is_none_or(|target| shown >= target)
+                }),
+                to.to_string(),
+            ),
             None => ("".into(), "".into()),
         };
         let target = match (row.target, row.ratio) {
@@ -328,19 +347,19 @@ fn render_site(out: &mut String, s: &cluster::Results) {
     let _ = writeln!(out, "|---|---:|---:|---:|---|");
     let _ = writeln!(
         out,
-        "| Put ops/s | {:.0} | {:.0} | {:.2}x | >= 0.5x: {} |",
+        "| Put ops/s | {:.0} | {:.0} | {} | >= 0.5x: {} |",
         s.single_ops,
         s.site_ops,
-        s.ops_ratio,
+        shown_ratio(s.ops_ratio, |shown| shown >= 0.5),
         met(s.ops_ratio >= 0.5)
     );
     let _ = writeln!(
         out,
-        "| Put p50 | {} us | {} us (p99 {} us) | {:.2}x | <= 2x: {} |",
+        "| Put p50 | {} us | {} us (p99 {} us) | {} | <= 2x: {} |",
         s.single_p50_us,
         s.site_p50_us,
         s.site_p99_us,
-        s.p50_ratio,
+        shown_ratio(s.p50_ratio, |shown| shown <= 2.0),
         met(s.p50_ratio <= 2.0)
     );
     let _ = writeln!(
@@ -389,9 +408,10 @@ fn render_listeners(out: &mut String, l: &listeners::Results) {
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     let _ = writeln!(
         out,
-        "| Put c=64 writes/s during 100,000 writes with a subscriber reading 1 event/s / with none | {:.0} / {:.0} = {slow_ratio:.2}x | >= 0.9x: {} |",
+        "| Put c=64 writes/s during 100,000 writes with a subscriber reading 1 event/s / with none | {:.0} / {:.0} = {} | >= 0.9x: {} |",
         s.writes_with,
         s.writes_without,
+        shown_ratio(slow_ratio, |shown| shown >= 0.9),
         met(slow_ratio >= 0.9)
     );
     let _ = writeln!(
@@ -407,4 +427,19 @@ fn render_listeners(out: &mut String, l: &listeners::Results) {
         if s.resumed_without_loss { "yes" } else { "no" },
         met(s.resumed_without_loss)
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown_ratio;
+
+    #[test]
+    fn a_ratio_is_never_shown_on_the_other_side_of_its_target() {
+        let at_least = |target: f64| move |shown: f64| shown >= target;
+        assert_eq!(shown_ratio(0.6953, at_least(0.7)), "0.695x");
+        assert_eq!(shown_ratio(0.69996, at_least(0.7)), "0.69996x");
+        assert_eq!(shown_ratio(0.7004, at_least(0.7)), "0.70x");
+        assert_eq!(shown_ratio(1.2345, |_| true), "1.23x");
+        assert_eq!(shown_ratio(2.004, |shown| shown <= 2.0), "2.004x");
+    }
 }
