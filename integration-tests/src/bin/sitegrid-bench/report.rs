@@ -90,18 +90,52 @@ pub(crate) fn render(
     out
 }
 
-/// `ratio` to two decimals, or to more where two would round it across its target
-/// (`meets` says whether a figure meets it): 0.6953 against ">= 0.7" shows as 0.695x,
-/// not as a 0.70x marked missed.
-fn shown_ratio(ratio: f64, meets: impl Fn(f64) -> bool) -> String {
-    (2..=6)
+/// How a figure stands against its target.
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "**missed**" }
+}
+
+/// A target for a ratio.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    AtLeast(f64),
+    AtMost(f64),
+}
+
+impl Target {
+    fn meets(self, ratio: f64) -> bool {
+        match self {
+            Target::AtLeast(target) => ratio >= target,
+            Target::AtMost(target) => ratio <= target,
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::AtLeast(target) => write!(f, ">= {target}x"),
+            Target::AtMost(target) => write!(f, "<= {target}x"),
+        }
+    }
+}
+
+/// The ratio and target cells of a row: the ratio to two decimals, or to more where two
+/// would round it across its target (0.6953 against ">= 0.7x" shows as 0.695x, not as a
+/// 0.70x marked missed), and the target with its verdict.
+fn judged(ratio: f64, target: Target) -> (String, String) {
+    let shown = (2..=6)
         .map(|decimals| format!("{ratio:.decimals$}"))
         .find(|shown| {
             shown
                 .parse()
-                .is_ok_and(|shown| meets(shown) == meets(ratio))
+                .is_ok_and(|shown| target.meets(shown) == target.meets(ratio))
         })
-        .map_or_else(|| format!("{ratio}x"), |shown| format!("{shown}x"))
+        .unwrap_or_else(|| ratio.to_string());
+    (
+        format!("{shown}x"),
+        format!("{target}: {}", verdict(target.meets(ratio))),
+    )
 }
 
 /// A table of figures, each with its ratio to its baseline and the target it has.
@@ -112,21 +146,13 @@ fn render_rows(out: &mut String, rows: &[Row]) {
     );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|---|");
     for row in rows {
-        let (ratio, to) = match row.ratio {
-            Some((ratio, to)) => (
-                shown_ratio(ratio, |shown| {
-                    row.target.is_none_or(|target| shown >= target)
-                }),
-                to.to_string(),
-            ),
-            None => ("".into(), "".into()),
-        };
-        let target = match (row.target, row.ratio) {
-            (Some(target), Some((ratio, _))) => {
-                let verdict = if ratio >= target { "met" } else { "**missed**" };
-                format!(">= {target}x: {verdict}")
+        let (ratio, to, target) = match (row.ratio, row.target) {
+            (Some((ratio, to)), Some(target)) => {
+                let (ratio, target) = judged(ratio, Target::AtLeast(target));
+                (ratio, to.to_string(), target)
             }
-            _ => String::new(),
+            (Some((ratio, to)), None) => (format!("{ratio:.2}x"), to.to_string(), String::new()),
+            (None, _) => (String::new(), String::new(), String::new()),
         };
         let _ = writeln!(
             out,
@@ -209,7 +235,6 @@ fn render_idp(out: &mut String, idp: &idp::Results) {
 }
 
 fn render_resync(out: &mut String, r: &resync::Results) {
-    let met = |ok: bool| if ok { "met" } else { "**missed**" };
     let _ = writeln!(out, "\n## Resync between two sites\n");
     let _ = writeln!(
         out,
@@ -239,7 +264,7 @@ fn render_resync(out: &mut String, r: &resync::Results) {
             format!(
                 "moved <= {}: {}",
                 2 * resync::DELTA_CHANGED,
-                met(r.delta.moved <= 2 * resync::DELTA_CHANGED)
+                verdict(r.delta.moved <= 2 * resync::DELTA_CHANGED)
             ),
         ),
     ] {
@@ -256,7 +281,6 @@ fn render_resync(out: &mut String, r: &resync::Results) {
 }
 
 fn render_sites(out: &mut String, s: &sites::Results) {
-    let met = |ok: bool| if ok { "met" } else { "**missed**" };
     let sync_ms = sites::SYNC_DELAY.as_millis() as u64;
     let allowance_ms = sites::ASYNC_ALLOWANCE.as_millis() as u64;
     let _ = writeln!(out, "\n## Two sites\n");
@@ -305,13 +329,13 @@ fn render_sites(out: &mut String, s: &sites::Results) {
         s.sync.p50_us,
         s.sync.p99_us,
         2 * sync_ms + 2,
-        met(s.sync.p50_us <= target_us)
+        verdict(s.sync.p50_us <= target_us)
     );
     let over_link = s.sync.p50_us.saturating_sub(s.tcp.p50_us);
     let _ = writeln!(
         out,
         "| sync backup p50 over the link's TCP round trip (local cost) | {over_link} us |  | <= 2 ms: {} |",
-        met(over_link <= 2_000)
+        verdict(over_link <= 2_000)
     );
     for (delay, lag) in &s.lags {
         let delay_ms = delay.as_millis() as u64;
@@ -325,13 +349,12 @@ fn render_sites(out: &mut String, s: &sites::Results) {
             lag.lag_p50_us,
             lag.lag_p99_us,
             lag.lag_max_us,
-            met(lag.lag_p99_us <= target_ms * 1_000)
+            verdict(lag.lag_p99_us <= target_ms * 1_000)
         );
     }
 }
 
 fn render_site(out: &mut String, s: &cluster::Results) {
-    let met = |ok: bool| if ok { "met" } else { "**missed**" };
     let _ = writeln!(out, "\n## A site of three nodes\n");
     let _ = writeln!(
         out,
@@ -345,22 +368,17 @@ fn render_site(out: &mut String, s: &cluster::Results) {
         "| figure | single node | 3-node site | ratio | target |"
     );
     let _ = writeln!(out, "|---|---:|---:|---:|---|");
+    let ops = judged(s.ops_ratio, Target::AtLeast(0.5));
+    let p50 = judged(s.p50_ratio, Target::AtMost(2.0));
     let _ = writeln!(
         out,
-        "| Put ops/s | {:.0} | {:.0} | {} | >= 0.5x: {} |",
-        s.single_ops,
-        s.site_ops,
-        shown_ratio(s.ops_ratio, |shown| shown >= 0.5),
-        met(s.ops_ratio >= 0.5)
+        "| Put ops/s | {:.0} | {:.0} | {} | {} |",
+        s.single_ops, s.site_ops, ops.0, ops.1
     );
     let _ = writeln!(
         out,
-        "| Put p50 | {} us | {} us (p99 {} us) | {} | <= 2x: {} |",
-        s.single_p50_us,
-        s.site_p50_us,
-        s.site_p99_us,
-        shown_ratio(s.p50_ratio, |shown| shown <= 2.0),
-        met(s.p50_ratio <= 2.0)
+        "| Put p50 | {} us | {} us (p99 {} us) | {} | {} |",
+        s.single_p50_us, s.site_p50_us, s.site_p99_us, p50.0, p50.1
     );
     let _ = writeln!(
         out,
@@ -376,7 +394,6 @@ fn render_site(out: &mut String, s: &cluster::Results) {
 }
 
 fn render_listeners(out: &mut String, l: &listeners::Results) {
-    let met = |ok: bool| if ok { "met" } else { "**missed**" };
     let _ = writeln!(out, "\n## Listeners\n");
     let _ = writeln!(
         out,
@@ -395,7 +412,7 @@ fn render_listeners(out: &mut String, l: &listeners::Results) {
         l.latency_p50_us,
         l.latency_p99_us,
         l.latency_max_us,
-        met(l.latency_p99_us <= 5_000)
+        verdict(l.latency_p99_us <= 5_000)
     );
     let ratio = l.writes_50 / l.writes_0;
     let _ = writeln!(
@@ -404,15 +421,12 @@ fn render_listeners(out: &mut String, l: &listeners::Results) {
         l.writes_50, l.writes_0
     );
     let s = &l.slow;
-    let slow_ratio = s.writes_with / s.writes_without;
+    let slow_ratio = judged(s.writes_with / s.writes_without, Target::AtLeast(0.9));
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     let _ = writeln!(
         out,
-        "| Put c=64 writes/s during 100,000 writes with a subscriber reading 1 event/s / with none | {:.0} / {:.0} = {} | >= 0.9x: {} |",
-        s.writes_with,
-        s.writes_without,
-        shown_ratio(slow_ratio, |shown| shown >= 0.9),
-        met(slow_ratio >= 0.9)
+        "| Put c=64 writes/s during 100,000 writes with a subscriber reading 1 event/s / with none | {:.0} / {:.0} = {} | {} |",
+        s.writes_with, s.writes_without, slow_ratio.0, slow_ratio.1
     );
     let _ = writeln!(
         out,
@@ -425,21 +439,29 @@ fn render_listeners(out: &mut String, l: &listeners::Results) {
         "| the slow subscriber: events before RESYNC_REQUIRED; resumed from its version without loss | {}; {} | RESYNC_REQUIRED, resumable: {} |",
         s.events_before_resync,
         if s.resumed_without_loss { "yes" } else { "no" },
-        met(s.resumed_without_loss)
+        verdict(s.resumed_without_loss)
     );
 }
 
 #[cfg(test)]
 mod tests {
-    use super::shown_ratio;
+    use super::{Target, judged};
 
     #[test]
     fn a_ratio_is_never_shown_on_the_other_side_of_its_target() {
-        let at_least = |target: f64| move |shown: f64| shown >= target;
-        assert_eq!(shown_ratio(0.6953, at_least(0.7)), "0.695x");
-        assert_eq!(shown_ratio(0.69996, at_least(0.7)), "0.69996x");
-        assert_eq!(shown_ratio(0.7004, at_least(0.7)), "0.70x");
-        assert_eq!(shown_ratio(1.2345, |_| true), "1.23x");
-        assert_eq!(shown_ratio(2.004, |shown| shown <= 2.0), "2.004x");
+        assert_eq!(
+            judged(0.6953, Target::AtLeast(0.7)),
+            ("0.695x".into(), ">= 0.7x: **missed**".into())
+        );
+        assert_eq!(judged(0.69996, Target::AtLeast(0.7)).0, "0.69996x");
+        assert_eq!(
+            judged(0.7004, Target::AtLeast(0.7)),
+            ("0.70x".into(), ">= 0.7x: met".into())
+        );
+        assert_eq!(judged(1.2345, Target::AtLeast(0.5)).0, "1.23x");
+        assert_eq!(
+            judged(2.004, Target::AtMost(2.0)),
+            ("2.004x".into(), "<= 2x: **missed**".into())
+        );
     }
 }
