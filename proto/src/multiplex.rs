@@ -305,6 +305,16 @@ struct InFlight<Resp> {
 }
 
 impl<Resp> InFlight<Resp> {
+    /// Nothing in flight yet.
+    fn new() -> Self {
+        InFlight {
+            waiting: ById::default(),
+            groups: ById::default(),
+            timed: 0,
+            next_id: 0,
+        }
+    }
+
     /// Numbers `call`'s requests and keeps where their answers go; returns the requests.
     fn send<Req: Tagged>(&mut self, call: Call<Req, Resp>, onto: &mut Vec<Req>) {
         match call {
@@ -410,12 +420,7 @@ async fn run<Up: Wire, Down: Wire>(
     requests: mpsc::UnboundedSender<Up>,
     mut answers: Streaming<Down>,
 ) {
-    let mut in_flight = InFlight {
-        waiting: ById::default(),
-        groups: ById::default(),
-        timed: 0,
-        next_id: 0,
-    };
+    let mut in_flight = InFlight::new();
     let mut taken = Vec::with_capacity(TAKE);
     let mut sweep = tokio::time::interval(SWEEP);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -668,12 +673,7 @@ mod tests {
     }
 
     fn in_flight() -> InFlight<PipelineRequest> {
-        InFlight {
-            waiting: ById::default(),
-            groups: ById::default(),
-            timed: 0,
-            next_id: 0,
-        }
+        InFlight::new()
     }
 
     #[test]
