@@ -363,6 +363,62 @@ async fn a_pipelined_request_unanswered_in_time_times_out_and_the_stream_goes_on
     );
 }
 
+/// Writes a stream's task started run to their end when its client goes away, as a unary
+/// call's write does in a task of its own: a write must not stop halfway. Two writes the
+/// fault holds back for 20 s, started one after the other: the first one's answer finds
+/// the client gone while the second still runs.
+#[tokio::test]
+async fn pipelined_writes_run_to_their_end_when_their_client_goes_away() {
+    let node = NodeProcess::start(NodeSpec {
+        faults: vec!["slow-commit".to_string()],
+        ..NodeSpec::new("pipeline-gone")
+    })
+    .await
+    .unwrap();
+    let keys = ["slow-commit-first", "slow-commit-second"];
+    let admitted = |count: f64| {
+        let node = &node;
+        move || async move {
+            http::metric(node.http_addr(), "sitegrid_pipeline_requests_total")
+                .await
+                .is_ok_and(|taken| taken >= count)
+        }
+    };
+    {
+        let mut client = CacheClient::new(node.channel().await.unwrap());
+        let (requests, answers) = open_pipeline(&mut client).await.unwrap();
+        for (id, key) in keys.iter().enumerate() {
+            let request = PipelineRequest {
+                id: id as u64,
+                operation: Some(Operation::Put(put("sessions", key, "v"))),
+            };
+            requests.send(request).await.unwrap();
+            eventually(
+                "the node to take the write",
+                Duration::from_secs(10),
+                admitted(id as f64 + 1.0),
+            )
+            .await
+            .unwrap();
+        }
+        drop((requests, answers, client));
+    }
+    let reader = CacheClient::new(node.channel().await.unwrap());
+    for key in keys {
+        eventually("the write to land", Duration::from_secs(60), || {
+            let mut reader = reader.clone();
+            async move {
+                reader
+                    .get(get("sessions", key))
+                    .await
+                    .is_ok_and(|found| found.into_inner().found)
+            }
+        })
+        .await
+        .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_pipeline_batch_message_carries_many_requests_each_answered_by_id() {
     const PER_KEY: usize = 4;

@@ -22,8 +22,8 @@ use crate::api::validate::Validator;
 use crate::events::subscription::{ListenSpec, Subscription};
 use crate::faults::{self, Fault};
 use crate::node::NodeState;
-use crate::store::Store;
 use crate::store::cache::{Condition, WriteOp, WriteRequest, WriteResult};
+use crate::store::{Driver, Store};
 
 /// Entries per batch of an `Entries` stream when the request leaves it to the server.
 const DEFAULT_BATCH_SIZE: usize = 1000;
@@ -47,6 +47,10 @@ pub struct CacheService {
     metrics: std::sync::Arc<RequestMetrics>,
     limits: std::sync::Arc<ClientLimits>,
     audit: std::sync::Arc<Audit>,
+    /// Who sees a write to its end: its own task for unary calls, whose client may go
+    /// away mid-write; the stream's task for pipelined ones ([`pipeline`] runs what it
+    /// admitted to the end).
+    writes: Driver,
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<v1::CacheEvent, Status>> + Send>>;
@@ -71,6 +75,7 @@ impl CacheService {
             metrics: std::sync::Arc::new(metrics),
             limits,
             audit,
+            writes: Driver::OwnTask,
         }
     }
 
@@ -93,7 +98,10 @@ impl CacheService {
             .into_inner()
             .map(|message| message.map(Wire::unpack));
         tokio::spawn(pipeline::run(
-            self.clone(),
+            CacheService {
+                writes: Driver::Caller,
+                ..self.clone()
+            },
             caller,
             requests,
             sender,
@@ -149,7 +157,7 @@ impl CacheService {
     ) -> crate::Result<std::sync::Arc<WriteResult>> {
         self.state.check_accepting()?;
         self.store
-            .write(cache, request, Self::request_id(request_id))
+            .write(cache, request, Self::request_id(request_id), self.writes)
             .await
     }
 

@@ -15,7 +15,9 @@
 //! carry several requests each way), in one write on a `Pipeline` stream.
 //!
 //! When the client half-closes, or the node begins to shut down, the task stops reading,
-//! answers what it admitted, and ends the stream.
+//! answers what it admitted, and ends the stream. When the client goes away, the requests
+//! running still run to their end, unanswered (a write must not stop halfway: the task
+//! is its driver, [`Driver::Caller`]), and those waiting for their key never start.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
@@ -31,6 +33,8 @@ use tonic::Status;
 
 use super::auth::Caller;
 use super::cache::CacheService;
+#[cfg(doc)]
+use crate::store::Driver;
 
 /// Requests of one stream admitted at once: running, or waiting behind a request to the
 /// same key.
@@ -66,6 +70,7 @@ pub(crate) async fn run<S, B>(
         queues: KeyQueues::default(),
         admitted: 0,
         ready: Vec::new(),
+        gone: false,
         requested: metrics::counter!("sitegrid_pipeline_requests_total"),
     };
     stream.serve(requests, answers, stopping).await;
@@ -83,6 +88,8 @@ struct Requests<'a> {
     admitted: usize,
     /// Answers to send.
     ready: Vec<v1::PipelineResponse>,
+    /// The client went away: the requests running run to their end, unanswered.
+    gone: bool,
     requested: metrics::Counter,
 }
 
@@ -119,10 +126,12 @@ impl<'a> Requests<'a> {
                         None => reading = false,
                     }
                 }
-                room = answers.reserve(), if !self.ready.is_empty() => match room {
+                room = answers.reserve(), if !self.ready.is_empty() && !self.gone => match room {
                     Ok(room) => room.send(std::mem::take(&mut self.ready)),
-                    // The client went away; what runs is dropped, as for unary calls.
-                    Err(_) => return,
+                    Err(_) => {
+                        reading = false;
+                        self.abandon();
+                    }
                 },
                 () = multiplex::stopped(&mut stopping), if reading => reading = false,
                 else => return,
@@ -163,12 +172,25 @@ impl<'a> Requests<'a> {
         }
     }
 
+    /// The client went away: nobody takes answers any more, the requests waiting for
+    /// their key never start, and those running run to their end (the select loop polls
+    /// them until none is left).
+    fn abandon(&mut self) {
+        self.gone = true;
+        self.ready = Vec::new();
+        self.queues = KeyQueues::default();
+        self.admitted = self.running.len();
+    }
+
     /// A request ended: its answer is ready, and the next one waiting for its key starts
     /// (and may end at once).
     fn ended(&mut self, done: (u64, v1::PipelineResponse)) {
         let mut ended = Some(done);
         while let Some((slot, answer)) = ended.take() {
             self.admitted -= 1;
+            if self.gone {
+                return;
+            }
             self.ready.push(answer);
             if let Some(next) = self.queues.finished(slot) {
                 match start(self.service, self.caller, slot, next) {

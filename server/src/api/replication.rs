@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::cluster::{Cluster, Target, codec};
 use crate::faults::{self, Fault};
+use crate::store::Driver;
 use crate::store::slot_key::RANGES;
 use crate::store::write::ReplicaOutcome;
 
@@ -162,7 +163,7 @@ impl ReplicationService for ReplicationApi {
         let answer = self
             .cluster
             .store()
-            .write_as_primary(&request.cache, write, request_id)
+            .write_as_primary(&request.cache, write, request_id, Driver::OwnTask)
             .await?;
         Ok(Response::new(v1::ForwardWriteResponse {
             answer: Some(codec::encode_answer(&answer)),

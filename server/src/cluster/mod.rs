@@ -43,12 +43,12 @@ use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
 use crate::faults::{self, Fault};
-use crate::store::Store;
 use crate::store::cache::{Touch, WriteRequest, WriteResult};
 use crate::store::entry::Slot;
 use crate::store::mutation::Mutation;
 use crate::store::replication::{Replicated, SiteReplication};
 use crate::store::version::Version;
+use crate::store::{Driver, Store};
 use peers::Peers;
 use sender::{ApplyLink, Sender};
 pub use view::{Member, MemberState, View};
@@ -652,7 +652,7 @@ impl Cluster {
                 Some(primary) if primary.name == self.inner.me.name => Ok(self
                     .inner
                     .store
-                    .write_as_primary(cache, request.clone(), request_id)
+                    .write_as_primary(cache, request.clone(), request_id, Driver::OwnTask)
                     .await),
                 Some(primary) => self.call_forward(&primary, message.clone()).await.map(Ok),
                 None => Err(Error::Unavailable("no ready member in the site".into())),

@@ -10,12 +10,12 @@ use tokio::sync::{mpsc, watch};
 
 use crate::events::subscription::{ListenSpec, Subscription};
 use crate::events::{ChangeEvent, EventKind, Hub};
-use crate::store::Store;
 use crate::store::cache::{Condition, NewValue, WriteOp, WriteRequest};
 use crate::store::reaper::reap_once;
 use crate::store::storage::{MemoryStorage, Storage};
 use crate::store::time::ManualTimeSource;
 use crate::store::version::Version;
+use crate::store::{Driver, Store};
 
 const T0: u64 = 1_800_000_000_000;
 
@@ -96,7 +96,7 @@ impl Fixture {
             keep_previous: false,
         };
         self.store
-            .write(cache, request, None)
+            .write(cache, request, None, Driver::OwnTask)
             .await
             .unwrap()
             .version
@@ -110,7 +110,7 @@ impl Fixture {
             keep_previous: false,
         };
         self.store
-            .write(cache, request, None)
+            .write(cache, request, None, Driver::OwnTask)
             .await
             .unwrap()
             .version

@@ -116,6 +116,18 @@ pub(crate) struct Settings {
     pub(crate) reaper_interval: std::time::Duration,
 }
 
+/// Who sees a write to its end once it started: a write is not cancel-safe (it may stop
+/// between persisting and applying, or between members).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    /// A task of its own: the caller may stop waiting for it (a unary call whose client
+    /// goes away).
+    OwnTask,
+    /// The caller, which polls every write it started to its end, whether or not anyone
+    /// still waits for the answer (a pipeline stream runs what it admitted to the end).
+    Caller,
+}
+
 /// Handle to a node's caches.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -290,36 +302,39 @@ impl Store {
     }
 
     /// Writes one key, on its primary: here, or forwarded there. With a request id, a
-    /// retry returns the first answer.
+    /// retry returns the first answer. `driver` says who sees the write to its end.
     pub async fn write(
         &self,
         cache: &str,
         request: WriteRequest,
         request_id: Option<&str>,
+        driver: Driver,
     ) -> Result<Arc<WriteResult>> {
         let cache = self.cache(cache)?;
         let site = self.site();
         if !site.is_primary(&request.key) {
             return site.forward(cache.name(), request, request_id).await;
         }
-        self.write_as_primary(cache.name(), request, request_id)
+        self.write_as_primary(cache.name(), request, request_id, driver)
             .await
     }
 
     /// Writes one key on this node as its primary (the caller checked it is).
     ///
-    /// A write that may await (storage, other members) runs in its own task, so a client
-    /// that goes away mid-write can't leave it half done (durable but not applied). A
+    /// A write that may await (storage, other members) must not stop halfway (durable but
+    /// not applied, or applied on some members only): unless its `driver` is the caller,
+    /// it runs in its own task, so a client that goes away mid-write can't stop it. A
     /// write to an in-memory cache of a node alone never awaits between taking the key's
-    /// lock and applying, so it runs in the caller's task.
+    /// lock and applying, so it always runs in the caller's task.
     pub async fn write_as_primary(
         &self,
         cache: &str,
         request: WriteRequest,
         request_id: Option<&str>,
+        driver: Driver,
     ) -> Result<Arc<WriteResult>> {
         let cache = self.cache(cache)?;
-        if !cache.is_persistent() && self.site().is_alone() {
+        if driver == Driver::Caller || (!cache.is_persistent() && self.site().is_alone()) {
             return self.write_to(cache, request, request_id).await;
         }
         let cache = cache.clone();
@@ -391,7 +406,9 @@ impl Store {
             condition: Condition::Always,
             keep_previous: false,
         };
-        self.write(cache, request, None).await.map(|_| ())
+        self.write(cache, request, None, Driver::OwnTask)
+            .await
+            .map(|_| ())
     }
 
     /// Takes a change a peer site's primary is making (a sync backup) as this site's
@@ -527,7 +544,7 @@ impl Store {
                         condition: Condition::Always,
                         keep_previous: false,
                     };
-                    self.write(cache, request, id.as_deref())
+                    self.write(cache, request, id.as_deref(), Driver::OwnTask)
                         .await
                         .map(|result| result.version)
                 }
@@ -550,7 +567,7 @@ impl Store {
                 condition: Condition::Present,
                 keep_previous: false,
             };
-            self.write(cache, request, None).await
+            self.write(cache, request, None, Driver::OwnTask).await
         });
         let mut removed = 0;
         let mut results = stream::iter(removals).buffer_unordered(BATCH_CONCURRENCY);

@@ -13,7 +13,7 @@ use super::cache::{Condition, NewValue, WriteOp, WriteRequest, WriteResult};
 use super::reaper::reap_once;
 use super::storage::{MemoryStorage, Storage};
 use super::time::ManualTimeSource;
-use super::{Store, version};
+use super::{Driver, Store, version};
 use crate::Error;
 use crate::events::{ChangeEvent, EventKind, Hub};
 
@@ -75,7 +75,7 @@ impl Harness {
         condition: Condition,
     ) -> Arc<WriteResult> {
         self.store
-            .write(cache, request(key, op, condition), None)
+            .write(cache, request(key, op, condition), None, Driver::OwnTask)
             .await
             .unwrap()
     }
@@ -400,12 +400,20 @@ async fn a_kept_answer_holds_the_previous_entry_only_when_asked() {
     h.put("work", "k", "old").await;
     let mut quiet = request("k", put("new"), Condition::Always);
     quiet.keep_previous = false;
-    let result = h.store.write("work", quiet, Some("r1")).await.unwrap();
+    let result = h
+        .store
+        .write("work", quiet, Some("r1"), Driver::OwnTask)
+        .await
+        .unwrap();
     assert!(result.applied && result.previous.is_none());
     // A refused write always carries the entry that refused it.
     let mut refused = request("k", put("x"), Condition::Absent);
     refused.keep_previous = false;
-    let result = h.store.write("work", refused, Some("r2")).await.unwrap();
+    let result = h
+        .store
+        .write("work", refused, Some("r2"), Driver::OwnTask)
+        .await
+        .unwrap();
     assert_eq!(&result.previous.as_ref().unwrap().value[..], b"new");
 }
 
@@ -417,6 +425,7 @@ async fn a_retried_request_id_gets_the_first_answer() {
             "actionTokens",
             request("t", put(value), Condition::Absent),
             Some("req-1"),
+            Driver::OwnTask,
         )
     };
     let first = run("a").await.unwrap();
@@ -431,6 +440,7 @@ async fn a_retried_request_id_gets_the_first_answer() {
             "actionTokens",
             request("t", put("c"), Condition::Absent),
             None,
+            Driver::OwnTask,
         )
         .await
         .unwrap();
@@ -447,7 +457,7 @@ async fn a_retry_whose_kept_answer_was_lost_is_answered_from_the_state_it_made()
     };
     let first = h
         .store
-        .write("sessions", token("a"), Some("req-1"))
+        .write("sessions", token("a"), Some("req-1"), Driver::OwnTask)
         .await
         .unwrap();
     h.store
@@ -455,19 +465,20 @@ async fn a_retry_whose_kept_answer_was_lost_is_answered_from_the_state_it_made()
             "sessions",
             request("gone", put("x"), Condition::Always),
             None,
+            Driver::OwnTask,
         )
         .await
         .unwrap();
     let removal = request("gone", WriteOp::Remove, Condition::Present);
     h.store
-        .write("sessions", removal.clone(), Some("req-2"))
+        .write("sessions", removal.clone(), Some("req-2"), Driver::OwnTask)
         .await
         .unwrap();
     // The answers kept for retries are in memory only: a restart loses them.
     h.crash_and_restart();
     let retry = h
         .store
-        .write("sessions", token("a"), Some("req-1"))
+        .write("sessions", token("a"), Some("req-1"), Driver::OwnTask)
         .await
         .unwrap();
     assert!(retry.applied, "the retry must say its token was stored");
@@ -475,12 +486,15 @@ async fn a_retry_whose_kept_answer_was_lost_is_answered_from_the_state_it_made()
     // Another request for the token still finds it taken.
     let other = h
         .store
-        .write("sessions", token("b"), Some("req-3"))
+        .write("sessions", token("b"), Some("req-3"), Driver::OwnTask)
         .await
         .unwrap();
     assert!(!other.applied);
     // A removal answers with the removed entry, which is gone: it fails, saying so.
-    let lost = h.store.write("sessions", removal, Some("req-2")).await;
+    let lost = h
+        .store
+        .write("sessions", removal, Some("req-2"), Driver::OwnTask)
+        .await;
     assert!(
         matches!(&lost, Err(Error::Aborted(message)) if message.contains("already applied")),
         "{lost:?}"
@@ -491,7 +505,7 @@ async fn a_retry_whose_kept_answer_was_lost_is_answered_from_the_state_it_made()
     h.time.advance_ms(2 * window + 1);
     let later = h
         .store
-        .write("sessions", token("c"), Some("req-1"))
+        .write("sessions", token("c"), Some("req-1"), Driver::OwnTask)
         .await
         .unwrap();
     assert!(!later.applied);
@@ -729,7 +743,12 @@ async fn a_persistent_write_is_acknowledged_only_once_durable_and_only_then_visi
         let store = store.clone();
         tokio::spawn(async move {
             store
-                .write("sessions", request("s", put("v"), Condition::Always), None)
+                .write(
+                    "sessions",
+                    request("s", put("v"), Condition::Always),
+                    None,
+                    Driver::OwnTask,
+                )
                 .await
         })
     };
