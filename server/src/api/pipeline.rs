@@ -215,6 +215,14 @@ enum Started<'a> {
 
 /// Starts a request: runs it as far as it goes without waiting, so one that never waits
 /// costs no place among the running futures.
+///
+/// The first poll is outside tokio's cooperative budget: a write takes three tokio locks
+/// (the site's write barrier, the cache's clear barrier, its key's lock), each spending
+/// one unit of the task's 128 per poll, so past the first forty or so requests of a poll
+/// every write found its free locks "busy", went among the running futures and ran on a
+/// later poll. What a request does on that first poll is bounded (it never waits), and
+/// so is what one poll of the task takes in: reading stops while [`ANSWERS_AT_ONCE`]
+/// answers wait, and sending them spends the budget.
 fn start<'a>(
     service: &'a CacheService,
     caller: &'a Caller,
@@ -222,7 +230,7 @@ fn start<'a>(
     request: v1::PipelineRequest,
 ) -> Started<'a> {
     let mut call = serve(service, caller, slot, request);
-    match (&mut call).now_or_never() {
+    match tokio::task::unconstrained(&mut call).now_or_never() {
         Some(done) => Started::Done(done),
         None => Started::Running(call),
     }
