@@ -17,7 +17,8 @@
 //! When the client half-closes, or the node begins to shut down, the task stops reading,
 //! answers what it admitted, and ends the stream. When the client goes away, the requests
 //! running still run to their end, unanswered (a write must not stop halfway: the task
-//! is its driver, [`Driver::Caller`]), and those waiting for their key never start.
+//! is its driver, [`crate::store::Driver::Caller`]), and those waiting for their key
+//! never start.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
@@ -33,8 +34,6 @@ use tonic::Status;
 
 use super::auth::Caller;
 use super::cache::CacheService;
-#[cfg(doc)]
-use crate::store::Driver;
 
 /// Requests of one stream admitted at once: running, or waiting behind a request to the
 /// same key.
