@@ -125,7 +125,7 @@ impl<'a> Requests<'a> {
                         None => reading = false,
                     }
                 }
-                room = answers.reserve(), if !self.ready.is_empty() && !self.gone => match room {
+                room = answers.reserve(), if !self.ready.is_empty() => match room {
                     Ok(room) => room.send(std::mem::take(&mut self.ready)),
                     Err(_) => {
                         reading = false;
@@ -171,9 +171,9 @@ impl<'a> Requests<'a> {
         }
     }
 
-    /// The client went away: nobody takes answers any more, the requests waiting for
-    /// their key never start, and those running run to their end (the select loop polls
-    /// them until none is left).
+    /// The client went away: nobody takes answers any more (none is gathered from now
+    /// on), the requests waiting for their key never start, and those running run to
+    /// their end (the select loop polls them until none is left).
     fn abandon(&mut self) {
         self.gone = true;
         self.ready = Vec::new();

@@ -73,7 +73,8 @@ pub enum ReplicaOutcome {
 
 impl CacheStore {
     /// Runs a write as the key's primary (see the module documentation). Not cancel-safe
-    /// between persisting and applying: callers that may await run it in its own task.
+    /// between persisting and applying: a caller that may stop polling it before its end
+    /// runs it in its own task (see [`crate::store::Driver`]).
     pub async fn write(
         &self,
         request: &WriteRequest,
