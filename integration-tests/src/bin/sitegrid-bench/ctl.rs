@@ -13,7 +13,13 @@ pub(crate) struct Measurement {
     pub(crate) ops_per_sec: f64,
     pub(crate) p50_us: u64,
     pub(crate) p99_us: u64,
+    /// CPU per request of the server and of the load generator, where measured.
+    #[serde(skip)]
+    pub(crate) cpu: Option<crate::cpu::PerRequest>,
 }
+
+/// How long a measurement's load runs before it is measured.
+pub(crate) const WARMUP: Duration = Duration::from_secs(1);
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -28,7 +34,7 @@ pub(crate) struct Load<'a> {
     pub(crate) pipeline: Option<u32>,
 }
 
-/// Runs one closed-loop measurement for `duration` after a one-second warmup.
+/// Runs one closed-loop measurement for `duration` after a [`WARMUP`].
 pub(crate) fn measure(
     bin_dir: &Path,
     endpoint: &str,
@@ -36,6 +42,7 @@ pub(crate) fn measure(
     duration: Duration,
 ) -> anyhow::Result<Measurement> {
     let duration = humantime::format_duration(duration).to_string();
+    let warmup = humantime::format_duration(WARMUP).to_string();
     run(
         bin_dir,
         endpoint,
@@ -44,7 +51,7 @@ pub(crate) fn measure(
             "--duration",
             &duration,
             "--warmup",
-            "1s",
+            &warmup,
             "--key-order",
             "random",
         ],

@@ -42,6 +42,7 @@ pub(crate) fn describe() -> Vec<(String, String)> {
     ]
 }
 
-fn num_cpus() -> usize {
+/// This machine's logical cores.
+pub(crate) fn num_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }

@@ -7,6 +7,7 @@
 //! by more than the effects measured.
 
 mod cluster;
+mod cpu;
 mod ctl;
 mod idp;
 mod listeners;

@@ -5,6 +5,9 @@
 //! measured alternately in every round; and a 3-node site's pipelined `Put` against the
 //! single node's, with the default worker threads (one per core in every node) and with
 //! one per node (`node.worker_threads = 1`: three nodes share the machine's cores).
+//! Every measurement is metered: the CPU time the serving processes and the load
+//! generator spent per request ([`cpu`]), against what Redis's pace leaves them on this
+//! machine's cores.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -15,9 +18,9 @@ use anyhow::Context;
 use sitegrid_integration_tests::ports::free_loopback_addr;
 use sitegrid_integration_tests::{NodeProcess, NodeSpec, Site, eventually};
 
-use crate::Settings;
-use crate::ctl::{Load, Measurement, fill, measure};
+use crate::ctl::{Load, Measurement, WARMUP, fill, measure};
 use crate::single_node::{Rounds, Row};
+use crate::{Settings, cpu, machine};
 
 const KEY_SPACE: u64 = 100_000;
 const VALUE_SIZE: usize = 256;
@@ -34,6 +37,11 @@ pub(crate) struct Results {
     pub(crate) rows: Vec<Row>,
     /// `redis-server --version`.
     pub(crate) redis_version: String,
+    /// This machine's cores, and for Redis's SET and GET at depth 16 the CPU per
+    /// request that server and load generator together may spend to keep its pace on
+    /// them: cores over Redis's rate.
+    pub(crate) cores: usize,
+    pub(crate) budgets_us: [f64; 2],
 }
 
 /// A program serving on a loopback address; killed when dropped.
@@ -58,6 +66,10 @@ impl Listening {
         .await?;
         Ok(listening)
     }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
 }
 
 impl Drop for Listening {
@@ -69,7 +81,7 @@ impl Drop for Listening {
 
 /// A `redis-server` on a free loopback port, without persistence; killed when dropped.
 struct RedisServer {
-    _process: Listening,
+    process: Listening,
     port: u16,
 }
 
@@ -82,58 +94,78 @@ impl RedisServer {
             .args(["--save", "", "--appendonly", "no"]);
         let cannot = "cannot run redis-server: install Debian's redis-server and redis-tools";
         Ok(RedisServer {
-            _process: Listening::start(command, address, cannot.into()).await?,
+            process: Listening::start(command, address, cannot.into()).await?,
             port: address.port(),
         })
     }
 
-    /// `redis-benchmark` SET then GET, `requests` of each: their figures.
-    fn benchmark(&self, depth: u32, requests: u64) -> anyhow::Result<[Measurement; 2]> {
-        let output = Command::new("redis-benchmark")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(["-t", "set,get", "--csv"])
-            .args(["-n", &requests.to_string()])
-            .args(["-c", &REDIS_CLIENTS.to_string()])
-            .args(["-P", &depth.to_string()])
-            .args(["-d", &VALUE_SIZE.to_string()])
-            .args(["-r", &KEY_SPACE.to_string()])
-            .output()
-            .context("cannot run redis-benchmark: install Debian's redis-tools")?;
-        anyhow::ensure!(
-            output.status.success(),
-            "redis-benchmark failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let csv = String::from_utf8_lossy(&output.stdout);
-        let figure = |test: &str| -> anyhow::Result<Measurement> {
-            let line = csv
-                .lines()
-                .find(|line| line.starts_with(&format!("\"{test}\"")))
-                .with_context(|| format!("no {test} line in redis-benchmark output: {csv}"))?;
-            let fields: Vec<f64> = line
-                .split(',')
-                .skip(1)
-                .map(|field| field.trim_matches('"').parse())
-                .collect::<Result<_, _>>()
-                .with_context(|| format!("unexpected redis-benchmark line {line}"))?;
-            // rps, avg, min, p50, p95, p99, max (milliseconds)
-            anyhow::ensure!(fields.len() >= 6, "unexpected redis-benchmark line {line}");
-            Ok(Measurement {
-                errors: 0,
-                ops_per_sec: fields[0],
-                p50_us: (fields[3] * 1000.0).round() as u64,
-                p99_us: (fields[5] * 1000.0).round() as u64,
-            })
-        };
-        Ok([figure("SET")?, figure("GET")?])
+    /// `redis-benchmark` of `test` (`SET` or `GET`), `requests` of them, metered (this
+    /// server's CPU and the benchmark's).
+    fn benchmark(&self, test: &str, depth: u32, requests: u64) -> anyhow::Result<Measurement> {
+        metered(
+            &[self.process.pid()],
+            || {
+                let output = Command::new("redis-benchmark")
+                    .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+                    .args(["-t", test, "--csv"])
+                    .args(["-n", &requests.to_string()])
+                    .args(["-c", &REDIS_CLIENTS.to_string()])
+                    .args(["-P", &depth.to_string()])
+                    .args(["-d", &VALUE_SIZE.to_string()])
+                    .args(["-r", &KEY_SPACE.to_string()])
+                    .output()
+                    .context("cannot run redis-benchmark: install Debian's redis-tools")?;
+                anyhow::ensure!(
+                    output.status.success(),
+                    "redis-benchmark failed: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                let csv = String::from_utf8_lossy(&output.stdout);
+                let line = csv
+                    .lines()
+                    .find(|line| line.starts_with(&format!("\"{test}\"")))
+                    .with_context(|| format!("no {test} line in redis-benchmark output: {csv}"))?;
+                let fields: Vec<f64> = line
+                    .split(',')
+                    .skip(1)
+                    .map(|field| field.trim_matches('"').parse())
+                    .collect::<Result<_, _>>()
+                    .with_context(|| format!("unexpected redis-benchmark line {line}"))?;
+                // rps, avg, min, p50, p95, p99, max (milliseconds)
+                anyhow::ensure!(fields.len() >= 6, "unexpected redis-benchmark line {line}");
+                Ok(Measurement {
+                    errors: 0,
+                    ops_per_sec: fields[0],
+                    p50_us: (fields[3] * 1000.0).round() as u64,
+                    p99_us: (fields[5] * 1000.0).round() as u64,
+                    cpu: None,
+                })
+            },
+            |_| requests as f64,
+        )
     }
+}
+
+/// Runs `run`, a measurement served by the processes `servers`, and adds what it cost
+/// them and the load generator per request; `requests` says how many requests the run
+/// made, from its figures.
+fn metered(
+    servers: &[u32],
+    run: impl FnOnce() -> anyhow::Result<Measurement>,
+    requests: impl FnOnce(&Measurement) -> f64,
+) -> anyhow::Result<Measurement> {
+    let before = cpu::Snapshot::take(servers)?;
+    let mut measured = run()?;
+    let after = cpu::Snapshot::take(servers)?;
+    measured.cpu = Some(before.per_request(&after, requests(&measured)));
+    Ok(measured)
 }
 
 /// The transport's ceiling (`server/examples/transport_ceiling.rs`: pipelined Gets and
 /// Puts answered with canned answers, no store) on a free loopback port; killed when
 /// dropped. What the client library, tonic and HTTP/2 carry on this machine.
 struct TransportCeiling {
-    _process: Listening,
+    process: Listening,
     endpoint: String,
 }
 
@@ -148,7 +180,7 @@ impl TransportCeiling {
             program.display()
         );
         Ok(TransportCeiling {
-            _process: Listening::start(command, address, cannot).await?,
+            process: Listening::start(command, address, cannot).await?,
             endpoint: address.to_string(),
         })
     }
@@ -215,6 +247,15 @@ pub(crate) async fn run(settings: &Settings) -> anyhow::Result<Results> {
     let single = node.endpoint();
     let three = site.grpc_endpoints();
     let lean_three = lean_site.grpc_endpoints();
+    let pids = |nodes: &[NodeProcess]| -> anyhow::Result<Vec<u32>> {
+        nodes
+            .iter()
+            .map(|node| Ok(node.pid()?.as_raw().try_into()?))
+            .collect()
+    };
+    let single_pids = pids(std::slice::from_ref(&node))?;
+    let (three_pids, lean_pids) = (pids(&site.nodes)?, pids(&lean_site.nodes)?);
+    let ceiling_pids = [ceiling.process.pid()];
     println!("pipeline: filling {KEY_SPACE} keys");
     fill(
         &settings.bin_dir,
@@ -227,58 +268,51 @@ pub(crate) async fn run(settings: &Settings) -> anyhow::Result<Results> {
     // short first one so that it lasts about as long as the others.
     let secs = settings.duration.as_secs_f64();
     let sized = |depth: u32| -> anyhow::Result<u64> {
-        let [set, _] = redis.benchmark(depth, 20_000 * u64::from(depth))?;
+        let set = redis.benchmark("SET", depth, 20_000 * u64::from(depth))?;
         Ok(((set.ops_per_sec * secs) as u64).max(10_000))
     };
     let (shallow, deep) = (sized(1)?, sized(DEPTH)?);
 
     let bin = &settings.bin_dir;
     let duration = settings.duration;
+    // A run of sitegridctl makes requests through its warmup too, at about the measured
+    // rate: the CPU it and the server spend covers those as well.
+    let run_secs = (duration + WARMUP).as_secs_f64();
+    let sitegrid = |servers: &[u32], endpoint: &str, load: &Load<'_>| {
+        metered(
+            servers,
+            || measure(bin, endpoint, load, duration),
+            |measured| measured.ops_per_sec * run_secs,
+        )
+    };
     let mut rounds: Vec<Vec<Measurement>> = Vec::new();
     for round in 1..=settings.rounds {
         println!("pipeline: round {round} of {}", settings.rounds);
-        let mut measured = Vec::new();
-        measured.extend(redis.benchmark(1, shallow)?);
-        measured.push(measure(
-            bin,
-            &single,
-            &load("put", CALLERS, Some(1)),
-            duration,
-        )?);
-        measured.push(measure(
-            bin,
-            &single,
-            &load("get", CALLERS, Some(1)),
-            duration,
-        )?);
-        measured.push(measure(
-            bin,
-            &single,
-            &load("put", CALLERS, None),
-            duration,
-        )?);
-        measured.extend(redis.benchmark(DEPTH, deep)?);
         let deep_load = |op| load(op, REDIS_CLIENTS, Some(DEPTH));
-        measured.push(measure(bin, &single, &deep_load("put"), duration)?);
-        measured.push(measure(bin, &single, &deep_load("get"), duration)?);
-        measured.push(measure(
-            bin,
-            &three,
-            &load("put", CALLERS, Some(1)),
-            duration,
-        )?);
-        measured.push(measure(
-            bin,
-            &lean_three,
-            &load("put", CALLERS, Some(1)),
-            duration,
-        )?);
-        let ceiling_at = &ceiling.endpoint;
-        measured.push(measure(bin, ceiling_at, &deep_load("put"), duration)?);
-        measured.push(measure(bin, ceiling_at, &deep_load("get"), duration)?);
+        let measured = vec![
+            redis.benchmark("SET", 1, shallow)?,
+            redis.benchmark("GET", 1, shallow)?,
+            sitegrid(&single_pids, &single, &load("put", CALLERS, Some(1)))?,
+            sitegrid(&single_pids, &single, &load("get", CALLERS, Some(1)))?,
+            sitegrid(&single_pids, &single, &load("put", CALLERS, None))?,
+            redis.benchmark("SET", DEPTH, deep)?,
+            redis.benchmark("GET", DEPTH, deep)?,
+            sitegrid(&single_pids, &single, &deep_load("put"))?,
+            sitegrid(&single_pids, &single, &deep_load("get"))?,
+            sitegrid(&three_pids, &three, &load("put", CALLERS, Some(1)))?,
+            sitegrid(&lean_pids, &lean_three, &load("put", CALLERS, Some(1)))?,
+            sitegrid(&ceiling_pids, &ceiling.endpoint, &deep_load("put"))?,
+            sitegrid(&ceiling_pids, &ceiling.endpoint, &deep_load("get"))?,
+        ];
         for ((label, concurrency), m) in LABELS.iter().zip(&measured) {
+            let cpu = m.cpu.map_or(String::new(), |cpu| {
+                format!(
+                    "  CPU/request server {:.1} us, client {:.1} us",
+                    cpu.server_us, cpu.client_us
+                )
+            });
             println!(
-                "  {label:<44} c={concurrency:<3} {:>9.0} ops/s  p50 {:>6} us  p99 {:>6} us",
+                "  {label:<44} c={concurrency:<3} {:>9.0} ops/s  p50 {:>6} us  p99 {:>6} us{cpu}",
                 m.ops_per_sec, m.p50_us, m.p99_us
             );
         }
@@ -311,8 +345,14 @@ pub(crate) async fn run(settings: &Settings) -> anyhow::Result<Results> {
         ),
         row(10, Some((ratio(10, 2), "single node, pipelined Put")), None),
     ];
+    let cores = machine::num_cpus();
+    let budget = |redis: &Row| cores as f64 * 1e6 / redis.ops_per_sec;
+    // Rows 5 and 6: Redis SET and GET at depth 16.
+    let budgets_us = [budget(&rows[5]), budget(&rows[6])];
     Ok(Results {
         rows,
         redis_version,
+        cores,
+        budgets_us,
     })
 }

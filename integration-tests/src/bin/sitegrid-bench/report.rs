@@ -140,11 +140,18 @@ fn judged(ratio: f64, target: Target) -> (String, String) {
 
 /// A table of figures, each with its ratio to its baseline and the target it has.
 fn render_rows(out: &mut String, rows: &[Row]) {
+    // CPU columns only where some row measured it.
+    let with_cpu = rows.iter().any(|row| row.cpu.is_some());
+    let (cpu_head, cpu_rule) = if with_cpu {
+        (" server CPU/request | client CPU/request |", "---:|---:|")
+    } else {
+        ("", "")
+    };
     let _ = writeln!(
         out,
-        "| operation | concurrency | ops/s | p50 | p99 | ratio | to | target |"
+        "| operation | concurrency | ops/s | p50 | p99 | ratio | to | target |{cpu_head}"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|---|");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|---|{cpu_rule}");
     for row in rows {
         let (ratio, to, target) = match (row.ratio, row.target) {
             (Some((ratio, to)), Some(target)) => {
@@ -154,9 +161,14 @@ fn render_rows(out: &mut String, rows: &[Row]) {
             (Some((ratio, to)), None) => (format!("{ratio:.2}x"), to.to_string(), String::new()),
             (None, _) => (String::new(), String::new(), String::new()),
         };
+        let cpu = match (with_cpu, row.cpu) {
+            (false, _) => String::new(),
+            (true, None) => "  |  |".into(),
+            (true, Some(cpu)) => format!(" {:.1} us | {:.1} us |", cpu.server_us, cpu.client_us),
+        };
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {} us | {} us | {ratio} | {to} | {target} |",
+            "| {} | {} | {:.0} | {} us | {} us | {ratio} | {to} | {target} |{cpu}",
             row.label, row.concurrency, row.ops_per_sec, row.p50_us, row.p99_us
         );
     }
@@ -174,7 +186,8 @@ fn render_pipeline(out: &mut String, pipeline: &Result<pipeline::Results, String
     let _ = writeln!(
         out,
         "`{}` on a free loopback port with persistence off, driven by `redis-benchmark -t \
-         set,get -c 50 -d 256 -r 100000 -P 1` (then `-P 16`), alternating in every round \
+         set -c 50 -d 256 -r 100000 -P 1` (then `-t get`, then both with `-P 16`), \
+         alternating in every round \
          with `sitegridctl bench --pipeline DEPTH` against one node (and a 3-node site) \
          with the same value size and key space (filled first) at 64 callers (depth 1) \
          or 50 callers (depth 16, each sending 16 requests as one batch of the client \
@@ -190,6 +203,20 @@ fn render_pipeline(out: &mut String, pipeline: &Result<pipeline::Results, String
          nothing: what the client library, tonic and HTTP/2 carry on this machine; a \
          node's figure below it is what the node's own work per request costs.\n",
         pipeline.redis_version
+    );
+    let [set_us, get_us] = pipeline.budgets_us;
+    let _ = writeln!(
+        out,
+        "CPU per request is user plus system time from `/proc` over each run, divided by \
+         the requests of the run: the server's (`redis-server`, the node, the three nodes \
+         of a site summed, or the transport ceiling) and the load generator's \
+         (`redis-benchmark` or `sitegridctl bench`; a sitegridctl run's {} warmup is \
+         counted at its measured rate). With every process on this machine's {} cores, \
+         matching Redis's pace at depth 16 leaves server and load generator together \
+         {set_us:.1} us of CPU per SET and {get_us:.1} us per GET (cores over Redis's \
+         rate, the cores fully used).\n",
+        humantime::format_duration(crate::ctl::WARMUP),
+        pipeline.cores
     );
     render_rows(out, &pipeline.rows);
 }

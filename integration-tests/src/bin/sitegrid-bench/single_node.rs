@@ -6,6 +6,7 @@
 use sitegrid_integration_tests::{NodeProcess, NodeSpec};
 
 use crate::Settings;
+use crate::cpu::PerRequest;
 use crate::ctl::{Load, Measurement, fill, measure};
 
 /// Keys read and written by the throughput measurements.
@@ -26,6 +27,8 @@ pub(crate) struct Row {
     pub(crate) ratio: Option<(f64, &'static str)>,
     /// The target the issue sets for the ratio, if any.
     pub(crate) target: Option<f64>,
+    /// Medians over rounds of the CPU per request, where every round measured it.
+    pub(crate) cpu: Option<PerRequest>,
 }
 
 /// The measurements of every round, each in the order of its plan.
@@ -63,7 +66,23 @@ impl Rounds {
             p99_us: figure(|m| m.p99_us as f64).round() as u64,
             ratio,
             target,
+            cpu: self.cpu(index),
         }
+    }
+
+    /// Figure `index`'s CPU per request, the medians over rounds, if every round
+    /// measured it.
+    fn cpu(&self, index: usize) -> Option<PerRequest> {
+        let measured: Vec<PerRequest> = self
+            .0
+            .iter()
+            .map(|round| round[index].cpu)
+            .collect::<Option<_>>()
+            .filter(|measured: &Vec<PerRequest>| !measured.is_empty())?;
+        Some(PerRequest {
+            server_us: median(measured.iter().map(|cpu| cpu.server_us).collect()),
+            client_us: median(measured.iter().map(|cpu| cpu.client_us).collect()),
+        })
     }
 }
 

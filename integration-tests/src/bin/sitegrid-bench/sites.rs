@@ -201,6 +201,7 @@ async fn tcp_round_trips(
         ops_per_sec: latencies.len() as f64 / duration.as_secs_f64(),
         p50_us: latencies.value_at_quantile(0.5),
         p99_us: latencies.value_at_quantile(0.99),
+        cpu: None,
     })
 }
 
